@@ -1,0 +1,29 @@
+# Two commands a user needs: `make study` (the main job) and `make test`. Both create .venv when missing.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.ferlib-installed
+
+# Study settings (override on the command line: make study DATA=../shared/data/ferplus PROFILE=cpu)
+DATA    ?= data/ferplus_sample
+PROFILE ?= smoke
+
+.PHONY: venv test study clean-runs
+
+$(STAMP): pyproject.toml requirements/constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c requirements/constraints.txt -e '.[all]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+study: $(STAMP)
+	$(BIN)/python -m ferlib train --data $(DATA) --method ce --noise symmetric:0.3 --epochs 8 --out runs/$(PROFILE)
+	$(BIN)/python -m ferlib results runs/$(PROFILE) --out reports/results.csv
+
+clean-runs:
+	rm -rf runs
