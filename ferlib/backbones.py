@@ -1,0 +1,124 @@
+"""Backbones through ``timm.create_model`` and the one model form every method trains: :class:`FERModel`.
+
+Weights come only from a local file (never a hub download at run time). A file may hold a bare state dict
+or one under ``state_dict`` / ``model`` / ``net``; ``module.`` prefixes (DataParallel) are stripped and a
+user ``key_map`` renames keys (e.g. an MS-Celeb ResNet-18 in torchvision layout -> timm layout).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+__all__ = ["BackboneConfig", "FERModel", "create_model", "load_weights", "WeightsError"]
+
+
+class WeightsError(RuntimeError):
+    """A weights file is missing, unreadable or does not match the model."""
+
+
+@dataclass(frozen=True)
+class BackboneConfig:
+    """How to build the network.
+
+    name : str
+        Any ``timm`` model name (``timm.list_models()``); default ``resnet18``.
+    in_chans : int
+        1 for grayscale faces (FERPlus), 3 for RGB.
+    small_input : bool
+        For faces of about 48 px: remove the stem's max-pool (ResNet family), so the last feature map is
+        3x3 instead of 2x2 at 48 px. About 4x the compute; off by default (our CPU reference runs use the
+        plain stem).
+    weights : str or None
+        Local path of pretrained weights (state dict). The classifier is always re-initialised.
+    drop_rate : float
+        Dropout before the classifier.
+    """
+
+    name: str = "resnet18"
+    in_chans: int = 1
+    small_input: bool = False
+    weights: str | None = None
+    drop_rate: float = 0.0
+
+
+class FERModel(nn.Module):
+    """Backbone + linear classifier with the split every method relies on.
+
+    ``embed(x)``: (B, C, H, W) -> (B, D) pooled features; ``head(f)``: (B, D) -> (B, K) logits;
+    ``forward(x) = head(embed(x))``. ``backbone`` is the timm model with its classifier removed.
+    """
+
+    def __init__(self, backbone: nn.Module, num_classes: int, drop_rate: float = 0.0) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.feature_dim = backbone.num_features
+        self.dropout = nn.Dropout(drop_rate)
+        self.head = nn.Linear(self.feature_dim, num_classes)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.dropout(self.embed(x)))
+
+
+def create_model(config: BackboneConfig, num_classes: int,
+                 key_map: Callable[[str], str] | None = None) -> FERModel:
+    """Build a :class:`FERModel` from a :class:`BackboneConfig` (the one factory; timm underneath)."""
+    import timm
+
+    if config.name not in timm.list_models():
+        raise ValueError(f"unknown backbone {config.name!r}; see timm.list_models() (e.g. resnet18, resnet50)")
+    backbone = timm.create_model(config.name, pretrained=False, num_classes=0, in_chans=config.in_chans)
+    if config.small_input:
+        if not isinstance(getattr(backbone, "maxpool", None), nn.Module):
+            raise ValueError(f"small_input needs a ResNet-family backbone with a stem max-pool, not {config.name!r}")
+        backbone.maxpool = nn.Identity()
+    if config.weights:
+        load_weights(backbone, config.weights, key_map=key_map)
+    return FERModel(backbone, num_classes, config.drop_rate)
+
+
+def load_weights(model: nn.Module, path: str | os.PathLike, *,
+                 key_map: Callable[[str], str] | None = None) -> None:
+    """Load a local state dict into ``model`` (classifier keys ignored), with clear errors.
+
+    Raises :class:`WeightsError` when the file is missing, is not a state dict, or leaves backbone
+    parameters unmatched / mis-shaped (the message lists the first offending keys).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"weights file not found: {path} (ferlib never downloads weights; give a local path)")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - re-raised with the file named
+        raise WeightsError(f"cannot read weights file {path}: {exc}") from exc
+    state = _find_state_dict(obj, path)
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    if key_map is not None:
+        state = {key_map(k): v for k, v in state.items()}
+    own = model.state_dict()
+    state = {k: v for k, v in state.items() if not k.startswith(("fc.", "head.", "classifier.", "last_linear."))}
+    missing = [k for k in own if k not in state]
+    shape = [k for k in own if k in state and state[k].shape != own[k].shape]
+    if missing or shape:
+        raise WeightsError(f"weights file {path} does not match the model: missing {missing[:5]}"
+                           f"{' ...' if len(missing) > 5 else ''}, wrong shape {shape[:5]}")
+    model.load_state_dict({k: state[k] for k in own})
+
+
+def _find_state_dict(obj, path: Path) -> dict:
+    if isinstance(obj, dict):
+        for key in ("state_dict", "model", "net"):
+            if isinstance(obj.get(key), dict):
+                obj = obj[key]
+                break
+        if all(isinstance(v, torch.Tensor) for v in obj.values()) and obj:
+            return obj
+    raise WeightsError(f"weights file {path} holds no state dict (expected a dict of tensors, "
+                       "optionally under 'state_dict', 'model' or 'net')")

@@ -1,0 +1,140 @@
+"""Command line: ``python -m ferlib {train,methods,datasets} ...`` (``--help`` on each)."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+
+from .backbones import BackboneConfig
+from .engine import TrainConfig
+
+__all__ = ["main", "build_parser", "spec_from_args"]
+
+VOTE_DATASETS = ("ferplus", "fer2013")  # readers with FERPlus label modes
+
+
+def _add_dataclass_flags(parser: argparse.ArgumentParser, cls, skip: tuple[str, ...] = ()) -> None:
+    """One ``--field-name`` flag per scalar field of a config dataclass, typed and defaulted from it."""
+    for f in dataclasses.fields(cls):
+        if f.name in skip or not isinstance(f.default, (int, float, str, bool, type(None))):
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        if isinstance(f.default, bool):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default)
+        else:
+            typ = type(f.default) if f.default is not None else str
+            parser.add_argument(flag, type=typ, default=f.default, metavar=typ.__name__.upper())
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m ferlib", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    tr = sub.add_parser("train", help="train one method on one dataset / noise setting",
+                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    tr.add_argument("--data", required=True, help="dataset root folder (e.g. ../shared/data/ferplus)")
+    tr.add_argument("--dataset", default="ferplus", help="reader name (python -m ferlib datasets)")
+    tr.add_argument("--mode", default=None, help="FERPlus label mode: plurality (default) or majority")
+    tr.add_argument("--classes", type=int, default=None, help="7 or 8 (default: the reader's)")
+    tr.add_argument("--dataset-opt", action="append", default=[], metavar="KEY=VALUE",
+                    help="extra reader option (repeatable), e.g. image_size=64")
+    tr.add_argument("--noise", default="none", help="noise spec: none | symmetric:R | class_dependent:R | "
+                                                     "annotator | imbalance:RHO, joined with '+'")
+    tr.add_argument("--train-subset", type=int, default=None, help="stratified number of train images")
+    tr.add_argument("--method", default="ce", help="method name (python -m ferlib methods)")
+    tr.add_argument("--method-opt", action="append", default=[], metavar="KEY=VALUE",
+                    help="method config override (repeatable), e.g. label_smoothing=0.1")
+    tr.add_argument("--backbone", default=BackboneConfig.name, help="timm model name")
+    tr.add_argument("--weights", default=None, help="local pretrained weights file (state dict)")
+    tr.add_argument("--small-input", action=argparse.BooleanOptionalAction, default=False,
+                    help="drop the ResNet stem max-pool (better for 48 px faces, ~4x compute)")
+    tr.add_argument("--out", default="runs", help="parent folder of run directories")
+    tr.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint of this run")
+    _add_dataclass_flags(tr, TrainConfig, skip=("augment",))
+    sub.add_parser("methods", help="list the registered methods and their default options")
+    sub.add_parser("datasets", help="list the dataset readers")
+    res = sub.add_parser("results", help="collect the result.json of every run under a folder into one table")
+    res.add_argument("runs", help="folder holding run directories")
+    res.add_argument("--out", default=None, help="write the table to this CSV (atomically)")
+    return parser
+
+
+def _pairs(items: list[str], what: str) -> dict:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"error: {what} {item!r} must be KEY=VALUE")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def spec_from_args(args: argparse.Namespace):
+    """Turn parsed ``train`` arguments into a :class:`ferlib.experiment.RunSpec`."""
+    from .experiment import RunSpec
+    from .methods import parse_overrides
+
+    options = {"mode": "plurality", "num_classes": 8} if args.dataset in VOTE_DATASETS else {}
+    if args.mode is not None:
+        options["mode"] = args.mode
+    if args.classes is not None:
+        options["num_classes"] = args.classes
+    options.update(_pairs(args.dataset_opt, "--dataset-opt"))
+    train = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
+                           if f.name != "augment"})
+    backbone = BackboneConfig(name=args.backbone, weights=args.weights, small_input=args.small_input)
+    return RunSpec(data=args.data, dataset=args.dataset, dataset_options=options, noise=args.noise,
+                   train_subset=args.train_subset, method=args.method,
+                   method_options=parse_overrides(args.method, args.method_opt),
+                   backbone=backbone, train=train, out=args.out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "methods":
+        from .methods import list_methods, method_class
+
+        for name in list_methods():
+            cls = method_class(name)
+            tag = "  [ORACLE]" if cls.oracle else ""
+            print(f"{name:12s} {dataclasses.asdict(cls.Config())}{tag}")
+        return 0
+    if args.command == "datasets":
+        from .data import list_datasets
+
+        print("\n".join(list_datasets()))
+        return 0
+    if args.command == "results":
+        return _results(args.runs, args.out)
+    from .experiment import run
+
+    try:
+        spec = spec_from_args(args)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    result = run(spec, resume=not args.no_resume)
+    print(json.dumps({k: result[k] for k in ("run_id", "method", "noise", "noise_rate", "best_epoch",
+                                             "time_per_epoch_s", "last", "best")}, indent=2))
+    return 0
+
+
+RESULT_COLUMNS = ["run_id", "method", "oracle", "noise", "noise_rate", "seed", "epochs", "best_epoch",
+                  "last.acc", "last.mean_acc", "last.macro_f1", "best.acc", "best.mean_acc", "time_per_epoch_s"]
+
+
+def _results(runs: str, out: str | None) -> int:
+    from .results import collect_results, write_table
+
+    table = collect_results(runs)
+    if table.empty:
+        print(f"error: no finished run (result.json) under {runs}", file=sys.stderr)
+        return 1
+    if out:
+        write_table(out, table)
+    cols = [c for c in RESULT_COLUMNS if c in table.columns]
+    print(table[cols].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    return 0

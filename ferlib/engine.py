@@ -1,0 +1,340 @@
+"""The one training engine every method uses (in the spirit of torchvision's reference ``train.py``).
+
+``fit`` composes ``train_one_epoch`` and ``evaluate``; a method only supplies its loss, targets and per-sample
+state through :class:`ferlib.methods.Method`. Images stay uint8 in host memory and are augmented on the
+training device batch by batch (:mod:`ferlib.augment`), so no DataLoader workers are needed.
+
+A run directory describes itself::
+
+    config.json    resolved configuration          epochs.csv   one row per epoch (all metrics)
+    checkpoint.pt  last epoch, for resume          epochs.jsonl per-class accuracy and confusion per epoch
+    model.pt       final weights (backbone+head)   readout.npz  per-sample read-outs of the train split
+    result.json    the run's summary row (written last: its presence means "finished")
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .augment import AugmentConfig, augment_batch, make_view, prepare_batch
+from .metrics import classification_metrics
+from .results import atomic_write_text, write_json
+
+__all__ = ["TrainConfig", "fit", "train_one_epoch", "evaluate", "predict", "seed_everything",
+           "build_optimizer", "build_scheduler", "resolve_device"]
+
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULERS = ("none", "exponential", "step", "cosine", "linear")
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation and evaluation settings shared by every method.
+
+    optimizer : ``adam`` | ``adamw`` | ``sgd`` (SGD uses ``momentum``, Nesterov off).
+    scheduler : ``exponential`` (lr * gamma^epoch, SCN/RUL/EAC/NLA), ``step`` (lr * gamma^(epoch // step_size)),
+        ``cosine`` (to 0 over the run), ``linear`` (to 0 over the run, per iteration, as LA-Net) or ``none``.
+        Every schedule is evaluated per iteration, so resuming mid-run is exact.
+    image_size : side in pixels the network sees (images are resized on the device).
+    amp : bfloat16 autocast on CUDA (ignored on CPU).
+    select_on : split whose overall accuracy picks the "best" epoch: ``valid`` (default; never the test set)
+        or ``test`` (only to reproduce papers that select on test; results are then labelled so).
+        The primary number is always the LAST epoch's; best-epoch numbers are recorded beside it.
+    """
+
+    epochs: int = 12
+    batch_size: int = 64
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    momentum: float = 0.9
+    scheduler: str = "cosine"
+    gamma: float = 0.9
+    step_size: int = 10
+    image_size: int = 48
+    amp: bool = True
+    seed: int = 0
+    device: str = "auto"
+    eval_batch_size: int = 512
+    select_on: str = "valid"
+    progress: bool = True
+    save_features: bool = False
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.augment, dict):
+            self.augment = AugmentConfig(**{k: tuple(v) if isinstance(v, list) else v
+                                            for k, v in self.augment.items()})
+        for key, valid in (("optimizer", OPTIMIZERS), ("scheduler", SCHEDULERS), ("select_on", ("valid", "test"))):
+            if getattr(self, key) not in valid:
+                raise ValueError(f"TrainConfig.{key} must be one of {valid}, got {getattr(self, key)!r}")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError("TrainConfig.epochs and batch_size must be >= 1")
+
+
+# --------------------------------------------------------------------------- building blocks
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> cuda when available, else cpu."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed Python, NumPy and torch; return the CPU generator that drives data order and augmentation."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def build_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    cls = torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.AdamW
+    return cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int):
+    """A per-iteration ``LambdaLR`` implementing ``cfg.scheduler``."""
+    total = cfg.epochs * steps_per_epoch
+    factor = {
+        "none": lambda s: 1.0,
+        "exponential": lambda s: cfg.gamma ** (s // steps_per_epoch),
+        "step": lambda s: cfg.gamma ** ((s // steps_per_epoch) // cfg.step_size),
+        "cosine": lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)),
+        "linear": lambda s: max(0.0, 1 - s / total),
+    }[cfg.scheduler]
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def _autocast(device: torch.device, cfg: TrainConfig):
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp and device.type == "cuda")
+
+
+# --------------------------------------------------------------------------- one epoch, evaluation
+def train_one_epoch(model: nn.Module, method, train, optimizer, scheduler, cfg: TrainConfig,
+                    device: torch.device, gen: torch.Generator) -> dict[str, float]:
+    """One pass over the train split in a seeded random order; returns the mean of each loss term."""
+    model.train()
+    method.train()
+    images = torch.from_numpy(train.images)
+    labels = torch.from_numpy(train.labels)
+    votes = None if train.votes is None else torch.from_numpy(train.votes)
+    order = torch.randperm(len(train), generator=gen)
+    n_batches = len(order) // cfg.batch_size or 1  # drop the last partial batch (BatchNorm, batch graphs)
+    sums: dict[str, float] = {}
+    bar = _progress(range(n_batches), cfg, desc=f"epoch {method.epoch + 1}/{cfg.epochs}")
+    for b in bar:
+        idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
+        batch = _make_batch(images, labels, votes, idx, method.views, cfg, device, gen)
+        with _autocast(device, cfg):
+            out = method.training_step(model, batch)
+        loss = out["loss"]
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"non-finite loss {loss.item()} at epoch {method.epoch + 1}, batch {b + 1}")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        method.after_step()
+        for k, v in out.items():
+            sums[k] = sums.get(k, 0.0) + float(v.detach())
+        if hasattr(bar, "set_postfix"):
+            bar.set_postfix(loss=f"{sums['loss'] / (b + 1):.3f}")
+    return {k: v / n_batches for k, v in sums.items()}
+
+
+def _make_batch(images, labels, votes, idx, views, cfg, device, gen) -> dict:
+    raw = images[idx].to(device, non_blocking=True)
+    x, affine = augment_batch(raw, cfg.image_size, cfg.augment, gen)
+    batch = {"image": x, "affine": affine, "index": idx.to(device), "label": labels[idx].to(device)}
+    if votes is not None:
+        batch["votes"] = votes[idx].to(device)
+    for view in views:
+        batch[f"image_{view}"] = make_view(view, x, raw, cfg.image_size, cfg.augment, gen)
+    return batch
+
+
+@torch.no_grad()
+def predict(model: nn.Module, images: np.ndarray, cfg: TrainConfig, device: torch.device,
+            features: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+    """Logits (N, K) float32 of uint8 images (N, H, W, C), and the (N, D) features when asked."""
+    model.eval()
+    logits, feats = [], []
+    for start in range(0, len(images), cfg.eval_batch_size):
+        x = prepare_batch(torch.from_numpy(images[start:start + cfg.eval_batch_size]).to(device),
+                          cfg.image_size, cfg.augment)
+        with _autocast(device, cfg):
+            f = model.embed(x)
+            logits.append(model.head(f).float().cpu())
+        if features:
+            feats.append(f.float().cpu())
+    out = torch.cat(logits).numpy() if logits else np.zeros((0, model.head.out_features), np.float32)
+    return out, (torch.cat(feats).numpy() if features and feats else None)
+
+
+def evaluate(model: nn.Module, data, cfg: TrainConfig, device: torch.device) -> dict:
+    """Metrics of ``model`` on a split (:func:`ferlib.metrics.classification_metrics`) against its true labels."""
+    logits, _ = predict(model, data.images, cfg, device)
+    return classification_metrics(data.true_labels, logits.argmax(1), num_classes=data.num_classes)
+
+
+# --------------------------------------------------------------------------- the run
+def fit(model: nn.Module, method, data, cfg: TrainConfig, run_dir: str | os.PathLike, *,
+        resume: bool = True, meta: dict | None = None) -> dict:
+    """Train ``model`` with ``method`` on ``data``'s train split; evaluate each epoch on valid and test.
+
+    Parameters
+    ----------
+    data : FERData with a train and a test split (valid optional; needed for ``select_on="valid"``).
+        Train labels may be noisy (``clean_labels`` kept); methods see only the given labels.
+    run_dir : folder for the run's files (see module docstring). With ``resume``, a ``checkpoint.pt``
+        found there is continued from its epoch, giving the same result as an uninterrupted run.
+    meta : extra fields (dataset, noise report, method options ...) copied into ``result.json``.
+
+    Returns
+    -------
+    The summary written to ``result.json``.
+    """
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(cfg.device)
+    splits = {s: data.subset(s) for s in ("train", "valid", "test") if data.split_counts()[s]}
+    _check_data(splits, method, cfg)
+    train = splits["train"]
+    gen = seed_everything(cfg.seed)
+    model.to(device)
+    method.to(device)
+    method.bind(model, train)
+    params = [p for p in list(model.parameters()) + list(method.parameters()) if p.requires_grad]
+    optimizer = build_optimizer(params, cfg)
+    scheduler = build_scheduler(optimizer, cfg, max(len(train) // cfg.batch_size, 1))
+    history: list[dict] = []
+    start = 0
+    ckpt_path = run_dir / "checkpoint.pt"
+    if resume and ckpt_path.exists():
+        start, history = _load_checkpoint(ckpt_path, model, method, optimizer, scheduler, gen, device)
+    write_json(run_dir / "config.json", {"train": asdict(cfg), "method": method.name,
+                                         "method_config": asdict(method.config), **(meta or {})})
+    for epoch in range(start, cfg.epochs):
+        method.on_epoch_start(epoch, cfg.epochs)
+        t0 = time.perf_counter()
+        losses = train_one_epoch(model, method, train, optimizer, scheduler, cfg, device, gen)
+        row = {"epoch": epoch + 1, "epoch_time_s": time.perf_counter() - t0,
+               "lr": optimizer.param_groups[0]["lr"], **{f"train_{k}": v for k, v in losses.items()}}
+        for name in ("valid", "test"):
+            if name in splits:
+                row[name] = evaluate(model, splits[name], cfg, device)
+        history.append(row)
+        _write_history(run_dir, history)
+        _save_checkpoint(ckpt_path, epoch + 1, history, model, method, optimizer, scheduler, gen)
+    return _finish(run_dir, model, method, splits, history, cfg, device, meta or {})
+
+
+def _check_data(splits: dict, method, cfg: TrainConfig) -> None:
+    for name in ("train", "test"):
+        if name not in splits:
+            raise ValueError(f"the data has no {name!r} split (counts: {list(splits)})")
+    if cfg.select_on not in splits:
+        raise ValueError(f"select_on={cfg.select_on!r} but the data has no {cfg.select_on!r} split; "
+                         "use select_on='test' (labelled as selecting on test) or add a validation split")
+    if len(splits["train"]) < cfg.batch_size:
+        raise ValueError(f"train split has {len(splits['train'])} samples, fewer than batch_size={cfg.batch_size}")
+    for req in method.requires:
+        if getattr(splits["train"], req, None) is None:
+            raise ValueError(f"method {method.name!r} requires {req!r}, which this dataset does not have")
+
+
+def _save_checkpoint(path: Path, epoch, history, model, method, optimizer, scheduler, gen) -> None:
+    state = {"epoch": epoch, "history": history, "model": model.state_dict(), "method": method.state_dict(),
+             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+             "gen": gen.get_state(), "torch_rng": torch.get_rng_state(),
+             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def _load_checkpoint(path: Path, model, method, optimizer, scheduler, gen, device):
+    state = torch.load(path, map_location=device, weights_only=False)
+    model.load_state_dict(state["model"])
+    method.load_state_dict(state["method"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    gen.set_state(state["gen"].cpu())
+    torch.set_rng_state(state["torch_rng"].cpu())
+    if state["cuda_rng"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda_rng"]])
+    return state["epoch"], state["history"]
+
+
+def _write_history(run_dir: Path, history: list[dict]) -> None:
+    """epochs.csv: scalar columns only; epochs.jsonl: everything (per-class accuracy, confusion)."""
+    import pandas as pd
+
+    flat = [{k: v for k, v in _flat(r).items() if not isinstance(v, list)} for r in history]
+    atomic_write_text(run_dir / "epochs.csv", pd.DataFrame(flat).to_csv(index=False))
+    atomic_write_text(run_dir / "epochs.jsonl", "".join(json.dumps(r) + "\n" for r in history))
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}_") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def _select_best(history: list[dict], cfg: TrainConfig) -> dict:
+    return max(history, key=lambda r: r[cfg.select_on]["acc"])
+
+
+def _finish(run_dir: Path, model, method, splits, history, cfg, device, meta) -> dict:
+    train = splits["train"]
+    torch.save(model.state_dict(), run_dir / "model.pt")
+    train_logits, train_feats = predict(model, train.images, cfg, device, features=cfg.save_features)
+    test_logits, test_feats = predict(model, splits["test"].images, cfg, device, features=cfg.save_features)
+    readout = {f"method_{k}": v for k, v in method.readout().items()}
+    readout.update(ids=train.ids.astype(str), given=train.labels, clean=train.true_labels,
+                   train_logits=train_logits, test_logits=test_logits,
+                   test_ids=splits["test"].ids.astype(str), test_labels=splits["test"].true_labels)
+    if cfg.save_features:
+        readout.update(train_features=train_feats.astype(np.float16), test_features=test_feats.astype(np.float16))
+    tmp = run_dir / "readout.tmp.npz"
+    np.savez(tmp, **readout)
+    os.replace(tmp, run_dir / "readout.npz")
+    last, best = history[-1], _select_best(history, cfg)
+    summary = {
+        **meta, "method": method.name, "oracle": method.oracle, "epochs": cfg.epochs, "seed": cfg.seed,
+        "device": str(device), "params": sum(p.numel() for p in model.parameters()),
+        "time_per_epoch_s": float(np.mean([r["epoch_time_s"] for r in history])),
+        "selection": f"primary = last epoch; best = epoch with the highest {cfg.select_on} accuracy"
+                     + (" (SELECTED ON TEST, as the reproduced paper does)" if cfg.select_on == "test" else ""),
+        "best_epoch": best["epoch"],
+        "last": _scalars(last["test"]), "best": _scalars(best["test"]),
+        "last_valid": _scalars(last["valid"]) if "valid" in last else {},
+        "train_loss_first": history[0]["train_loss"], "train_loss_last": last["train_loss"],
+    }
+    write_json(run_dir / "result.json", summary)
+    return summary
+
+
+def _scalars(metrics: dict) -> dict:
+    return {k: v for k, v in metrics.items() if not isinstance(v, list)}
+
+
+def _progress(it, cfg: TrainConfig, desc: str):
+    if not cfg.progress:
+        return it
+    from tqdm.auto import tqdm
+
+    return tqdm(it, desc=desc, leave=False, mininterval=2.0)

@@ -1,0 +1,124 @@
+"""One experiment = one cell of a study grid: dataset -> noise -> model -> method -> :func:`ferlib.engine.fit`.
+
+:class:`RunSpec` holds everything that defines a run; its :func:`run_id` is a stable hash of those fields, so a
+study can tell a finished cell from a new one. The CLI (``python -m ferlib train``), the ``02_train``
+notebook and the study runner all go through :func:`run`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .backbones import BackboneConfig, create_model
+from .engine import TrainConfig, fit
+from .results import write_json
+
+__all__ = ["RunSpec", "run", "run_id", "prepare_data", "stratified_subset"]
+
+
+@dataclass
+class RunSpec:
+    """Everything that defines a run.
+
+    data : dataset root (a folder in the reader's layout).
+    dataset : reader name (:func:`ferlib.data.list_datasets`).
+    dataset_options : reader options, e.g. ``{"mode": "plurality", "num_classes": 8}`` for FERPlus.
+    noise : noise spec (:mod:`ferlib.noise`), e.g. ``"symmetric:0.3"``; applied to the train split only,
+        seeded with ``train.seed`` (so seed s always sees the same flipped labels, whatever the method).
+    train_subset : keep only this many training images (stratified by given label, fixed seed 0, BEFORE
+        noise), so that short CPU profiles keep every method on the same images. None = all.
+    method, method_options : registry name and config overrides (:func:`ferlib.methods.create_method`).
+    out : parent folder of run directories.
+    """
+
+    data: str
+    dataset: str = "ferplus"
+    dataset_options: dict = field(default_factory=lambda: {"mode": "plurality", "num_classes": 8})
+    noise: str = "none"
+    train_subset: int | None = None
+    method: str = "ce"
+    method_options: dict = field(default_factory=dict)
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    out: str = "runs"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.backbone, dict):
+            self.backbone = BackboneConfig(**self.backbone)
+        if isinstance(self.train, dict):
+            self.train = TrainConfig(**self.train)
+
+
+_NOT_IN_ID = {"out", "train.progress", "train.device", "train.eval_batch_size", "train.save_features"}
+
+
+def run_id(spec: RunSpec) -> str:
+    """``<method>-<noise>-s<seed>-<hash>``: readable, and unique for the fields that change results."""
+    flat = _flatten(asdict(spec))
+    key = json.dumps({k: v for k, v in sorted(flat.items()) if k not in _NOT_IN_ID}, sort_keys=True, default=str)
+    digest = hashlib.sha1(key.encode()).hexdigest()[:8]
+    noise = spec.noise.replace(":", "").replace("+", "_")
+    return f"{spec.method}-{noise}-s{spec.train.seed}-{digest}"
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        out.update(_flatten(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def stratified_subset(labels: np.ndarray, n: int, *, seed: int = 0) -> np.ndarray:
+    """Sorted indices of ``n`` samples keeping each class's share (at least one per present class)."""
+    if n >= len(labels):
+        return np.arange(len(labels))
+    rng = np.random.default_rng(seed)
+    classes, counts = np.unique(labels, return_counts=True)
+    quota = np.maximum(1, np.round(counts * n / len(labels)).astype(int))
+    keep = [rng.choice(np.flatnonzero(labels == c), size=min(q, k), replace=False)
+            for c, q, k in zip(classes, quota, counts)]
+    return np.sort(np.concatenate(keep))
+
+
+def prepare_data(spec: RunSpec):
+    """Load the dataset, cut the train subset, inject noise. Returns ``(data, noise_report)``."""
+    from .data import load_dataset
+    from .noise import apply_noise
+
+    data = load_dataset(spec.dataset, spec.data, **spec.dataset_options)
+    if spec.train_subset:
+        is_train = data.split == "train"
+        keep = np.ones(len(data), bool)
+        keep[np.flatnonzero(is_train)] = False
+        keep[np.flatnonzero(is_train)[stratified_subset(data.labels[is_train], spec.train_subset)]] = True
+        data = data.select(keep)
+    return apply_noise(data, spec.noise, seed=spec.train.seed)
+
+
+def run(spec: RunSpec, *, resume: bool = True) -> dict:
+    """Run (or resume, or just re-summarise) one experiment; returns its ``result.json`` summary."""
+    from .methods import create_method
+
+    data, noise_report = prepare_data(spec)
+    rid = run_id(spec)
+    run_dir = Path(spec.out) / rid
+    backbone = dataclasses.replace(spec.backbone, in_chans=data.image_shape[2])
+    model = create_model(backbone, data.num_classes)
+    num_train = data.split_counts()["train"]
+    method = create_method(spec.method, num_classes=data.num_classes, num_train=num_train,
+                           feature_dim=model.feature_dim, **spec.method_options)
+    write_json(run_dir / "noise.json", noise_report)
+    meta = {
+        "run_id": rid, "dataset": spec.dataset, "data": str(spec.data), "dataset_options": spec.dataset_options,
+        "classes": data.num_classes, "split_counts": data.split_counts(), "noise": spec.noise,
+        "noise_rate": noise_report["train"]["overall_rate"], "train_subset": spec.train_subset,
+        "method_options": spec.method_options, "backbone": asdict(backbone),
+        "optimizer": spec.train.optimizer, "lr": spec.train.lr, "batch_size": spec.train.batch_size,
+        "image_size": spec.train.image_size,
+    }
+    return fit(model, method, data, spec.train, run_dir, resume=resume, meta=meta)

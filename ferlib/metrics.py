@@ -1,0 +1,45 @@
+"""Classification metrics on integer arrays (no torch): overall / mean accuracy, macro-F1, per class, confusion."""
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["confusion_matrix", "classification_metrics"]
+
+
+def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, *, num_classes: int) -> np.ndarray:
+    """(K, K) int64 counts; row = true class, column = predicted class."""
+    y_true, y_pred = np.asarray(y_true, dtype=np.int64), np.asarray(y_pred, dtype=np.int64)
+    if y_true.shape != y_pred.shape:
+        raise ValueError(f"y_true {y_true.shape} and y_pred {y_pred.shape} differ in shape")
+    if len(y_true) and (min(y_true.min(), y_pred.min()) < 0 or max(y_true.max(), y_pred.max()) >= num_classes):
+        raise ValueError(f"labels must lie in [0, {num_classes})")
+    return np.bincount(y_true * num_classes + y_pred, minlength=num_classes**2).reshape(num_classes, num_classes)
+
+
+def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, *, num_classes: int) -> dict:
+    """Overall accuracy, mean (class-balanced) accuracy, macro-F1, per-class accuracy and confusion matrix.
+
+    Classes absent from ``y_true`` are left out of the mean accuracy and of macro-F1 (their per-class
+    accuracy is NaN), so a small test split does not get a free zero.
+
+    Returns
+    -------
+    dict with ``acc``, ``mean_acc``, ``macro_f1`` (floats in [0, 1]), ``per_class_acc`` (list of K floats)
+    and ``confusion`` (K x K nested list).
+    """
+    cm = confusion_matrix(y_true, y_pred, num_classes=num_classes)
+    support = cm.sum(1)
+    predicted = cm.sum(0)
+    tp = np.diag(cm).astype(float)
+    present = support > 0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        recall = np.where(present, tp / support, np.nan)
+        precision = np.where(predicted > 0, tp / predicted, 0.0)
+        f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
+    return {
+        "acc": float(tp.sum() / max(cm.sum(), 1)),
+        "mean_acc": float(np.nanmean(recall)) if present.any() else float("nan"),
+        "macro_f1": float(f1[present].mean()) if present.any() else float("nan"),
+        "per_class_acc": [float(r) for r in recall],
+        "confusion": cm.tolist(),
+    }
