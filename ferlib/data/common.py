@@ -1,0 +1,214 @@
+"""Pieces shared by the dataset readers: the error type, option checks, CSV rows, image decoding, assembly.
+
+A reader parses its label files into :class:`Sample` records (one per usable sample) and a ``dropped``
+counter (one reason per left-out sample), then hands both to :func:`assemble`, which decodes the images
+and builds the :class:`~ferlib.data.dataset.FERData`.
+"""
+from __future__ import annotations
+
+import csv
+import os
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+from PIL import Image
+
+from .dataset import FERData
+
+__all__ = ["DatasetError", "Sample", "new_drops", "check_choice", "check_image_options", "iter_csv", "decode",
+           "assemble"]
+
+MISSING_CHOICES = ("error", "drop")
+
+
+class DatasetError(ValueError):
+    """A dataset's files are missing, malformed or inconsistent. The message names the file (and 1-based line)."""
+
+
+@dataclass
+class Sample:
+    """One labelled sample whose image is still to be decoded.
+
+    Attributes
+    ----------
+    split : str
+        ``"train"``, ``"valid"`` or ``"test"``.
+    id : str
+        Stable sample id, unique within the dataset.
+    label : int
+        Canonical label (:mod:`ferlib.classes` order).
+    where : str
+        The label file and line that list the sample (``"…/label.csv, line 3"``), for error messages.
+    image : Path or np.ndarray
+        The image file, or the pixels when the dataset stores them inline (shape (H, W), uint8).
+    box : tuple of 4 int, optional
+        Face box ``(left, top, right, bottom)`` to crop before resizing; None for the whole image.
+    votes : np.ndarray, shape (K,), float32, optional
+        Human vote counts over the K classes.
+    """
+
+    split: str
+    id: str
+    label: int
+    where: str
+    image: Path | np.ndarray
+    box: tuple[int, int, int, int] | None = None
+    votes: np.ndarray | None = None
+
+
+def new_drops() -> defaultdict[str, Counter]:
+    """An empty ``{split: Counter(reason -> count)}`` for a reader to fill."""
+    return defaultdict(Counter)
+
+
+def check_choice(name: str, value, choices: Sequence):
+    """Return ``value`` if it is one of ``choices``, else raise ValueError naming the parameter and the choices."""
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")
+    return value
+
+
+def check_image_options(image_size: int | None, channels: int, on_missing: str = "error") -> None:
+    """Validate the options every reader shares."""
+    if image_size is not None and (isinstance(image_size, bool) or not isinstance(image_size, (int, np.integer))
+                                   or image_size < 1):
+        raise ValueError(f"image_size must be a positive int (or None for the native size); got {image_size!r}")
+    check_choice("channels", channels, (1, 3))
+    check_choice("on_missing", on_missing, MISSING_CHOICES)
+
+
+def iter_csv(path: Path, *, ncols: int | None = None, required: Sequence[str] | None = None
+             ) -> Iterator[tuple[int, list[str] | dict[str, str]]]:
+    """Rows of a CSV file with their 1-based line numbers, checking the column count.
+
+    Parameters
+    ----------
+    path : Path
+        The CSV file.
+    ncols : int, optional
+        Header-less file: every row must have exactly this many fields; rows are yielded as lists.
+    required : sequence of str, optional
+        The first line is a header that must contain these columns; rows are yielded as dicts and must have
+        as many fields as the header.
+
+    Yields
+    ------
+    (line, row) : (int, list or dict)
+        Blank lines are skipped.
+    """
+    if not path.is_file():
+        raise DatasetError(f"missing file {path}")
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.reader(f)
+        header = None
+        if required is not None:
+            header = [h.strip() for h in next(reader, [])]
+            missing = [c for c in required if c not in header]
+            if missing:
+                raise DatasetError(f"{path}, line 1: header lacks column(s) {', '.join(missing)}; "
+                                   f"expected {', '.join(required)}; got {', '.join(header) or '(empty)'}")
+            ncols = len(header)
+        for row in reader:
+            if not row:
+                continue
+            if len(row) != ncols:
+                raise DatasetError(f"{path}, line {reader.line_num}: expected {ncols} columns, got {len(row)}")
+            yield reader.line_num, (row if header is None else dict(zip(header, row)))
+
+
+def decode(source: Path | np.ndarray, *, image_size: int | None, channels: int,
+           box: tuple[int, int, int, int] | None = None) -> np.ndarray:
+    """Decode one image with PIL, crop it to ``box``, resize it (bilinear) and convert it to ``channels``.
+
+    Returns
+    -------
+    np.ndarray, shape (H, W, channels), uint8
+        H = W = ``image_size`` unless it is None (native size, after the crop).
+    """
+    im = Image.fromarray(source) if isinstance(source, np.ndarray) else Image.open(source)
+    with im:
+        im = im.convert("L" if channels == 1 else "RGB")
+        if box is not None:
+            left, top, right, bottom = box
+            box = (max(left, 0), max(top, 0), min(right, im.width), min(bottom, im.height))
+            if box != (0, 0, im.width, im.height):
+                im = im.crop(box)
+        if image_size is not None and im.size != (image_size, image_size):
+            im = im.resize((image_size, image_size), Image.Resampling.BILINEAR)
+        arr = np.asarray(im, dtype=np.uint8)
+    return arr.reshape(arr.shape[0], arr.shape[1], channels)
+
+
+def _decode_all(samples: Sequence[Sample], dropped, *, image_size, channels, on_missing, progress, name):
+    """Decode every sample's image; returns (images, kept samples)."""
+    if progress:
+        from tqdm.auto import tqdm
+        samples = tqdm(samples, desc=f"reading {name}", unit="img")
+    images, kept = [], []
+    for s in samples:
+        try:
+            images.append(decode(s.image, image_size=image_size, channels=channels, box=s.box))
+        except FileNotFoundError:
+            if on_missing == "error":
+                raise DatasetError(f"missing image {s.image} (listed in {s.where}); "
+                                   "pass on_missing='drop' to leave such samples out") from None
+            dropped[s.split]["missing image"] += 1
+            continue
+        except Exception as e:  # PIL raises several types for corrupt files; re-raise naming the file
+            raise DatasetError(f"cannot read image {s.image} (listed in {s.where}): {e}") from e
+        kept.append(s)
+    return images, kept
+
+
+def _check_consistent(images: list[np.ndarray], kept: Sequence[Sample], splits: Sequence[str], dropped,
+                      source: str) -> None:
+    """Raise DatasetError on mixed image sizes, duplicate ids or a split left without samples."""
+    for img, s in zip(images, kept):
+        if img.shape != images[0].shape:
+            raise DatasetError(f"image {s.image} (listed in {s.where}) has shape {img.shape} but "
+                               f"{kept[0].image} has {images[0].shape}; pass image_size=... to resize all")
+    counts = Counter(s.split for s in kept)
+    for split in splits:
+        if counts[split] == 0:
+            raise DatasetError(f"split {split!r} of {source} has no usable samples "
+                               f"(dropped: {dict(dropped.get(split, {})) or 'none'})")
+    ids = Counter(s.id for s in kept)
+    dup = [i for i, n in ids.items() if n > 1]
+    if dup:
+        raise DatasetError(f"{source}: duplicate sample id(s) {', '.join(dup[:5])}")
+
+
+def assemble(samples: Sequence[Sample], dropped, *, name: str, classes: Sequence[str], splits: Sequence[str],
+             options: dict, image_size: int | None, channels: int, on_missing: str = "error",
+             progress: bool = False, source: str | os.PathLike = "") -> FERData:
+    """Decode the samples' images and build the :class:`FERData`.
+
+    Parameters
+    ----------
+    samples : sequence of Sample
+        The usable samples, in output order.
+    dropped : dict
+        ``{split: Counter}`` of samples already left out; missing images are added here when
+        ``on_missing="drop"``.
+    name, classes, options
+        Copied into the FERData.
+    splits : sequence of str
+        The splits this dataset defines; each must keep at least one sample.
+    image_size, channels, on_missing, progress
+        See the readers.
+    source : str or PathLike
+        The dataset root, for error messages.
+    """
+    images, kept = _decode_all(samples, dropped, image_size=image_size, channels=channels,
+                               on_missing=on_missing, progress=progress, name=name)
+    _check_consistent(images, kept, splits, dropped, str(source))
+    votes = None if not kept or kept[0].votes is None else np.stack([s.votes for s in kept]).astype(np.float32)
+    return FERData(
+        images=np.stack(images), labels=np.array([s.label for s in kept], dtype=np.int64),
+        split=np.array([s.split for s in kept]), ids=np.array([s.id for s in kept]), classes=tuple(classes),
+        votes=votes, dropped={s: {r: int(n) for r, n in sorted(dropped.get(s, {}).items())} for s in splits},
+        name=name, options=dict(options),
+    )

@@ -1,0 +1,80 @@
+"""Shared fixtures. Data: tiny image files and a tiny FERPlus tree written into tmp_path."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+# Vote rows (neutral, happiness, surprise, sadness, anger, disgust, fear, contempt, unknown, NF) of the tiny
+# FERPlus tree; the comments give the (majority, plurality) label, "-" = dropped.
+TINY_FERPLUS_VOTES: dict[str, list[list[int]]] = {
+    "train": [
+        [0, 9, 1, 0, 0, 0, 0, 0, 0, 0],  # 1, 1
+        [8, 0, 0, 2, 0, 0, 0, 0, 0, 0],  # 0, 0
+        [0, 0, 7, 0, 0, 0, 3, 0, 0, 0],  # 2, 2
+        [4, 0, 0, 1, 3, 2, 0, 0, 0, 0],  # -, 0  (no majority)
+        [0, 0, 0, 0, 0, 0, 0, 6, 1, 3],  # 7, 7  (contempt)
+        [2, 0, 0, 0, 0, 0, 0, 0, 6, 2],  # -, -  (unknown)
+    ],
+    "valid": [
+        [0, 0, 0, 10, 0, 0, 0, 0, 0, 0],  # 3, 3
+        [0, 0, 0, 0, 0, 8, 2, 0, 0, 0],  # 5, 5
+    ],
+    "test": [
+        [0, 0, 0, 0, 9, 0, 0, 0, 1, 0],  # 4, 4
+        [0, 0, 0, 0, 0, 0, 10, 0, 0, 0],  # 6, 6
+        [3, 3, 0, 0, 0, 0, 0, 0, 2, 2],  # -, 0  (tie -> lowest index)
+    ],
+}
+FERPLUS_DIRS = {"train": "FER2013Train", "valid": "FER2013Valid", "test": "FER2013Test"}
+
+
+def _write_image(path: Path, value: int | np.ndarray, *, size: tuple[int, int] = (48, 48), mode: str = "L") -> Path:
+    """Write a constant (or given, shape (H, W[, 3])) uint8 image of ``size`` (W, H); format from the suffix."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    shape = (size[1], size[0]) if mode == "L" else (size[1], size[0], 3)
+    pixels = np.broadcast_to(np.asarray(value, dtype=np.uint8), shape) if np.ndim(value) == 0 else value
+    Image.fromarray(np.ascontiguousarray(pixels, dtype=np.uint8)).save(path)
+    return path
+
+
+def _build_ferplus(root: Path, votes: dict[str, list[list[int]]] = TINY_FERPLUS_VOTES) -> Path:
+    """Write a FERPlus tree; image ``fer{k:07d}.png`` (k counting over all splits) is filled with ``k``."""
+    k = 0
+    for split, rows in votes.items():
+        folder = root / FERPLUS_DIRS[split]
+        folder.mkdir(parents=True, exist_ok=True)
+        lines = []
+        for row in rows:
+            name = f"fer{k:07d}.png"
+            _write_image(folder / name, k)
+            lines.append(f'{name},"(0, 0, 48, 48)",' + ",".join(map(str, row)))
+            k += 1
+        (folder / "label.csv").write_text("\n".join(lines) + "\n")
+    return root
+
+
+@pytest.fixture
+def write_image():
+    """The function ``write_image(path, value, *, size=(48, 48), mode="L") -> path``."""
+    return _write_image
+
+
+@pytest.fixture
+def build_ferplus():
+    """The function ``build_ferplus(root, votes={split: [[10 ints], ...]}) -> root``."""
+    return _build_ferplus
+
+
+@pytest.fixture
+def tiny_ferplus_votes() -> dict[str, list[list[int]]]:
+    """The vote rows of ``tiny_ferplus``, per split."""
+    return TINY_FERPLUS_VOTES
+
+
+@pytest.fixture
+def tiny_ferplus(tmp_path: Path) -> Path:
+    """Root of an 11-image FERPlus tree with votes ``TINY_FERPLUS_VOTES``."""
+    return _build_ferplus(tmp_path / "ferplus")
