@@ -1,0 +1,457 @@
+"""LDLVA: uncertainty-aware label distribution learning with neighbours in an auxiliary (valence-arousal) space.
+
+Le, Nguyen, Tran, Tjiputra, Le, Nguyen, "Uncertainty-aware label distribution learning for facial expression
+recognition", WACV 2023. Official code: minhnhatvt/label-distribution-learning-fer-tf (TensorFlow), read at
+a741b36: ``src/train.py`` (train_step), ``src/utils.py`` (construct_target_distribution, DiscriminativeLoss,
+CELoss), ``src/models.py`` (AdaptiveSimNet), ``src/data_utils.py`` (local similarity, neighbour loading).
+
+Per step, for a sample i with given label y_i and its K offline neighbours j in the auxiliary space:
+
+    a_ij = exp(-||v_i - v_j||_1 / 0.5)                              local similarity (offline)
+    c_ij = sigmoid(max(MLP([f_i ; f_j]), -1.3))                     calibration score
+    d_i  = sum_j a_ij c_ij p_j / sum_j a_ij c_ij                    aggregated neighbour distribution
+    t_i  = lambda_i onehot(y_i) + (1 - lambda_i) d_i,  lambda_i = sigmoid(theta_i)
+    L    = mean_i H(t_i, p_i) + gamma * L_dis                       L_dis: weighted center loss
+
+What carries gradient follows the official code: the neighbours are forwarded outside the gradient tape (f_j,
+p_j constant); f_i reaches the backbone through both the classifier and the calibration MLP; the target is NOT
+detached, so the calibration MLP and theta learn through it; theta is stepped by its own SGD (never by the
+main optimiser; here in :meth:`LDLVA.after_step`); the center loss sees lambda as a constant, and the centers
+are updated by hand after each step (pull towards the class means, push apart).
+
+Where we depart from the official code (each also noted at its config field):
+
+- ``aux="features"`` by default, because plain FERPlus has no VA: the kNN is built on the bound model's features.
+  VA from :mod:`ferlib.va` (a CSV, an ONNX regressor, a circumplex projection) can be given as a file.
+- ``neighbours="bank"`` by default: neighbour outputs come from a memory bank, not from a second forward
+  pass. ``"faithful"`` gives the official scheme.
+- For a high-dimensional aux, the L1 distances of a_ij are divided by their median (``distance_scale``).
+- We store a_ij / max_j a_ij. d_i is invariant to that per-row factor, and the row can no longer underflow to 0.
+- The soft cross-entropy uses ``log_softmax``, where the official code uses ``log(softmax + 1e-10)``.
+- The official classifier declares an L2 regulariser (0.001), but the custom training loop never adds
+  ``model.losses``, so it has no effect there. We leave it out as well. Weight decay is the engine's.
+- Neighbour augmentation is flip and pad-and-crop (``ferlib.augment``, zero fill), and pixels go to [-1, 1],
+  as in the official code. Central images get the engine's augmentation.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..augment import AugmentConfig, augment_batch, prepare_batch
+from ..va import KNN_METRICS, aux_from_array, aux_from_file, knn
+from .base import Method, register_method
+from .ldl_votes import soft_cross_entropy
+
+__all__ = ["LDLVA", "LDLVAConfig", "local_similarity", "CalibrationNet", "calibration_score",
+           "aggregate_neighbours", "uncertainty_factor", "target_distribution", "center_loss",
+           "center_pull", "center_repulsion", "center_push", "balanced_class_weights"]
+
+NEIGHBOUR_MODES = ("bank", "faithful")
+BN_MODES = ("train", "eval")
+DISTANCE_SCALES = ("auto", "none", "median")
+
+
+@dataclass(frozen=True)
+class LDLVAConfig:
+    """LDLVA hyperparameters; defaults from ``cfg_files/config_resnet18_raf.py`` unless noted.
+
+    num_neighbors : int
+        K neighbours per sample (``num_neighbors`` = 8).
+    aux : str
+        Auxiliary space for the offline kNN. ``"features"`` (default; DEPARTS: the paper uses VA, which plain
+        FERPlus lacks): the model's pooled features on the un-augmented train images, computed in ``bind``
+        (i.e. of the initial / pretrained model; give a teacher's features as a file to use a teacher).
+        Otherwise a path: a ``.npy`` row-aligned with the train split, or a ``.csv`` keyed by ``id`` (e.g.
+        ``id, valence, arousal``; see :mod:`ferlib.va` to build one). A teacher behind such a file (its
+        features, or VA projected from its probabilities) must be trained on the noisy training labels only.
+    aux_standardise : bool
+        Standardise each aux column before the kNN (off: VA is used as is in the official code).
+    knn_metric : str
+        ``euclidean`` | ``manhattan`` | ``cosine``. The official kNN comes precomputed in a csv with an
+        unstated distance (methods.md 7.2 item 11); Euclidean is our default.
+    similarity_temperature : float
+        The 0.5 of a_ij = exp(-||v_i - v_j||_1 / 0.5) (``data_utils.get_train_dataset``).
+    distance_scale : str
+        Divide the L1 distances of a_ij by their median over all kNN pairs (``median``), or not (``none``:
+        official, meant for VA in [-1, 1]). ``auto`` (default) = ``none`` for a 2-column aux (VA) and
+        ``median`` otherwise (DEPARTS where the aux is high-dimensional: there the raw kernel would give
+        one neighbour all the weight).
+    neighbours : str
+        ``bank`` (default; DEPARTS, for speed): neighbour features f_j and predictions p_j are read from a
+        memory bank of each sample's latest training-forward outputs, initialised in ``bind`` by one no-grad
+        eval pass and refreshed whenever a sample is in a batch; one forward per image. ``faithful``: the
+        official scheme, the K neighbour images are loaded, augmented (flip, pad-and-crop) and forwarded
+        every step, about (1 + K) times the forward cost.
+    neighbour_bn : str
+        ``faithful`` mode: ``train`` (official: BatchNorm in training mode, running statistics updated by the
+        neighbour batches, no gradient) or ``eval`` (running statistics used, not updated).
+    neighbour_pad : int
+        Pad-and-crop shift in pixels of the neighbour augmentation (official ``pad_size``: 8 at 224 px,
+        4 at 112 px; 4 suits 48 px).
+    calibration : bool
+        Use the calibration score c_ij (official). False sets c_ij = 1 (ablation: fixed similarity only).
+    calib_clamp : float
+        Lower clamp of the calibration logit (``AdaptiveSimNet``: max(x, -1.3), so c_ij >= 0.214).
+    lamb_init, lamb_lr, lamb_momentum : float
+        theta_i initial value, learning rate and momentum of theta's own SGD (0.5 / 10 / 0 for RAF-DB;
+        AffectNet uses 0.8 / 10 / 0.9). ``lamb_lr = 0`` keeps lambda at sigmoid(lamb_init) (ablation).
+    gamma : float
+        Weight of the discriminative loss (0.01).
+    center_lr : float
+        SGD rate of the manual center updates (``DiscriminativeLoss(centers_alpha=0.5)``).
+    center_push : float
+        Factor on the repulsion gradient in the push step (0.1 in ``update_centers``).
+    class_weights : bool
+        sklearn "balanced" class weights in the soft cross-entropy (off for RAF-DB, on for AffectNet).
+    image_size : int
+        Side of the images of the ``bind`` pass (bank init, aux features); 0 = the train images' own size.
+        Set it to ``TrainConfig.image_size`` when that differs (the engine does not tell methods).
+    seed : int
+        Seed of the neighbour augmentation (``faithful``), combined with the step count so resume is exact.
+    """
+
+    num_neighbors: int = 8
+    aux: str = "features"
+    aux_standardise: bool = False
+    knn_metric: str = "euclidean"
+    similarity_temperature: float = 0.5
+    distance_scale: str = "auto"
+    neighbours: str = "bank"
+    neighbour_bn: str = "train"
+    neighbour_pad: int = 4
+    calibration: bool = True
+    calib_clamp: float = -1.3
+    lamb_init: float = 0.5
+    lamb_lr: float = 10.0
+    lamb_momentum: float = 0.0
+    gamma: float = 0.01
+    center_lr: float = 0.5
+    center_push: float = 0.1
+    class_weights: bool = False
+    image_size: int = 0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for key, valid in (("neighbours", NEIGHBOUR_MODES), ("neighbour_bn", BN_MODES),
+                           ("knn_metric", KNN_METRICS), ("distance_scale", DISTANCE_SCALES)):
+            if getattr(self, key) not in valid:
+                raise ValueError(f"LDLVAConfig.{key} must be one of {valid}, got {getattr(self, key)!r}")
+        if self.num_neighbors < 1 or self.similarity_temperature <= 0 or self.lamb_lr < 0:
+            raise ValueError("LDLVAConfig needs num_neighbors >= 1, similarity_temperature > 0, lamb_lr >= 0")
+
+
+# --------------------------------------------------------------------------- paper equations
+def local_similarity(distance: torch.Tensor, temperature: float = 0.5) -> torch.Tensor:
+    """Local similarity of a sample and its neighbours: a_ij = exp(-||v_i - v_j||_1 / T).
+
+    Le et al., WACV 2023 (auxiliary-space similarity; official ``data_utils.get_train_dataset``).
+    distance : (N, K) L1 distances ||v_i - v_j||_1 in the auxiliary space; T = ``temperature`` (0.5).
+    Returns (N, K) in (0, 1].
+    """
+    return torch.exp(-distance / temperature)
+
+
+class CalibrationNet(nn.Module):
+    """The calibration MLP of ``AdaptiveSimNet``: [f_i ; f_j] (2D) -> 512 -> BN -> ReLU -> 256 -> BN -> ReLU -> 1.
+
+    He-normal (truncated, as Keras) hidden weights, Glorot-uniform output weights, zero biases; BatchNorm
+    with Keras' defaults (momentum 0.99, i.e. torch momentum 0.01; epsilon 1e-3).
+    """
+
+    def __init__(self, feature_dim: int, hidden: tuple[int, int] = (512, 256)) -> None:
+        super().__init__()
+        dims = (2 * feature_dim, *hidden)
+        layers: list[nn.Module] = []
+        for d_in, d_out in zip(dims[:-1], dims[1:]):
+            linear = nn.Linear(d_in, d_out)
+            std = math.sqrt(2.0 / d_in)
+            nn.init.trunc_normal_(linear.weight, std=std, a=-2 * std, b=2 * std)
+            nn.init.zeros_(linear.bias)
+            layers += [linear, nn.BatchNorm1d(d_out, eps=1e-3, momentum=0.01), nn.ReLU()]
+        out = nn.Linear(dims[-1], 1)
+        nn.init.xavier_uniform_(out.weight)
+        nn.init.zeros_(out.bias)
+        self.net = nn.Sequential(*layers, out)
+
+    def forward(self, pairs: torch.Tensor) -> torch.Tensor:
+        """(M, 2D) -> (M,) calibration logits (before clamp and sigmoid)."""
+        return self.net(pairs).squeeze(-1)
+
+
+def calibration_score(net: CalibrationNet, feat: torch.Tensor, feat_nb: torch.Tensor,
+                      clamp: float = -1.3) -> torch.Tensor:
+    """Calibration score of each neighbour: c_ij = sigmoid(max(MLP([f_i ; f_j]), -1.3)).
+
+    Le et al., WACV 2023 (adaptive similarity; official ``models.AdaptiveSimNet``).
+    feat : (B, D) f_i of the central samples; feat_nb : (B, K, D) f_j of their neighbours.
+    Returns (B, K) in [sigmoid(clamp), 1).
+    """
+    b, k, d = feat_nb.shape
+    pairs = torch.cat([feat[:, None].expand(b, k, d), feat_nb.to(feat.dtype)], dim=-1)
+    return torch.sigmoid(net(pairs.reshape(b * k, 2 * d)).clamp_min(clamp)).view(b, k)
+
+
+def aggregate_neighbours(prob_nb: torch.Tensor, similarity: torch.Tensor, calibration: torch.Tensor) -> torch.Tensor:
+    """Aggregated neighbour distribution: d_i = sum_j a_ij c_ij p_j / sum_j a_ij c_ij.
+
+    Le et al., WACV 2023 (official ``utils.construct_target_distribution``).
+    prob_nb : (B, K, C) neighbour predictions p_j; similarity : (B, K) a_ij; calibration : (B, K) c_ij.
+    Returns (B, C), rows summing to 1.
+    """
+    weight = similarity * calibration
+    return (weight[..., None] * prob_nb).sum(1) / weight.sum(1, keepdim=True)
+
+
+def uncertainty_factor(theta: torch.Tensor) -> torch.Tensor:
+    """Per-sample uncertainty factor lambda_i = sigmoid(theta_i) (Le et al., WACV 2023; official ``lamb_hat``)."""
+    return torch.sigmoid(theta)
+
+
+def target_distribution(label: torch.Tensor, neighbour_dist: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
+    """Target label distribution: t_i = lambda_i onehot(y_i) + (1 - lambda_i) d_i.
+
+    Le et al., WACV 2023 (official ``utils.construct_target_distribution``).
+    label : (B,) given labels y_i; neighbour_dist : (B, C) d_i; lam : (B,) lambda_i in (0, 1).
+    Returns (B, C), rows summing to 1.
+    """
+    onehot = F.one_hot(label, neighbour_dist.shape[1]).to(neighbour_dist.dtype)
+    lam = lam[:, None].to(neighbour_dist.dtype)
+    return lam * onehot + (1 - lam) * neighbour_dist
+
+
+def center_loss(x: torch.Tensor, label: torch.Tensor, centers: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Uncertainty-weighted center loss: L_dis = 1/2 sum_m lambda_m ||x_m - c_{y_m}||^2 / M.
+
+    Le et al., WACV 2023 (discriminative loss; official ``utils.DiscriminativeLoss.call``).
+    x : (M, D) features (central samples and neighbours); label : (M,) given labels y_m; centers : (C, D);
+    weight : (M,) lambda_m, treated as constants. Returns a scalar.
+    """
+    diff = x - centers[label]
+    return 0.5 * (weight.detach()[:, None] * diff.pow(2)).sum() / len(x)
+
+
+@torch.no_grad()
+def center_pull(centers: torch.Tensor, x: torch.Tensor, label: torch.Tensor, weight: torch.Tensor,
+                lr: float = 0.5) -> torch.Tensor:
+    """Pull step of the centers: c_k += lr * sum_{m: y_m = k} lambda_m (x_m - c_k) / ((n_k + 1) M).
+
+    Le et al., WACV 2023 (official ``DiscriminativeLoss.compute_grads`` then an SGD step of rate 0.5).
+    centers : (C, D); x : (M, D); label : (M,); weight : (M,) lambda_m; n_k = count of label k among the M.
+    Returns the new (C, D) centers.
+    """
+    onehot = F.one_hot(label, len(centers)).to(x.dtype)
+    pull = onehot.T @ (weight[:, None] * (x - centers[label]))
+    return centers + lr * pull / (onehot.sum(0)[:, None] + 1) / len(x)
+
+
+def center_repulsion(centers: torch.Tensor) -> torch.Tensor:
+    """Inter-center repulsion energy: S_B = sum_{k<l} exp(-||c_k - c_l||^2 / D).
+
+    Le et al., WACV 2023 (official ``DiscriminativeLoss.update_centers``, D = feature dimension).
+    centers : (C, D). Returns a scalar that decreases as the centers move apart. The squares are expanded
+    (not ``cdist``) so that the gradient exists where centers coincide, as they all do at the start (0).
+    """
+    sq = (centers[:, None] - centers[None]).pow(2).sum(-1)
+    upper = torch.triu(torch.ones_like(sq, dtype=torch.bool), diagonal=1)
+    return torch.exp(-sq[upper] / centers.shape[1]).sum()
+
+
+def center_push(centers: torch.Tensor, lr: float = 0.5, scale: float = 0.1) -> torch.Tensor:
+    """Push step of the centers: c <- c - lr * scale * grad_c S_B (official: SGD rate 0.5, scale 0.1).
+
+    Le et al., WACV 2023 (official ``DiscriminativeLoss.update_centers``).
+    centers : (C, D). Returns the new (C, D) centers (no graph attached).
+    """
+    with torch.enable_grad():
+        c = centers.detach().clone().requires_grad_(True)
+        (grad,) = torch.autograd.grad(center_repulsion(c), c)
+    return (centers - lr * scale * grad).detach()
+
+
+def balanced_class_weights(labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """sklearn's "balanced" weights n / (C_present * n_k) (official AffectNet setting); absent classes get 1."""
+    counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
+    present = counts > 0
+    weights = np.ones(num_classes)
+    weights[present] = len(labels) / (present.sum() * counts[present])
+    return weights.astype(np.float32)
+
+
+# --------------------------------------------------------------------------- helpers of bind
+@torch.no_grad()
+def _embed_all(model: nn.Module, images: np.ndarray, size: int, device: torch.device,
+               batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eval-mode features (N, D) and softmax predictions (N, C) of uint8 images (N, H, W, C)."""
+    was_training = model.training
+    model.eval()
+    feats, probs = [], []
+    for start in range(0, len(images), batch_size):
+        x = prepare_batch(torch.from_numpy(images[start:start + batch_size]).to(device), size, AugmentConfig())
+        f = model.embed(x).float()
+        feats.append(f)
+        probs.append(torch.softmax(model.head(f).float(), dim=1))
+    model.train(was_training)
+    return torch.cat(feats), torch.cat(probs)
+
+
+def _neighbour_distances(aux: np.ndarray, neighbours: np.ndarray, mode: str, chunk: int = 4096) -> np.ndarray:
+    """(N, K) L1 distances ||v_i - v_j||_1, divided by their median when ``mode`` asks for it."""
+    dist = np.concatenate([np.abs(aux[s:s + chunk, None, :] - aux[neighbours[s:s + chunk]]).sum(-1)
+                           for s in range(0, len(aux), chunk)])
+    if mode == "median" or (mode == "auto" and aux.shape[1] != 2):
+        dist = dist / max(float(np.median(dist)), 1e-12)
+    return dist.astype(np.float32)
+
+
+# --------------------------------------------------------------------------- the method
+@register_method
+class LDLVA(Method):
+    """Label distributions from auxiliary-space neighbours, blended with the given label by a learnt lambda."""
+
+    name = "ldlva"
+    Config = LDLVAConfig
+    ablations = {
+        "no_calibration": {"calibration": False},  # c_ij = 1: neighbours weighted by a_ij alone
+        "fixed_lambda": {"lamb_lr": 0.0},          # lambda stays sigmoid(lamb_init) for every sample
+        "no_discriminative": {"gamma": 0.0},       # soft-target cross-entropy alone
+    }
+
+    def __init__(self, config: LDLVAConfig, *, num_classes: int, num_train: int, feature_dim: int) -> None:
+        super().__init__(config, num_classes=num_classes, num_train=num_train, feature_dim=feature_dim)
+        k = config.num_neighbors
+        self.calibrator = CalibrationNet(feature_dim)
+        self.register_buffer("labels", torch.zeros(num_train, dtype=torch.int64))
+        self.register_buffer("neighbour_index", torch.zeros(num_train, k, dtype=torch.int64))
+        self.register_buffer("similarity", torch.ones(num_train, k))
+        self.register_buffer("theta", torch.full((num_train,), float(config.lamb_init)))
+        self.register_buffer("theta_velocity", torch.zeros(num_train))
+        self.register_buffer("centers", torch.zeros(num_classes, feature_dim))
+        self.register_buffer("class_weight", torch.ones(num_classes))
+        self.register_buffer("target", torch.full((num_train, num_classes), float("nan")))
+        self.register_buffer("step", torch.zeros((), dtype=torch.int64))
+        if config.neighbours == "bank":
+            self.register_buffer("bank_feature", torch.zeros(num_train, feature_dim))
+            self.register_buffer("bank_prob", torch.full((num_train, num_classes), 1.0 / num_classes))
+        self._images: torch.Tensor | None = None
+        self._pending: dict | None = None
+
+    # ----------------------------------------------------------------- bind: offline neighbours
+    def bind(self, model: nn.Module, train) -> None:
+        """Build the kNN graph and a_ij in the auxiliary space; initialise the bank (one no-grad pass)."""
+        cfg, device = self.config, self.theta.device
+        if len(train) != self.num_train or train.num_classes != self.num_classes:
+            raise ValueError(f"ldlva was built for {self.num_train} samples / {self.num_classes} classes, "
+                             f"bound to {len(train)} / {train.num_classes}")
+        if getattr(model, "feature_dim", self.feature_dim) != self.feature_dim:
+            raise ValueError(f"model.feature_dim = {model.feature_dim} but ldlva was built with {self.feature_dim}")
+        self.labels.copy_(torch.from_numpy(train.labels))
+        self._images = torch.from_numpy(train.images)
+        if cfg.class_weights:
+            self.class_weight.copy_(torch.from_numpy(balanced_class_weights(train.labels, self.num_classes)))
+        feats = None
+        if cfg.neighbours == "bank" or cfg.aux == "features":
+            feats, probs = _embed_all(model, train.images, cfg.image_size or train.images.shape[1], device)
+            if cfg.neighbours == "bank":
+                self.bank_feature.copy_(feats)
+                self.bank_prob.copy_(probs)
+        aux = feats.cpu().numpy() if cfg.aux == "features" else aux_from_file(cfg.aux, train.ids)
+        aux = aux_from_array(aux, standardise=cfg.aux_standardise)
+        neighbours = knn(aux, cfg.num_neighbors, metric=cfg.knn_metric, device=device)
+        dist = _neighbour_distances(aux, neighbours, cfg.distance_scale)
+        # d_i is unchanged by a per-row factor on a_ij: store a_ij / max_j a_ij, which cannot underflow to 0.
+        relative = torch.from_numpy(dist - dist.min(1, keepdims=True))
+        self.neighbour_index.copy_(torch.from_numpy(neighbours))
+        self.similarity.copy_(local_similarity(relative, cfg.similarity_temperature))
+
+    # ----------------------------------------------------------------- one step
+    def training_step(self, model, batch):
+        idx, label = batch["index"], batch["label"]
+        nb = self.neighbour_index[idx]                                        # (B, K)
+        feat_nb, prob_nb = self._neighbour_outputs(model, batch["image"], nb)  # constants
+        feat = model.embed(batch["image"])
+        logits = model.head(model.dropout(feat))
+        self.record(idx, logits, label)
+        similarity = self.similarity[idx]
+        calib = (calibration_score(self.calibrator, feat, feat_nb, self.config.calib_clamp).float()
+                 if self.config.calibration else torch.ones_like(similarity))
+        neighbour_dist = aggregate_neighbours(prob_nb.float(), similarity, calib)
+        theta = self.theta[idx].requires_grad_(True)   # a leaf: theta moves only by its own SGD
+        lam = uncertainty_factor(theta)
+        target = target_distribution(label, neighbour_dist, lam)
+        cls = soft_cross_entropy(logits.float(), self.class_weight[label][:, None] * target)
+        x_all = torch.cat([feat.float(), feat_nb.flatten(0, 1).float()])
+        y_all = torch.cat([label, self.labels[nb].flatten()])
+        lam_all = uncertainty_factor(self.theta[torch.cat([idx, nb.flatten()])])
+        dis = center_loss(x_all, y_all, self.centers, lam_all)
+        self._remember(idx, theta, feat, logits, target, x_all, y_all, lam_all)
+        return {"loss": cls + self.config.gamma * dis, "cls": cls, "dis": dis, "lambda": lam.mean().detach()}
+
+    def _neighbour_outputs(self, model, image: torch.Tensor, nb: torch.Tensor):
+        """(B, K, D) features and (B, K, C) predictions of the neighbours, without gradient."""
+        if self.config.neighbours == "bank":
+            return self.bank_feature[nb], self.bank_prob[nb]
+        return self._forward_neighbours(model, nb, image.shape[-1])
+
+    @torch.no_grad()
+    def _forward_neighbours(self, model, nb: torch.Tensor, size: int):
+        """Official scheme: load, augment (flip, pad-and-crop) and forward the K neighbour images."""
+        if self._images is None:
+            raise RuntimeError("ldlva: call bind(model, train) before training")
+        gen = torch.Generator().manual_seed(self.config.seed * 1_000_003 + int(self.step))
+        raw = self._images[nb.flatten().cpu()].to(nb.device)
+        aug = AugmentConfig(pad=self.config.neighbour_pad, erase=0.0, brightness=0.0, contrast=0.0)
+        x, _ = augment_batch(raw, size, aug, gen)
+        was_training = model.training
+        model.train(self.config.neighbour_bn == "train" and was_training)
+        feat = model.embed(x)
+        prob = torch.softmax(model.head(model.dropout(feat)).float(), dim=1)
+        model.train(was_training)
+        return feat.view(*nb.shape, -1), prob.view(*nb.shape, -1)
+
+    @torch.no_grad()
+    def _remember(self, idx, theta, feat, logits, target, x_all, y_all, lam_all) -> None:
+        """Keep what after_step needs; refresh the read-outs and (bank mode) the bank."""
+        self.target[idx] = target.detach().float()
+        if self.config.neighbours == "bank":
+            self.bank_feature[idx] = feat.detach().float()
+            self.bank_prob[idx] = torch.softmax(logits.detach().float(), dim=1)
+        self._pending = {"idx": idx, "theta": theta, "x": x_all.detach(), "y": y_all, "lam": lam_all.detach()}
+
+    # ----------------------------------------------------------------- after the optimiser step
+    @torch.no_grad()
+    def after_step(self) -> None:
+        """theta's own SGD step (TF-style momentum on the batch rows), then the manual center updates."""
+        pending, self._pending = self._pending, None
+        if pending is None:
+            return
+        self._step_theta(pending["idx"], pending["theta"].grad)
+        cfg = self.config
+        centers = center_pull(self.centers, pending["x"], pending["y"], pending["lam"], cfg.center_lr)
+        self.centers.copy_(center_push(centers, cfg.center_lr, cfg.center_push))
+        self.step += 1
+
+    def _step_theta(self, idx: torch.Tensor, grad: torch.Tensor | None) -> None:
+        """v <- momentum v - lr g ; theta <- theta + v, on the rows of the batch (Keras SGD, sparse update)."""
+        if grad is None:
+            return
+        velocity = self.config.lamb_momentum * self.theta_velocity[idx] - self.config.lamb_lr * grad
+        self.theta_velocity[idx] = velocity
+        self.theta[idx] += velocity
+
+    # ----------------------------------------------------------------- read-outs
+    def readout(self) -> dict[str, np.ndarray]:
+        """Base read-outs plus ``lambda`` (N,), ``score`` = 1 - lambda (N,) and the latest ``target`` (N, C).
+
+        A low lambda means the label is doubted, so ``score`` ranks likely-mislabelled samples first. ``target``
+        rows stay NaN for samples never visited (the engine drops each epoch's last partial batch).
+        """
+        out = super().readout()
+        lam = uncertainty_factor(self.theta).cpu().numpy()
+        out.update({"lambda": lam, "score": 1.0 - lam, "target": self.target.cpu().numpy()})
+        return out
