@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -54,6 +55,7 @@ def base_model():
 def bound(train, base_model, **overrides):
     model = copy.deepcopy(base_model)
     overrides.setdefault("num_neighbors", K_NB)
+    overrides.setdefault("aux", "features")
     method = create_method("ldlva", num_classes=8, num_train=len(train), feature_dim=model.feature_dim,
                            **overrides)
     method.bind(model, train)
@@ -239,3 +241,16 @@ def test_fit_end_to_end(tmp_path, base_model):
     with np.load(tmp_path / "readout.npz") as z:
         assert z["method_target"].shape == (16, 8) and z["method_lambda"].shape == (16,)
     assert dataclasses.asdict(method.config)["neighbours"] == "bank"
+
+
+def test_landmark_aux_space_on_real_faces(tmp_path, monkeypatch, base_model):
+    """The default auxiliary space: dlib landmarks of real sample faces, neighbours by face geometry."""
+    from ferlib.data import load_dataset
+
+    monkeypatch.setenv("FERLIB_CACHE", str(tmp_path))
+    data = load_dataset("ferplus", Path(__file__).parents[1] / "data" / "ferplus_sample", mode="plurality")
+    train = data.subset("train").select(np.arange(40))
+    model, method = bound(train, base_model, aux="landmarks:dlib")
+    nb = method.neighbour_index.numpy()
+    assert nb.shape == (40, K_NB) and not (nb == np.arange(40)[:, None]).any()
+    assert len({tuple(sorted(r)) for r in nb}) > 10  # not one shared neighbourhood: geometry differs per face

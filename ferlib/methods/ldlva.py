@@ -64,9 +64,11 @@ class LDLVAConfig:
     num_neighbors : int
         K neighbours per sample (``num_neighbors`` = 8).
     aux : str
-        Auxiliary space for the offline kNN. ``"features"`` (default; DEPARTS: the paper uses VA, which plain
-        FERPlus lacks): the model's pooled features on the un-augmented train images, computed in ``bind``
-        (i.e. of the initial / pretrained model; give a teacher's features as a file to use a teacher).
+        Auxiliary space for the offline kNN. ``"landmarks:<backend>"`` (default ``landmarks:dlib``; DEPARTS:
+        the paper uses EmoNet valence-arousal, which is not obtainable here and which plain FERPlus lacks):
+        the 68 facial landmarks of :func:`ferlib.landmarks.extract_landmarks`, flattened to 136 columns and
+        standardised, i.e. neighbours by face geometry. ``"features"``: the model's pooled features on the
+        un-augmented train images, computed in ``bind`` (meaningful only for a pretrained backbone).
         Otherwise a path: a ``.npy`` row-aligned with the train split, or a ``.csv`` keyed by ``id`` (e.g.
         ``id, valence, arousal``; see :mod:`ferlib.va` to build one). A teacher behind such a file (its
         features, or VA projected from its probabilities) must be trained on the noisy training labels only.
@@ -117,7 +119,7 @@ class LDLVAConfig:
     """
 
     num_neighbors: int = 8
-    aux: str = "features"
+    aux: str = "landmarks:dlib"
     aux_standardise: bool = False
     knn_metric: str = "euclidean"
     similarity_temperature: float = 0.5
@@ -300,6 +302,16 @@ def _embed_all(model: nn.Module, images: np.ndarray, size: int, device: torch.de
     return torch.cat(feats), torch.cat(probs)
 
 
+def _aux_array(aux: str, train) -> np.ndarray:
+    """(N, d) auxiliary values of the train split from ``landmarks:<backend>`` or a file (see ``LDLVAConfig.aux``)."""
+    if aux.startswith("landmarks:"):
+        from ..landmarks import extract_landmarks
+
+        marks = extract_landmarks(train, backend=aux.partition(":")[2])
+        return marks.points.reshape(len(train), -1)
+    return aux_from_file(aux, train.ids)
+
+
 def _neighbour_distances(aux: np.ndarray, neighbours: np.ndarray, mode: str, chunk: int = 4096) -> np.ndarray:
     """(N, K) L1 distances ||v_i - v_j||_1, divided by their median when ``mode`` asks for it."""
     dist = np.concatenate([np.abs(aux[s:s + chunk, None, :] - aux[neighbours[s:s + chunk]]).sum(-1)
@@ -360,8 +372,8 @@ class LDLVA(Method):
             if cfg.neighbours == "bank":
                 self.bank_feature.copy_(feats)
                 self.bank_prob.copy_(probs)
-        aux = feats.cpu().numpy() if cfg.aux == "features" else aux_from_file(cfg.aux, train.ids)
-        aux = aux_from_array(aux, standardise=cfg.aux_standardise)
+        aux = feats.cpu().numpy() if cfg.aux == "features" else _aux_array(cfg.aux, train)
+        aux = aux_from_array(aux, standardise=cfg.aux_standardise or cfg.aux.startswith("landmarks:"))
         neighbours = knn(aux, cfg.num_neighbors, metric=cfg.knn_metric, device=device)
         dist = _neighbour_distances(aux, neighbours, cfg.distance_scale)
         # d_i is unchanged by a per-row factor on a_ij: store a_ij / max_j a_ij, which cannot underflow to 0.
