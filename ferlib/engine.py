@@ -27,7 +27,7 @@ from torch import nn
 
 from .augment import AugmentConfig, augment_batch, make_view, prepare_batch
 from .metrics import classification_metrics
-from .results import atomic_write_text, write_json
+from .results import atomic_savez, atomic_write_text, write_json
 
 __all__ = ["TrainConfig", "fit", "train_one_epoch", "evaluate", "predict", "seed_everything",
            "build_optimizer", "build_scheduler", "resolve_device"]
@@ -309,9 +309,7 @@ def _finish(run_dir: Path, model, method, splits, history, cfg, device, meta) ->
                    test_ids=splits["test"].ids.astype(str), test_labels=splits["test"].true_labels)
     if cfg.save_features:
         readout.update(train_features=train_feats.astype(np.float16), test_features=test_feats.astype(np.float16))
-    tmp = run_dir / "readout.tmp.npz"
-    np.savez(tmp, **readout)
-    os.replace(tmp, run_dir / "readout.npz")
+    atomic_savez(run_dir / "readout.npz", **readout)
     last, best = history[-1], _select_best(history, cfg)
     summary = {
         **meta, "method": method.name, "oracle": method.oracle, "epochs": cfg.epochs, "seed": cfg.seed,

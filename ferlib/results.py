@@ -10,7 +10,7 @@ import os
 import tempfile
 from pathlib import Path
 
-__all__ = ["atomic_write_text", "write_json", "read_json", "write_table", "collect_results", "collect_epochs"]
+__all__ = ["atomic_write_text", "atomic_savez", "write_json", "read_json", "write_table", "collect_results", "collect_epochs"]
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
@@ -23,9 +23,27 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; results and reports are meant to be shared
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_savez(path: str | os.PathLike, **arrays) -> Path:
+    """``numpy.savez`` (uncompressed) to ``path`` via a temporary file and an atomic rename."""
+    import numpy as np
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
         raise
     return path
 

@@ -151,18 +151,14 @@ class FERData:
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | os.PathLike) -> Path:
         """Write to one uncompressed ``.npz`` atomically (temporary file, then rename)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        from ..results import atomic_savez
+
         arrays = dict(images=self.images, labels=self.labels, split=self.split.astype(str), ids=self.ids.astype(str))
         for opt in ("votes", "clean_labels"):
             if getattr(self, opt) is not None:
                 arrays[opt] = getattr(self, opt)
         meta = dict(classes=list(self.classes), dropped=self.dropped, name=self.name, options=self.options)
-        tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-        with open(tmp, "wb") as f:
-            np.savez(f, meta=np.array(json.dumps(meta)), **arrays)
-        os.replace(tmp, path)
-        return path
+        return atomic_savez(path, meta=np.array(json.dumps(meta)), **arrays)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "FERData":

@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from ..results import atomic_savez
 from .layout import MEAN_SHAPE_68, NUM_POINTS, PARTS_68
 
 __all__ = ["Landmarks", "Backend", "BACKENDS", "register_backend", "list_backends", "create_backend",
@@ -81,14 +82,8 @@ class Landmarks:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write an ``.npz`` atomically (temporary file, then rename)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         meta = json.dumps(dict(backend=self.backend, options=self.options, version=CACHE_VERSION), default=str)
-        tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-        with open(tmp, "wb") as f:
-            np.savez(f, points=self.points, ok=self.ok, meta=np.array(meta))
-        os.replace(tmp, path)
-        return path
+        return atomic_savez(path, points=self.points, ok=self.ok, meta=np.array(meta))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Landmarks":
