@@ -88,8 +88,8 @@ def load_weights(model: nn.Module, path: str | os.PathLike, *,
                  key_map: Callable[[str], str] | None = None) -> None:
     """Load a local state dict into ``model`` (classifier keys ignored), with clear errors.
 
-    Raises :class:`WeightsError` when the file is missing, is not a state dict, or leaves backbone
-    parameters unmatched / mis-shaped (the message lists the first offending keys).
+    Raises :class:`WeightsError` when the file is missing, is not a state dict, or its keys do not match
+    the backbone's one to one with the same shapes (the message lists the first offending keys).
     """
     path = Path(path)
     if not path.is_file():
@@ -105,10 +105,12 @@ def load_weights(model: nn.Module, path: str | os.PathLike, *,
     own = model.state_dict()
     state = {k: v for k, v in state.items() if not k.startswith(("fc.", "head.", "classifier.", "last_linear."))}
     missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
     shape = [k for k in own if k in state and state[k].shape != own[k].shape]
-    if missing or shape:
-        raise WeightsError(f"weights file {path} does not match the model: missing {missing[:5]}"
-                           f"{' ...' if len(missing) > 5 else ''}, wrong shape {shape[:5]}")
+    if missing or unexpected or shape:
+        raise WeightsError(f"weights file {path} does not match the model: missing {missing[:5]}, "
+                           f"unexpected {unexpected[:5]}, wrong shape {shape[:5]} (first 5 of each; "
+                           "pass key_map to rename keys)")
     model.load_state_dict({k: state[k] for k in own})
 
 
