@@ -22,8 +22,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 study: $(STAMP)
-	$(BIN)/python -m ferlib train --data $(DATA) --method ce --noise symmetric:0.3 --epochs 8 --out runs/$(PROFILE)
-	$(BIN)/python -m ferlib results runs/$(PROFILE) --out reports/results.csv
+	$(BIN)/python -m ferlib study --profile $(PROFILE) --data $(DATA)
 
 clean-runs:
 	rm -rf runs

@@ -51,6 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--out", default="runs", help="parent folder of run directories")
     tr.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint of this run")
     _add_dataclass_flags(tr, TrainConfig, skip=("augment",))
+    from .study.runner import add_study_arguments
+
+    add_study_arguments(sub.add_parser("study", help="run a study: a grid of runs through the notebooks, "
+                                                     "rendered to an HTML report"))
     sub.add_parser("methods", help="list the registered methods and their default options")
     sub.add_parser("datasets", help="list the dataset readers")
     res = sub.add_parser("results", help="collect the result.json of every run under a folder into one table")
@@ -107,6 +111,10 @@ def main(argv: list[str] | None = None) -> int:
 
         print("\n".join(list_datasets()))
         return 0
+    if args.command == "study":
+        from .study.runner import study_main
+
+        return study_main(args)
     if args.command == "results":
         return _results(args.runs, args.out)
     from .experiment import run

@@ -60,6 +60,7 @@ _NOT_IN_ID = {"out", "train.progress", "train.device", "train.eval_batch_size", 
 def run_id(spec: RunSpec) -> str:
     """``<method>-<noise>-s<seed>-<hash>``: readable, and unique for the fields that change results."""
     flat = _flatten(asdict(spec))
+    flat["data"] = str(Path(spec.data).resolve())  # the same data named relatively or absolutely: one id
     key = json.dumps({k: v for k, v in sorted(flat.items()) if k not in _NOT_IN_ID}, sort_keys=True, default=str)
     digest = hashlib.sha1(key.encode()).hexdigest()[:8]
     noise = spec.noise.replace(":", "").replace("+", "_")

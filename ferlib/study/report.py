@@ -1,0 +1,311 @@
+"""The study's report: result tables over a runs folder, HTML renderings of executed notebooks, ``index.html``.
+
+Everything here reads files and writes files atomically; nothing trains. :func:`write_report` is what
+:func:`ferlib.study.run_study` calls at the end, and it can be called alone to refresh a report::
+
+    write_report(runs_dir="runs/smoke", reports_dir="reports/smoke")
+
+Layout of ``reports_dir``::
+
+    index.html        summary table, failures, links to every rendered notebook
+    results.csv       one row per finished run (collect_results), tidy
+    summary.csv       one row per configuration: mean and std over seeds
+    failures.json     {key: {notebook, error, traceback, ...}} of what failed (written by the runner)
+    study.json        the resolved study spec of the last invocation
+    <notebook>.ipynb / .html          executed analysis notebooks (00, 01, 03, 04, 05, 06, 99)
+    runs/<run_id>.ipynb / .html       one executed 02_train per grid cell
+"""
+from __future__ import annotations
+
+import html
+import json
+import math
+import os
+from datetime import datetime
+from pathlib import Path
+
+from ferlib.results import atomic_write_text, collect_results, read_json, write_table
+
+__all__ = ["summarize_results", "render_html", "render_all", "write_report", "NOTEBOOK_DESCRIPTIONS"]
+
+#: One line per study notebook, used when a notebook has no markdown title of its own.
+NOTEBOOK_DESCRIPTIONS = {
+    "00_prepare_data": "Dataset: splits, class counts and sample images.",
+    "01_inject_noise": "Noise protocols: realised noise rates and transition matrices of the train labels.",
+    "03_ablations": "Ablations: each method with its components switched off one at a time.",
+    "04_label_distributions": "Label distributions: what each method learns as targets, against the human votes.",
+    "05_uncertainty": "Uncertainty: how well each method's per-sample score finds the flipped labels.",
+    "06_embeddings": "Embeddings: feature-space views of clean and mislabelled training images.",
+    "99_summary": "Summary: accuracy over noise settings and seeds, learning curves, the main table.",
+}
+
+#: Columns identifying a configuration (one row of the summary; seeds are averaged over).
+_CONFIG = ["dataset", "method", "oracle", "variant", "noise", "train_subset", "epochs", "backbone.name",
+           "image_size", "optimizer", "lr", "batch_size", "selection"]
+_METRICS = [("last.acc", "last acc"), ("last.mean_acc", "last mean acc"), ("best.acc", "best acc"),
+            ("best.mean_acc", "best mean acc")]
+
+
+# ----------------------------------------------------------------------------------- tables
+def summarize_results(results):
+    """One row per configuration of a :func:`~ferlib.results.collect_results` table: the seeds, and
+    mean and std over seeds of the test accuracies of the last epoch (primary) and of the best epoch.
+
+    Returns a DataFrame with the :data:`_CONFIG` columns present, ``seeds`` (e.g. ``"0, 1, 2"``), ``runs``,
+    ``<metric>`` and ``<metric>_std`` for ``last.acc``, ``last.mean_acc``, ``best.acc``, ``best.mean_acc``
+    (std NaN for a single seed), ``noise_rate`` (mean realised rate) and ``time_per_epoch_s``.
+    """
+    import pandas as pd
+
+    if results.empty:
+        return pd.DataFrame()
+    table = results.copy()
+    table["variant"] = _variants(table)
+    if "oracle" in table:
+        table["oracle"] = table["oracle"].fillna(False).astype(bool)
+    keys = [c for c in _CONFIG if c in table.columns]
+    table[keys] = table[keys].astype(object).where(table[keys].notna(), "")
+    rows = []
+    for key, group in table.groupby(keys, sort=False, dropna=False):
+        row = dict(zip(keys, key if isinstance(key, tuple) else (key,)))
+        seeds = sorted(group["seed"].dropna().astype(int)) if "seed" in group else []
+        row["seeds"] = ", ".join(map(str, seeds))
+        row["runs"] = len(group)
+        for col, _ in _METRICS:
+            if col in group:
+                values = group[col].astype(float)
+                row[col] = values.mean()
+                row[f"{col}_std"] = values.std(ddof=1) if len(values) > 1 else float("nan")
+        for col in ("noise_rate", "time_per_epoch_s", "best_epoch"):
+            if col in group:
+                row[col] = group[col].astype(float).mean()
+        rows.append(row)
+    summary = pd.DataFrame(rows)
+    order = [c for c in ("noise", "oracle", "method", "variant") if c in summary]
+    return summary.sort_values(order, kind="stable").reset_index(drop=True)
+
+
+def _variants(table):
+    """``"key=value, ..."`` of each run's method options (the flattened ``method_options.*`` columns)."""
+    cols = sorted(c for c in table.columns if c.startswith("method_options."))
+
+    def one(row) -> str:
+        return ", ".join(f"{c.split('.', 1)[1]}={row[c]}" for c in cols if _present(row[c]))
+
+    return table.apply(one, axis=1) if cols else [""] * len(table)
+
+
+def _present(value) -> bool:
+    return value is not None and not (isinstance(value, float) and math.isnan(value))
+
+
+# ----------------------------------------------------------------------------------- HTML of notebooks
+def render_html(notebook: str | os.PathLike, html_path: str | os.PathLike | None = None, *, exporter=None) -> Path:
+    """Render an executed notebook to HTML (nbconvert ``HTMLExporter``, no In/Out prompts); atomic write.
+
+    The default output is the notebook's path with ``.html``.
+    """
+    import nbformat
+
+    notebook = Path(notebook)
+    html_path = Path(html_path) if html_path else notebook.with_suffix(".html")
+    exporter = exporter or _exporter()
+    body, _ = exporter.from_notebook_node(nbformat.read(notebook, as_version=4))
+    return atomic_write_text(html_path, body)
+
+
+def _exporter():
+    from nbconvert import HTMLExporter
+
+    return HTMLExporter(exclude_input_prompt=True, exclude_output_prompt=True)
+
+
+def render_all(reports_dir: str | os.PathLike, *, force: bool = False, log=print) -> list[Path]:
+    """Render every ``*.ipynb`` in ``reports_dir`` and ``reports_dir/runs`` whose HTML is missing or older.
+
+    A notebook that cannot be rendered is logged and skipped. Returns the HTML files written.
+    """
+    reports_dir = Path(reports_dir)
+    notebooks = sorted(reports_dir.glob("*.ipynb")) + sorted((reports_dir / "runs").glob("*.ipynb"))
+    exporter, written = None, []
+    for nb in notebooks:
+        out = nb.with_suffix(".html")
+        if not force and out.exists() and out.stat().st_mtime >= nb.stat().st_mtime:
+            continue
+        exporter = exporter or _exporter()
+        try:
+            written.append(render_html(nb, out, exporter=exporter))
+        except Exception as exc:  # a half-written notebook must not stop the report
+            log(f"warning: could not render {nb}: {type(exc).__name__}: {exc}")
+    return written
+
+
+def notebook_title(path: str | os.PathLike) -> str | None:
+    """The first line of the notebook's first markdown cell, without ``#`` marks (None if there is none)."""
+    import nbformat
+
+    try:
+        nb = nbformat.read(Path(path), as_version=4)
+    except Exception:
+        return None
+    for cell in nb.cells:
+        if cell.cell_type == "markdown":
+            for line in cell.source.splitlines():
+                if line.strip():
+                    return line.strip().lstrip("#").strip() or None
+    return None
+
+
+# ----------------------------------------------------------------------------------- index.html
+def write_report(*, runs_dir: str | os.PathLike, reports_dir: str | os.PathLike, study: dict | None = None,
+                 order: list[str] | tuple[str, ...] = ()) -> Path:
+    """Write ``results.csv``, ``summary.csv`` and ``index.html`` of ``reports_dir`` (see module docstring).
+
+    Parameters
+    ----------
+    runs_dir : folder of run directories (every ``*/result.json`` is a finished run).
+    study : the study's description (``StudySpec.to_dict()`` plus ``describe``), shown at the top.
+    order : notebook names, to list the analysis reports in the study's order (others follow by name).
+
+    Returns the path of ``index.html``.
+    """
+    reports_dir = Path(reports_dir)
+    results = collect_results(runs_dir)
+    summary = summarize_results(results)
+    write_table(reports_dir / "results.csv", results)
+    write_table(reports_dir / "summary.csv", summary)
+    failures_path = reports_dir / "failures.json"
+    failures = read_json(failures_path) if failures_path.exists() else {}
+    page = _page(results, summary, failures, reports_dir, Path(runs_dir), study, list(order))
+    return atomic_write_text(reports_dir / "index.html", page)
+
+
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:2em auto;max-width:78em;color:#222;padding:0 1em}
+table{border-collapse:collapse;margin:.5em 0 1.5em}
+th,td{padding:.25em .7em;border-bottom:1px solid #ddd;text-align:left}th{background:#f3f3f3}
+td.num{text-align:right;font-variant-numeric:tabular-nums}tr.oracle td{color:#666;font-style:italic}
+pre{background:#f6f6f6;padding:.6em;overflow-x:auto;font-size:.85em}.fail{color:#a00}li{margin:.2em 0}
+.muted{color:#666;font-size:.9em}
+"""
+
+
+def _page(results, summary, failures, reports_dir: Path, runs_dir: Path, study, order) -> str:
+    name = (study or {}).get("name", reports_dir.name)
+    parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>Study {_e(name)}</title>",
+             f"<style>{_CSS}</style></head><body>",
+             f"<h1>Study <code>{_e(name)}</code></h1>"]
+    if study and study.get("description"):
+        parts.append(f"<p>{_e(study['description'])}</p>")
+    parts.append(f"<p class='muted'>Written {datetime.now().isoformat(timespec='seconds')} from "
+                 f"<code>{_e(runs_dir)}</code>: {len(results)} finished run(s). Accuracies are test-split "
+                 "percentages; <b>last</b> = last epoch (the primary number), <b>best</b> = epoch with the "
+                 "highest validation accuracy (unless marked as selected on test). "
+                 "Mean &plusmn; std over seeds where there are several. "
+                 "Per-run rows: <a href='results.csv'>results.csv</a>; this table: "
+                 "<a href='summary.csv'>summary.csv</a>.</p>")
+    parts.append("<h2>Results</h2>")
+    parts.append(_summary_html(summary) if not summary.empty else "<p>No finished run yet.</p>")
+    parts.append(_failures_html(failures, reports_dir))
+    parts.append(_reports_html(reports_dir, results, order))
+    if study and study.get("describe"):
+        parts.append(f"<h2>Study settings</h2><pre>{_e(study['describe'])}</pre>")
+        if study.get("command"):
+            parts.append(f"<p class='muted'>Command: <code>{_e(study['command'])}</code></p>")
+    parts.append("</body></html>\n")
+    return "\n".join(parts)
+
+
+def _summary_html(summary) -> str:
+    head = ["method", "noise", "noise rate", "seeds", "epochs"] + [label for _, label in _METRICS] + ["best epoch",
+                                                                                                      "s / epoch"]
+    rows = []
+    for r in summary.to_dict("records"):
+        method = _e(r.get("method", ""))
+        if r.get("variant"):
+            method += f" <span class='muted'>({_e(r['variant'])})</span>"
+        if r.get("oracle"):
+            method += " <b>[oracle]</b>"
+        if "ON TEST" in str(r.get("selection", "")):
+            method += " <b>[best epoch selected on test]</b>"
+        cells = [method, _e(r.get("noise", "")), _num(r.get("noise_rate"), pct=True), _e(r.get("seeds", "")),
+                 _e(r.get("epochs", ""))]
+        cells += [_num(r.get(col), r.get(f"{col}_std"), pct=True) for col, _ in _METRICS]
+        cells += [_num(r.get("best_epoch"), digits=1), _num(r.get("time_per_epoch_s"), digits=1)]
+        cls = " class='oracle'" if r.get("oracle") else ""
+        rows.append(f"<tr{cls}>" + "".join(
+            f"<td class='num'>{c}</td>" if i >= 2 else f"<td>{c}</td>" for i, c in enumerate(cells)) + "</tr>")
+    has_oracle = "oracle" in summary and summary["oracle"].astype(bool).any()
+    note = ("<p class='muted'>[oracle] rows see information a noisy-label method may not (e.g. the human votes): "
+            "upper bounds, not competitors.</p>" if has_oracle else "")
+    return ("<table class='results'><thead><tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr></thead><tbody>"
+            + "".join(rows) + "</tbody></table>" + note)
+
+
+def _failures_html(failures: dict, reports_dir: Path) -> str:
+    if not failures:
+        return ""
+    items = []
+    for key, rec in sorted(failures.items()):
+        link = ""
+        report = rec.get("report")
+        if report and (reports_dir / report).with_suffix(".html").exists():
+            link = f" (<a href='{_e(Path(report).with_suffix('.html').as_posix())}'>executed notebook</a>)"
+        items.append(f"<li><b>{_e(key)}</b>{link}: <span class='fail'>{_e(rec.get('error', ''))}</span></li>")
+    return (f"<h2 class='fail'>Failures ({len(failures)})</h2><p class='muted'>Recorded in "
+            f"<a href='failures.json'>failures.json</a> with tracebacks; a failed cell is retried on the next "
+            "run of the study and cleared when it succeeds.</p><ul>" + "".join(items) + "</ul>")
+
+
+def _reports_html(reports_dir: Path, results, order: list[str]) -> str:
+    rank = {n: i for i, n in enumerate(order)}
+    analysis = sorted(reports_dir.glob("*.html"), key=lambda p: (rank.get(p.stem, len(rank)), p.stem))
+    analysis = [p for p in analysis if p.name != "index.html"]
+    items = []
+    for page in analysis:
+        title = notebook_title(page.with_suffix(".ipynb")) or NOTEBOOK_DESCRIPTIONS.get(page.stem, "")
+        items.append(f"<li><a href='{_e(page.name)}'>{_e(page.stem)}</a> &mdash; {_e(title)}</li>")
+    by_id = {r["run_id"]: r for r in results.to_dict("records")} if "run_id" in results else {}
+    runs = []
+    for page in sorted((reports_dir / "runs").glob("*.html")):
+        runs.append(f"<li><a href='runs/{_e(page.name)}'>{_e(page.stem)}</a> &mdash; {_e(_run_line(page.stem, by_id))}"
+                    "</li>")
+    out = ["<h2>Reports</h2>"]
+    out.append("<ul>" + "".join(items) + "</ul>" if items else "<p>No analysis notebook rendered.</p>")
+    if runs:
+        out.append(f"<h3>Training runs ({len(runs)})</h3><ul>" + "".join(runs) + "</ul>")
+    return "\n".join(out)
+
+
+def _run_line(run_id: str, by_id: dict) -> str:
+    r = by_id.get(run_id)
+    if r is None:
+        return "02_train for this cell (no result.json: unfinished or failed)"
+    tag = " [oracle]" if r.get("oracle") is True else ""
+    return (f"02_train: {r.get('method')}{tag}, noise {r.get('noise')}, seed {r.get('seed')}: last-epoch test acc "
+            f"{_num(r.get('last.acc'), pct=True)}%, best-epoch {_num(r.get('best.acc'), pct=True)}%")
+
+
+def _num(value, std=None, *, pct: bool = False, digits: int = 2) -> str:
+    if value is None or value == "" or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    scale = 100.0 if pct else 1.0
+    text = f"{float(value) * scale:.{digits}f}"
+    if std is not None and not (isinstance(std, float) and math.isnan(std)):
+        text += f" &plusmn; {float(std) * scale:.{digits}f}"
+    return text
+
+
+def _e(value) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def study_record(spec, command: str | None = None) -> dict:
+    """What :func:`write_report` shows of a study (and what the runner writes to ``study.json``)."""
+    record = spec.to_dict()
+    record["data_resolved"] = str(spec.data_path()) if spec.data is not None else None
+    record["describe"] = spec.describe()
+    if command:
+        record["command"] = command
+    json.dumps(record, default=str)  # fail early if something is not JSON-able
+    return record

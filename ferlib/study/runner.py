@@ -1,0 +1,416 @@
+"""Run a study: every grid cell through ``notebooks/02_train.ipynb`` (papermill), the analysis notebooks once,
+then an HTML report. In the spirit of recommenders' ``notebook_utils``: a small papermill runner.
+
+Command line (wired as ``python -m ferlib study``; also ``python -m ferlib.study.runner``)::
+
+    python -m ferlib study --profile smoke                       # shipped sample, ~10 min on 2 CPU cores
+    python -m ferlib study --profile cpu --data ../shared/data/ferplus --seeds 0 1 2
+    python -m ferlib study --profile full --methods ce nla --epochs 20 --dry-run
+
+Python / JupyterLab::
+
+    from ferlib.study import load_profile, run_study
+    run_study(load_profile("smoke"), runs_dir="runs/smoke", reports_dir="reports/smoke")
+
+Order of work (each notebook is executed with :data:`COMMON` parameters ``data``, ``dataset``,
+``dataset_options``, ``runs_dir`` and ``study_dir`` = ``reports_dir``, all paths absolute):
+
+1. The notebooks listed in the spec before ``02_train`` (``00_prepare_data``, ``01_inject_noise``): once. They
+   come first so that a data problem shows in a minute, not after every cell has failed on it.
+   ``01_inject_noise`` also gets ``noise`` (the grid's first noise other than none), ``seed`` (the first seed)
+   and ``train_subset`` where its parameters cell declares them (:data:`EXTRA`).
+2. ``02_train`` once per grid cell, with ``spec`` = ``dataclasses.asdict(RunSpec)`` (JSON round-tripped). A cell
+   whose ``runs_dir/<run_id>/result.json`` exists is skipped, so a study resumes where it stopped and a rerun
+   does no work; ``run_id`` (:func:`ferlib.experiment.run_id`) hashes the cell's parameters, so a changed
+   setting is a new cell. A failed cell is recorded in ``reports_dir/failures.json`` and the grid goes on.
+3. ``03_ablations`` when ``ablations`` is on, with the base ``spec`` and ``methods`` (those declaring
+   ablation variants).
+4. The other notebooks (``04``, ``05``, ``06``, ``99``) once each, over everything in ``runs_dir``.
+5. HTML of every executed notebook (nbconvert) and ``reports_dir/index.html`` (:mod:`ferlib.study.report`).
+
+A notebook whose file is missing is skipped with a warning, so the runner works while notebooks are added.
+
+Kernel: papermill starts the Jupyter kernel ``python3``. ipykernel installed in the virtual environment ships
+that kernelspec in ``<venv>/share/jupyter/kernels/python3`` with ``argv[0] = "python"``, which jupyter_client
+replaces by ``sys.executable`` of the process launching it, and inside a venv jupyter prefers the env's
+kernelspecs over the user's: started from ``.venv/bin/python``, the kernel is the venv's python.
+:func:`ensure_kernel` checks this and, if another ``python3`` kernelspec shadows it, installs one into the
+venv prefix (``ipykernel install --sys-prefix``) on first use, or a ``ferlib`` one if that is shadowed too.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import re
+import shlex
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from ferlib.results import read_json, write_json
+
+from .report import render_all, study_record, write_report
+from .spec import ABLATION_NOTEBOOK, TRAIN_NOTEBOOK, StudySpec, list_profiles, load_profile
+
+__all__ = ["run_study", "StudyOutcome", "execute_notebook", "ensure_kernel", "add_study_arguments", "study_main",
+           "main", "COMMON"]
+
+#: Parameters every study notebook receives.
+COMMON = ("data", "dataset", "dataset_options", "runs_dir", "study_dir")
+#: Further parameters given to a notebook only where its ``parameters`` cell declares them.
+EXTRA = {"01_inject_noise": ("noise", "seed", "train_subset")}
+FALLBACK_KERNEL = "ferlib"
+
+
+@dataclass
+class StudyOutcome:
+    """What :func:`run_study` did.
+
+    cells : one dict per grid cell: ``run_id``, ``status`` (``done`` / ``skipped`` / ``failed`` / ``missing``
+        when 02_train.ipynb is absent), ``seconds`` (0 when not executed).
+    notebooks : ``{name: status}`` of the other notebooks (``done`` / ``failed`` / ``missing`` / ``off``).
+    failures : contents of ``failures.json`` at the end.
+    index : path of ``index.html``.
+    """
+
+    cells: list[dict] = field(default_factory=list)
+    notebooks: dict[str, str] = field(default_factory=dict)
+    failures: dict = field(default_factory=dict)
+    index: Path | None = None
+
+    @property
+    def executed(self) -> int:
+        """Number of grid cells executed (done or failed) in this invocation."""
+        return sum(c["status"] in ("done", "failed") for c in self.cells)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+
+# ----------------------------------------------------------------------------------- kernel
+def _kernel_python(name: str) -> str | None:
+    """The interpreter a kernelspec starts when launched from this process (None: no such kernel)."""
+    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+
+    try:
+        argv = KernelSpecManager().get_kernel_spec(name).argv
+    except NoSuchKernel:
+        return None
+    major, minor = sys.version_info[:2]
+    if argv and argv[0] in ("python", f"python{major}", f"python{major}.{minor}"):
+        return sys.executable  # jupyter_client substitutes the launching interpreter
+    return argv[0] if argv else None
+
+
+def _is_this_python(exe: str | None) -> bool:
+    # Same bin folder = same environment. Symlinks are NOT resolved: a venv's python links to the base one.
+    return exe is not None and Path(os.path.abspath(exe)).parent == Path(os.path.abspath(sys.executable)).parent
+
+
+def ensure_kernel(kernel_name: str | None = None, *, log=print) -> str:
+    """The Jupyter kernel name to execute notebooks with, running this interpreter.
+
+    An explicit ``kernel_name`` is returned unchecked (the caller chose it). Otherwise ``python3`` when it
+    runs ``sys.executable``; if not, a ``python3`` kernelspec is installed into ``sys.prefix``
+    (``python -m ipykernel install --sys-prefix``), and if another ``python3`` still takes precedence a
+    kernelspec named ``ferlib`` is installed there and returned.
+    """
+    if kernel_name:
+        return kernel_name
+    from ipykernel.kernelspec import install
+
+    for name in ("python3", FALLBACK_KERNEL):  # the first that runs this interpreter, installed if need be
+        if not _is_this_python(_kernel_python(name)):
+            path = install(kernel_name=name, prefix=sys.prefix,
+                           display_name=f"Python 3 ({Path(sys.prefix).name})" if name == FALLBACK_KERNEL else None)
+            log(f"installed Jupyter kernelspec {name!r} for {sys.executable} at {path}")
+        if _is_this_python(_kernel_python(name)):
+            return name
+    raise RuntimeError(f"no Jupyter kernel runs {sys.executable}: kernelspecs 'python3' and {FALLBACK_KERNEL!r} "
+                       "are shadowed; pass kernel_name (command line: --kernel NAME)")
+
+
+# ----------------------------------------------------------------------------------- one notebook
+def execute_notebook(source: str | os.PathLike, output: str | os.PathLike, parameters: dict, *, kernel_name: str,
+                     cwd: str | os.PathLike | None = None, start_timeout: int = 300) -> Path:
+    """Execute ``source`` with papermill into ``output`` (written even when a cell raises; the error is
+    re-raised as ``papermill.PapermillExecutionError``). ``cwd`` defaults to the notebook's folder, as in
+    JupyterLab."""
+    import papermill as pm
+
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    pm.execute_notebook(str(source), str(output), parameters=parameters, kernel_name=kernel_name,
+                        cwd=str(cwd or Path(source).parent), language="python", progress_bar=False, log_output=False,
+                        start_timeout=start_timeout)
+    return output
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def _error_record(exc: BaseException) -> dict:
+    """``error`` (one line) and ``traceback`` (text) of a notebook failure."""
+    from papermill.exceptions import PapermillExecutionError
+
+    if isinstance(exc, PapermillExecutionError):
+        error = f"{exc.ename}: {exc.evalue}"
+        trace = _ANSI.sub("", "\n".join(exc.traceback or []))
+    else:
+        error = f"{type(exc).__name__}: {exc}"
+        trace = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    return {"error": error.strip().splitlines()[0] if error.strip() else type(exc).__name__,
+            "traceback": trace[-8000:]}
+
+
+class _Failures:
+    """``failures.json``: ``{key: record}``, rewritten atomically on every change."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.items: dict = read_json(path) if path.exists() else {}
+
+    def add(self, key: str, record: dict) -> None:
+        self.items[key] = {**record, "time": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        write_json(self.path, self.items)
+
+    def clear(self, key: str) -> None:
+        if self.items.pop(key, None) is not None or not self.path.exists():
+            write_json(self.path, self.items)
+
+
+# ----------------------------------------------------------------------------------- the study
+def run_study(spec: StudySpec | str, *, runs_dir: str | os.PathLike, reports_dir: str | os.PathLike,
+              notebooks_dir: str | os.PathLike = "notebooks", kernel_name: str | None = None, log=print,
+              command: str | None = None) -> StudyOutcome:
+    """Run every cell of ``spec``'s grid (skipping finished ones), the study notebooks, and write the report.
+
+    Parameters
+    ----------
+    spec : a :class:`StudySpec` or a profile name (:func:`load_profile`).
+    runs_dir : parent folder of the run directories (``runs_dir/<run_id>/``).
+    reports_dir : executed notebooks, their HTML, ``index.html``, ``results.csv``, ``failures.json``.
+    notebooks_dir : folder holding the study notebooks (``02_train.ipynb`` ...).
+    kernel_name : Jupyter kernel; None = :func:`ensure_kernel` (``python3`` running this interpreter).
+    log : called with each progress line.
+    command : the command line shown in the report (the CLI passes it).
+
+    Returns
+    -------
+    :class:`StudyOutcome`. Failures do not raise: they are in ``outcome.failures`` and ``failures.json``.
+    """
+    if isinstance(spec, str):
+        spec = load_profile(spec)
+    runs_dir, reports_dir = Path(runs_dir).absolute(), Path(reports_dir).absolute()
+    notebooks_dir = Path(notebooks_dir).absolute()
+    data = spec.data_path()
+    if not data.exists():
+        raise FileNotFoundError(f"data folder {data} of study {spec.name!r} does not exist; pass data=PATH "
+                                "(command line: --data PATH)")
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    reports_dir.mkdir(parents=True, exist_ok=True)
+    record = study_record(spec, command)
+    write_json(reports_dir / "study.json", record)
+    log(record["describe"])
+    log(f"runs: {runs_dir}\nreports: {reports_dir}\nnotebooks: {notebooks_dir}")
+
+    failures = _Failures(reports_dir / "failures.json")
+    outcome = StudyOutcome()
+    common = {"data": str(data), "dataset": spec.dataset, "dataset_options": dict(spec.dataset_options),
+              "runs_dir": str(runs_dir), "study_dir": str(reports_dir)}
+    kernel: list[str] = []  # resolved on first use
+
+    def execute(name: str, output: Path, params: dict) -> None:
+        if not kernel:
+            kernel.append(ensure_kernel(kernel_name, log=log))
+        execute_notebook(notebooks_dir / f"{name}.ipynb", output, _jsonable(params), kernel_name=kernel[0])
+
+    for name in spec.notebooks:
+        source = notebooks_dir / f"{name}.ipynb"
+        if name == TRAIN_NOTEBOOK:
+            outcome.cells = _run_grid(spec, source, runs_dir, reports_dir, common, execute, failures, log)
+            continue
+        if name == ABLATION_NOTEBOOK and not spec.ablations:
+            outcome.notebooks[name] = "off"
+            continue
+        if not source.exists():
+            log(f"warning: {source} is missing: skipped")
+            outcome.notebooks[name] = "missing"
+            continue
+        params = dict(common)
+        if name in EXTRA:
+            extra = {"noise": spec.main_noise(), "seed": spec.grid.seeds[0], "train_subset": spec.train_subset}
+            declared = _declared_parameters(source)
+            params.update({k: extra[k] for k in EXTRA[name] if k in declared})
+        if name == ABLATION_NOTEBOOK:
+            params.update(spec=dataclasses.asdict(spec.ablation_spec(runs_dir)), methods=spec.ablation_methods())
+            if not params["methods"]:
+                log(f"{name}: no method of the grid declares ablation variants: skipped")
+                outcome.notebooks[name] = "off"
+                continue
+        outcome.notebooks[name] = _run_once(name, reports_dir / f"{name}.ipynb", params, execute, failures, log)
+
+    log("rendering HTML reports ...")
+    render_all(reports_dir, log=log)
+    outcome.index = write_report(runs_dir=runs_dir, reports_dir=reports_dir, study=record, order=list(spec.notebooks))
+    outcome.failures = dict(failures.items)
+    log(f"report: {outcome.index}" + (f"  ({len(outcome.failures)} failure(s): {failures.path})"
+                                      if outcome.failures else ""))
+    return outcome
+
+
+def _run_grid(spec: StudySpec, source: Path, runs_dir: Path, reports_dir: Path, common: dict, execute,
+              failures: _Failures, log) -> list[dict]:
+    from ferlib.experiment import run_id
+
+    cells = [(run_id(s), s) for s in spec.run_specs(runs_dir)]
+    total = len(cells)
+    if not source.exists():
+        log(f"warning: {source} is missing: the {total} grid cell(s) are not run")
+        return [{"run_id": rid, "status": "missing", "seconds": 0.0} for rid, _ in cells]
+    pending = sum(not (runs_dir / rid / "result.json").exists() for rid, _ in cells)
+    log(f"grid: {total} cell(s), {total - pending} already finished, {pending} to run")
+    out, times = [], []
+    for i, (rid, run_spec) in enumerate(cells, 1):
+        tag = f"cell {i}/{total} {rid}"
+        if (runs_dir / rid / "result.json").exists():
+            failures.clear(rid)
+            out.append({"run_id": rid, "status": "skipped", "seconds": 0.0})
+            log(f"{tag} ... skipped (finished: result.json exists)")
+            continue
+        log(f"{tag} ... running (method {run_spec.method}, noise {run_spec.noise}, seed {run_spec.train.seed})")
+        t0 = time.perf_counter()
+        error = None
+        try:
+            execute(TRAIN_NOTEBOOK, reports_dir / "runs" / f"{rid}.ipynb",
+                    {**common, "spec": dataclasses.asdict(run_spec)})
+            if not (runs_dir / rid / "result.json").exists():
+                raise RuntimeError(f"{TRAIN_NOTEBOOK} finished but wrote no {runs_dir / rid / 'result.json'}")
+        except Exception as exc:  # any failure of one cell is recorded; the grid goes on
+            error = _error_record(exc)
+        seconds = time.perf_counter() - t0
+        times.append(seconds)
+        pending -= 1
+        eta = sum(times) / len(times) * pending
+        if error is None:
+            failures.clear(rid)
+            out.append({"run_id": rid, "status": "done", "seconds": seconds})
+            log(f"{tag} ... done in {seconds:.0f}s, ETA {eta:.0f}s")
+        else:
+            failures.add(rid, {"notebook": TRAIN_NOTEBOOK, "report": f"runs/{rid}.ipynb", "method": run_spec.method,
+                               "noise": run_spec.noise, "seed": run_spec.train.seed, **error})
+            out.append({"run_id": rid, "status": "failed", "seconds": seconds})
+            log(f"{tag} ... FAILED in {seconds:.0f}s ({error['error']}), ETA {eta:.0f}s")
+    return out
+
+
+def _run_once(name: str, output: Path, params: dict, execute, failures: _Failures, log) -> str:
+    key = f"notebook:{name}"
+    log(f"{name} ... running")
+    t0 = time.perf_counter()
+    try:
+        execute(name, output, params)
+    except Exception as exc:
+        error = _error_record(exc)
+        failures.add(key, {"notebook": name, "report": output.name, **error})
+        log(f"{name} ... FAILED in {time.perf_counter() - t0:.0f}s ({error['error']})")
+        return "failed"
+    failures.clear(key)
+    log(f"{name} ... done in {time.perf_counter() - t0:.0f}s")
+    return "done"
+
+
+def _declared_parameters(source: Path) -> set[str]:
+    """Names assigned in the notebook's ``parameters`` cell (papermill's inspection; empty if it fails)."""
+    import papermill as pm
+
+    try:
+        return set(pm.inspect_notebook(str(source)))
+    except Exception:
+        return set()
+
+
+def _jsonable(params: dict) -> dict:
+    """Parameters as papermill can write them into a cell: JSON types only (tuples become lists)."""
+    return json.loads(json.dumps(params, default=str))
+
+
+# ----------------------------------------------------------------------------------- command line
+def add_study_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add the ``study`` options to ``parser`` (a subparser of ``python -m ferlib``)."""
+    parser.add_argument("--profile", default="smoke",
+                        help=f"study profile: {', '.join(list_profiles())} or a .yaml path (default: smoke)")
+    parser.add_argument("--data", default=None, help="dataset root (default: the profile's)")
+    parser.add_argument("--runs", default=None, help="folder of run directories (default: runs/<profile>)")
+    parser.add_argument("--reports", default=None, help="report folder (default: reports/<profile>)")
+    parser.add_argument("--notebooks", default="notebooks", help="folder of the study notebooks (default: notebooks)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=None, help="grid seeds, e.g. 0 1 2")
+    parser.add_argument("--methods", nargs="+", default=None, help="grid methods (default: the profile's, "
+                                                                   "usually all registered)")
+    parser.add_argument("--noise", nargs="+", default=None, help="grid noise specs, e.g. none symmetric:0.3")
+    parser.add_argument("--epochs", type=int, default=None, help="training epochs of every cell")
+    parser.add_argument("--train-subset", type=int, default=None, help="stratified number of train images")
+    parser.add_argument("--ablations", action=argparse.BooleanOptionalAction, default=None,
+                        help="run 03_ablations (default: the profile's)")
+    parser.add_argument("--kernel", default=None, help="Jupyter kernel name (default: python3 running this python)")
+    parser.add_argument("--dry-run", action="store_true", help="print the grid (run ids, finished or not) and stop")
+    return parser
+
+
+def spec_from_study_args(args: argparse.Namespace) -> StudySpec:
+    overrides = {k: v for k, v in (("seeds", args.seeds), ("methods", args.methods), ("noise", args.noise),
+                                   ("train_subset", args.train_subset), ("ablations", args.ablations))
+                 if v is not None}
+    if args.epochs is not None:
+        overrides["train"] = {"epochs": args.epochs}
+    return load_profile(args.profile, data=args.data, **overrides)
+
+
+def study_main(args: argparse.Namespace) -> int:
+    """Run the study the parsed arguments describe; exit status 0, 1 (something failed) or 2 (bad arguments)."""
+    from functools import partial
+
+    log = partial(print, flush=True)
+    try:
+        spec = spec_from_study_args(args)
+    except (ValueError, TypeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    runs = Path(args.runs or Path("runs") / spec.name)
+    reports = Path(args.reports or Path("reports") / spec.name)
+    if args.dry_run:
+        from ferlib.experiment import run_id
+
+        log(spec.describe())
+        for s in spec.run_specs(runs):
+            rid = run_id(s)
+            log(f"{rid}  {'finished' if (runs / rid / 'result.json').exists() else 'to run'}")
+        return 0
+    argv = getattr(args, "argv", None)  # set by main(); under ferlib.cli, sys.argv holds "study ..."
+    command = "python -m ferlib " + shlex.join(["study", *argv] if argv is not None else sys.argv[1:])
+    try:
+        outcome = run_study(spec, runs_dir=runs, reports_dir=reports, notebooks_dir=args.notebooks,
+                            kernel_name=args.kernel, log=log, command=command)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0 if outcome.ok else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m ferlib.study.runner [options]`` (the same options as ``python -m ferlib study``)."""
+    parser = add_study_arguments(argparse.ArgumentParser(prog="python -m ferlib study",
+                                                         description="Run a study: grid of runs, notebooks, report."))
+    args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    return study_main(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

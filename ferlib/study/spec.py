@@ -1,0 +1,310 @@
+"""What a study is: a dataset, a grid of runs (methods x noise x seeds), shared train settings, the notebooks.
+
+A :class:`StudySpec` is plain data; it is usually read from a YAML profile shipped in
+``ferlib/study/profiles/`` (``smoke``, ``cpu``, ``full``) by :func:`load_profile`, with keyword overrides::
+
+    spec = load_profile("smoke")                                   # the shipped sample, ~10 min on 2 cores
+    spec = load_profile("cpu", data="../shared/data/ferplus", seeds=[0, 1, 2], train={"epochs": 20})
+    spec.run_specs("runs/cpu")                                     # the grid as ferlib.experiment.RunSpec
+
+The YAML keys are the fields of :class:`StudySpec`, with the grid nested under ``grid:``; an unknown key
+raises naming it and listing the valid ones. ``grid.methods: all`` means every registered method at the time
+the grid is expanded (:func:`ferlib.methods.list_methods`), so a newly registered method joins every study
+without an edit here; oracle methods (``method_class(name).oracle``) are included and marked as such.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from pathlib import Path
+
+__all__ = ["StudySpec", "Grid", "NOTEBOOKS", "TRAIN_NOTEBOOK", "ABLATION_NOTEBOOK", "load_profile",
+           "list_profiles", "profile_path"]
+
+#: The study's notebooks, in the order the runner executes them (see :func:`ferlib.study.run_study`).
+NOTEBOOKS: tuple[str, ...] = ("00_prepare_data", "01_inject_noise", "02_train", "03_ablations",
+                              "04_label_distributions", "05_uncertainty", "06_embeddings", "99_summary")
+TRAIN_NOTEBOOK = "02_train"  # executed once per grid cell, with ``spec``
+ABLATION_NOTEBOOK = "03_ablations"  # executed only when ``ablations`` is on, with ``spec`` and ``methods``
+
+
+@dataclass
+class Grid:
+    """The cells of a study: every combination of ``methods`` x ``noise`` x ``seeds``.
+
+    methods : ``"all"`` (every registered method, oracles included) or a list of registry names.
+    noise : noise specs (:class:`ferlib.noise.NoiseSpec` strings such as ``"symmetric:0.3"``), stored in
+        canonical form so that ``symmetric:0.30`` and ``symmetric:0.3`` are the same cell.
+    seeds : training seeds; seed ``s`` also seeds the noise, so every method sees the same flipped labels.
+    """
+
+    methods: list[str] | str = "all"
+    noise: list[str] = field(default_factory=lambda: ["symmetric:0.3"])
+    seeds: list[int] = field(default_factory=lambda: [0])
+
+    def __post_init__(self) -> None:
+        from ferlib.methods import list_methods, method_class
+        from ferlib.noise import NoiseSpec
+
+        if self.methods != "all":
+            self.methods = _str_list(self.methods, "grid.methods")
+            for name in self.methods:
+                method_class(name)  # raises listing the valid names
+            _no_duplicates(self.methods, "grid.methods")
+        elif not list_methods():
+            raise ValueError("grid.methods is 'all' but no method is registered")
+        noise = _str_list(self.noise, "grid.noise")
+        self.noise = [str(NoiseSpec.parse(n)) for n in noise]
+        _no_duplicates(self.noise, "grid.noise")
+        if isinstance(self.seeds, int) or not self.seeds or \
+                not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in self.seeds):
+            raise ValueError(f"grid.seeds must be a non-empty list of integers >= 0, got {self.seeds!r}")
+        self.seeds = list(self.seeds)
+        _no_duplicates(self.seeds, "grid.seeds")
+
+    def resolved_methods(self) -> list[str]:
+        """The method names this grid runs (``"all"`` resolved against the registry now)."""
+        from ferlib.methods import list_methods
+
+        return list_methods() if self.methods == "all" else list(self.methods)
+
+
+@dataclass
+class StudySpec:
+    """Everything that defines a study.
+
+    name, description : the profile's name and a line saying what it is for (shown in the report).
+    dataset, data, dataset_options : reader name, dataset root and reader options
+        (:func:`ferlib.data.load_dataset`); a relative ``data`` is taken from the current directory.
+    grid : :class:`Grid` (methods x noise x seeds); a dict is converted.
+    method_options : ``{method: {option: value}}`` config overrides for single methods.
+    train : :class:`ferlib.engine.TrainConfig` fields shared by every cell (not ``seed``: that is
+        ``grid.seeds``). ``progress`` defaults to False in a study (no progress bars inside notebooks).
+    backbone : :class:`ferlib.backbones.BackboneConfig` fields.
+    train_subset : stratified number of train images kept before noise (None: all).
+    notebooks : names (without ``.ipynb``) of the notebooks to execute, in order; see :data:`NOTEBOOKS`.
+    ablations : run ``03_ablations`` (each method's ``ablations`` variants).
+    ablation_noise : the noise of the ablation runs (default: the grid's first noise other than ``none``).
+    ablation_train : TrainConfig overrides for the ablation runs only (e.g. fewer epochs).
+    """
+
+    name: str = "custom"
+    description: str = ""
+    dataset: str = "ferplus"
+    data: str | None = None
+    dataset_options: dict = field(default_factory=lambda: {"mode": "plurality", "num_classes": 8})
+    grid: Grid = field(default_factory=Grid)
+    method_options: dict = field(default_factory=dict)
+    train: dict = field(default_factory=dict)
+    backbone: dict = field(default_factory=dict)
+    train_subset: int | None = None
+    notebooks: list[str] = field(default_factory=lambda: list(NOTEBOOKS))
+    ablations: bool = False
+    ablation_noise: str | None = None
+    ablation_train: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        from ferlib.backbones import BackboneConfig
+        from ferlib.data import list_datasets
+        from ferlib.engine import TrainConfig
+        from ferlib.methods import method_class
+        from ferlib.noise import NoiseSpec
+
+        if self.dataset not in list_datasets():
+            raise ValueError(f"unknown dataset {self.dataset!r}; valid: {', '.join(list_datasets())}")
+        if isinstance(self.grid, dict):
+            self.grid = Grid(**_checked_keys(self.grid, _field_names(Grid), "grid"))
+        elif not isinstance(self.grid, Grid):
+            raise ValueError(f"grid must be a mapping with keys {_field_names(Grid)}, got {self.grid!r}")
+        for key in ("dataset_options", "method_options", "train", "backbone", "ablation_train"):
+            if not isinstance(getattr(self, key), dict):
+                raise ValueError(f"{key} must be a mapping, got {getattr(self, key)!r}")
+        for key in ("train", "ablation_train"):
+            options = getattr(self, key)
+            _checked_keys(options, _field_names(TrainConfig), key)
+            if "seed" in options:
+                raise ValueError(f"{key}.seed is not a study setting: list the seeds in grid.seeds")
+            TrainConfig(**{**self.train, **options})  # validates values (optimizer, scheduler ...)
+        BackboneConfig(**_checked_keys(self.backbone, _field_names(BackboneConfig), "backbone"))
+        for method, options in self.method_options.items():
+            valid = [f.name for f in dataclasses.fields(method_class(method).Config)]
+            _checked_keys(options or {}, valid, f"method_options.{method}")
+        self.notebooks = _str_list(self.notebooks, "notebooks")
+        _no_duplicates(self.notebooks, "notebooks")
+        if self.train_subset is not None and (not isinstance(self.train_subset, int) or self.train_subset < 1):
+            raise ValueError(f"train_subset must be a positive integer or null, got {self.train_subset!r}")
+        if not isinstance(self.ablations, bool):
+            raise ValueError(f"ablations must be true or false, got {self.ablations!r}")
+        if self.ablation_noise is not None:
+            self.ablation_noise = str(NoiseSpec.parse(self.ablation_noise))
+        if self.data is not None:
+            self.data = os.fspath(self.data)
+
+    # ------------------------------------------------------------------------------- the grid
+    def train_config(self, seed: int, extra: dict | None = None):
+        """The :class:`~ferlib.engine.TrainConfig` of one cell (``progress`` off unless set)."""
+        from ferlib.engine import TrainConfig
+
+        return TrainConfig(**{"progress": False, **self.train, **(extra or {}), "seed": seed})
+
+    def run_spec(self, method: str, noise: str, seed: int, runs_dir: str | os.PathLike, *,
+                 train_extra: dict | None = None):
+        """The :class:`~ferlib.experiment.RunSpec` of one cell; ``data`` made absolute (it enters the run id)."""
+        from ferlib.backbones import BackboneConfig
+        from ferlib.experiment import RunSpec
+
+        return RunSpec(data=str(self.data_path()), dataset=self.dataset, dataset_options=dict(self.dataset_options),
+                       noise=noise, train_subset=self.train_subset, method=method,
+                       method_options=dict(self.method_options.get(method) or {}),
+                       backbone=BackboneConfig(**self.backbone), train=self.train_config(seed, train_extra),
+                       out=str(Path(runs_dir).absolute()))
+
+    def run_specs(self, runs_dir: str | os.PathLike) -> list:
+        """Every cell of the grid as a RunSpec, seed-major (all methods and noises of seed 0 first, so a
+        partly finished study already compares every method)."""
+        return [self.run_spec(m, n, s, runs_dir)
+                for s in self.grid.seeds for n in self.grid.noise for m in self.grid.resolved_methods()]
+
+    def main_noise(self) -> str:
+        """The grid's first noise other than ``none`` (the one the noise and ablation notebooks show)."""
+        return next((n for n in self.grid.noise if n != "none"), self.grid.noise[0])
+
+    def ablation_spec(self, runs_dir: str | os.PathLike):
+        """The base RunSpec handed to ``03_ablations``: first method, ablation noise, first seed."""
+        return self.run_spec(self.grid.resolved_methods()[0], self.ablation_noise or self.main_noise(),
+                             self.grid.seeds[0], runs_dir, train_extra=self.ablation_train)
+
+    def ablation_methods(self) -> list[str]:
+        """The grid's methods that declare ablation variants (``method_class(name).ablations``)."""
+        from ferlib.methods import method_class
+
+        return [m for m in self.grid.resolved_methods() if method_class(m).ablations]
+
+    def data_path(self) -> Path:
+        if self.data is None:
+            raise ValueError(f"study {self.name!r} has no data path: pass data=PATH (command line: --data PATH)")
+        return Path(self.data).expanduser().resolve()
+
+    # ------------------------------------------------------------------------------- description
+    def describe(self) -> str:
+        """A few lines for logs and the report: dataset, grid (oracles marked), settings."""
+        from ferlib.methods import method_class
+
+        methods = [f"{m} [oracle]" if method_class(m).oracle else m for m in self.grid.resolved_methods()]
+        cells = len(methods) * len(self.grid.noise) * len(self.grid.seeds)
+        return "\n".join([
+            f"study {self.name}: {self.description}".rstrip(": "),
+            f"data: {self.dataset} at {self.data} {self.dataset_options or ''}".rstrip()
+            + (f", train subset {self.train_subset}" if self.train_subset else ""),
+            f"grid: {cells} cells = {len(methods)} methods x {len(self.grid.noise)} noise x "
+            f"{len(self.grid.seeds)} seeds",
+            f"  methods: {', '.join(methods)}",
+            f"  noise: {', '.join(self.grid.noise)}; seeds: {', '.join(map(str, self.grid.seeds))}",
+            f"train: {self.train or 'defaults'}; backbone: {self.backbone or 'defaults'}",
+            f"ablations: {'on' if self.ablations else 'off'}; notebooks: {', '.join(self.notebooks)}",
+        ])
+
+    def to_dict(self) -> dict:
+        """JSON/YAML-able form (``grid.methods`` resolved in ``resolved_methods``)."""
+        out = asdict(self)
+        out["resolved_methods"] = self.grid.resolved_methods()
+        return out
+
+    @classmethod
+    def from_dict(cls, values: dict, *, source: str = "study spec") -> "StudySpec":
+        """Build from a mapping (a parsed YAML profile); unknown keys raise listing the valid ones."""
+        if not isinstance(values, dict):
+            raise ValueError(f"{source} must be a mapping of keys {_field_names(cls)}, got {type(values).__name__}")
+        return cls(**_checked_keys(values, _field_names(cls), source))
+
+
+# ----------------------------------------------------------------------------------- profiles
+def _profiles_dir():
+    return resources.files("ferlib.study") / "profiles"
+
+
+def list_profiles() -> list[str]:
+    """Names of the shipped profiles (``ferlib/study/profiles/*.yaml``)."""
+    return sorted(p.name[:-5] for p in _profiles_dir().iterdir() if p.name.endswith(".yaml"))
+
+
+def profile_path(name: str | os.PathLike):
+    """The YAML file of a profile name, or ``name`` itself when it is a path to a ``.yaml`` file."""
+    if str(name).endswith((".yaml", ".yml")) and Path(name).is_file():
+        return Path(name)
+    path = _profiles_dir() / f"{name}.yaml"
+    if not path.is_file():
+        raise ValueError(f"unknown study profile {str(name)!r}; valid: {', '.join(list_profiles())} "
+                         "(or the path of a .yaml file)")
+    return path
+
+
+def load_profile(name: str | os.PathLike, *, data: str | os.PathLike | None = None, **overrides) -> StudySpec:
+    """Read a profile and apply overrides.
+
+    Parameters
+    ----------
+    name : a shipped profile (:func:`list_profiles`: ``smoke``, ``cpu``, ``full``) or a ``.yaml`` path.
+    data : dataset root replacing the profile's ``data``.
+    **overrides : :class:`StudySpec` fields, or the grid's ``methods``, ``noise``, ``seeds`` directly.
+        ``train``, ``backbone``, ``ablation_train`` and ``grid`` are merged into the profile's mapping
+        (``train={"epochs": 3}`` keeps the profile's other train settings); other fields are replaced.
+
+    Raises
+    ------
+    ValueError naming an unknown profile or key and listing the valid ones.
+    """
+    import yaml
+
+    path = profile_path(name)
+    values = yaml.safe_load(path.read_text()) or {}
+    source = f"profile {str(name)!r} ({path})"
+    if not isinstance(values, dict):
+        raise ValueError(f"{source} must be a mapping, got {type(values).__name__}")
+    values = dict(values)
+    values.setdefault("name", Path(str(name)).stem if str(name).endswith((".yaml", ".yml")) else str(name))
+    grid_keys = _field_names(Grid)
+    _checked_keys(overrides, _field_names(StudySpec) + grid_keys, "override")
+    _checked_keys(values, _field_names(StudySpec), source)
+    grid = dict(values.get("grid") or {})
+    for key, value in overrides.items():
+        if key in grid_keys:
+            grid[key] = value
+        elif key == "grid":
+            grid.update(asdict(value) if isinstance(value, Grid) else value)
+        elif key in ("train", "backbone", "ablation_train") and isinstance(value, dict):
+            values[key] = {**(values.get(key) or {}), **value}
+        else:
+            values[key] = value
+    values["grid"] = grid
+    if data is not None:
+        values["data"] = os.fspath(data)
+    return StudySpec.from_dict(values, source=source)
+
+
+# ----------------------------------------------------------------------------------- helpers
+def _field_names(cls) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls)]
+
+
+def _checked_keys(values: dict, valid: list[str], where: str) -> dict:
+    unknown = [k for k in values if k not in valid]
+    if unknown:
+        raise ValueError(f"unknown key(s) {', '.join(map(repr, unknown))} in {where}; valid keys: {', '.join(valid)}")
+    return values
+
+
+def _str_list(value, what: str) -> list[str]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, (list, tuple)) or not value or not all(isinstance(v, str) and v for v in value):
+        raise ValueError(f"{what} must be a non-empty list of names, got {value!r}")
+    return list(value)
+
+
+def _no_duplicates(values: list, what: str) -> None:
+    dup = sorted({str(v) for v in values if values.count(v) > 1})
+    if dup:
+        raise ValueError(f"{what} lists {', '.join(dup)} more than once")

@@ -1,0 +1,299 @@
+"""Tests of ferlib.study: profiles, grid expansion, the papermill runner (with fake notebooks), the report.
+
+The notebooks here are throwaway ones written with nbformat: a fake 02_train that writes the result.json of
+its cell without training (and fails on purpose for one cell), an analysis notebook that writes a file, and
+one that raises until a flag file exists.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import re
+from itertools import product
+from pathlib import Path
+
+import nbformat
+import pandas as pd
+import pytest
+
+from ferlib.experiment import RunSpec, run_id
+from ferlib.methods import list_methods, method_class
+from ferlib.study import StudySpec, list_profiles, load_profile, run_study, summarize_results
+from ferlib.study.runner import _is_this_python, _kernel_python, ensure_kernel, main
+
+COMMON_PARAMS = 'data = ""\ndataset = "ferplus"\ndataset_options = {}\nruns_dir = ""\nstudy_dir = ""\n'
+
+# The fake 02_train finds its run id in RUN_IDS, a literal {spec as sorted JSON: run_id} the test fills in: this
+# checks that the notebook receives exactly asdict(RunSpec) of its cell, without importing torch in the kernel
+# (RunSpec(**spec) round-trips to the same run id: test_grid_expands_to_methods_x_noise_x_seeds).
+FAKE_TRAIN = """\
+import json
+from pathlib import Path
+
+RUN_IDS = %r
+rid = RUN_IDS[json.dumps(spec, sort_keys=True)]
+assert spec["out"] == runs_dir, (spec["out"], runs_dir)
+with open(Path(study_dir) / "train_calls.txt", "a") as f:
+    f.write(rid + "\\n")
+method, seed = spec["method"], spec["train"]["seed"]
+if method == "ldl_votes" and seed == 1 and not (Path(study_dir) / "fixed").exists():
+    raise RuntimeError("deliberate failure of " + rid)
+result = {"run_id": rid, "method": method, "oracle": method == "ldl_votes", "noise": spec["noise"],
+          "noise_rate": 0.3, "seed": seed, "epochs": spec["train"]["epochs"], "best_epoch": 1,
+          "time_per_epoch_s": 1.0, "method_options": spec["method_options"],
+          "last": {"acc": 0.5 + 0.1 * seed, "mean_acc": 0.4}, "best": {"acc": 0.6, "mean_acc": 0.5}}
+run_dir = Path(runs_dir) / rid
+run_dir.mkdir(parents=True, exist_ok=True)
+(run_dir / "result.json").write_text(json.dumps(result))
+"""
+
+FAKE_SUMMARY = """\
+from pathlib import Path
+n = len(list(Path(runs_dir).glob("*/result.json")))
+(Path(study_dir) / "summary_ran.txt").write_text(str(n))
+print("summary of", n, "runs")
+"""
+
+FAKE_ABLATION = """\
+import json
+from pathlib import Path
+(Path(study_dir) / "ablation_params.json").write_text(json.dumps(
+    {"methods": methods, "noise": spec["noise"], "epochs": spec["train"]["epochs"]}))
+"""
+
+FAKE_NOISE = """\
+import json
+from pathlib import Path
+(Path(study_dir) / "noise_params.json").write_text(json.dumps(
+    {"noise": noise, "seed": seed, "train_subset_given": "train_subset" in globals()}))
+"""
+
+FAKE_FAILING = """\
+from pathlib import Path
+if not (Path(study_dir) / "fixed").exists():
+    raise ValueError("uncertainty notebook broken on purpose")
+"""
+
+
+def write_notebook(path: Path, title: str, params: str, body: str) -> Path:
+    nb = nbformat.v4.new_notebook()
+    cell = nbformat.v4.new_code_cell(params)
+    cell.metadata["tags"] = ["parameters"]
+    nb.cells = [nbformat.v4.new_markdown_cell(f"# {title}"), cell, nbformat.v4.new_code_cell(body)]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nbformat.write(nb, path)
+    return path
+
+
+def tiny_spec(tmp_path: Path, **overrides) -> StudySpec:
+    (tmp_path / "data").mkdir(exist_ok=True)
+    values = dict(methods=["ce", "ldl_votes"], noise=["symmetric:0.3"], seeds=[0, 1], train={"epochs": 2},
+                  notebooks=["00_prepare_data", "01_inject_noise", "02_train", "03_ablations", "05_uncertainty",
+                             "99_summary"])
+    values.update(overrides)
+    return load_profile("smoke", data=tmp_path / "data", **values)
+
+
+# ----------------------------------------------------------------------------------- profiles
+@pytest.mark.parametrize("name", ["smoke", "cpu", "full"])
+def test_shipped_profiles_load_and_validate(name):
+    assert name in list_profiles()
+    spec = load_profile(name, data="somewhere")
+    assert spec.name == name and spec.data == "somewhere"
+    assert spec.grid.resolved_methods() == list_methods()  # "all" follows the registry
+    oracles = [m for m in list_methods() if method_class(m).oracle]
+    assert oracles, "the registry has an oracle (ldl_votes) to mark"
+    for m in oracles:
+        assert f"{m} [oracle]" in spec.describe()
+    assert len(spec.run_specs("runs")) == len(list_methods()) * len(spec.grid.noise) * len(spec.grid.seeds)
+
+
+def test_profile_sizes_follow_the_brief():
+    smoke, cpu, full = (load_profile(n) for n in ("smoke", "cpu", "full"))
+    assert smoke.data == "data/ferplus_sample" and 6 <= smoke.train["epochs"] <= 10 and smoke.grid.seeds == [0]
+    assert cpu.train_subset == 6000 and cpu.train["epochs"] == 30
+    assert full.train_subset is None and full.grid.seeds == [0, 1, 2] and full.ablations
+    protocol = {"symmetric:0.1", "symmetric:0.2", "symmetric:0.3", "class_dependent:0.3", "annotator"}
+    assert protocol <= set(full.grid.noise)
+
+
+def test_unknown_key_names_it_and_lists_valid_keys(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data: x\nepoch: 3\ngrid: {seeds: [0]}\n")
+    with pytest.raises(ValueError, match=r"unknown key\(s\) 'epoch'.*valid keys: .*grid.*train_subset"):
+        load_profile(bad)
+    bad.write_text("grid: {seed: [0]}\n")
+    with pytest.raises(ValueError, match=r"'seed' in grid; valid keys: methods, noise, seeds"):
+        load_profile(bad)
+    with pytest.raises(ValueError, match=r"'epochz' in override; valid keys: .*seeds"):
+        load_profile("smoke", epochz=3)
+    with pytest.raises(ValueError, match=r"'epoch' in train; valid keys: epochs, batch_size"):
+        load_profile("smoke", train={"epoch": 3})
+    with pytest.raises(ValueError, match=r"train.seed is not a study setting"):
+        load_profile("smoke", train={"seed": 3})
+
+
+def test_unknown_profile_lists_profiles():
+    with pytest.raises(ValueError, match=r"unknown study profile 'nope'; valid: cpu, full, smoke"):
+        load_profile("nope")
+
+
+def test_bad_grid_values_raise():
+    with pytest.raises(ValueError, match=r"unknown method 'nope'; valid: .*ce"):
+        load_profile("smoke", methods=["ce", "nope"])
+    with pytest.raises(ValueError, match=r"bad noise spec 'symmetric:2'"):
+        load_profile("smoke", noise=["symmetric:2"])
+    with pytest.raises(ValueError, match=r"grid.seeds must be a non-empty list"):
+        load_profile("smoke", seeds=[])
+    with pytest.raises(ValueError, match=r"TrainConfig.optimizer must be one of"):
+        load_profile("smoke", train={"optimizer": "lbfgs"})
+    with pytest.raises(ValueError, match=r"unknown dataset 'nope'; valid: .*ferplus"):
+        load_profile("smoke", dataset="nope")
+    with pytest.raises(ValueError, match=r"grid.noise lists symmetric:0.3 more than once"):
+        load_profile("smoke", noise=["symmetric:0.3", "symmetric:0.30"])
+
+
+def test_overrides_merge_train_settings():
+    spec = load_profile("smoke", train={"epochs": 2}, seeds=[3])
+    assert spec.train["epochs"] == 2 and spec.train["batch_size"] == 64 and spec.grid.seeds == [3]
+    assert spec.grid.noise == load_profile("smoke").grid.noise
+
+
+# ----------------------------------------------------------------------------------- grid
+def test_grid_expands_to_methods_x_noise_x_seeds(tmp_path):
+    spec = tiny_spec(tmp_path, noise=["none", "symmetric:0.30"], seeds=[0, 1, 2])
+    specs = spec.run_specs(tmp_path / "runs")
+    assert len(specs) == 2 * 2 * 3
+    assert {(s.method, s.noise, s.train.seed) for s in specs} == \
+        set(product(["ce", "ldl_votes"], ["none", "symmetric:0.3"], [0, 1, 2]))  # canonical noise
+    ids = [run_id(s) for s in specs]
+    assert len(set(ids)) == 12
+    assert [s.train.seed for s in specs[:4]] == [0, 0, 0, 0]  # seed-major order
+    for s in specs:
+        assert s.out == str((tmp_path / "runs").absolute()) and Path(s.data).is_absolute()
+        assert s.train.epochs == 2 and s.train.progress is False
+        # what 02_train receives (JSON) gives back the same cell
+        again = RunSpec(**json.loads(json.dumps(dataclasses.asdict(s))))
+        assert run_id(again) == run_id(s)
+
+
+def test_ablation_base_spec(tmp_path, monkeypatch):
+    monkeypatch.setattr(method_class("ldl_votes"), "ablations", {"no_threshold": {"min_votes": 0.0}})
+    monkeypatch.setattr(method_class("ce"), "ablations", {})
+    spec = tiny_spec(tmp_path, noise=["none", "symmetric:0.2"], ablation_train={"epochs": 1})
+    base = spec.ablation_spec(tmp_path / "runs")
+    assert (base.noise, base.train.seed, base.train.epochs) == ("symmetric:0.2", 0, 1)  # first noise other than none
+    assert spec.ablation_methods() == ["ldl_votes"]
+    spec = tiny_spec(tmp_path, ablation_noise="class_dependent:0.30")
+    assert spec.ablation_spec(tmp_path / "runs").noise == "class_dependent:0.3"
+    assert spec.ablation_spec(tmp_path / "runs").train.epochs == 2
+
+
+def test_kernel_runs_this_interpreter():
+    name = ensure_kernel()
+    assert name == "python3"
+    assert _is_this_python(_kernel_python(name))
+
+
+def test_cli_dry_run_lists_cells(tmp_path, capsys):
+    (tmp_path / "data").mkdir()
+    code = main(["--profile", "smoke", "--data", str(tmp_path / "data"), "--runs", str(tmp_path / "runs"),
+                 "--methods", "ce", "--seeds", "0", "1", "--epochs", "1", "--dry-run"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert len(re.findall(r"^ce-symmetric0\.3-s[01]-[0-9a-f]{8}  to run$", out, re.M)) == 2
+    assert main(["--profile", "nope", "--dry-run"]) == 2
+
+
+# ----------------------------------------------------------------------------------- report table
+def test_summary_means_and_stds_over_seeds():
+    results = pd.DataFrame([
+        {"run_id": "a", "method": "ce", "oracle": False, "noise": "symmetric:0.3", "seed": 0, "epochs": 2,
+         "last.acc": 0.5, "last.mean_acc": 0.4, "best.acc": 0.6, "best.mean_acc": 0.5},
+        {"run_id": "b", "method": "ce", "oracle": False, "noise": "symmetric:0.3", "seed": 1, "epochs": 2,
+         "last.acc": 0.6, "last.mean_acc": 0.4, "best.acc": 0.7, "best.mean_acc": 0.5},
+        {"run_id": "c", "method": "ldl_votes", "oracle": True, "noise": "symmetric:0.3", "seed": 0, "epochs": 2,
+         "last.acc": 0.8, "last.mean_acc": 0.7, "best.acc": 0.8, "best.mean_acc": 0.7},
+    ])
+    summary = summarize_results(results)
+    assert list(summary["method"]) == ["ce", "ldl_votes"]  # oracle rows last
+    ce = summary.iloc[0]
+    assert ce["seeds"] == "0, 1" and ce["runs"] == 2
+    assert ce["last.acc"] == pytest.approx(0.55) and ce["last.acc_std"] == pytest.approx(math.sqrt(0.005))
+    assert math.isnan(summary.iloc[1]["last.acc_std"])
+
+
+# ----------------------------------------------------------------------------------- the runner
+def test_run_study_resumes_records_failures_and_reports(tmp_path, monkeypatch):
+    spec = tiny_spec(tmp_path)
+    runs, reports = tmp_path / "runs", tmp_path / "reports"
+    specs = spec.run_specs(runs)
+    ids = [run_id(s) for s in specs]
+    expected = {json.dumps(json.loads(json.dumps(dataclasses.asdict(s))), sort_keys=True): i
+                for s, i in zip(specs, ids)}
+    nbdir = tmp_path / "notebooks"
+    write_notebook(nbdir / "02_train.ipynb", "Fake training", COMMON_PARAMS + "spec = {}\n", FAKE_TRAIN % expected)
+    write_notebook(nbdir / "99_summary.ipynb", "Fake summary", COMMON_PARAMS, FAKE_SUMMARY)
+    write_notebook(nbdir / "05_uncertainty.ipynb", "Fake uncertainty", COMMON_PARAMS, FAKE_FAILING)
+    write_notebook(nbdir / "01_inject_noise.ipynb", "Fake noise", COMMON_PARAMS + "noise = 'none'\nseed = 5\n",
+                   FAKE_NOISE)
+    write_notebook(nbdir / "03_ablations.ipynb", "Fake ablations", COMMON_PARAMS + "spec = {}\nmethods = []\n",
+                   FAKE_ABLATION)
+    # 00_prepare_data is listed but missing: skipped with a warning
+    lines: list[str] = []
+    first = run_study(spec, runs_dir=runs, reports_dir=reports, notebooks_dir=nbdir, log=lines.append)
+
+    bad = next(i for i, s in zip(ids, specs) if s.method == "ldl_votes" and s.train.seed == 1)
+    calls = (reports / "train_calls.txt").read_text().split()
+    assert sorted(calls) == sorted(ids)  # each cell executed once
+    assert [c["status"] for c in first.cells].count("done") == 3 and first.executed == 4
+    assert {i: (runs / i / "result.json").exists() for i in ids} == {i: i != bad for i in ids}
+    assert first.notebooks == {"00_prepare_data": "missing", "01_inject_noise": "done", "03_ablations": "off",
+                               "05_uncertainty": "failed", "99_summary": "done"}
+    # extra parameters only where declared: noise and seed, not train_subset
+    assert json.loads((reports / "noise_params.json").read_text()) == \
+        {"noise": "symmetric:0.3", "seed": 0, "train_subset_given": False}
+    assert not (reports / "ablation_params.json").exists()  # ablations off: 03 not run
+    assert any("00_prepare_data.ipynb is missing" in line for line in lines)
+    assert any(re.match(rf"cell \d/4 {re.escape(ids[0])} \.\.\. done in \d+s, ETA \d+s", line) for line in lines)
+    assert (reports / "summary_ran.txt").read_text() == "3"
+
+    failures = json.loads((reports / "failures.json").read_text())
+    assert set(failures) == {bad, "notebook:05_uncertainty"}
+    assert failures[bad]["error"] == f"RuntimeError: deliberate failure of {bad}"
+    assert "deliberate failure" in failures[bad]["traceback"]
+    assert failures["notebook:05_uncertainty"]["error"] == "ValueError: uncertainty notebook broken on purpose"
+    assert not first.ok
+
+    results = pd.read_csv(reports / "results.csv")
+    assert sorted(results["run_id"]) == sorted(i for i in ids if i != bad)
+    index = (reports / "index.html").read_text()
+    assert "<table class='results'>" in index and "ldl_votes <b>[oracle]</b>" in index
+    assert "50.00" in index and "60.00" in index  # ce last acc of seed 0 and seed 1 (0.5, 0.6) -> mean 55 ± 7.07
+    assert "55.00 &plusmn; 7.07" in index
+    assert "Failures (2)" in index and "deliberate failure" in index
+    hrefs = re.findall(r"href='([^']+\.html)'", index)
+    assert set(hrefs) >= {"99_summary.html", "05_uncertainty.html"} | {f"runs/{i}.html" for i in ids}
+    for href in hrefs:
+        assert (reports / href).is_file(), href
+    assert "Fake summary" in index  # one-line description from the notebook's title
+    assert "study.json" in {p.name for p in reports.iterdir()}
+
+    # rerun after fixing, ablations on: finished cells are skipped, only the failed cell executes, failures cleared
+    (reports / "fixed").write_text("")
+    monkeypatch.setattr(method_class("ce"), "ablations", {"plain": {}})
+    monkeypatch.setattr(method_class("ldl_votes"), "ablations", {})
+    spec = dataclasses.replace(spec, ablations=True, ablation_train={"epochs": 1},
+                               notebooks=["02_train", "03_ablations", "05_uncertainty", "99_summary"])
+    second = run_study(spec, runs_dir=runs, reports_dir=reports, notebooks_dir=nbdir, log=lines.append)
+    calls = (reports / "train_calls.txt").read_text().split()
+    assert len(calls) == 5 and calls[-1] == bad
+    assert [c["status"] for c in second.cells].count("skipped") == 3 and second.executed == 1
+    assert json.loads((reports / "failures.json").read_text()) == {} and second.ok
+    assert len(pd.read_csv(reports / "results.csv")) == 4
+    assert "Failures" not in (reports / "index.html").read_text()
+    assert second.notebooks == {"03_ablations": "done", "05_uncertainty": "done", "99_summary": "done"}
+    assert json.loads((reports / "ablation_params.json").read_text()) == \
+        {"methods": ["ce"], "noise": "symmetric:0.3", "epochs": 1}
