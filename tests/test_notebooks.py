@@ -1,0 +1,154 @@
+"""Every notebook under notebooks/ executes with papermill on the shipped FERPlus sample at tiny parameters and
+records its metrics in ``<study_dir>/<notebook>.json``; the tests read them back and check their values.
+
+02_train runs once (module fixture) into a shared runs folder that 04, 05, 06 and 99 then analyse. Tiny means a
+``test_resnet`` backbone (timm's 0.4 M-parameter test model), 128 training images and one epoch.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+pm = pytest.importorskip("papermill")
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = ROOT / "notebooks"
+SAMPLE = ROOT / "data" / "ferplus_sample"
+TINY_SPEC = {
+    "noise": "symmetric:0.3", "train_subset": 128, "method": "ce",
+    "backbone": {"name": "test_resnet"},
+    "train": {"epochs": 1, "batch_size": 32, "image_size": 48, "progress": False},
+}
+
+pytestmark = pytest.mark.skipif(not SAMPLE.is_dir(), reason="the shipped FERPlus sample is missing")
+
+
+def execute(name: str, folder: Path, **parameters) -> dict:
+    """Run notebooks/<name>.ipynb with the common parameters pointing into ``folder``; return its metrics."""
+    common = {"data": str(SAMPLE), "runs_dir": str(folder / "runs"), "study_dir": str(folder / "study")}
+    pm.execute_notebook(str(NOTEBOOKS / f"{name}.ipynb"), str(folder / f"{name}.ipynb"),
+                        parameters={**common, **parameters}, kernel_name="python3", cwd=str(ROOT),
+                        progress_bar=False)
+    return json.loads((folder / "study" / f"{name}.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """02_train on the tiny spec: (folder, its recorded metrics)."""
+    folder = tmp_path_factory.mktemp("study")
+    return folder, execute("02_train", folder, spec=TINY_SPEC)
+
+
+def test_every_notebook_is_tested_and_committed_without_outputs():
+    import nbformat
+
+    names = {p.stem for p in NOTEBOOKS.glob("*.ipynb")}
+    tested = {"00_prepare_data", "01_inject_noise", "02_train", "03_ablations", "04_label_distributions",
+              "05_uncertainty", "06_embeddings", "99_summary"}
+    assert names == tested
+    for name in sorted(names):
+        nb = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
+        code = [c for c in nb.cells if c.cell_type == "code"]
+        assert "parameters" in code[0].metadata.get("tags", []), f"{name}: first code cell must be tagged parameters"
+        assert all(not c.outputs and c.execution_count is None for c in code), f"{name}: strip outputs (nbstripout)"
+        assert "record_metrics" in code[-1].source, f"{name}: the last cell must record the metrics"
+
+
+def test_00_prepare_data(tmp_path):
+    m = execute("00_prepare_data", tmp_path, faces_per_class=2, landmarks_backend="dlib", extract_limit=4,
+                landmarks_cache_dir=str(tmp_path / "cache"))
+    assert m["dataset"] == "ferplus" and len(m["classes"]) == 8 and m["has_votes"]
+    assert m["split_counts"]["train"] > 1000 and m["split_counts"]["test"] > 200
+    assert sum(m["dropped"]["train"].values()) > 0
+    assert m["va_source"].startswith("ORACLE")  # FERPlus: the vote projection, labelled as an oracle
+    assert m["landmarks"]  # extracted, or the reason it was skipped
+    assert m["landmarks_ok_rate"] is None or 0.0 <= m["landmarks_ok_rate"] <= 1.0
+    assert (tmp_path / "study" / "figures" / "00_prepare_data" / "faces.png").is_file()
+
+
+def test_01_inject_noise(tmp_path):
+    m = execute("01_inject_noise", tmp_path, noise="symmetric:0.3", seed=1)
+    assert m["noise"] == "symmetric:0.3" and m["seed"] == 1
+    assert 0.25 < m["overall_rate"] < 0.35
+    assert m["n_flipped"] == round(m["overall_rate"] * m["n_train"])
+    assert len(m["per_class_rate"]) == 8
+    assert (tmp_path / "study" / "figures" / "01_inject_noise" / "transition.png").is_file()
+
+
+def test_02_train(trained):
+    folder, m = trained
+    run_dir = Path(m["run_dir"])
+    assert run_dir.parent == folder / "runs"
+    for name in ("model.pt", "readout.npz", "epochs.csv", "result.json"):
+        assert (run_dir / name).is_file()
+    result = json.loads((run_dir / "result.json").read_text())
+    assert 0.0 <= result["last"]["acc"] <= 1.0 and result["last"] == m["last"]
+    assert m["method"] == "ce" and m["epochs"] == 1 and m["best_epoch"] == 1
+    assert 0.1 < m["noise_rate"] < 0.5
+
+
+def test_03_ablations(tmp_path):
+    from ferlib.methods import list_methods, method_class
+
+    with_variants = [n for n in list_methods() if method_class(n).ablations and not method_class(n).requires]
+    method = "nla" if "nla" in with_variants else (with_variants or ["ce"])[0]
+    m = execute("03_ablations", tmp_path, spec=TINY_SPEC, methods=[method], max_variants=1)
+    runs = m["runs"]
+    expected = ["full"] + list(method_class(method).ablations)[:1]
+    assert [r["variant"] for r in runs] == expected and {r["method"] for r in runs} == {method}
+    assert runs[0]["delta_acc"] == 0.0
+    for r in runs:
+        assert 0.0 <= r["last.acc"] <= 1.0
+        assert (tmp_path / "runs" / "ablations" / r["run_id"] / "result.json").is_file()
+    if len(runs) > 1:
+        assert runs[0]["run_id"] != runs[1]["run_id"]
+
+
+def test_04_label_distributions(trained):
+    folder, trained_metrics = trained
+    m = execute("04_label_distributions", folder, n_faces=3)
+    assert m["n_runs"] == 1
+    (row,) = m["runs"]
+    assert row["run_id"] == trained_metrics["run_id"] and row["source"] == "softmax(train_logits)"
+    assert 0.0 <= row["js"] <= math.log(2) and row["kl"] >= 0.0 and 0.0 <= row["top1"] <= 1.0
+    assert row["top1_given"] == pytest.approx(1 - trained_metrics["noise_rate"])
+
+
+def test_05_uncertainty(trained):
+    folder, trained_metrics = trained
+    m = execute("05_uncertainty", folder, n_faces=4, cleanlab_folds=2, cleanlab_epochs=1)
+    rankings = {r["ranking"]: r for r in m["detection"]}
+    assert set(rankings) == {"score", "loss", "neg_margin"}
+    for r in rankings.values():
+        assert 0.0 <= r["auroc"] <= 1.0 and 0.0 <= r["ap"] <= 1.0
+        assert r["rate"] == pytest.approx(trained_metrics["noise_rate"])
+    (cl,) = m["cleanlab"]
+    assert cl["method"] == "cleanlab" and cl["folds"] == 2 and cl["epochs"] == 1
+    assert 0.0 <= cl["auroc"] <= 1.0 and cl["n"] == TINY_SPEC["train_subset"]
+    assert 0 <= cl["n_flagged"] <= cl["n"]
+    assert math.isnan(cl["precision"]) or 0.0 <= cl["precision"] <= 1.0
+    assert (folder / "runs" / "cleanlab").is_dir()
+
+
+def test_06_embeddings(trained):
+    folder, trained_metrics = trained
+    m = execute("06_embeddings", folder, umap_max_points=200)
+    (row,) = m["runs"]
+    assert row["run_id"] == trained_metrics["run_id"]
+    assert -1.0 <= row["silhouette_test"] <= 1.0 and -1.0 <= row["silhouette_train_given"] <= 1.0
+    figures = folder / "study" / "figures" / "06_embeddings"
+    assert {p.name for p in figures.glob("*.png")} == {f"{row['run_id']}_test.png", f"{row['run_id']}_train.png"}
+
+
+def test_99_summary(trained):
+    folder, trained_metrics = trained
+    m = execute("99_summary", folder)
+    assert m["n_runs"] == 1
+    (row,) = m["table"]
+    assert row["method"] == "ce" and row["n_seeds"] == 1
+    assert row["last.acc_mean"] == pytest.approx(trained_metrics["last"]["acc"])
+    (timing,) = m["timings"]
+    assert timing["ratio_to_ce"] == pytest.approx(1.0)
