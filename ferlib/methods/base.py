@@ -56,6 +56,9 @@ class Method(nn.Module):
         Dataset fields the method needs (``"votes"``); the engine checks them before training.
     oracle : bool
         True when the method sees information a noisy-label method must not (human votes, clean labels).
+    ablations : dict
+        ``{variant name: config overrides}``: the method's components switched off one at a time
+        (the study's ablation notebook runs each variant; a new method lists its own here).
     """
 
     name: ClassVar[str] = ""
@@ -63,6 +66,7 @@ class Method(nn.Module):
     views: ClassVar[tuple[str, ...]] = ()
     requires: ClassVar[tuple[str, ...]] = ()
     oracle: ClassVar[bool] = False
+    ablations: ClassVar[dict[str, dict]] = {}
 
     def __init__(self, config, *, num_classes: int, num_train: int, feature_dim: int) -> None:
         super().__init__()
