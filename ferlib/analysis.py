@@ -881,6 +881,9 @@ def parse_noise(spec: str) -> tuple[str, float]:
 
 
 _SUMMARY_KEYS = ("dataset", "method", "variant", "oracle", "protocol", "rate", "noise")
+#: Run settings (``result.json`` fields) that also separate summary rows: runs differing in one are not averaged.
+_SETTING_KEYS = ("train_subset", "epochs", "backbone.name", "image_size", "optimizer", "lr", "batch_size",
+                 "selection")
 _STAGES = ("last", "best")
 
 
@@ -901,16 +904,19 @@ def summary_table(results, *, metrics: Sequence[str] = ("acc", "mean_acc", "macr
         ``oracle``, ``dataset``, ``best_epoch``, ``noise_rate`` (realised), ``time_per_epoch_s`` and
         ``method_options.<name>`` are used when present.
     metrics : metric names (``acc`` overall accuracy, ``mean_acc`` class-balanced accuracy, ``macro_f1``).
-    keys : grouping columns; default those of ``dataset, method, variant, oracle, protocol, rate, noise`` that
-        exist. ``variant`` is ``"k=v,..."`` of the method options ("" = the method's defaults); ``protocol``
-        and ``rate`` come from :func:`parse_noise`.
+    keys : grouping columns; default those of ``dataset, method, variant, oracle, protocol, rate, noise`` and
+        of the run settings ``train_subset, epochs, backbone.name, image_size, optimizer, lr, batch_size,
+        selection`` that exist (runs that differ in a setting are not averaged together). ``variant`` is
+        ``"k=v,..."`` of the method options ("" = the method's defaults); ``protocol`` and ``rate`` come from
+        :func:`parse_noise`.
 
     Returns
     -------
-    pandas.DataFrame, one row per setting: the keys, ``n_seeds``, ``seeds`` (comma-joined), and for each
-    ``<stage>.<metric>`` (stage ``last`` first: the primary number; then ``best``, the epoch picked on the
-    validation split) plus ``best_epoch``, ``noise_rate`` and ``time_per_epoch_s``: ``<column>_mean`` and
-    ``<column>_std`` (sample standard deviation over seeds, ddof = 1; NaN for a single seed).
+    pandas.DataFrame, one row per setting, oracle rows last: the keys, ``n_seeds``, ``seeds`` (comma-joined),
+    ``n_runs``, and for each ``<stage>.<metric>`` (stage ``last`` first: the primary number; then ``best``, the
+    epoch picked on the validation split) plus ``best_epoch``, ``noise_rate`` and ``time_per_epoch_s``:
+    ``<column>_mean`` and ``<column>_std`` (sample standard deviation over seeds, ddof = 1; NaN for a single
+    seed). This is the table of ``summary.csv`` in a study's report (:mod:`ferlib.study.report`).
     """
     import pandas as pd
 
@@ -925,16 +931,24 @@ def summary_table(results, *, metrics: Sequence[str] = ("acc", "mean_acc", "macr
     df["variant"] = [_variant(r) for r in df.to_dict("records")]
     if "oracle" in df:
         df["oracle"] = [bool(v) and v == v for v in df["oracle"]]  # NaN (missing) -> False
-    keys = [k for k in (keys or _SUMMARY_KEYS) if k in df.columns]
+    keys = [k for k in (keys or _SUMMARY_KEYS + _SETTING_KEYS) if k in df.columns]
     values = [f"{s}.{m}" for s in _STAGES for m in metrics if f"{s}.{m}" in df.columns]
     values += [c for c in ("best_epoch", "noise_rate", "time_per_epoch_s") if c in df.columns]
     grouped = df.groupby(keys, dropna=False, sort=True)
     stats = grouped[values].agg(["mean", "std"])
     stats.columns = [f"{col}_{stat}" for col, stat in stats.columns]
     out = pd.concat([grouped["seed"].nunique().rename("n_seeds"),
-                     grouped["seed"].agg(lambda s: ",".join(str(x) for x in sorted(s))).rename("seeds"),
-                     stats], axis=1).reset_index()
+                     grouped["seed"].agg(_seeds_text).rename("seeds"),
+                     grouped.size().rename("n_runs"), stats], axis=1).reset_index()
+    if "oracle" in out:  # oracle rows (upper bounds, not competitors) after the others, order kept
+        out = out.sort_values("oracle", kind="stable").reset_index(drop=True)
     return out
+
+
+def _seeds_text(seeds) -> str:
+    """``"0,1,2"``: the distinct seeds of a group, sorted (integral floats written as integers)."""
+    values = sorted({float(x) for x in seeds if x == x})
+    return ",".join(str(int(x)) if x.is_integer() else str(x) for x in values)
 
 
 def format_summary(table, *, metrics: Sequence[str] = ("acc", "mean_acc"), stages: Sequence[str] = _STAGES,

@@ -168,6 +168,8 @@ def test_summary_table_mean_std_over_seeds():
     single = table[(table.method == "ce") & (table.noise == "none")].iloc[0]
     assert single["rate"] == 0.0 and math.isnan(single["last.acc_std"])
     assert bool(table[table.method == "ldl_votes"].iloc[0]["oracle"])
+    assert list(table["oracle"]) == [False, False, False, True]  # oracle rows last
+    assert list(table["n_runs"]) == list(table["n_seeds"])
     shown = analysis.format_summary(table)
     assert shown.loc[ce.name, "last.acc"] == "60.0 ± 14.1"
     assert shown.loc[single.name, "last.acc"] == "80.0"
@@ -183,6 +185,15 @@ def test_summary_table_separates_method_option_variants():
     assert sorted(table["variant"]) == ["", "label_smoothing=0.1"]
     with pytest.raises(ValueError, match="last.acc"):
         analysis.summary_table(df.drop(columns="last.acc"))
+
+
+def test_summary_table_separates_run_settings():
+    df = _results_frame().iloc[:2].copy()
+    df["epochs"] = 30
+    longer = df.copy()
+    longer["epochs"] = 40
+    table = analysis.summary_table(pd.concat([df, longer], ignore_index=True), metrics=("acc",))
+    assert list(table["epochs"]) == [30, 40] and list(table["n_seeds"]) == [2, 2]
 
 
 @pytest.mark.parametrize("spec, expected", [

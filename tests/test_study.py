@@ -19,7 +19,7 @@ import pytest
 
 from ferlib.experiment import RunSpec, run_id
 from ferlib.methods import list_methods, method_class
-from ferlib.study import StudySpec, list_profiles, load_profile, run_study, summarize_results
+from ferlib.study import StudySpec, list_profiles, load_profile, run_study, write_report
 from ferlib.study.runner import _is_this_python, _kernel_python, ensure_kernel, main
 
 COMMON_PARAMS = 'data = ""\ndataset = "ferplus"\ndataset_options = {}\nruns_dir = ""\nstudy_dir = ""\n'
@@ -67,6 +67,14 @@ import json
 from pathlib import Path
 (Path(study_dir) / "noise_params.json").write_text(json.dumps(
     {"noise": noise, "seed": seed, "train_subset_given": "train_subset" in globals()}))
+"""
+
+FAKE_PARAMS = """\
+import json
+from pathlib import Path
+(Path(study_dir) / "uncertainty_params.json").write_text(json.dumps(
+    {"cleanlab_folds": cleanlab_folds, "cleanlab_epochs": cleanlab_epochs, "n_faces": n_faces,
+     "undeclared_given": "undeclared" in globals()}))
 """
 
 FAKE_FAILING = """\
@@ -117,6 +125,10 @@ def test_profile_sizes_follow_the_brief():
     assert full.train_subset is None and full.grid.seeds == [0, 1, 2] and full.ablations
     protocol = {"symmetric:0.1", "symmetric:0.2", "symmetric:0.3", "class_dependent:0.3", "annotator"}
     assert protocol <= set(full.grid.noise)
+    assert full.notebook_parameters["05_uncertainty"] == {"cleanlab_folds": 5, "cleanlab_epochs": None}
+    for spec in (cpu, full):  # landmarks / VA of every train face (None: all)
+        assert spec.notebook_parameters["00_prepare_data"] == {"extract_limit": None}
+    assert smoke.notebook_parameters == {}
 
 
 def test_unknown_key_names_it_and_lists_valid_keys(tmp_path):
@@ -133,6 +145,22 @@ def test_unknown_key_names_it_and_lists_valid_keys(tmp_path):
         load_profile("smoke", train={"epoch": 3})
     with pytest.raises(ValueError, match=r"train.seed is not a study setting"):
         load_profile("smoke", train={"seed": 3})
+
+
+def test_notebook_parameters_are_validated():
+    with pytest.raises(ValueError, match=r"unknown notebook\(s\) '05_uncertanty' in notebook_parameters; "
+                                         r"valid: 00_prepare_data, .*05_uncertainty, .*99_summary"):
+        load_profile("smoke", notebook_parameters={"05_uncertanty": {"cleanlab_folds": 5}})
+    with pytest.raises(ValueError, match=r"notebook_parameters.05_uncertainty must be a mapping"):
+        load_profile("smoke", notebook_parameters={"05_uncertainty": [5]})
+    with pytest.raises(ValueError, match=r"runs_dir is set by the study runner"):
+        load_profile("smoke", notebook_parameters={"05_uncertainty": {"runs_dir": "elsewhere"}})
+    with pytest.raises(ValueError, match=r"seed is set by the study runner"):
+        load_profile("smoke", notebook_parameters={"01_inject_noise": {"seed": 3}})
+    # an override merges per notebook: the profile's other parameters of that notebook stay
+    spec = load_profile("full", notebook_parameters={"05_uncertainty": {"n_faces": 4}})
+    assert spec.notebook_parameters["05_uncertainty"] == {"cleanlab_folds": 5, "cleanlab_epochs": None, "n_faces": 4}
+    assert spec.notebook_parameters["00_prepare_data"] == {"extract_limit": None}
 
 
 def test_unknown_profile_lists_profiles():
@@ -208,21 +236,32 @@ def test_cli_dry_run_lists_cells(tmp_path, capsys):
 
 
 # ----------------------------------------------------------------------------------- report table
-def test_summary_means_and_stds_over_seeds():
-    results = pd.DataFrame([
-        {"run_id": "a", "method": "ce", "oracle": False, "noise": "symmetric:0.3", "seed": 0, "epochs": 2,
-         "last.acc": 0.5, "last.mean_acc": 0.4, "best.acc": 0.6, "best.mean_acc": 0.5},
-        {"run_id": "b", "method": "ce", "oracle": False, "noise": "symmetric:0.3", "seed": 1, "epochs": 2,
-         "last.acc": 0.6, "last.mean_acc": 0.4, "best.acc": 0.7, "best.mean_acc": 0.5},
-        {"run_id": "c", "method": "ldl_votes", "oracle": True, "noise": "symmetric:0.3", "seed": 0, "epochs": 2,
-         "last.acc": 0.8, "last.mean_acc": 0.7, "best.acc": 0.8, "best.mean_acc": 0.7},
-    ])
-    summary = summarize_results(results)
-    assert list(summary["method"]) == ["ce", "ldl_votes"]  # oracle rows last
+def test_report_summary_means_and_stds_over_seeds(tmp_path):
+    runs, reports = tmp_path / "runs", tmp_path / "reports"
+    for rid, method, oracle, seed, last in [("a", "ce", False, 0, 0.5), ("b", "ce", False, 1, 0.6),
+                                            ("c", "ldl_votes", True, 0, 0.8), ("d", "ce", False, 0, 0.7)]:
+        result = {"run_id": rid, "method": method, "oracle": oracle, "noise": "symmetric:0.3", "seed": seed,
+                  "epochs": 4 if rid == "d" else 2, "noise_rate": 0.3, "best_epoch": 1, "time_per_epoch_s": 1.0,
+                  "last": {"acc": last, "mean_acc": 0.4}, "best": {"acc": last + 0.1, "mean_acc": 0.5}}
+        (runs / rid).mkdir(parents=True)
+        (runs / rid / "result.json").write_text(json.dumps(result))
+    index = write_report(runs_dir=runs, reports_dir=reports).read_text()
+
+    summary = pd.read_csv(reports / "summary.csv", dtype={"seeds": str})
+    assert list(summary["method"]) == ["ce", "ce", "ldl_votes"]  # oracle rows last; other epochs: own row
     ce = summary.iloc[0]
-    assert ce["seeds"] == "0, 1" and ce["runs"] == 2
-    assert ce["last.acc"] == pytest.approx(0.55) and ce["last.acc_std"] == pytest.approx(math.sqrt(0.005))
-    assert math.isnan(summary.iloc[1]["last.acc_std"])
+    assert ce["seeds"] == "0,1" and ce["n_seeds"] == 2 and ce["epochs"] == 2
+    assert ce["last.acc_mean"] == pytest.approx(0.55) and ce["last.acc_std"] == pytest.approx(math.sqrt(0.005))
+    assert summary.iloc[1]["last.acc_mean"] == pytest.approx(0.7) and math.isnan(summary.iloc[2]["last.acc_std"])
+
+    # the index's table: one row per configuration, mean ± std over the two seeds in %, the oracle marked and last
+    rows = re.findall(r"<tr(?: class='(oracle)')?>(.*?)</tr>", index.split("<tbody>", 1)[1].split("</tbody>", 1)[0])
+    cells = [(oracle, re.findall(r"<td[^>]*>(.*?)</td>", row)) for oracle, row in rows]
+    assert [(oracle, c[0], c[3], c[4]) for oracle, c in cells] == \
+        [("", "ce", "0,1", "2"), ("", "ce", "0", "4"), ("oracle", "ldl_votes (oracle)", "0", "2")]
+    assert cells[0][1][5:9] == ["55.0 ± 7.1", "40.0 ± 0.0", "65.0 ± 7.1", "50.0 ± 0.0"]  # last acc, mean acc; best
+    assert cells[2][1][5] == "80.0"  # a single seed: no std
+    assert "(oracle) rows see information" in index
 
 
 # ----------------------------------------------------------------------------------- the runner
@@ -270,9 +309,9 @@ def test_run_study_resumes_records_failures_and_reports(tmp_path, monkeypatch):
     results = pd.read_csv(reports / "results.csv")
     assert sorted(results["run_id"]) == sorted(i for i in ids if i != bad)
     index = (reports / "index.html").read_text()
-    assert "<table class='results'>" in index and "ldl_votes <b>[oracle]</b>" in index
-    assert "50.00" in index and "60.00" in index  # ce last acc of seed 0 and seed 1 (0.5, 0.6) -> mean 55 ± 7.07
-    assert "55.00 &plusmn; 7.07" in index
+    assert "<table class='results'>" in index and "<td>ldl_votes (oracle)</td>" in index
+    assert "50.00" in index and "60.00" in index  # ce last acc of seed 0 and seed 1 (0.5, 0.6) -> mean 55 ± 7.1
+    assert "55.0 ± 7.1" in index
     assert "Failures (2)" in index and "deliberate failure" in index
     hrefs = re.findall(r"href='([^']+\.html)'", index)
     assert set(hrefs) >= {"99_summary.html", "05_uncertainty.html"} | {f"runs/{i}.html" for i in ids}
@@ -297,3 +336,19 @@ def test_run_study_resumes_records_failures_and_reports(tmp_path, monkeypatch):
     assert second.notebooks == {"03_ablations": "done", "05_uncertainty": "done", "99_summary": "done"}
     assert json.loads((reports / "ablation_params.json").read_text()) == \
         {"methods": ["ce"], "noise": "symmetric:0.3", "epochs": 1}
+
+
+def test_notebook_parameters_reach_the_notebook(tmp_path):
+    nbdir, reports = tmp_path / "notebooks", tmp_path / "reports"
+    write_notebook(nbdir / "05_uncertainty.ipynb", "Fake uncertainty",
+                   COMMON_PARAMS + "n_faces = 8\ncleanlab_folds = 2\ncleanlab_epochs = 2\n", FAKE_PARAMS)
+    spec = tiny_spec(tmp_path, notebooks=["05_uncertainty"], notebook_parameters={
+        "05_uncertainty": {"cleanlab_folds": 5, "cleanlab_epochs": None, "undeclared": 1}})
+    lines: list[str] = []
+    outcome = run_study(spec, runs_dir=tmp_path / "runs", reports_dir=reports, notebooks_dir=nbdir,
+                        log=lines.append)
+    assert outcome.notebooks == {"05_uncertainty": "done"} and outcome.ok
+    # the profile's values replace the notebook's defaults; n_faces keeps its own; undeclared ones are not passed
+    assert json.loads((reports / "uncertainty_params.json").read_text()) == \
+        {"cleanlab_folds": 5, "cleanlab_epochs": None, "n_faces": 8, "undeclared_given": False}
+    assert any("05_uncertainty.ipynb does not declare notebook_parameters undeclared" in line for line in lines)

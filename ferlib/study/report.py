@@ -9,7 +9,7 @@ Layout of ``reports_dir``::
 
     index.html        summary table, failures, links to every rendered notebook
     results.csv       one row per finished run (collect_results), tidy
-    summary.csv       one row per configuration: mean and std over seeds
+    summary.csv       one row per configuration: mean and std over seeds (ferlib.analysis.summary_table)
     failures.json     {key: {notebook, error, traceback, ...}} of what failed (written by the runner)
     study.json        the resolved study spec of the last invocation
     <notebook>.ipynb / .html          executed analysis notebooks (00, 01, 03, 04, 05, 06, 99)
@@ -26,7 +26,7 @@ from pathlib import Path
 
 from ferlib.results import atomic_write_text, collect_results, read_json, write_table
 
-__all__ = ["summarize_results", "render_html", "render_all", "write_report", "NOTEBOOK_DESCRIPTIONS"]
+__all__ = ["render_html", "render_all", "write_report", "NOTEBOOK_DESCRIPTIONS"]
 
 #: One line per study notebook, used when a notebook has no markdown title of its own.
 NOTEBOOK_DESCRIPTIONS = {
@@ -39,64 +39,22 @@ NOTEBOOK_DESCRIPTIONS = {
     "99_summary": "Summary: accuracy over noise settings and seeds, learning curves, the main table.",
 }
 
-#: Columns identifying a configuration (one row of the summary; seeds are averaged over).
-_CONFIG = ["dataset", "method", "oracle", "variant", "noise", "train_subset", "epochs", "backbone.name",
-           "image_size", "optimizer", "lr", "batch_size", "selection"]
-_METRICS = [("last.acc", "last acc"), ("last.mean_acc", "last mean acc"), ("best.acc", "best acc"),
-            ("best.mean_acc", "best mean acc")]
+#: Test metrics the index shows (``<stage>.<metric>``, mean ± std over seeds), as :func:`format_summary` writes them.
+_SHOWN_METRICS = ("acc", "mean_acc")
 
 
 # ----------------------------------------------------------------------------------- tables
-def summarize_results(results):
-    """One row per configuration of a :func:`~ferlib.results.collect_results` table: the seeds, and
-    mean and std over seeds of the test accuracies of the last epoch (primary) and of the best epoch.
-
-    Returns a DataFrame with the :data:`_CONFIG` columns present, ``seeds`` (e.g. ``"0, 1, 2"``), ``runs``,
-    ``<metric>`` and ``<metric>_std`` for ``last.acc``, ``last.mean_acc``, ``best.acc``, ``best.mean_acc``
-    (std NaN for a single seed), ``noise_rate`` (mean realised rate) and ``time_per_epoch_s``.
-    """
+def _summary(results):
+    """:func:`ferlib.analysis.summary_table` of the finished runs (empty when there is none): the same table
+    ``99_summary`` shows and writes, so ``summary.csv`` is one thing whichever wrote it last."""
     import pandas as pd
+
+    from ferlib.analysis import summary_table
 
     if results.empty:
         return pd.DataFrame()
-    table = results.copy()
-    table["variant"] = _variants(table)
-    if "oracle" in table:
-        table["oracle"] = table["oracle"].fillna(False).astype(bool)
-    keys = [c for c in _CONFIG if c in table.columns]
-    table[keys] = table[keys].astype(object).where(table[keys].notna(), "")
-    rows = []
-    for key, group in table.groupby(keys, sort=False, dropna=False):
-        row = dict(zip(keys, key if isinstance(key, tuple) else (key,)))
-        seeds = sorted(group["seed"].dropna().astype(int)) if "seed" in group else []
-        row["seeds"] = ", ".join(map(str, seeds))
-        row["runs"] = len(group)
-        for col, _ in _METRICS:
-            if col in group:
-                values = group[col].astype(float)
-                row[col] = values.mean()
-                row[f"{col}_std"] = values.std(ddof=1) if len(values) > 1 else float("nan")
-        for col in ("noise_rate", "time_per_epoch_s", "best_epoch"):
-            if col in group:
-                row[col] = group[col].astype(float).mean()
-        rows.append(row)
-    summary = pd.DataFrame(rows)
-    order = [c for c in ("noise", "oracle", "method", "variant") if c in summary]
-    return summary.sort_values(order, kind="stable").reset_index(drop=True)
-
-
-def _variants(table):
-    """``"key=value, ..."`` of each run's method options (the flattened ``method_options.*`` columns)."""
-    cols = sorted(c for c in table.columns if c.startswith("method_options."))
-
-    def one(row) -> str:
-        return ", ".join(f"{c.split('.', 1)[1]}={row[c]}" for c in cols if _present(row[c]))
-
-    return table.apply(one, axis=1) if cols else [""] * len(table)
-
-
-def _present(value) -> bool:
-    return value is not None and not (isinstance(value, float) and math.isnan(value))
+    metrics = [m for m in ("acc", "mean_acc", "macro_f1") if f"last.{m}" in results]
+    return summary_table(results, metrics=metrics or ("acc",))
 
 
 # ----------------------------------------------------------------------------------- HTML of notebooks
@@ -171,7 +129,7 @@ def write_report(*, runs_dir: str | os.PathLike, reports_dir: str | os.PathLike,
     """
     reports_dir = Path(reports_dir)
     results = collect_results(runs_dir)
-    summary = summarize_results(results)
+    summary = _summary(results)
     write_table(reports_dir / "results.csv", results)
     write_table(reports_dir / "summary.csv", summary)
     failures_path = reports_dir / "failures.json"
@@ -217,26 +175,30 @@ def _page(results, summary, failures, reports_dir: Path, runs_dir: Path, study, 
 
 
 def _summary_html(summary) -> str:
-    head = ["method", "noise", "noise rate", "seeds", "epochs"] + [label for _, label in _METRICS] + ["best epoch",
-                                                                                                      "s / epoch"]
+    """The results table: :func:`ferlib.analysis.format_summary` of the summary (``"mean ± std"`` in %, oracle
+    rows marked and last) with the seeds, realised noise rate, best epoch and time per epoch beside it."""
+    from ferlib.analysis import format_summary
+
+    shown = format_summary(summary, metrics=_SHOWN_METRICS)
+    metrics = [c for c in shown.columns if c.startswith(("last.", "best."))]
+    head = (["method", "noise", "noise rate", "seeds", "epochs"] + [c.replace(".", " ").replace("_", " ")
+                                                                   for c in metrics] + ["best epoch", "s / epoch"])
     rows = []
-    for r in summary.to_dict("records"):
-        method = _e(r.get("method", ""))
+    for r, f in zip(summary.to_dict("records"), shown.to_dict("records")):
+        method = _e(f["method"])
         if r.get("variant"):
             method += f" <span class='muted'>({_e(r['variant'])})</span>"
-        if r.get("oracle"):
-            method += " <b>[oracle]</b>"
         if "ON TEST" in str(r.get("selection", "")):
             method += " <b>[best epoch selected on test]</b>"
-        cells = [method, _e(r.get("noise", "")), _num(r.get("noise_rate"), pct=True), _e(r.get("seeds", "")),
-                 _e(r.get("epochs", ""))]
-        cells += [_num(r.get(col), r.get(f"{col}_std"), pct=True) for col, _ in _METRICS]
-        cells += [_num(r.get("best_epoch"), digits=1), _num(r.get("time_per_epoch_s"), digits=1)]
+        cells = [method, _e(r.get("noise", "")), _num(r.get("noise_rate_mean"), pct=True), _e(r.get("seeds", "")),
+                 _num(r.get("epochs"), digits=0)]
+        cells += [_e(f[c]) for c in metrics]
+        cells += [_num(r.get("best_epoch_mean"), digits=1), _num(r.get("time_per_epoch_s_mean"), digits=1)]
         cls = " class='oracle'" if r.get("oracle") else ""
         rows.append(f"<tr{cls}>" + "".join(
             f"<td class='num'>{c}</td>" if i >= 2 else f"<td>{c}</td>" for i, c in enumerate(cells)) + "</tr>")
     has_oracle = "oracle" in summary and summary["oracle"].astype(bool).any()
-    note = ("<p class='muted'>[oracle] rows see information a noisy-label method may not (e.g. the human votes): "
+    note = ("<p class='muted'>(oracle) rows see information a noisy-label method may not (e.g. the human votes): "
             "upper bounds, not competitors.</p>" if has_oracle else "")
     return ("<table class='results'><thead><tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr></thead><tbody>"
             + "".join(rows) + "</tbody></table>" + note)

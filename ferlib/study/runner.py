@@ -28,6 +28,9 @@ Order of work (each notebook is executed with :data:`COMMON` parameters ``data``
 4. The other notebooks (``04``, ``05``, ``06``, ``99``) once each, over everything in ``runs_dir``.
 5. HTML of every executed notebook (nbconvert) and ``reports_dir/index.html`` (:mod:`ferlib.study.report`).
 
+Every notebook also gets the profile's ``notebook_parameters[<notebook>]`` (e.g. ``05_uncertainty:
+{cleanlab_folds: 5}``), those its parameters cell declares; an undeclared one is left out with a warning.
+
 A notebook whose file is missing is skipped with a warning, so the runner works while notebooks are added.
 
 Kernel: papermill starts the Jupyter kernel ``python3``. ipykernel installed in the virtual environment ships
@@ -55,15 +58,11 @@ from pathlib import Path
 from ferlib.results import read_json, write_json
 
 from .report import render_all, study_record, write_report
-from .spec import ABLATION_NOTEBOOK, TRAIN_NOTEBOOK, StudySpec, list_profiles, load_profile
+from .spec import ABLATION_NOTEBOOK, COMMON, EXTRA, TRAIN_NOTEBOOK, StudySpec, list_profiles, load_profile
 
 __all__ = ["run_study", "StudyOutcome", "execute_notebook", "ensure_kernel", "add_study_arguments", "study_main",
            "main", "COMMON"]
 
-#: Parameters every study notebook receives.
-COMMON = ("data", "dataset", "dataset_options", "runs_dir", "study_dir")
-#: Further parameters given to a notebook only where its ``parameters`` cell declares them.
-EXTRA = {"01_inject_noise": ("noise", "seed", "train_subset")}
 FALLBACK_KERNEL = "ferlib"
 
 
@@ -226,9 +225,25 @@ def run_study(spec: StudySpec | str, *, runs_dir: str | os.PathLike, reports_dir
               "runs_dir": str(runs_dir), "study_dir": str(reports_dir)}
     kernel: list[str] = []  # resolved on first use
 
+    declared: dict[str, set[str]] = {}  # notebook -> names its parameters cell assigns, read on first use
+    warned: set[str] = set()
+
+    def declared_by(name: str) -> set[str]:
+        if name not in declared:
+            declared[name] = _declared_parameters(notebooks_dir / f"{name}.ipynb")
+        return declared[name]
+
     def execute(name: str, output: Path, params: dict) -> None:
         if not kernel:
             kernel.append(ensure_kernel(kernel_name, log=log))
+        chosen = spec.notebook_parameters.get(name) or {}
+        if chosen:
+            known = declared_by(name)
+            unknown = [k for k in chosen if k not in known]
+            if unknown and name not in warned:
+                warned.add(name)
+                log(f"warning: {name}.ipynb does not declare notebook_parameters {', '.join(unknown)}: not passed")
+            params = {**params, **{k: v for k, v in chosen.items() if k in known}}
         execute_notebook(notebooks_dir / f"{name}.ipynb", output, _jsonable(params), kernel_name=kernel[0])
 
     for name in spec.notebooks:
@@ -246,8 +261,7 @@ def run_study(spec: StudySpec | str, *, runs_dir: str | os.PathLike, reports_dir
         params = dict(common)
         if name in EXTRA:
             extra = {"noise": spec.main_noise(), "seed": spec.grid.seeds[0], "train_subset": spec.train_subset}
-            declared = _declared_parameters(source)
-            params.update({k: extra[k] for k in EXTRA[name] if k in declared})
+            params.update({k: extra[k] for k in EXTRA[name] if k in declared_by(name)})
         if name == ABLATION_NOTEBOOK:
             params.update(spec=dataclasses.asdict(spec.ablation_spec(runs_dir)), methods=spec.ablation_methods())
             if not params["methods"]:

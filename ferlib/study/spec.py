@@ -20,14 +20,20 @@ from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
 
-__all__ = ["StudySpec", "Grid", "NOTEBOOKS", "TRAIN_NOTEBOOK", "ABLATION_NOTEBOOK", "load_profile",
-           "list_profiles", "profile_path"]
+__all__ = ["StudySpec", "Grid", "NOTEBOOKS", "TRAIN_NOTEBOOK", "ABLATION_NOTEBOOK", "COMMON", "EXTRA",
+           "load_profile", "list_profiles", "profile_path"]
 
 #: The study's notebooks, in the order the runner executes them (see :func:`ferlib.study.run_study`).
 NOTEBOOKS: tuple[str, ...] = ("00_prepare_data", "01_inject_noise", "02_train", "03_ablations",
                               "04_label_distributions", "05_uncertainty", "06_embeddings", "99_summary")
 TRAIN_NOTEBOOK = "02_train"  # executed once per grid cell, with ``spec``
 ABLATION_NOTEBOOK = "03_ablations"  # executed only when ``ablations`` is on, with ``spec`` and ``methods``
+#: Parameters every study notebook receives from the runner.
+COMMON: tuple[str, ...] = ("data", "dataset", "dataset_options", "runs_dir", "study_dir")
+#: Further study-derived parameters given to a notebook only where its ``parameters`` cell declares them.
+EXTRA: dict[str, tuple[str, ...]] = {"01_inject_noise": ("noise", "seed", "train_subset")}
+#: Per-cell / ablation parameters the runner sets (``spec`` of 02_train and 03_ablations, ``methods`` of 03).
+_RUNNER_SET = {TRAIN_NOTEBOOK: ("spec",), ABLATION_NOTEBOOK: ("spec", "methods")}
 
 
 @dataclass
@@ -88,6 +94,10 @@ class StudySpec:
     ablations : run ``03_ablations`` (each method's ``ablations`` variants).
     ablation_noise : the noise of the ablation runs (default: the grid's first noise other than ``none``).
     ablation_train : TrainConfig overrides for the ablation runs only (e.g. fewer epochs).
+    notebook_parameters : ``{notebook: {parameter: value}}``, profile-specific papermill parameters
+        (e.g. ``05_uncertainty: {cleanlab_folds: 5}``). Notebook names must be among :data:`NOTEBOOKS`;
+        parameters the runner sets itself (:data:`COMMON`, ``spec``, ``methods``, :data:`EXTRA`) are refused.
+        A parameter the notebook's ``parameters`` cell does not declare is not passed (the runner warns).
     """
 
     name: str = "custom"
@@ -104,6 +114,7 @@ class StudySpec:
     ablations: bool = False
     ablation_noise: str | None = None
     ablation_train: dict = field(default_factory=dict)
+    notebook_parameters: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         from ferlib.backbones import BackboneConfig
@@ -118,7 +129,8 @@ class StudySpec:
             self.grid = Grid(**_checked_keys(self.grid, _field_names(Grid), "grid"))
         elif not isinstance(self.grid, Grid):
             raise ValueError(f"grid must be a mapping with keys {_field_names(Grid)}, got {self.grid!r}")
-        for key in ("dataset_options", "method_options", "train", "backbone", "ablation_train"):
+        for key in ("dataset_options", "method_options", "train", "backbone", "ablation_train",
+                    "notebook_parameters"):
             if not isinstance(getattr(self, key), dict):
                 raise ValueError(f"{key} must be a mapping, got {getattr(self, key)!r}")
         for key in ("train", "ablation_train"):
@@ -131,6 +143,7 @@ class StudySpec:
         for method, options in self.method_options.items():
             valid = [f.name for f in dataclasses.fields(method_class(method).Config)]
             _checked_keys(options or {}, valid, f"method_options.{method}")
+        self.notebook_parameters = _checked_notebook_parameters(self.notebook_parameters)
         self.notebooks = _str_list(self.notebooks, "notebooks")
         _no_duplicates(self.notebooks, "notebooks")
         if self.train_subset is not None and (not isinstance(self.train_subset, int) or self.train_subset < 1):
@@ -204,6 +217,7 @@ class StudySpec:
             f"  noise: {', '.join(self.grid.noise)}; seeds: {', '.join(map(str, self.grid.seeds))}",
             f"train: {self.train or 'defaults'}; backbone: {self.backbone or 'defaults'}",
             f"ablations: {'on' if self.ablations else 'off'}; notebooks: {', '.join(self.notebooks)}",
+            *(f"  {name}: {params}" for name, params in self.notebook_parameters.items()),
         ])
 
     def to_dict(self) -> dict:
@@ -250,7 +264,9 @@ def load_profile(name: str | os.PathLike, *, data: str | os.PathLike | None = No
     data : dataset root replacing the profile's ``data``.
     **overrides : :class:`StudySpec` fields, or the grid's ``methods``, ``noise``, ``seeds`` directly.
         ``train``, ``backbone``, ``ablation_train`` and ``grid`` are merged into the profile's mapping
-        (``train={"epochs": 3}`` keeps the profile's other train settings); other fields are replaced.
+        (``train={"epochs": 3}`` keeps the profile's other train settings), ``notebook_parameters`` per
+        notebook (``{"05_uncertainty": {"n_faces": 4}}`` keeps the profile's other 05 parameters); other
+        fields are replaced.
 
     Raises
     ------
@@ -276,6 +292,12 @@ def load_profile(name: str | os.PathLike, *, data: str | os.PathLike | None = No
             grid.update(asdict(value) if isinstance(value, Grid) else value)
         elif key in ("train", "backbone", "ablation_train") and isinstance(value, dict):
             values[key] = {**(values.get(key) or {}), **value}
+        elif key == "notebook_parameters" and isinstance(value, dict) and isinstance(values.get(key), dict):
+            merged = dict(values[key])
+            for name, params in value.items():
+                both = isinstance(params, dict) and isinstance(merged.get(name), dict)
+                merged[name] = {**merged[name], **params} if both else params
+            values[key] = merged
         else:
             values[key] = value
     values["grid"] = grid
@@ -294,6 +316,34 @@ def _checked_keys(values: dict, valid: list[str], where: str) -> dict:
     if unknown:
         raise ValueError(f"unknown key(s) {', '.join(map(repr, unknown))} in {where}; valid keys: {', '.join(valid)}")
     return values
+
+
+def _checked_notebook_parameters(values: dict) -> dict:
+    """``notebook_parameters`` validated: known notebook names, mappings of parameter names to JSON values."""
+    import json
+
+    unknown = [k for k in values if k not in NOTEBOOKS]
+    if unknown:
+        raise ValueError(f"unknown notebook(s) {', '.join(map(repr, unknown))} in notebook_parameters; valid: "
+                         f"{', '.join(NOTEBOOKS)}")
+    out = {}
+    for name, params in values.items():
+        where = f"notebook_parameters.{name}"
+        if params is None:
+            params = {}
+        if not isinstance(params, dict) or not all(isinstance(k, str) and k.isidentifier() for k in params):
+            raise ValueError(f"{where} must be a mapping of parameter names to values, got {params!r}")
+        reserved = sorted(set(params) & {*COMMON, *_RUNNER_SET.get(name, ()), *EXTRA.get(name, ())})
+        if reserved:
+            raise ValueError(f"{where}: {', '.join(reserved)} is set by the study runner from the study's "
+                             "own settings")
+        try:
+            json.dumps(params)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{where} must hold JSON values (numbers, strings, lists, mappings, null): {exc}") \
+                from None
+        out[name] = dict(params)
+    return out
 
 
 def _str_list(value, what: str) -> list[str]:
