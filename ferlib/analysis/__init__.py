@@ -1,0 +1,64 @@
+"""Analysis of finished runs: the plain functions behind the study notebooks (``notebooks/*.ipynb``).
+
+Every number and figure a notebook shows is computed here, on arrays or run directories
+(:mod:`ferlib.engine` describes a run directory), so the notebooks stay thin and the logic is tested.
+The functions live in one sub-module per concept and are all re-exported here (``analysis.summary_table``):
+
+=======================  ===============================================================================
+``runs``                 :func:`list_runs`, :func:`load_run`, :func:`load_runs`, :func:`one_per_method`,
+                         :func:`build_spec`, :func:`spec_from_run`, :func:`run_dataset`, :func:`images_by_id`,
+                         :func:`run_features`, :func:`class_names_for`
+``distributions``        :func:`softmax`, :func:`kl_divergence`, :func:`js_divergence`,
+                         :func:`recovered_distribution`, :func:`label_distribution_metrics`,
+                         :func:`label_distribution_table`, :func:`choose_faces`,
+                         :func:`distribution_examples`
+``detection``            :func:`detection_metrics`, :func:`flag_metrics`, :func:`uncertainty_table`,
+                         :func:`extreme_samples`, :func:`plot_extremes`, :func:`kfold_ce_probs`,
+                         :func:`cleanlab_issues`, :func:`cleanlab_scores`, :func:`cleanlab_table`
+``tables``               :func:`parse_noise`, :func:`summary_table`, :func:`format_summary`,
+                         :func:`timing_table`, :func:`per_class_table`, :func:`per_class_summary`,
+                         :func:`run_ablations`
+``dataprep``             :func:`sample_faces`, :func:`noise_table`, :func:`noise_examples`,
+                         :func:`try_landmarks`, :func:`va_values`, :func:`va_summary`
+``embeddings``           :func:`embed_umap`, :func:`run_embeddings`, :func:`silhouette`
+``plots``                :func:`plot_confusion`, :func:`plot_learning_curves`, :func:`plot_transition`,
+                         :func:`plot_bars`, :func:`face_grid`, :func:`plot_distributions`,
+                         :func:`plot_noise_curve`, :func:`plot_embedding`, :func:`plot_va`
+``notebook``             :func:`chdir_repo_root`, :func:`save_figure`, :func:`record_metrics`
+=======================  ===============================================================================
+
+Heavy dependencies (scikit-learn, cleanlab, umap-learn, matplotlib) are imported inside the functions that
+need them, so ``import ferlib.analysis`` is cheap. Plot helpers build ``matplotlib.figure.Figure`` objects
+directly (no pyplot state, Agg canvas); a notebook displays one by making it the cell's last expression.
+"""
+from __future__ import annotations
+
+from .dataprep import noise_examples, noise_table, sample_faces, try_landmarks, va_summary, va_values
+from .detection import RANKINGS  # noqa: F401  (module constant, public as before but not in __all__)
+from .detection import (cleanlab_issues, cleanlab_scores, cleanlab_table, detection_metrics, extreme_samples,
+                        flag_metrics, kfold_ce_probs, plot_extremes, uncertainty_table)
+from .distributions import (choose_faces, distribution_examples, js_divergence, kl_divergence,
+                            label_distribution_metrics, label_distribution_table, recovered_distribution, softmax)
+from .embeddings import embed_umap, run_embeddings, silhouette
+from .notebook import chdir_repo_root, record_metrics, save_figure
+from .plots import (face_grid, plot_bars, plot_confusion, plot_distributions, plot_embedding, plot_learning_curves,
+                    plot_noise_curve, plot_transition, plot_va)
+from .runs import (RunRecord, build_spec, class_names_for, images_by_id, list_runs, load_run, load_runs,
+                   one_per_method, run_dataset, run_features, spec_from_run)
+from .tables import (format_summary, parse_noise, per_class_summary, per_class_table, run_ablations, summary_table,
+                     timing_table)
+
+__all__ = [
+    "RunRecord", "list_runs", "load_run", "load_runs", "one_per_method", "build_spec", "spec_from_run",
+    "run_dataset", "images_by_id", "run_features", "class_names_for",
+    "softmax", "kl_divergence", "js_divergence", "recovered_distribution", "label_distribution_metrics",
+    "label_distribution_table", "choose_faces", "distribution_examples",
+    "detection_metrics", "flag_metrics", "uncertainty_table", "extreme_samples", "plot_extremes", "kfold_ce_probs",
+    "cleanlab_issues", "cleanlab_scores", "cleanlab_table",
+    "parse_noise", "summary_table", "format_summary", "timing_table", "per_class_table", "per_class_summary",
+    "run_ablations", "sample_faces", "noise_table", "noise_examples", "try_landmarks", "va_values", "va_summary",
+    "embed_umap", "run_embeddings", "silhouette",
+    "plot_confusion", "plot_learning_curves", "plot_transition", "plot_bars", "face_grid", "plot_distributions",
+    "plot_noise_curve", "plot_embedding", "plot_va",
+    "chdir_repo_root", "save_figure", "record_metrics",
+]

@@ -1,0 +1,282 @@
+"""Finished runs: load run directories and their readouts, rebuild their specs, datasets and features."""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from ..results import read_json
+
+__all__ = [
+    "RunRecord", "list_runs", "load_run", "load_runs", "one_per_method", "build_spec", "spec_from_run",
+    "run_dataset", "images_by_id", "run_features", "class_names_for",
+]
+
+
+@dataclass
+class RunRecord:
+    """Everything one finished run directory holds, loaded.
+
+    Attributes
+    ----------
+    path : Path
+        The run directory.
+    result : dict
+        ``result.json``: the run's summary (run_id, method, oracle, noise, seed, last/best metrics ...).
+    epochs : pandas.DataFrame
+        ``epochs.csv``: one row per epoch (epoch, lr, train_<term>, valid_acc, test_acc, ...).
+    readout : dict of str to np.ndarray
+        ``readout.npz``: per-sample arrays of the train split (``ids``, ``given``, ``clean`` (N,),
+        ``train_logits`` (N, K), ``method_score`` (N,), ...) and ``test_logits`` (M, K), ``test_ids``,
+        ``test_labels`` (M,).
+    history : list of dict
+        ``epochs.jsonl``: every epoch with the per-class accuracy and confusion of valid and test.
+    config : dict
+        ``config.json``: the resolved configuration (train, method_config, backbone, dataset ...).
+    noise : dict or None
+        ``noise.json``: :func:`ferlib.noise.apply_noise`'s report.
+    """
+
+    path: Path
+    result: dict
+    epochs: "object"
+    readout: dict
+    history: list = field(default_factory=list)
+    config: dict = field(default_factory=dict)
+    noise: dict | None = None
+
+    def __iter__(self):
+        """``result, epochs, readout = load_run(path)`` also works."""
+        return iter((self.result, self.epochs, self.readout))
+
+    @property
+    def run_id(self) -> str:
+        return str(self.result.get("run_id", self.path.name))
+
+    @property
+    def label(self) -> str:
+        """``method`` plus ``(oracle)`` when the method sees what noisy-label methods must not."""
+        return f"{self.result['method']}{' (oracle)' if self.result.get('oracle') else ''}"
+
+    @property
+    def flipped(self) -> np.ndarray:
+        """(N,) bool: the train samples whose given label differs from the clean one."""
+        return np.asarray(self.readout["given"]) != np.asarray(self.readout["clean"])
+
+
+def list_runs(runs_dir: str | os.PathLike) -> list[Path]:
+    """Finished run directories directly under ``runs_dir`` (those holding ``result.json``), sorted.
+
+    A missing ``runs_dir`` gives an empty list; sub-folders of run directories (k-fold helpers,
+    ablations) are not descended into.
+    """
+    return sorted(p.parent for p in Path(runs_dir).glob("*/result.json"))
+
+
+def load_run(run_dir: str | os.PathLike) -> RunRecord:
+    """Load a finished run directory.
+
+    Parameters
+    ----------
+    run_dir : folder written by :func:`ferlib.engine.fit`.
+
+    Returns
+    -------
+    RunRecord
+        ``result``, ``epochs`` (DataFrame), ``readout`` (dict of arrays), plus ``history``, ``config``, ``noise``.
+
+    Raises
+    ------
+    FileNotFoundError
+        ``result.json`` or ``readout.npz`` is missing (the run has not finished).
+    """
+    import pandas as pd
+
+    run_dir = Path(run_dir)
+    for name in ("result.json", "readout.npz"):
+        if not (run_dir / name).is_file():
+            raise FileNotFoundError(f"{run_dir}: no {name}; the run has not finished (or this is not a run folder)")
+    with np.load(run_dir / "readout.npz", allow_pickle=False) as z:
+        readout = {k: z[k] for k in z.files}
+    epochs = pd.read_csv(run_dir / "epochs.csv") if (run_dir / "epochs.csv").is_file() else pd.DataFrame()
+    history = []
+    if (run_dir / "epochs.jsonl").is_file():
+        history = [json.loads(line) for line in (run_dir / "epochs.jsonl").read_text().splitlines() if line.strip()]
+    config = read_json(run_dir / "config.json") if (run_dir / "config.json").is_file() else {}
+    noise = read_json(run_dir / "noise.json") if (run_dir / "noise.json").is_file() else None
+    return RunRecord(path=run_dir, result=read_json(run_dir / "result.json"), epochs=epochs, readout=readout,
+                     history=history, config=config, noise=noise)
+
+
+def load_runs(runs) -> list[RunRecord]:
+    """Every finished run of a runs folder (or one run folder, or a list of RunRecords / run folders), loaded.
+
+    Returns
+    -------
+    list of RunRecord, in :func:`list_runs` order for a folder.
+    """
+    if isinstance(runs, RunRecord):
+        return [runs]
+    if isinstance(runs, (str, os.PathLike)):
+        path = Path(runs)
+        if (path / "result.json").is_file():
+            return [load_run(path)]
+        return [load_run(p) for p in list_runs(path)]
+    return [r if isinstance(r, RunRecord) else load_run(r) for r in runs]
+
+
+def one_per_method(runs) -> list[RunRecord]:
+    """One run per method label for figures that show one run each: its first run trained on flipped labels
+    (in the given order), else its first run."""
+    runs = load_runs(runs)
+    seen: dict[str, RunRecord] = {}
+    for run in sorted(runs, key=lambda r: not r.flipped.any()):  # stable: noisy runs first, order kept
+        seen.setdefault(run.label, run)
+    return sorted(seen.values(), key=runs.index)
+
+
+def build_spec(spec: Mapping | None = None, *, data: str, dataset: str, dataset_options: Mapping,
+               out: str | os.PathLike):
+    """A :class:`ferlib.experiment.RunSpec` from a notebook's ``spec`` parameter and its common parameters.
+
+    ``spec`` is ``dataclasses.asdict(RunSpec)`` or any part of it (missing fields take RunSpec's defaults;
+    nested ``backbone`` / ``train`` dicts may be partial too). ``data``, ``dataset`` and ``dataset_options``
+    fill the spec where it does not give them; ``out`` always replaces the spec's (a notebook writes its runs
+    under its ``runs_dir``).
+    """
+    from ..experiment import RunSpec
+
+    spec = dict(spec or {})
+    unknown = set(spec) - {f.name for f in dataclasses.fields(RunSpec)}
+    if unknown:
+        raise ValueError(f"unknown RunSpec field(s) {sorted(unknown)}; valid: "
+                         f"{', '.join(f.name for f in dataclasses.fields(RunSpec))}")
+    spec.setdefault("data", data)
+    spec.setdefault("dataset", dataset)
+    spec.setdefault("dataset_options", dict(dataset_options))
+    spec["out"] = str(out)
+    return RunSpec(**spec)
+
+
+def spec_from_run(run, *, out: str | os.PathLike | None = None):
+    """The :class:`ferlib.experiment.RunSpec` that reproduces a finished run (data, noise, subset, seed, ...).
+
+    Parameters
+    ----------
+    run : RunRecord or run directory.
+    out : parent folder for the rebuilt spec (default: the run's parent folder).
+    """
+    from ..experiment import RunSpec
+
+    run = load_runs(run)[0]
+    cfg = run.config
+    missing = [k for k in ("train", "method", "data", "dataset", "noise", "backbone") if k not in cfg]
+    if missing:
+        raise ValueError(f"{run.path}/config.json lacks {missing}; it was not written by ferlib.experiment.run")
+    return RunSpec(data=cfg["data"], dataset=cfg["dataset"], dataset_options=dict(cfg.get("dataset_options") or {}),
+                   noise=cfg["noise"], train_subset=cfg.get("train_subset"), method=cfg["method"],
+                   method_options=dict(cfg.get("method_options") or {}), backbone=dict(cfg["backbone"]),
+                   train=dict(cfg["train"]), out=str(out if out is not None else run.path.parent))
+
+
+@functools.lru_cache(maxsize=4)
+def _load_dataset_cached(dataset: str, data: str, options_json: str):
+    from ..data import load_dataset
+
+    return load_dataset(dataset, data, **json.loads(options_json))
+
+
+def run_dataset(run):
+    """The full dataset (all splits, clean labels, votes) a run was trained on, read through the cache.
+
+    ``run`` is a RunRecord, a run directory or a ``result.json`` dict. Paths are relative to the current
+    directory, as when the run was made (see :func:`chdir_repo_root`). Loaded datasets are memoised.
+    """
+    result = run if isinstance(run, dict) else load_runs(run)[0].result
+    return _load_dataset_cached(result["dataset"], str(result["data"]),
+                                json.dumps(result.get("dataset_options") or {}, sort_keys=True))
+
+
+def images_by_id(data, ids: Sequence[str]) -> np.ndarray:
+    """Rows of ``data`` for sample ``ids``, in the order given.
+
+    Parameters
+    ----------
+    data : FERData
+    ids : (n,) sample ids (``FERData.ids`` spelling, e.g. a readout's ``ids``).
+
+    Returns
+    -------
+    (n,) int64 row indices into ``data``.
+
+    Raises
+    ------
+    KeyError
+        Some ids are not in ``data`` (count and first few named).
+    """
+    pos = {str(i): k for k, i in enumerate(np.asarray(data.ids).astype(str))}
+    ids = np.asarray(ids).astype(str)
+    missing = [i for i in ids if i not in pos]
+    if missing:
+        raise KeyError(f"{len(missing)} of {len(ids)} id(s) not in dataset {data.name or '?'!r}, e.g. {missing[:3]}")
+    return np.array([pos[i] for i in ids], dtype=np.int64)
+
+
+def class_names_for(run_or_k) -> tuple[str, ...]:
+    """Class names of a run (or of a class count): canonical names for 7/8 classes, else ``"0".."K-1"``."""
+    from ..classes import class_names
+
+    k = run_or_k if isinstance(run_or_k, (int, np.integer)) else None
+    if k is None:
+        run = load_runs(run_or_k)[0]
+        k = int(run.result.get("classes") or run.readout["train_logits"].shape[1])
+    try:
+        return class_names(int(k))
+    except ValueError:
+        return tuple(str(i) for i in range(int(k)))
+
+
+def run_features(run, *, splits: Sequence[str] = ("train", "test"), device: str | None = None) -> dict[str, np.ndarray]:
+    """Penultimate features of a run's model: the saved ones, or recomputed from ``model.pt``.
+
+    Parameters
+    ----------
+    run : RunRecord or run directory.
+    splits : which of ``"train"`` (rows = readout ``ids``) and ``"test"`` (rows = readout ``test_ids``).
+    device : torch device for recomputing; default the run's ``train.device`` setting.
+
+    Returns
+    -------
+    dict split -> (N, D) float32 features (the ``model.embed`` output the classifier sees).
+    """
+    run = load_runs(run)[0]
+    bad = set(splits) - {"train", "test"}
+    if bad:
+        raise ValueError(f"splits must be among ('train', 'test'), got {sorted(bad)}")
+    saved = {s: run.readout[f"{s}_features"].astype(np.float32) for s in splits if f"{s}_features" in run.readout}
+    todo = [s for s in splits if s not in saved]
+    if not todo:
+        return saved
+    import torch
+
+    from ..backbones import BackboneConfig, create_model
+    from ..engine import TrainConfig, predict, resolve_device
+
+    cfg = TrainConfig(**{**run.config["train"], "progress": False})
+    dev = resolve_device(device or cfg.device)
+    backbone = dataclasses.replace(BackboneConfig(**run.config["backbone"]), weights=None)  # model.pt has them all
+    model = create_model(backbone, int(run.readout["train_logits"].shape[1]))
+    model.load_state_dict(torch.load(run.path / "model.pt", map_location="cpu", weights_only=True))
+    model.to(dev)
+    data = run_dataset(run)
+    for s in todo:
+        ids = run.readout["ids" if s == "train" else "test_ids"]
+        _, feats = predict(model, data.images[images_by_id(data, ids)], cfg, dev, features=True)
+        saved[s] = feats.astype(np.float32)
+    return saved

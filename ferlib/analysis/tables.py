@@ -1,0 +1,254 @@
+"""Result tables: mean ± std summaries over seeds, their formatting, timings, per-class accuracy, ablations."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from .runs import class_names_for, load_runs
+
+__all__ = [
+    "parse_noise", "summary_table", "format_summary", "timing_table", "per_class_table", "per_class_summary",
+    "run_ablations",
+]
+
+
+def parse_noise(spec: str) -> tuple[str, float]:
+    """Split a noise spec into a protocol and its level, for grouping and plotting.
+
+    ``"symmetric:0.3"`` -> ``("symmetric", 0.3)``; ``"imbalance:20+symmetric:0.3"`` ->
+    ``("imbalance:20+symmetric", 0.3)`` (the level is the LAST step's parameter); ``"none"`` ->
+    ``("none", 0.0)``; ``"annotator"`` -> ``("annotator", nan)``.
+    """
+    from ..noise import NoiseSpec
+
+    parsed = NoiseSpec.parse(spec)
+    last = parsed.steps[-1]
+    text = str(parsed)
+    if last.rate is None:
+        return text, (0.0 if last.protocol == "none" else float("nan"))
+    return text.rsplit(":", 1)[0], float(last.rate)
+
+
+_SUMMARY_KEYS = ("dataset", "method", "variant", "oracle", "protocol", "rate", "noise")
+#: Run settings (``result.json`` fields) that also separate summary rows: runs differing in one are not averaged.
+_SETTING_KEYS = ("train_subset", "epochs", "backbone.name", "image_size", "optimizer", "lr", "batch_size",
+                 "selection")
+_STAGES = ("last", "best")
+
+
+def _variant(row) -> str:
+    items = sorted((k.split(".", 1)[1], v) for k, v in row.items()
+                   if k.startswith("method_options.") and not (isinstance(v, float) and math.isnan(v)))
+    return ",".join(f"{k}={v}" for k, v in items)
+
+
+def summary_table(results, *, metrics: Sequence[str] = ("acc", "mean_acc", "macro_f1"),
+                  keys: Sequence[str] | None = None) -> "object":
+    """Mean and standard deviation over seeds of each run setting's test metrics.
+
+    Parameters
+    ----------
+    results : pandas.DataFrame, one row per run, as :func:`ferlib.results.collect_results` returns: columns
+        ``method``, ``noise``, ``seed`` and ``last.<metric>`` (``best.<metric>`` too where present);
+        ``oracle``, ``dataset``, ``best_epoch``, ``noise_rate`` (realised), ``time_per_epoch_s`` and
+        ``method_options.<name>`` are used when present.
+    metrics : metric names (``acc`` overall accuracy, ``mean_acc`` class-balanced accuracy, ``macro_f1``).
+    keys : grouping columns; default those of ``dataset, method, variant, oracle, protocol, rate, noise`` and
+        of the run settings ``train_subset, epochs, backbone.name, image_size, optimizer, lr, batch_size,
+        selection`` that exist (runs that differ in a setting are not averaged together). ``variant`` is
+        ``"k=v,..."`` of the method options ("" = the method's defaults); ``protocol`` and ``rate`` come from
+        :func:`parse_noise`.
+
+    Returns
+    -------
+    pandas.DataFrame, one row per setting, oracle rows last: the keys, ``n_seeds``, ``seeds`` (comma-joined),
+    ``n_runs``, and for each ``<stage>.<metric>`` (stage ``last`` first: the primary number; then ``best``, the
+    epoch picked on the validation split) plus ``best_epoch``, ``noise_rate`` and ``time_per_epoch_s``:
+    ``<column>_mean`` and ``<column>_std`` (sample standard deviation over seeds, ddof = 1; NaN for a single
+    seed). This is the table of ``summary.csv`` in a study's report (:mod:`ferlib.study.report`).
+    """
+    import pandas as pd
+
+    need = ["method", "noise", "seed"] + [f"last.{m}" for m in metrics]
+    missing = [c for c in need if c not in results.columns]
+    if missing:
+        raise ValueError(f"results lacks column(s) {missing}; expected collect_results() output")
+    df = results.copy()
+    parsed = [parse_noise(s) for s in df["noise"]]
+    df["protocol"] = [p for p, _ in parsed]
+    df["rate"] = [r for _, r in parsed]
+    df["variant"] = [_variant(r) for r in df.to_dict("records")]
+    if "oracle" in df:
+        df["oracle"] = [bool(v) and v == v for v in df["oracle"]]  # NaN (missing) -> False
+    keys = [k for k in (keys or _SUMMARY_KEYS + _SETTING_KEYS) if k in df.columns]
+    values = [f"{s}.{m}" for s in _STAGES for m in metrics if f"{s}.{m}" in df.columns]
+    values += [c for c in ("best_epoch", "noise_rate", "time_per_epoch_s") if c in df.columns]
+    grouped = df.groupby(keys, dropna=False, sort=True)
+    stats = grouped[values].agg(["mean", "std"])
+    stats.columns = [f"{col}_{stat}" for col, stat in stats.columns]
+    out = pd.concat([grouped["seed"].nunique().rename("n_seeds"),
+                     grouped["seed"].agg(_seeds_text).rename("seeds"),
+                     grouped.size().rename("n_runs"), stats], axis=1).reset_index()
+    if "oracle" in out:  # oracle rows (upper bounds, not competitors) after the others, order kept
+        out = out.sort_values("oracle", kind="stable").reset_index(drop=True)
+    return out
+
+
+def _seeds_text(seeds) -> str:
+    """``"0,1,2"``: the distinct seeds of a group, sorted (integral floats written as integers)."""
+    values = sorted({float(x) for x in seeds if x == x})
+    return ",".join(str(int(x)) if x.is_integer() else str(x) for x in values)
+
+
+def format_summary(table, *, metrics: Sequence[str] = ("acc", "mean_acc"), stages: Sequence[str] = _STAGES,
+                   scale: float = 100.0, digits: int = 1) -> "object":
+    """A readable copy of :func:`summary_table`: ``"mean ± std"`` strings (in %), oracle rows marked.
+
+    Returns
+    -------
+    pandas.DataFrame with ``method`` (``" (oracle)"`` appended where ``oracle``), ``variant``, ``noise``,
+    ``n_seeds`` and one column per ``<stage>.<metric>`` that ``table`` has.
+    """
+    import pandas as pd
+
+    out = pd.DataFrame(index=table.index)
+    for k in ("dataset", "method", "variant", "noise"):
+        if k in table:
+            out[k] = table[k]
+    if "oracle" in table:
+        out["method"] = [f"{m} (oracle)" if o else m for m, o in zip(table["method"], table["oracle"])]
+    out["n_seeds"] = table["n_seeds"]
+    for stage in stages:
+        for m in metrics:
+            col = f"{stage}.{m}"
+            if f"{col}_mean" not in table:
+                continue
+            out[col] = [_mean_std(mu, sd, scale, digits) for mu, sd in zip(table[f"{col}_mean"], table[f"{col}_std"])]
+    return out
+
+
+def _mean_std(mu: float, sd: float, scale: float, digits: int) -> str:
+    if mu is None or not np.isfinite(mu):
+        return "–"
+    text = f"{mu * scale:.{digits}f}"
+    return text if sd is None or not np.isfinite(sd) else f"{text} ± {sd * scale:.{digits}f}"
+
+
+def timing_table(results, *, baseline: str = "ce") -> "object":
+    """Mean time per epoch of each method, and its ratio to the baseline's on the same device.
+
+    Parameters
+    ----------
+    results : DataFrame of :func:`ferlib.results.collect_results` (``method``, ``time_per_epoch_s``,
+        ``device`` and ``dataset`` used when present).
+    baseline : method whose time is 1.0 (NaN ratios when it has no run on that device / dataset).
+
+    Returns
+    -------
+    pandas.DataFrame: ``[dataset, device,] method, n_runs, time_per_epoch_s, ratio_to_<baseline>``.
+    """
+    keys = [k for k in ("dataset", "device") if k in results.columns]
+    grouped = results.groupby(keys + ["method"], dropna=False)["time_per_epoch_s"]
+    out = grouped.agg(["count", "mean"]).rename(columns={"count": "n_runs", "mean": "time_per_epoch_s"}).reset_index()
+    base = out.loc[out["method"] == baseline, keys + ["time_per_epoch_s"]].rename(columns={"time_per_epoch_s": "_base"})
+    if keys:
+        out = out.merge(base, on=keys, how="left")
+    else:
+        out["_base"] = base["_base"].iloc[0] if len(base) else np.nan
+    out[f"ratio_to_{baseline}"] = out["time_per_epoch_s"] / out.pop("_base")
+    return out
+
+
+def per_class_table(runs, *, stage: str = "last", split: str = "test") -> "object":
+    """Per-class accuracy of each run (tidy), at the last or the best epoch.
+
+    Returns
+    -------
+    pandas.DataFrame, one row per run and class: ``run_id, method, oracle, noise, seed, class, acc``
+    (NaN for a class absent from the split).
+    """
+    import pandas as pd
+
+    if stage not in _STAGES:
+        raise ValueError(f"stage must be one of {_STAGES}, got {stage!r}")
+    rows = []
+    for run in load_runs(runs):
+        if not run.history:
+            continue
+        if stage == "last":
+            epoch = run.history[-1]
+        else:
+            epoch = next(h for h in run.history if h["epoch"] == run.result.get("best_epoch"))
+        names = class_names_for(run)
+        for name, acc in zip(names, epoch[split]["per_class_acc"]):
+            rows.append({"run_id": run.run_id, "method": run.label, "oracle": bool(run.result.get("oracle")),
+                         "noise": run.result.get("noise"), "seed": run.result.get("seed"), "class": name,
+                         "acc": float("nan") if acc is None else float(acc)})
+    return pd.DataFrame(rows)
+
+
+def per_class_summary(runs, *, stage: str = "last", split: str = "test") -> "object":
+    """:func:`per_class_table` averaged over seeds: one row per (method, noise, class) with ``acc_mean``,
+    ``acc_std`` (ddof = 1) and ``n_seeds``; classes keep their canonical order."""
+    table = per_class_table(runs, stage=stage, split=split)
+    if table.empty:
+        return table
+    order = list(dict.fromkeys(table["class"]))
+    out = (table.groupby(["method", "noise", "class"], sort=False)["acc"]
+           .agg(acc_mean="mean", acc_std="std", n_seeds="count").reset_index())
+    out["_order"] = out["class"].map(order.index)
+    return out.sort_values(["noise", "method", "_order"]).drop(columns="_order").reset_index(drop=True)
+
+
+def run_ablations(spec, methods: Iterable[str] | None = None, *, out: str | os.PathLike,
+                  max_variants: int | None = None, resume: bool = True) -> "object":
+    """Train every method's full configuration and each of its ablation variants on the same setting.
+
+    Parameters
+    ----------
+    spec : base :class:`ferlib.experiment.RunSpec` or its ``asdict`` dict (data, noise, subset, training);
+        its ``method`` and ``method_options`` are replaced per run, its ``out`` by ``out``.
+    methods : method names; None = every registered method with a non-empty ``ablations`` dict.
+    out : parent folder of the run directories.
+    max_variants : run only the first n variants of each method (None = all); for smoke tests.
+
+    Returns
+    -------
+    pandas.DataFrame, one row per run: ``method, variant`` (``"full"`` or the variant name), ``overrides``,
+    ``run_id``, ``last.acc``, ``last.mean_acc``, ``last.macro_f1``, ``best.acc``, ``best.mean_acc``,
+    ``time_per_epoch_s``, and ``delta_acc`` / ``delta_mean_acc`` (last epoch, variant minus full).
+    """
+    import pandas as pd
+
+    from ..experiment import RunSpec, run
+    from ..methods import list_methods, method_class
+
+    base = spec if isinstance(spec, dict) else dataclasses.asdict(spec)
+    if methods is None:
+        methods = [m for m in list_methods() if method_class(m).ablations]
+    rows = []
+    for name in methods:
+        variants = list(method_class(name).ablations.items())
+        if max_variants is not None:
+            variants = variants[:int(max_variants)]
+        for variant, overrides in [("full", {})] + variants:
+            own = (base.get("method_options") or {}) if name == base.get("method") else {}
+            options = {**own, **overrides}
+            s = RunSpec(**{**base, "method": name, "method_options": options, "out": str(out)})
+            res = run(s, resume=resume)
+            rows.append({"method": name, "variant": variant, "overrides": json.dumps(overrides, sort_keys=True),
+                         "run_id": res["run_id"], "oracle": bool(res.get("oracle")),
+                         **{f"{st}.{m}": res[st][m] for st in _STAGES for m in ("acc", "mean_acc", "macro_f1")},
+                         "time_per_epoch_s": res["time_per_epoch_s"]})
+    table = pd.DataFrame(rows, columns=["method", "variant", "overrides", "run_id", "oracle", "last.acc",
+                                        "last.mean_acc", "last.macro_f1", "best.acc", "best.mean_acc",
+                                        "best.macro_f1", "time_per_epoch_s"])
+    for m in ("acc", "mean_acc"):
+        full = table[table["variant"] == "full"].set_index("method")[f"last.{m}"]
+        table[f"delta_{m}"] = table[f"last.{m}"] - table["method"].map(full)
+    return table
