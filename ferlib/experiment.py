@@ -16,7 +16,7 @@ import numpy as np
 
 from .backbones import BackboneConfig, create_model
 from .engine import TrainConfig, fit
-from .results import write_json
+from .results import collect_results, write_json, write_table
 
 __all__ = ["RunSpec", "run", "run_id", "prepare_data", "stratified_subset"]
 
@@ -102,7 +102,11 @@ def prepare_data(spec: RunSpec):
 
 
 def run(spec: RunSpec, *, resume: bool = True) -> dict:
-    """Run (or resume, or just re-summarise) one experiment; returns its ``result.json`` summary."""
+    """Run (or resume, or just re-summarise) one experiment; returns its ``result.json`` summary.
+
+    Afterwards ``<spec.out>/results.csv`` (one row per finished run in ``spec.out``, all parameters) is
+    rebuilt from the runs' own ``result.json`` files and replaced atomically.
+    """
     from .methods import create_method
 
     data, noise_report = prepare_data(spec)
@@ -122,4 +126,6 @@ def run(spec: RunSpec, *, resume: bool = True) -> dict:
         "optimizer": spec.train.optimizer, "lr": spec.train.lr, "batch_size": spec.train.batch_size,
         "image_size": spec.train.image_size,
     }
-    return fit(model, method, data, spec.train, run_dir, resume=resume, meta=meta)
+    result = fit(model, method, data, spec.train, run_dir, resume=resume, meta=meta)
+    write_table(Path(spec.out) / "results.csv", collect_results(spec.out))
+    return result

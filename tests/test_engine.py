@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -55,6 +56,8 @@ def test_ce_on_shipped_sample_lowers_loss_and_beats_majority_class(tmp_path, mon
     majority_rate = np.bincount(test_labels).max() / len(test_labels)
     assert result["last"]["acc"] > majority_rate  # better than always answering the most frequent class
     assert result["last"]["mean_acc"] > 1 / 8 + 0.05
+    table = pd.read_csv(tmp_path / "runs" / "results.csv")
+    assert table["run_id"].tolist() == [result["run_id"]] and table["last.acc"][0] == pytest.approx(result["last"]["acc"])
 
 
 def test_run_files_describe_the_run(tmp_path):
