@@ -332,6 +332,8 @@ class LDLVA(Method):
         "no_calibration": {"calibration": False},  # c_ij = 1: neighbours weighted by a_ij alone
         "fixed_lambda": {"lamb_lr": 0.0},          # lambda stays sigmoid(lamb_init) for every sample
         "no_discriminative": {"gamma": 0.0},       # soft-target cross-entropy alone
+        "feature_space": {"aux": "features"},      # kNN on the model's features instead of landmarks
+        "faithful_neighbours": {"neighbours": "faithful"},  # forward the K neighbour images (~9x cost)
     }
 
     def __init__(self, config: LDLVAConfig, *, num_classes: int, num_train: int, feature_dim: int) -> None:

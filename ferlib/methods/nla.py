@@ -234,6 +234,7 @@ class NLA(Method):
         "no_naw": {"lam_b": 0.0},          # 0.5 * CE + consistency
         "no_consistency": {"lam_c": 0.0},  # NAW-CE alone
         "no_ramp": {"ramp": False},        # true-branch correlation at full strength from epoch 0
+        "pairwise_naw": {"naw_form": "pairwise"},  # the pre-May-2025 batch-coupled N x N form
     }
 
     def __init__(self, config: NLAConfig, *, num_classes: int, num_train: int, feature_dim: int) -> None:
