@@ -1,6 +1,7 @@
 """Training throughput of each method through the one engine: images/s, seconds per epoch, ratio to ``ce``.
 
     python benchmarks/epoch_time.py --data ../shared/data/ferplus --methods ce nla ldlva lanet --steps 30
+    python benchmarks/epoch_time.py --methods ce ldlva:neighbours=faithful     # NAME:KEY=VALUE[,KEY=VALUE]
 
 Times ``train_one_epoch`` on the first ``steps`` batches of the (plurality, 8-class) train split after one
 warm-up batch, then extrapolates to a full epoch of the train split. ``bind`` (kNN graphs, landmark
@@ -17,15 +18,17 @@ import torch
 from ferlib.backbones import BackboneConfig, create_model
 from ferlib.data import load_dataset
 from ferlib.engine import TrainConfig, build_optimizer, build_scheduler, resolve_device, seed_everything, train_one_epoch
-from ferlib.methods import create_method
+from ferlib.methods import create_method, parse_overrides
 
 
-def time_method(name: str, data, steps: int, cfg: TrainConfig) -> dict:
+def time_method(label: str, data, steps: int, cfg: TrainConfig) -> dict:
     device = resolve_device(cfg.device)
     train_full = data.subset("train")
     train = train_full.select(np.arange(min(len(train_full), (steps + 1) * cfg.batch_size)))
     model = create_model(BackboneConfig(in_chans=train.image_shape[2]), data.num_classes).to(device)
-    method = create_method(name, num_classes=data.num_classes, num_train=len(train), feature_dim=model.feature_dim)
+    name, _, opts = label.partition(":")
+    method = create_method(name, num_classes=data.num_classes, num_train=len(train), feature_dim=model.feature_dim,
+                           **parse_overrides(name, opts.split(",") if opts else []))
     method.to(device)
     t0 = time.perf_counter()
     method.bind(model, train)
@@ -44,7 +47,7 @@ def time_method(name: str, data, steps: int, cfg: TrainConfig) -> dict:
     if device.type == "cuda":
         torch.cuda.synchronize()
     per_image = (time.perf_counter() - t0) / (len(train) // cfg.batch_size * cfg.batch_size)
-    return {"method": name, "images_per_s": 1 / per_image, "epoch_s": per_image * len(train_full),
+    return {"method": label, "images_per_s": 1 / per_image, "epoch_s": per_image * len(train_full),
             "bind_s": bind_s, "train_images": len(train_full)}
 
 
