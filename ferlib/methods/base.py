@@ -79,6 +79,9 @@ class Method(nn.Module):
         self.register_buffer("sample_loss", torch.full((num_train,), float("nan")))
         self.register_buffer("sample_margin", torch.full((num_train,), float("nan")))
 
+    #: The run's :class:`ferlib.engine.TrainConfig` (input size, augmentation), set by the engine before ``bind``.
+    train_config = None
+
     # ----------------------------------------------------------------- hooks
     def bind(self, model: nn.Module, train) -> None:
         """Called once before training with the model and the train-split :class:`FERData`."""

@@ -112,8 +112,8 @@ class LDLVAConfig:
     class_weights : bool
         sklearn "balanced" class weights in the soft cross-entropy (off for RAF-DB, on for AffectNet).
     image_size : int
-        Side of the images of the ``bind`` pass (bank init, aux features); 0 = the train images' own size.
-        Set it to ``TrainConfig.image_size`` when that differs (the engine does not tell methods).
+        Side of the images of the ``bind`` pass (bank init, aux features); 0 = the run's
+        ``TrainConfig.image_size`` (the train images' own size when bound outside the engine).
     seed : int
         Seed of the neighbour augmentation (``faithful``), combined with the step count so resume is exact.
     """
@@ -287,14 +287,15 @@ def balanced_class_weights(labels: np.ndarray, num_classes: int) -> np.ndarray:
 
 # --------------------------------------------------------------------------- helpers of bind
 @torch.no_grad()
-def _embed_all(model: nn.Module, images: np.ndarray, size: int, device: torch.device,
+def _embed_all(model: nn.Module, images: np.ndarray, size: int, device: torch.device, augment: AugmentConfig,
                batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
-    """Eval-mode features (N, D) and softmax predictions (N, C) of uint8 images (N, H, W, C)."""
+    """Eval-mode features (N, D) and softmax predictions (N, C) of uint8 images (N, H, W, C), resized to
+    ``size`` and normalised as ``augment`` says."""
     was_training = model.training
     model.eval()
     feats, probs = [], []
     for start in range(0, len(images), batch_size):
-        x = prepare_batch(torch.from_numpy(images[start:start + batch_size]).to(device), size, AugmentConfig())
+        x = prepare_batch(torch.from_numpy(images[start:start + batch_size]).to(device), size, augment)
         f = model.embed(x).float()
         feats.append(f)
         probs.append(torch.softmax(model.head(f).float(), dim=1))
@@ -370,7 +371,9 @@ class LDLVA(Method):
             self.class_weight.copy_(torch.from_numpy(balanced_class_weights(train.labels, self.num_classes)))
         feats = None
         if cfg.neighbours == "bank" or cfg.aux == "features":
-            feats, probs = _embed_all(model, train.images, cfg.image_size or train.images.shape[1], device)
+            run = self.train_config
+            size = cfg.image_size or (run.image_size if run else train.images.shape[1])
+            feats, probs = _embed_all(model, train.images, size, device, run.augment if run else AugmentConfig())
             if cfg.neighbours == "bank":
                 self.bank_feature.copy_(feats)
                 self.bank_prob.copy_(probs)
@@ -419,7 +422,9 @@ class LDLVA(Method):
             raise RuntimeError("ldlva: call bind(model, train) before training")
         gen = torch.Generator().manual_seed(self.config.seed * 1_000_003 + int(self.step))
         raw = self._images[nb.flatten().cpu()].to(nb.device)
-        aug = AugmentConfig(pad=self.config.neighbour_pad, erase=0.0, brightness=0.0, contrast=0.0)
+        norm = self.train_config.augment if self.train_config else AugmentConfig()
+        aug = AugmentConfig(pad=self.config.neighbour_pad, erase=0.0, brightness=0.0, contrast=0.0,
+                            mean=norm.mean, std=norm.std)
         x, _ = augment_batch(raw, size, aug, gen)
         was_training = model.training
         model.train(self.config.neighbour_bn == "train" and was_training)
