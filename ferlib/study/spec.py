@@ -301,6 +301,9 @@ def load_profile(name: str | os.PathLike, *, data: str | os.PathLike | None = No
         else:
             values[key] = value
     values["grid"] = grid
+    if overrides and "description" not in overrides:  # the profile's line no longer describes the study alone
+        changed = ", ".join(f"{k}={v}" for k, v in overrides.items())
+        values["description"] = f"{values.get('description', '')} [overridden: {changed}]".strip()
     if data is not None:
         values["data"] = os.fspath(data)
     return StudySpec.from_dict(values, source=source)
