@@ -27,7 +27,7 @@ from torch import nn
 
 from .augment import AugmentConfig, augment_batch, make_view, prepare_batch
 from .metrics import classification_metrics
-from .results import atomic_savez, atomic_write_text, write_json
+from .results import atomic_savez, atomic_write_text, flatten, write_json
 
 __all__ = ["TrainConfig", "fit", "train_one_epoch", "evaluate", "predict", "seed_everything",
            "build_optimizer", "build_scheduler", "resolve_device"]
@@ -283,16 +283,9 @@ def _write_history(run_dir: Path, history: list[dict]) -> None:
     """epochs.csv: scalar columns only; epochs.jsonl: everything (per-class accuracy, confusion)."""
     import pandas as pd
 
-    flat = [{k: v for k, v in _flat(r).items() if not isinstance(v, list)} for r in history]
+    flat = [{k: v for k, v in flatten(r, sep="_").items() if not isinstance(v, list)} for r in history]
     atomic_write_text(run_dir / "epochs.csv", pd.DataFrame(flat).to_csv(index=False))
     atomic_write_text(run_dir / "epochs.jsonl", "".join(json.dumps(r) + "\n" for r in history))
-
-
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        out.update(_flat(v, f"{prefix}{k}_") if isinstance(v, dict) else {f"{prefix}{k}": v})
-    return out
 
 
 def _select_best(history: list[dict], cfg: TrainConfig) -> dict:

@@ -16,7 +16,7 @@ import numpy as np
 
 from .backbones import BackboneConfig, create_model
 from .engine import TrainConfig, fit
-from .results import collect_results, write_json, write_table
+from .results import collect_results, flatten, write_json, write_table
 
 __all__ = ["RunSpec", "run", "run_id", "prepare_data", "stratified_subset"]
 
@@ -59,19 +59,12 @@ _NOT_IN_ID = {"out", "train.progress", "train.device", "train.eval_batch_size", 
 
 def run_id(spec: RunSpec) -> str:
     """``<method>-<noise>-s<seed>-<hash>``: readable, and unique for the fields that change results."""
-    flat = _flatten(asdict(spec))
+    flat = flatten(asdict(spec))
     flat["data"] = str(Path(spec.data).resolve())  # the same data named relatively or absolutely: one id
     key = json.dumps({k: v for k, v in sorted(flat.items()) if k not in _NOT_IN_ID}, sort_keys=True, default=str)
     digest = hashlib.sha1(key.encode()).hexdigest()[:8]
     noise = spec.noise.replace(":", "").replace("+", "_")
     return f"{spec.method}-{noise}-s{spec.train.seed}-{digest}"
-
-
-def _flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        out.update(_flatten(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
-    return out
 
 
 def stratified_subset(labels: np.ndarray, n: int, *, seed: int = 0) -> np.ndarray:

@@ -10,7 +10,7 @@ import os
 import tempfile
 from pathlib import Path
 
-__all__ = ["atomic_write_text", "atomic_savez", "write_json", "read_json", "write_table", "collect_results", "collect_epochs"]
+__all__ = ["atomic_write_text", "atomic_savez", "flatten", "write_json", "read_json", "write_table", "collect_results", "collect_epochs"]
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
@@ -68,7 +68,7 @@ def collect_results(runs_dir: str | os.PathLike):
     import pandas as pd
 
     rows = [read_json(p) for p in sorted(Path(runs_dir).glob("*/result.json"))]
-    return pd.DataFrame([_flatten(r) for r in rows])
+    return pd.DataFrame([{k: v for k, v in flatten(r).items() if not isinstance(v, list)} for r in rows])
 
 
 def collect_epochs(runs_dir: str | os.PathLike):
@@ -79,13 +79,11 @@ def collect_epochs(runs_dir: str | os.PathLike):
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
-def _flatten(d: dict, prefix: str = "") -> dict:
+def flatten(d: dict, *, sep: str = ".", prefix: str = "") -> dict:
+    """Nested dicts -> one level, keys joined with ``sep`` (``{"last": {"acc": 1}}`` -> ``{"last.acc": 1}``)."""
     out = {}
     for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        elif not isinstance(v, list):
-            out[f"{prefix}{k}"] = v
+        out.update(flatten(v, sep=sep, prefix=f"{prefix}{k}{sep}") if isinstance(v, dict) else {f"{prefix}{k}": v})
     return out
 
 
