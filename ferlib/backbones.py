@@ -7,7 +7,7 @@ user ``key_map`` renames keys (e.g. an MS-Celeb ResNet-18 in torchvision layout 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -37,6 +37,9 @@ class BackboneConfig:
         Local path of pretrained weights (state dict). The classifier is always re-initialised.
     drop_rate : float
         Dropout before the classifier.
+    model_kwargs : dict
+        Extra keyword arguments of ``timm.create_model``, e.g. ``{"channels": [32, 64, 128, 256],
+        "stem_width": 32}`` for a half-width ResNet-18 (2.8 M parameters, ~2.9x the CPU throughput).
     """
 
     name: str = "resnet18"
@@ -44,6 +47,7 @@ class BackboneConfig:
     small_input: bool = False
     weights: str | None = None
     drop_rate: float = 0.0
+    model_kwargs: dict = field(default_factory=dict)
 
 
 class FERModel(nn.Module):
@@ -74,7 +78,11 @@ def create_model(config: BackboneConfig, num_classes: int,
 
     if config.name not in timm.list_models():
         raise ValueError(f"unknown backbone {config.name!r}; see timm.list_models() (e.g. resnet18, resnet50)")
-    backbone = timm.create_model(config.name, pretrained=False, num_classes=0, in_chans=config.in_chans)
+    try:
+        backbone = timm.create_model(config.name, pretrained=False, num_classes=0, in_chans=config.in_chans,
+                                     **config.model_kwargs)
+    except TypeError as exc:
+        raise ValueError(f"BackboneConfig.model_kwargs {config.model_kwargs} do not fit {config.name!r}: {exc}") from exc
     if config.small_input:
         if not isinstance(getattr(backbone, "maxpool", None), nn.Module):
             raise ValueError(f"small_input needs a ResNet-family backbone with a stem max-pool, not {config.name!r}")
