@@ -124,14 +124,23 @@ def _autocast(device: torch.device, cfg: TrainConfig):
 # --------------------------------------------------------------------------- one epoch, evaluation
 def train_one_epoch(model: nn.Module, method, train, optimizer, scheduler, cfg: TrainConfig,
                     device: torch.device, gen: torch.Generator) -> dict[str, float]:
-    """One pass over the train split in a seeded random order; returns the mean of each loss term."""
+    """One pass over the train split; returns the mean of each loss term.
+
+    The order is the method's :meth:`~ferlib.methods.Method.epoch_order` (e.g. LA-Net's progressive class
+    balancing) or, by default, a seeded random permutation. Every epoch has floor(N / batch_size) steps.
+    """
     model.train()
     method.train()
     images = torch.from_numpy(train.images)
     labels = torch.from_numpy(train.labels)
     votes = None if train.votes is None else torch.from_numpy(train.votes)
-    order = torch.randperm(len(train), generator=gen)
-    n_batches = len(order) // cfg.batch_size or 1  # drop the last partial batch (BatchNorm, batch graphs)
+    n_batches = len(train) // cfg.batch_size or 1  # drop the last partial batch (BatchNorm, batch graphs)
+    order = method.epoch_order(train.labels, gen)
+    if order is None:
+        order = torch.randperm(len(train), generator=gen)
+    elif len(order) < min(len(train), n_batches * cfg.batch_size):
+        raise ValueError(f"{type(method).__name__}.epoch_order returned {len(order)} indices for a train split "
+                         f"of {len(train)}; it must return at least {len(train)}")
     sums: dict[str, float] = {}
     bar = _progress(range(n_batches), cfg, desc=f"epoch {method.epoch + 1}/{cfg.epochs}")
     for b in bar:

@@ -18,6 +18,7 @@ from ferlib.data.dataset import FERData
 from ferlib.engine import TrainConfig, build_scheduler, fit
 from ferlib.experiment import RunSpec, run, run_id, stratified_subset
 from ferlib.methods import create_method
+from ferlib.methods.ce import CE, CEConfig
 from ferlib.results import collect_results, write_json
 
 SAMPLE = Path(__file__).parents[1] / "data" / "ferplus_sample"
@@ -187,3 +188,29 @@ def test_backbone_model_kwargs_reach_timm_and_bad_ones_are_named():
     base = RunSpec(data="x")
     wide = dataclasses.replace(base, backbone=BackboneConfig(model_kwargs={"stem_width": 32}))
     assert run_id(base) != run_id(wide)
+
+
+class _FirstClassOnly(CE):
+    """CE that visits only the samples of class 0 (each several times): exercises the epoch_order hook."""
+
+    def epoch_order(self, labels, gen):
+        members = torch.from_numpy(np.flatnonzero(labels == 0))
+        return members.repeat(len(labels) // len(members) + 1)
+
+
+def test_engine_visits_the_order_a_method_gives(tmp_path):
+    data = synthetic(n_train=48, k=3)
+    model = create_model(BackboneConfig(), data.num_classes)
+    method = _FirstClassOnly(CEConfig(), num_classes=3, num_train=48, feature_dim=model.feature_dim)
+    fit(model, method, data, TrainConfig(epochs=1, batch_size=16, image_size=24, **QUIET), tmp_path)
+    seen = np.isfinite(method.sample_loss.numpy())
+    assert seen.any() and (data.subset("train").labels[seen] == 0).all()
+
+
+def test_too_short_epoch_order_is_a_clear_error(tmp_path):
+    data = synthetic(n_train=48, k=3)
+    model = create_model(BackboneConfig(), data.num_classes)
+    method = CE(CEConfig(), num_classes=3, num_train=48, feature_dim=model.feature_dim)
+    method.epoch_order = lambda labels, gen: torch.arange(10)
+    with pytest.raises(ValueError, match="epoch_order returned 10 indices"):
+        fit(model, method, data, TrainConfig(epochs=1, batch_size=16, image_size=24, **QUIET), tmp_path)

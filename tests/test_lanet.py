@@ -15,7 +15,7 @@ from ferlib.methods import create_method, parse_overrides
 from ferlib.methods.lanet import LANetConfig, load_landmarks, parse_flip_permutation
 from ferlib.methods.lanet_parts import (
     EdgeScorer, KeyQueue, aggregate_neighbours, awing_loss, expression_features, heatmap_weights, kl_per_sample,
-    knn_mask, landmark_heatmaps, lde_target, progressive_class_weights, pseudo_labels, resnet_stem, supcon_loss,
+    knn_mask, landmark_heatmaps, lde_target, progressive_balanced_order, progressive_class_probs, pseudo_labels, resnet_stem, supcon_loss,
     transform_landmarks,
 )
 
@@ -188,16 +188,28 @@ def test_pseudo_labels_give_ambiguous_samples_unique_negative_ids():
     assert pseudo_labels(target, torch.tensor([0, 0, 5]), 0.7).tolist() == [0, -1, 1]
 
 
-def test_progressive_class_weights():
+def test_progressive_class_probs_move_from_data_mix_to_uniform():
     counts = np.array([10, 30, 0, 60])
-    freq = counts / counts.sum()
-    assert np.allclose(progressive_class_weights(counts, 0, 8), [1, 1, 0, 1])
+    assert np.allclose(progressive_class_probs(counts, 0, 8), counts / 100)
     for epoch in range(9):
-        w = progressive_class_weights(counts, epoch, 8)
-        assert (freq * w).sum() == pytest.approx(1.0) and w[2] == 0
-    assert np.allclose(progressive_class_weights(counts, 8, 8) * freq, [1 / 3, 1 / 3, 0, 1 / 3])
+        p = progressive_class_probs(counts, epoch, 8)
+        assert p.sum() == pytest.approx(1.0) and p[2] == 0
+    assert np.allclose(progressive_class_probs(counts, 8, 8), [1 / 3, 1 / 3, 0, 1 / 3])
     with pytest.raises(ValueError):
-        progressive_class_weights([0, 0], 0, 8)
+        progressive_class_probs([0, 0], 0, 8)
+
+
+def test_progressive_order_is_a_permutation_first_and_oversamples_rare_classes_last():
+    labels = np.array([0] * 90 + [1] * 10)
+    first = progressive_balanced_order(labels, 0, 10, torch.Generator().manual_seed(0))
+    assert sorted(first.tolist()) == list(range(100))
+    last = progressive_balanced_order(labels, 10, 10, torch.Generator().manual_seed(0))
+    picked = labels[last.numpy()]
+    assert (picked == 1).sum() == 50 and (picked == 0).sum() == 50
+    assert np.bincount(last[picked == 1].numpy(), minlength=100)[90:].tolist() == [5] * 10  # each rare one 5x
+    assert len(set(last[picked == 0].tolist())) == 50                                      # no repeats needed
+    again = progressive_balanced_order(labels, 10, 10, torch.Generator().manual_seed(0))
+    assert torch.equal(last, again)
 
 
 # --------------------------------------------------------------------------- the method

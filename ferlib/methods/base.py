@@ -7,6 +7,7 @@ The engine (:mod:`ferlib.engine`) calls, per run::
     method.bind(model, train_data)            # once: build neighbour graphs, banks, extra heads ...
     for epoch in range(E):
         method.on_epoch_start(epoch, E)
+        order = method.epoch_order(train_labels, generator)   # None: one seeded random permutation
         for batch in batches:
             out = method.training_step(model, batch)   # {"loss": tensor, "<term>": tensor, ...}
             out["loss"].backward(); optimizer.step(); method.after_step()
@@ -89,6 +90,16 @@ class Method(nn.Module):
     def on_epoch_start(self, epoch: int, num_epochs: int) -> None:
         """Called at the start of each epoch (0-based)."""
         self.epoch, self.num_epochs = epoch, num_epochs
+
+    def epoch_order(self, labels: np.ndarray, gen: torch.Generator) -> torch.Tensor | None:
+        """The coming epoch's train indices in visiting order, or None for one random permutation (default).
+
+        labels : (N,) int64 given labels of the train split. gen : the engine's generator; draw only from it,
+        so that a resumed run stays identical. Return an int64 tensor of at least N indices into the train
+        split (repeats allowed, e.g. oversampling); the engine visits the first floor(N / B) * B of them, so
+        every epoch has the same number of steps. Called after :meth:`on_epoch_start`.
+        """
+        return None
 
     def training_step(self, model: nn.Module, batch: dict) -> dict[str, torch.Tensor]:
         """Return ``{"loss": scalar tensor, <named terms for logging>...}`` for one batch."""

@@ -12,7 +12,8 @@ layer2-4 + GAP + head the expression branch (feature u). The method owns everyth
 * label distribution estimation (LDE): in each batch, learned-weight aggregation of the predictions of the
   K nearest neighbours in u- and v-space, temporally ensembled in a per-sample bank H; loss KL(t || p);
 * the expression-landmark (EL) contrastive loss against a momentum encoder and two key queues;
-* the progressive class balancing of the code's sampler, here as per-sample loss weights.
+* the code's progressively balanced sampler (instance -> class balanced over the epochs), through the
+  engine's ``epoch_order`` hook.
 
 Loss: L = CE(z, y) + lam_lm L_lm + lam_kl L_kl + lam_cl L_el. Inference is the plain FERModel.
 
@@ -24,7 +25,6 @@ Differences from the official code, all single-device consequences or documented
   global batch, which is what one device computes.
 * the momentum update runs in ``after_step`` (after the optimiser step) instead of at the start of the next
   forward: the key encoder then sees the same parameters.
-* progressive class balancing reweights losses instead of resampling (the engine has no sampler hook).
 """
 from __future__ import annotations
 
@@ -41,8 +41,8 @@ from .base import Method, register_method
 from .lanet_parts import (
     REFERENCE_HEATMAP_SIZE, EdgeScorer, KeyQueue, LandmarkBranch, aggregate_neighbours, awing_loss, chunk_ids,
     entropy, expression_features, heatmap_weights, kl_per_sample, knn_mask, landmark_heatmaps, lde_target,
-    momentum_update, progressive_class_weights, projection_head, pseudo_labels, resnet_stem, supcon_loss,
-    transform_landmarks, weighted_mean,
+    momentum_update, progressive_balanced_order, projection_head, pseudo_labels, resnet_stem, supcon_loss,
+    transform_landmarks,
 )
 
 __all__ = ["LANet", "LANetConfig", "load_landmarks", "parse_flip_permutation"]
@@ -97,8 +97,9 @@ class LANetConfig:
         In-batch contrastive positives within chunks of this many samples; None = the whole batch. 64 with
         batch_size 128 emulates the code's per-GPU positives.
     class_balance : bool
-        Progressive instance -> class balancing (code ``MySampler``, on in the code). DEPARTURE: applied as
-        per-sample loss weights (:func:`progressive_class_weights`), normalised by their sum in each batch.
+        Progressively balanced sampling (code ``MySampler``, on in the code): the class mix moves linearly
+        from the data's to uniform over the run (:func:`progressive_balanced_order`); rare classes are
+        oversampled late in training. False: one random permutation per epoch, as every other method.
     use_lde, use_contrastive, use_landmark_branch : bool
         Ablations: each off removes its loss term and its modules. Without LDE the bank stays at the one-hot
         given labels (contrastive pseudo-labels = given labels); without the landmark branch LDE uses the
@@ -207,11 +208,9 @@ class LANet(Method):
         super().__init__(config, num_classes=num_classes, num_train=num_train, feature_dim=feature_dim)
         self.register_buffer("history", torch.zeros(num_train, num_classes))     # H, one-hot labels in bind
         self.register_buffer("given", torch.zeros(num_train, dtype=torch.long))
-        self.register_buffer("class_weights", torch.ones(num_classes))
         self.branch = self.edge_u = self.edge_v = self.proj_u = self.proj_v = None
         self.key_encoder = self.queue_u = self.queue_v = None
         self._model: tuple = ()        # the bound model, held in a tuple so it is not a submodule
-        self._counts = np.ones(num_classes)
 
     # ----------------------------------------------------------------- setup
     def bind(self, model: nn.Module, train) -> None:
@@ -228,7 +227,6 @@ class LANet(Method):
         labels = torch.as_tensor(train.labels, dtype=torch.long)
         self.given.copy_(labels)
         self.history.copy_(F.one_hot(labels, self.num_classes).float())
-        self._counts = np.bincount(train.labels, minlength=self.num_classes)
         if cfg.use_landmark_branch:
             self._bind_landmarks(model.backbone, train)
         if cfg.use_lde:
@@ -258,11 +256,10 @@ class LANet(Method):
     def _online_modules(self) -> list[nn.Module]:
         return [self._model[0], self.branch, self.proj_u, self.proj_v]
 
-    def on_epoch_start(self, epoch: int, num_epochs: int) -> None:
-        super().on_epoch_start(epoch, num_epochs)
-        if self.config.class_balance:
-            weights = progressive_class_weights(self._counts, epoch, num_epochs)
-            self.class_weights.copy_(torch.as_tensor(weights, dtype=torch.float32))
+    def epoch_order(self, labels, gen):
+        if not self.config.class_balance:
+            return None
+        return progressive_balanced_order(labels, self.epoch, self.num_epochs, gen)
 
     # ----------------------------------------------------------------- training
     def training_step(self, model, batch):
@@ -272,18 +269,17 @@ class LANet(Method):
         u = expression_features(model.backbone, stem)
         logits = model.head(model.dropout(u))
         self.record(index, logits, label)
-        weights = self.class_weights[label] if cfg.class_balance else None
-        terms = {"ce": weighted_mean(F.cross_entropy(logits.float(), label, reduction="none"), weights)}
+        terms = {"ce": F.cross_entropy(logits.float(), label)}
         v = None
         if self.branch is not None:
             fmap = self.branch(stem)
             v = fmap.mean((2, 3))
-            terms["landmark"] = weighted_mean(self._landmark_loss(fmap, batch), weights)
+            terms["landmark"] = self._landmark_loss(fmap, batch).mean()
         target = self._estimate_target(u, v, logits, index)
         if cfg.use_lde:
-            terms["kl"] = weighted_mean(kl_per_sample(logits, target), weights)
+            terms["kl"] = kl_per_sample(logits, target).mean()
         if cfg.use_contrastive:
-            terms["contrastive"] = weighted_mean(self._contrastive_loss(x, u, v, target, index), weights)
+            terms["contrastive"] = self._contrastive_loss(x, u, v, target, index).mean()
         lam = {"ce": 1.0, "landmark": cfg.lam_lm, "kl": cfg.lam_kl, "contrastive": cfg.lam_cl}
         return {"loss": sum(lam[k] * term for k, term in terms.items()), **terms}
 

@@ -12,6 +12,7 @@ edge, pixel column ``j`` centred at ``(j + 0.5) / W``), as :mod:`ferlib.landmark
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -24,7 +25,7 @@ __all__ = [
     "LandmarkBranch", "resnet_stem", "expression_features",
     "knn_mask", "EdgeScorer", "aggregate_neighbours", "lde_target", "kl_per_sample",
     "pseudo_labels", "supcon_loss", "KeyQueue", "projection_head", "momentum_update",
-    "progressive_class_weights", "chunk_ids", "weighted_mean", "entropy",
+    "progressive_class_probs", "progressive_balanced_order", "chunk_ids", "entropy",
 ]
 
 # Reference heatmap side of the official code: 224 px input / stride 4 of layer1.
@@ -316,16 +317,13 @@ def momentum_update(online: Sequence[nn.Module], key: Sequence[nn.Module], momen
             torch._foreach_copy_(b_k, b_q)
 
 
-# --------------------------------------------------------------------------- sampling as reweighting
-def progressive_class_weights(counts, epoch: int, num_epochs: int) -> np.ndarray:
-    """Per-class loss weights that turn instance sampling into LA-Net's progressively balanced sampling.
+# --------------------------------------------------------------------------- progressive sampler
+def progressive_class_probs(counts, epoch: int, num_epochs: int) -> np.ndarray:
+    """Class mix of LA-Net's progressively balanced sampling at epoch e (code ``MySampler``; not in the paper).
 
-    The code's ``MySampler`` (not verified in the paper) draws class c at epoch e with probability
-    p_c(e) = (1 - e/E) n_c/N + (e/E) / C. Instance sampling draws it with n_c/N, so weighting each sample of
-    class c by w_c = p_c(e) / (n_c/N) gives the same expected class mix; the expected weight is sum_c p_c = 1.
-
-    counts : (C,) n_c of the given labels; epoch : e, 0-based; num_epochs : E. Classes with n_c = 0 get weight
-    0 and do not count in C. Returns (C,) float64.
+    p_c(e) = (1 - e/E) n_c/N + (e/E) / C: instance-balanced at e = 0, class-balanced at e = E.
+    counts : (C,) n_c of the given labels; epoch : e, 0-based; num_epochs : E. Classes with n_c = 0 get
+    p_c = 0 and do not count in C. Returns (C,) float64 summing to 1.
     """
     counts = np.asarray(counts, dtype=np.float64)
     if counts.ndim != 1 or (counts < 0).any() or counts.sum() <= 0:
@@ -333,17 +331,31 @@ def progressive_class_weights(counts, epoch: int, num_epochs: int) -> np.ndarray
     if num_epochs < 1 or epoch < 0:
         raise ValueError(f"need epoch >= 0 and num_epochs >= 1, got epoch={epoch}, num_epochs={num_epochs}")
     present = counts > 0
-    freq = counts / counts.sum()
     r = min(epoch / num_epochs, 1.0)
-    prob = (1 - r) * freq + r * present / present.sum()
-    return np.divide(prob, freq, out=np.zeros_like(prob), where=present)
+    return (1 - r) * counts / counts.sum() + r * present / present.sum()
 
 
-def weighted_mean(values: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
-    """sum_i w_i l_i / sum_i w_i, or the plain mean when ``weights`` is None."""
-    if weights is None:
-        return values.mean()
-    return (weights * values).sum() / weights.sum().clamp_min(1e-12)
+def progressive_balanced_order(labels, epoch: int, num_epochs: int, gen: torch.Generator) -> torch.Tensor:
+    """One epoch's visiting order under LA-Net's progressively balanced sampling (code ``MySampler``).
+
+    Class c contributes m_c = ceil(p_c(e) N) of its samples (:func:`progressive_class_probs`): drawn without
+    replacement when m_c <= n_c, else every sample floor(m_c / n_c) times plus m_c mod n_c more
+    (oversampling). The classes' draws are then shuffled together.
+
+    labels : (N,) int given labels; gen : the generator to draw from (the engine's, so resume is exact).
+    Returns (sum_c m_c,) int64 indices into ``labels``, at least N of them.
+    """
+    labels = np.asarray(labels)
+    counts = np.bincount(labels)
+    probs = progressive_class_probs(counts, epoch, num_epochs)
+    parts = []
+    for c in np.flatnonzero(counts):
+        members = torch.from_numpy(np.flatnonzero(labels == c))
+        m = math.ceil(probs[c] * len(labels))
+        passes = [torch.randperm(len(members), generator=gen) for _ in range(m // len(members) + 1)]
+        parts.append(members[torch.cat(passes)[:m]])
+    order = torch.cat(parts)
+    return order[torch.randperm(len(order), generator=gen)]
 
 
 def entropy(dist: torch.Tensor) -> torch.Tensor:
