@@ -100,24 +100,23 @@ def _check_labels(labels, num_classes: int, name: str = "labels") -> np.ndarray:
     return arr
 
 
-def _check_rate(rate) -> float:
+def _check_number(value, what: str, ok, expected: str) -> float:
+    """``float(value)`` if ``ok`` holds for it, else a ValueError naming ``what`` and the ``expected`` range."""
     try:
-        r = float(rate)
+        number = float(value)
     except (TypeError, ValueError):
-        raise ValueError(f"rate must be a number in [0, 1), got {rate!r}") from None
-    if not 0.0 <= r < 1.0:
-        raise ValueError(f"rate must be in [0, 1), got {rate!r}")
-    return r
+        raise ValueError(f"{what} must be {expected}, got {value!r}") from None
+    if not ok(number):
+        raise ValueError(f"{what} must be {expected}, got {value!r}")
+    return number
+
+
+def _check_rate(rate) -> float:
+    return _check_number(rate, "rate", lambda r: 0.0 <= r < 1.0, "a number in [0, 1)")
 
 
 def _check_factor(factor) -> float:
-    try:
-        f = float(factor)
-    except (TypeError, ValueError):
-        raise ValueError(f"imbalance factor must be a number >= 1, got {factor!r}") from None
-    if not (math.isfinite(f) and f >= 1.0):
-        raise ValueError(f"imbalance factor must be a finite number >= 1, got {factor!r}")
-    return f
+    return _check_number(factor, "imbalance factor", lambda f: math.isfinite(f) and f >= 1.0, "a finite number >= 1")
 
 
 def _check_votes(votes) -> np.ndarray:

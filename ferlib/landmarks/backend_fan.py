@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .core import given_model_file
 from .layout import FLIP_PERMUTATION_68, NUM_POINTS
 
 __all__ = ["FanBackend", "FAN_CHECKPOINTS", "find_fan_checkpoint", "decode_heatmaps", "fan_crop_box"]
@@ -48,10 +49,7 @@ def find_fan_checkpoint(checkpoint: str | os.PathLike | None = None) -> Path:
         Naming the path(s) looked at and where to place the file.
     """
     if checkpoint is not None:
-        path = Path(checkpoint)
-        if not path.is_file():
-            raise FileNotFoundError(f"landmark backend 'face_alignment': checkpoint {path} does not exist")
-        return path
+        return given_model_file(checkpoint, "face_alignment", "checkpoint")
     import torch
 
     folder = Path(torch.hub.get_dir()) / "checkpoints"

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .core import given_model_file
 from .layout import NUM_POINTS
 
 __all__ = ["MediapipeBackend", "MESH_TO_68", "find_face_mesh_model"]
@@ -52,10 +53,7 @@ def find_face_mesh_model(model_path: str | os.PathLike | None = None) -> Path:
         Naming the path(s) looked at and how to provide the model.
     """
     if model_path is not None:
-        path = Path(model_path)
-        if not path.is_file():
-            raise FileNotFoundError(f"landmark backend 'mediapipe': model_path {path} does not exist")
-        return path
+        return given_model_file(model_path, "mediapipe", "model_path")
     spec = importlib.util.find_spec("mediapipe")
     looked = "the mediapipe package is not installed"
     if spec is not None and spec.submodule_search_locations:

@@ -136,6 +136,14 @@ def create_backend(name: str, **options) -> Backend:
 
 
 # ---------------------------------------------------------------------------------------------- checks
+def given_model_file(path: str | os.PathLike, backend: str, param: str) -> Path:
+    """``Path(path)`` when that file exists, else a FileNotFoundError naming the backend, parameter and path."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"landmark backend {backend!r}: {param} {path} does not exist")
+    return path
+
+
 def plausible_shapes(points: np.ndarray, *, margin: float = 0.25) -> np.ndarray:
     """Whether each 68-point shape looks like an upright face.
 
