@@ -45,6 +45,11 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--method-opt", action="append", default=[], metavar="KEY=VALUE",
                     help="method config override (repeatable), e.g. label_smoothing=0.1")
     tr.add_argument("--backbone", default=BackboneConfig.name, help="timm model name")
+    tr.add_argument("--backbone-opt", action="append", default=[], metavar="KEY=VALUE",
+                    help="timm.create_model option (repeatable, JSON values), e.g. "
+                         "channels=[32,64,128,256] stem_width=32 (half-width ResNet-18)")
+    tr.add_argument("--augment-opt", action="append", default=[], metavar="KEY=VALUE",
+                    help="augmentation option of ferlib.augment.AugmentConfig (repeatable), e.g. erase=0")
     tr.add_argument("--weights", default=None, help="local pretrained weights file (state dict)")
     tr.add_argument("--small-input", action=argparse.BooleanOptionalAction, default=False,
                     help="drop the ResNet stem max-pool (better for 48 px faces, ~4x compute)")
@@ -88,8 +93,9 @@ def spec_from_args(args: argparse.Namespace):
         options["num_classes"] = args.classes
     options.update(_pairs(args.dataset_opt, "--dataset-opt"))
     train = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
-                           if f.name != "augment"})
-    backbone = BackboneConfig(name=args.backbone, weights=args.weights, small_input=args.small_input)
+                           if f.name != "augment"}, augment=_pairs(args.augment_opt, "--augment-opt"))
+    backbone = BackboneConfig(name=args.backbone, weights=args.weights, small_input=args.small_input,
+                              model_kwargs=_pairs(args.backbone_opt, "--backbone-opt"))
     return RunSpec(data=args.data, dataset=args.dataset, dataset_options=options, noise=args.noise,
                    train_subset=args.train_subset, method=args.method,
                    method_options=parse_overrides(args.method, args.method_opt),

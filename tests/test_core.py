@@ -103,6 +103,16 @@ def test_cli_help_and_methods():
     assert "ldl_votes" in out.stdout and "[ORACLE]" in out.stdout
 
 
+def test_cli_backbone_and_augment_options_reach_the_run_spec():
+    from ferlib.cli import build_parser, spec_from_args
+
+    args = build_parser().parse_args(["train", "--data", "x", "--backbone-opt", "channels=[32,64,128,256]",
+                                      "--backbone-opt", "stem_width=32", "--augment-opt", "erase=0"])
+    spec = spec_from_args(args)
+    assert spec.backbone.model_kwargs == {"channels": [32, 64, 128, 256], "stem_width": 32}
+    assert spec.train.augment.erase == 0 and spec.train.augment.flip == 0.5
+
+
 def test_import_without_notebook_stack():
     code = ("import sys; sys.modules.update({m: None for m in ('papermill', 'umap', 'nbconvert', 'cleanlab')});"
             "import ferlib.engine, ferlib.methods, ferlib.experiment, ferlib.data, ferlib.noise; print('ok')")
