@@ -105,7 +105,7 @@ def tiny_spec(tmp_path: Path, **overrides) -> StudySpec:
 
 
 # ----------------------------------------------------------------------------------- profiles
-@pytest.mark.parametrize("name", ["smoke", "cpu", "full"])
+@pytest.mark.parametrize("name", ["smoke", "cpu", "cpu_full", "full"])
 def test_shipped_profiles_load_and_validate(name):
     assert name in list_profiles()
     spec = load_profile(name, data="somewhere")
@@ -129,6 +129,14 @@ def test_profile_sizes_follow_the_brief():
     for spec in (cpu, full):  # landmarks / VA of every train face (None: all)
         assert spec.notebook_parameters["00_prepare_data"] == {"extract_limit": None}
     assert smoke.notebook_parameters == {}
+
+
+def test_cpu_full_profile_trains_every_image_with_a_half_width_resnet():
+    from ferlib.backbones import create_model
+
+    spec = load_profile("cpu_full").run_specs("runs")[0]
+    assert spec.train_subset is None and spec.train.epochs == 30 and spec.train.augment.erase == 0
+    assert create_model(spec.backbone, 8).feature_dim == 256
 
 
 def test_unknown_key_names_it_and_lists_valid_keys(tmp_path):
@@ -164,7 +172,7 @@ def test_notebook_parameters_are_validated():
 
 
 def test_unknown_profile_lists_profiles():
-    with pytest.raises(ValueError, match=r"unknown study profile 'nope'; valid: cpu, full, smoke"):
+    with pytest.raises(ValueError, match=r"unknown study profile 'nope'; valid: cpu, cpu_full, full, smoke"):
         load_profile("nope")
 
 
