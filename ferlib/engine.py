@@ -138,7 +138,7 @@ def train_one_epoch(model: nn.Module, method, train, optimizer, scheduler, cfg: 
     order = method.epoch_order(train.labels, gen)
     if order is None:
         order = torch.randperm(len(train), generator=gen)
-    elif len(order) < min(len(train), n_batches * cfg.batch_size):
+    elif len(order) < len(train):
         raise ValueError(f"{type(method).__name__}.epoch_order returned {len(order)} indices for a train split "
                          f"of {len(train)}; it must return at least {len(train)}")
     sums: dict[str, float] = {}
