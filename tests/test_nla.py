@@ -111,10 +111,13 @@ def test_pairwise_form_same_shape_different_values():
 def test_js_zero_for_identical_positive_and_symmetric():
     g = torch.Generator().manual_seed(0)
     z, z2 = torch.randn(4, 8, generator=g), torch.randn(4, 8, generator=g)
-    assert logit_mixture_js(z, z.clone()).item() == pytest.approx(0.0, abs=1e-7)
-    assert logit_mixture_js(z, z2).item() > 0
-    assert logit_mixture_js(z, z2).item() == pytest.approx(logit_mixture_js(z2, z).item(), rel=1e-6)
-    assert logit_mixture_js(z, z2, reduction="sum").item() == pytest.approx(4 * logit_mixture_js(z, z2).item())
+    mean = logit_mixture_js(z, z2, reduction="mean").item()
+    assert logit_mixture_js(z, z.clone(), reduction="mean").item() == pytest.approx(0.0, abs=1e-7)
+    assert mean > 0
+    assert mean == pytest.approx(logit_mixture_js(z2, z, reduction="mean").item(), rel=1e-6)
+    assert logit_mixture_js(z, z2, reduction="sum").item() == pytest.approx(4 * mean)
+    # the default: the code's sum at its batch of 32, i.e. 32 x the per-sample mean at any batch size
+    assert logit_mixture_js(z, z2).item() == pytest.approx(32 * mean)
     with pytest.raises(ValueError, match="reduction"):
         logit_mixture_js(z, z2, reduction="batchmean")
 
@@ -166,7 +169,8 @@ def test_detach_weight_changes_gradient_not_loss(model):
 def test_create_method_and_options():
     nla = make_nla(naw_form="pairwise")
     assert nla.config.naw_form == "pairwise" and nla.views == ("flip",)
-    assert NLAConfig().js_reduction == "mean" and NLAConfig().detach_weight is False
+    assert NLAConfig().js_reduction == "code" and NLAConfig().js_code_batch == 32
+    assert NLAConfig().detach_weight is False
     with pytest.raises(ValueError, match="unknown option"):
         make_nla(sigma=1.0)
     with pytest.raises(ValueError, match="naw_form"):

@@ -1,9 +1,8 @@
 """NLA: Noise-aware Adaptive Weighting (NAW) + flip-consistency regularisation.
 
 Lee, Choi, Kim, Kim, Nam, "Navigating Label Ambiguity for Facial Expression Recognition in the Wild",
-AAAI 2025 (arXiv 2502.09993). Official code: ``jungyu0413/NLA`` (``src/loss.py``, ``src/train.py``; the
-training loop is the one in ``jungyu0413/V-NAW``, which reuses the loss). Notes:
-``/work/shared/reference/methods.md`` section 4 and ambiguities 1-4 of section 7.2.
+AAAI 2025 (arXiv 2502.09993). Official code: ``jungyu0413/NLA`` at b86f31f (``src/loss.py``, ``src/train.py``,
+``main_rafdb.py``), whose effective behaviour we reproduce. Notes: ``docs/methods/nla.md``.
 
 Per sample, the softmax gives a point s = (p_GT, p_NN) (probability of the given label, largest other
 probability) in the triangle p_GT + p_NN <= 1. A normalised 2-D Gaussian density at s is the NAW weight w:
@@ -40,7 +39,7 @@ __all__ = [
 ]
 
 NAW_FORMS = ("per_sample", "pairwise")
-JS_REDUCTIONS = ("mean", "sum")
+JS_REDUCTIONS = ("code", "mean", "sum")
 
 
 @dataclass(frozen=True)
@@ -68,10 +67,16 @@ class NLAConfig:
         ``pairwise``: the earlier code's N x N form, where each sample's weight is a batch-coupled average
         (see :func:`naw_weight`). The paper (Feb 2025) predates the fix, so which form produced its numbers
         is unknown (methods.md 7.2, ambiguity 1).
-    js_reduction : ``"mean"`` | ``"sum"``
-        DEPARTURE: ``mean`` (default) averages the JS term over the batch, so its scale does not depend on
-        the batch size. The code uses ``sum`` (over batch and classes): at its batch size 32 that is 32x our
-        default; pass ``js_reduction="sum"`` to match the code exactly (ambiguity 3).
+    js_reduction : ``"code"`` | ``"mean"`` | ``"sum"``
+        ``code`` (default, faithful at any batch size): lam_c * js_code_batch * mean_i JS_i. The code sums the
+        JS term over its batch of 32 (``src/loss.py:61-66``, ``reduction='sum'``; ``src/train.py:38-40``,
+        ``main_rafdb.py:28``), so each sample's JS enters with weight lam_c = 0.5 against 0.5 / 32 for its CE:
+        16x the per-sample mean. ``code`` keeps that per-sample balance whatever our batch size.
+        ``sum``: lam_c * sum_i JS_i over OUR batch (the code's literal form; 2x the code at batch 64).
+        ``mean``: lam_c * mean_i JS_i (DEPARTURE, ferlib before 2026-11: 32x weaker than the code; NLA is then
+        in effect NAW-weighted CE).
+    js_code_batch : int
+        The official batch size that fixes the ``code`` reduction's scale (``main_rafdb.py:28``: 32).
     detach_weight : bool
         Stop gradients through w. The code does not detach (default False; ambiguity 2).
     """
@@ -91,13 +96,16 @@ class NLAConfig:
     lam_b: float = 0.5
     lam_c: float = 0.5
     naw_form: str = "per_sample"
-    js_reduction: str = "mean"
+    js_reduction: str = "code"
+    js_code_batch: int = 32
     detach_weight: bool = False
 
     def __post_init__(self) -> None:
         for key, valid in (("naw_form", NAW_FORMS), ("js_reduction", JS_REDUCTIONS)):
             if getattr(self, key) not in valid:
                 raise ValueError(f"NLAConfig.{key} must be one of {valid}, got {getattr(self, key)!r}")
+        if self.js_code_batch < 1:
+            raise ValueError(f"NLAConfig.js_code_batch must be >= 1, got {self.js_code_batch!r}")
         for key in ("t_std_major", "t_std_ratio", "f_std_major", "f_std_ratio"):
             if not getattr(self, key) > 0:
                 raise ValueError(f"NLAConfig.{key} must be > 0, got {getattr(self, key)!r}")
@@ -187,19 +195,22 @@ def naw_cross_entropy(ce: torch.Tensor, weight: torch.Tensor, *, lam_a: float = 
     return lam_a * ce.mean() + lam_b * (weight * ce).mean()
 
 
-def logit_mixture_js(logits: torch.Tensor, logits_other: torch.Tensor, *, reduction: str = "mean") -> torch.Tensor:
+def logit_mixture_js(logits: torch.Tensor, logits_other: torch.Tensor, *, reduction: str = "code",
+                     code_batch: int = 32) -> torch.Tensor:
     """L_reg = 1/2 [KL(softmax(m) || softmax(z)) + KL(softmax(m) || softmax(z'))], m = (z + z') / 2 (NLA, AAAI 2025).
 
     The code's ``jensen_shannon_divergence``: m mixes the LOGITS z, z' (B, K) of the two views, not their
     probabilities, so this is a JS-like divergence, symmetric in (z, z') and 0 when z = z'. Gradients flow into
-    softmax(m) as well, as in the code. reduction: ``sum`` over batch and classes (the code) or ``mean`` = sum / B.
+    softmax(m) as well, as in the code. reduction: ``sum`` over batch and classes (the code's form), ``mean`` =
+    sum / B, or ``code`` = mean * ``code_batch``, the code's sum at its batch size whatever B is.
     """
     if reduction not in JS_REDUCTIONS:
         raise ValueError(f"reduction must be one of {JS_REDUCTIONS}, got {reduction!r}")
+    scale = {"sum": 1.0, "mean": 1.0 / logits.shape[0], "code": code_batch / logits.shape[0]}[reduction]
     target = torch.softmax(0.5 * (logits + logits_other), dim=1)
     kl = (F.kl_div(F.log_softmax(logits, dim=1), target, reduction="sum")
           + F.kl_div(F.log_softmax(logits_other, dim=1), target, reduction="sum"))
-    return 0.5 * kl / (logits.shape[0] if reduction == "mean" else 1)
+    return 0.5 * scale * kl
 
 
 def mislabel_score(density: torch.Tensor, p_gt: torch.Tensor, p_nn: torch.Tensor, correct: torch.Tensor,
@@ -279,7 +290,7 @@ class NLA(Method):
             weight = naw["weight"].detach() if c.detach_weight else naw["weight"]
             ce = F.cross_entropy(logits, label, reduction="none")
             naw_ce = naw_cross_entropy(ce, weight, lam_a=c.lam_a, lam_b=c.lam_b)
-            js = logit_mixture_js(logits, logits_flip, reduction=c.js_reduction)
+            js = logit_mixture_js(logits, logits_flip, reduction=c.js_reduction, code_batch=c.js_code_batch)
         self.record(batch["index"], logits.detach(), label)
         self._record_naw(batch["index"], naw)
         return {"loss": naw_ce + c.lam_c * js, "ce": ce.mean(), "naw_ce": naw_ce, "js": js,
