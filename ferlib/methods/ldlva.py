@@ -21,15 +21,20 @@ are updated by hand after each step (pull towards the class means, push apart).
 
 Where we depart from the official code (each also noted at its config field):
 
-- ``aux="features"`` by default, because plain FERPlus has no VA: the kNN is built on the bound model's features.
-  VA from :mod:`ferlib.va` (a CSV, an ONNX regressor, a circumplex projection) can be given as a file.
+- ``aux="landmarks:dlib"`` by default, because plain FERPlus has no VA and no VA model is obtainable: the kNN
+  is built on standardised 68-point facial landmarks (face geometry). VA from :mod:`ferlib.va` (a CSV, an
+  ONNX regressor, a circumplex projection) can be given as a file; ``aux="features"`` uses the bound model's
+  features (meaningful only for a pretrained backbone).
 - ``neighbours="bank"`` by default: neighbour outputs come from a memory bank, not from a second forward
   pass. ``"faithful"`` gives the official scheme.
 - For a high-dimensional aux, the L1 distances of a_ij are divided by their median (``distance_scale``).
 - We store a_ij / max_j a_ij. d_i is invariant to that per-row factor, and the row can no longer underflow to 0.
 - The soft cross-entropy uses ``log_softmax``, where the official code uses ``log(softmax + 1e-10)``.
 - The official classifier declares an L2 regulariser (0.001), but the custom training loop never adds
-  ``model.losses``, so it has no effect there. We leave it out as well. Weight decay is the engine's.
+  ``model.losses``, so it has no effect there. We leave it out as well. The code uses no weight decay at all:
+  its paper recipe (``--recipe paper``, :mod:`ferlib.recipes`) has ``weight_decay=0``; the shared recipe applies
+  the run's weight decay to every method alike (model and calibration MLP).
+- theta's step is rescaled with the batch size (``lamb_lr_batch``) so each visit moves it as in the code.
 - Neighbour augmentation is flip and pad-and-crop (``ferlib.augment``, zero fill), and pixels go to [-1, 1],
   as in the official code. Central images get the engine's augmentation.
 """
@@ -103,6 +108,12 @@ class LDLVAConfig:
     lamb_init, lamb_lr, lamb_momentum : float
         theta_i initial value, learning rate and momentum of theta's own SGD (0.5 / 10 / 0 for RAF-DB;
         AffectNet uses 0.8 / 10 / 0.9). ``lamb_lr = 0`` keeps lambda at sigmoid(lamb_init) (ablation).
+    lamb_lr_batch : int
+        The batch size ``lamb_lr`` was tuned at (``config_resnet18_raf.py``: 32). theta's gradient comes from
+        the batch-MEAN loss, so one visit moves theta_i by lamb_lr / B * dL_i/dtheta_i; we step with
+        lamb_lr * B / lamb_lr_batch, which gives every visit the official step whatever our batch size B
+        (``src/train.py:95-102``). 0 = no rescaling (DEPARTURE, ferlib before 2026-11: at B = 64 each visit
+        moved theta half as far as the code).
     gamma : float
         Weight of the discriminative loss (0.01).
     center_lr : float
@@ -132,6 +143,7 @@ class LDLVAConfig:
     lamb_init: float = 0.5
     lamb_lr: float = 10.0
     lamb_momentum: float = 0.0
+    lamb_lr_batch: int = 32
     gamma: float = 0.01
     center_lr: float = 0.5
     center_push: float = 0.1
@@ -144,8 +156,9 @@ class LDLVAConfig:
                            ("knn_metric", KNN_METRICS), ("distance_scale", DISTANCE_SCALES)):
             if getattr(self, key) not in valid:
                 raise ValueError(f"LDLVAConfig.{key} must be one of {valid}, got {getattr(self, key)!r}")
-        if self.num_neighbors < 1 or self.similarity_temperature <= 0 or self.lamb_lr < 0:
-            raise ValueError("LDLVAConfig needs num_neighbors >= 1, similarity_temperature > 0, lamb_lr >= 0")
+        if self.num_neighbors < 1 or self.similarity_temperature <= 0 or self.lamb_lr < 0 or self.lamb_lr_batch < 0:
+            raise ValueError("LDLVAConfig needs num_neighbors >= 1, similarity_temperature > 0, lamb_lr >= 0, "
+                             "lamb_lr_batch >= 0")
 
 
 # --------------------------------------------------------------------------- paper equations
@@ -340,7 +353,7 @@ class LDLVA(Method):
     def __init__(self, config: LDLVAConfig, *, num_classes: int, num_train: int, feature_dim: int) -> None:
         super().__init__(config, num_classes=num_classes, num_train=num_train, feature_dim=feature_dim)
         k = config.num_neighbors
-        self.calibrator = CalibrationNet(feature_dim)
+        self.calibrator = CalibrationNet(feature_dim) if config.calibration else None
         self.register_buffer("labels", torch.zeros(num_train, dtype=torch.int64))
         self.register_buffer("neighbour_index", torch.zeros(num_train, k, dtype=torch.int64))
         self.register_buffer("similarity", torch.ones(num_train, k))
@@ -456,10 +469,15 @@ class LDLVA(Method):
         self.step += 1
 
     def _step_theta(self, idx: torch.Tensor, grad: torch.Tensor | None) -> None:
-        """v <- momentum v - lr g ; theta <- theta + v, on the rows of the batch (Keras SGD, sparse update)."""
+        """v <- momentum v - lr g ; theta <- theta + v, on the rows of the batch (Keras SGD, sparse update).
+
+        lr = lamb_lr * B / lamb_lr_batch (see :class:`LDLVAConfig`), B = len(idx).
+        """
         if grad is None:
             return
-        velocity = self.config.lamb_momentum * self.theta_velocity[idx] - self.config.lamb_lr * grad
+        cfg = self.config
+        lr = cfg.lamb_lr * (len(idx) / cfg.lamb_lr_batch if cfg.lamb_lr_batch else 1.0)
+        velocity = cfg.lamb_momentum * self.theta_velocity[idx] - lr * grad
         self.theta_velocity[idx] = velocity
         self.theta[idx] += velocity
 
