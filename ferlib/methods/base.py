@@ -121,8 +121,9 @@ class Method(nn.Module):
         """Per-sample read-outs, each an array of shape (num_train,) indexed like the train split.
 
         ``score`` is the method's own uncertainty ranking: higher means more likely mislabelled. The base
-        class ranks by the latest cross-entropy; methods with their own estimate (LDLVA's lambda, NLA's
-        weight, LA-Net's target entropy) override ``score`` and add their arrays.
+        class ranks by the latest cross-entropy; methods with their own estimate override ``score`` and add
+        their arrays (LDLVA: 1 - lambda; NLA: :func:`~ferlib.methods.nla.mislabel_score`; LA-Net: the mass its
+        estimated distribution H moved off the given label, 1 - H[i, y_i]).
         """
         out = {"loss": self.sample_loss.cpu().numpy(), "margin": self.sample_margin.cpu().numpy()}
         out["score"] = out["loss"]

@@ -1,8 +1,8 @@
 """LA-Net: landmark-aware learning under label noise.
 
 Wu & Cui, "LA-Net: Landmark-Aware Learning for Reliable Facial Expression Recognition under Label Noise",
-ICCV 2023. Official code ``hw-tony/LA-Net`` (commit 74bb121). Notes: ``/work/shared/reference/methods.md``
-section 2 and items 6-10 of section 7.2. The equations live in :mod:`ferlib.methods.lanet_parts`.
+ICCV 2023. Official code ``hw-tony/LA-Net`` (commit 74bb121). Notes: ``docs/methods/lanet.md``. The equations
+live in :mod:`ferlib.methods.lanet_parts`.
 
 The model is the plain :class:`ferlib.backbones.FERModel`: its stem + layer1 are LA-Net's shared stem, its
 layer2-4 + GAP + head the expression branch (feature u). The method owns everything used in training only:
@@ -25,6 +25,9 @@ Differences from the official code, all single-device consequences or documented
   global batch, which is what one device computes.
 * the momentum update runs in ``after_step`` (after the optimiser step) instead of at the start of the next
   forward: the key encoder then sees the same parameters.
+* weight decay: the code uses none (``train.py:114``, ``weight_decay=0``), which the paper recipe
+  (``--recipe paper``, :mod:`ferlib.recipes`) reproduces; the shared recipe applies the run's weight decay to
+  every method alike (model, landmark branch, edge scorers and projection heads).
 """
 from __future__ import annotations
 

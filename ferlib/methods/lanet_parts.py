@@ -3,7 +3,7 @@ the expression-landmark contrastive loss with its key queues, the momentum encod
 
 Wu & Cui, "LA-Net: Landmark-Aware Learning for Reliable Facial Expression Recognition under Label Noise",
 ICCV 2023; official code ``hw-tony/LA-Net`` (``resnet.py``, ``layers.py``, ``utils.py``, ``dataloader.py``).
-Notes: ``/work/shared/reference/methods.md`` section 2. Each function below is one equation of the paper or
+Notes: ``docs/methods/lanet.md``. Each function below is one equation of the paper or
 of the code; :mod:`ferlib.methods.lanet` composes them into the method.
 
 Coordinates: landmarks are ``(x, y)`` fractions of the image width/height in edge coordinates (0 = left/top
