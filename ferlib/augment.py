@@ -24,8 +24,11 @@ class AugmentConfig:
     crop : ``"pad"`` (translate by up to ``pad`` pixels, zero fill, as pad+random-crop), ``"resized"``
         (random resized crop with ``scale`` area and ``ratio`` aspect ranges) or ``"none"``.
     erase : probability of random erasing (Zhong et al., AAAI 2020) of a rectangle of ``erase_scale`` area.
+    erase_fill : ``"zero"`` (the normalised mean, torchvision's default) or ``"random"`` (uniform random pixels
+        in [0, 1] before normalisation, as LDLVA's code).
     brightness, contrast : maximum relative jitter (0.2 = factor in [0.8, 1.2]).
     noise_std : standard deviation of additive Gaussian noise on [0, 1] images.
+    noise_p : probability that an image gets that noise (NLA's code: 0.5, sigma^2 = 30 on uint8).
     mean, std : normalisation applied after the photometric jitter (0.5 / 0.5 maps [0, 1] to [-1, 1]).
     """
 
@@ -36,15 +39,19 @@ class AugmentConfig:
     ratio: tuple[float, float] = (3 / 4, 4 / 3)
     erase: float = 0.25
     erase_scale: tuple[float, float] = (0.02, 0.2)
+    erase_fill: str = "zero"
     brightness: float = 0.2
     contrast: float = 0.2
     noise_std: float = 0.0
+    noise_p: float = 1.0
     mean: float = 0.5
     std: float = 0.5
 
     def __post_init__(self) -> None:
         if self.crop not in ("pad", "resized", "none"):
             raise ValueError(f"AugmentConfig.crop must be 'pad', 'resized' or 'none', got {self.crop!r}")
+        if self.erase_fill not in ("zero", "random"):
+            raise ValueError(f"AugmentConfig.erase_fill must be 'zero' or 'random', got {self.erase_fill!r}")
 
 
 def _uniform(lo: float, hi: float, n: int, gen: torch.Generator) -> torch.Tensor:
@@ -82,12 +89,13 @@ def _photometric(x: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator) -> t
         x = x * _uniform(1 - cfg.brightness, 1 + cfg.brightness, n, gen).to(dev).view(n, 1, 1, 1)
     if cfg.noise_std > 0:
         noise = torch.randn(x.shape, generator=gen).to(dev)
-        x = x + cfg.noise_std * noise
+        chosen = (torch.rand(n, generator=gen) < cfg.noise_p).to(dev).view(n, 1, 1, 1)
+        x = x + cfg.noise_std * noise * chosen
     return x.clamp(0, 1)
 
 
 def _erase(x: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator) -> torch.Tensor:
-    """Zero (= the normalised mean) one random rectangle per chosen image."""
+    """Fill one random rectangle per chosen image with zeros (the normalised mean) or random pixels."""
     n, _, h, w = x.shape
     area = _uniform(*cfg.erase_scale, n, gen)
     log_r = _uniform(math.log(0.3), math.log(3.3), n, gen)
@@ -100,7 +108,10 @@ def _erase(x: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator) -> torch.T
     in_y = (ys[None] >= y0[:, None]) & (ys[None] < (y0 + eh)[:, None])
     in_x = (xs[None] >= x0[:, None]) & (xs[None] < (x0 + ew)[:, None])
     mask = (in_y[:, :, None] & in_x[:, None, :] & chosen[:, None, None]).to(x.device)
-    return x.masked_fill(mask[:, None], 0.0)
+    if cfg.erase_fill == "zero":
+        return x.masked_fill(mask[:, None], 0.0)
+    fill = (torch.rand(x.shape, generator=gen).to(x.device) - cfg.mean) / cfg.std
+    return torch.where(mask[:, None], fill, x)
 
 
 def prepare_batch(images: torch.Tensor, size: int, cfg: AugmentConfig) -> torch.Tensor:

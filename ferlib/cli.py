@@ -44,6 +44,12 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--method", default="ce", help="method name (python -m ferlib methods)")
     tr.add_argument("--method-opt", action="append", default=[], metavar="KEY=VALUE",
                     help="method config override (repeatable), e.g. label_smoothing=0.1")
+    tr.add_argument("--recipe", default="shared", choices=("shared", "paper"),
+                    help="shared: the train settings below, one budget for every method; paper: the method's "
+                         "official recipe (ferlib.recipes) replaces the settings it names (optimiser, lr, "
+                         "schedule, batch size, epochs, weight decay, augmentation)")
+    tr.add_argument("--noise-seed", type=int, default=None,
+                    help="seed of the noise draw (default: --seed), to vary training with the labels held fixed")
     tr.add_argument("--backbone", default=BackboneConfig.name, help="timm model name")
     tr.add_argument("--backbone-opt", action="append", default=[], metavar="KEY=VALUE",
                     help="timm.create_model option (repeatable, JSON values), e.g. "
@@ -55,7 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="drop the ResNet stem max-pool (better for 48 px faces, ~4x compute)")
     tr.add_argument("--out", default="runs", help="parent folder of run directories")
     tr.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint of this run")
-    _add_dataclass_flags(tr, TrainConfig, skip=("augment",))
+    _add_dataclass_flags(tr, TrainConfig, skip=("augment", "milestones"))
+    tr.add_argument("--milestones", type=int, nargs="*", default=[], metavar="EPOCH",
+                    help="epochs at which the multistep schedule multiplies the lr by --gamma")
     from .study.runner import add_study_arguments
 
     add_study_arguments(sub.add_parser("study", help="run a study: a grid of runs through the notebooks, "
@@ -99,7 +107,7 @@ def spec_from_args(args: argparse.Namespace):
     return RunSpec(data=args.data, dataset=args.dataset, dataset_options=options, noise=args.noise,
                    train_subset=args.train_subset, method=args.method,
                    method_options=parse_overrides(args.method, args.method_opt),
-                   backbone=backbone, train=train, out=args.out)
+                   recipe=args.recipe, noise_seed=args.noise_seed, backbone=backbone, train=train, out=args.out)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -33,7 +33,7 @@ __all__ = ["TrainConfig", "fit", "train_one_epoch", "evaluate", "predict", "seed
            "build_optimizer", "build_scheduler", "resolve_device"]
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
-SCHEDULERS = ("none", "exponential", "step", "cosine", "linear")
+SCHEDULERS = ("none", "exponential", "step", "multistep", "cosine", "linear")
 
 
 @dataclass
@@ -42,7 +42,7 @@ class TrainConfig:
 
     optimizer : ``adam`` | ``adamw`` | ``sgd`` (SGD uses ``momentum``, Nesterov off).
     scheduler : ``exponential`` (lr * gamma^epoch, SCN/RUL/EAC/NLA), ``step`` (lr * gamma^(epoch // step_size)),
-        ``cosine`` (to 0 over the run), ``linear`` (to 0 over the run, per iteration, as LA-Net) or ``none``.
+        ``multistep`` (lr * gamma^(number of ``milestones`` <= epoch), LDLVA), ``cosine`` (to 0 over the run), ``linear`` (to 0 over the run, per iteration, as LA-Net) or ``none``.
         Every schedule is evaluated per iteration, so resuming mid-run is exact.
     image_size : side in pixels the network sees (images are resized on the device).
     amp : bfloat16 autocast on CUDA (ignored on CPU).
@@ -60,6 +60,7 @@ class TrainConfig:
     scheduler: str = "cosine"
     gamma: float = 0.9
     step_size: int = 10
+    milestones: tuple[int, ...] = ()
     image_size: int = 48
     amp: bool = True
     seed: int = 0
@@ -71,6 +72,7 @@ class TrainConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def __post_init__(self) -> None:
+        self.milestones = tuple(int(m) for m in self.milestones)
         if isinstance(self.augment, dict):
             self.augment = AugmentConfig(**{k: tuple(v) if isinstance(v, list) else v
                                             for k, v in self.augment.items()})
@@ -111,6 +113,7 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_pe
         "none": lambda s: 1.0,
         "exponential": lambda s: cfg.gamma ** (s // steps_per_epoch),
         "step": lambda s: cfg.gamma ** ((s // steps_per_epoch) // cfg.step_size),
+        "multistep": lambda s: cfg.gamma ** sum(s // steps_per_epoch >= m for m in cfg.milestones),
         "cosine": lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)),
         "linear": lambda s: max(0.0, 1 - s / total),
     }[cfg.scheduler]

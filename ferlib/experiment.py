@@ -15,10 +15,11 @@ from pathlib import Path
 import numpy as np
 
 from .backbones import BackboneConfig, create_model
-from .engine import TrainConfig, fit
+from .engine import TrainConfig, fit, seed_everything
+from .recipes import recipe_method_options, resolve_recipe
 from .results import collect_results, flatten, write_json, write_table
 
-__all__ = ["RunSpec", "run", "run_id", "prepare_data", "stratified_subset"]
+__all__ = ["RunSpec", "run", "build", "run_id", "prepare_data", "stratified_subset"]
 
 
 @dataclass
@@ -29,10 +30,15 @@ class RunSpec:
     dataset : reader name (:func:`ferlib.data.list_datasets`).
     dataset_options : reader options, e.g. ``{"mode": "plurality", "num_classes": 8}`` for FERPlus.
     noise : noise spec (:mod:`ferlib.noise`), e.g. ``"symmetric:0.3"``; applied to the train split only,
-        seeded with ``train.seed`` (so seed s always sees the same flipped labels, whatever the method).
+        seeded with ``noise_seed`` (so a seed always gives the same flipped labels, whatever the method).
+    noise_seed : seed of the noise draw; None (default) = ``train.seed``. Fix it while varying ``train.seed``
+        to measure training variance with the flipped labels held fixed.
     train_subset : keep only this many training images (stratified by given label, fixed seed 0, BEFORE
         noise), so that short CPU profiles keep every method on the same images. None = all.
     method, method_options : registry name and config overrides (:func:`ferlib.methods.create_method`).
+    recipe : ``shared`` (default: ``train`` as given, one budget for every method) or ``paper`` (the method's
+        official recipe, :mod:`ferlib.recipes`, replaces the fields it names in ``train`` and adds its method
+        options under ``method_options``). Resolved on construction, so ``train`` is what the run uses.
     out : parent folder of run directories.
     """
 
@@ -43,6 +49,8 @@ class RunSpec:
     train_subset: int | None = None
     method: str = "ce"
     method_options: dict = field(default_factory=dict)
+    recipe: str = "shared"
+    noise_seed: int | None = None
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     out: str = "runs"
@@ -52,6 +60,8 @@ class RunSpec:
             self.backbone = BackboneConfig(**self.backbone)
         if isinstance(self.train, dict):
             self.train = TrainConfig(**self.train)
+        self.train = resolve_recipe(self.method, self.recipe, self.train)
+        self.method_options = recipe_method_options(self.method, self.recipe, self.method_options)
 
 
 _NOT_IN_ID = {"out", "train.progress", "train.device", "train.eval_batch_size", "train.save_features"}
@@ -91,7 +101,25 @@ def prepare_data(spec: RunSpec):
         keep[np.flatnonzero(is_train)] = False
         keep[np.flatnonzero(is_train)[stratified_subset(data.labels[is_train], spec.train_subset)]] = True
         data = data.select(keep)
-    return apply_noise(data, spec.noise, seed=spec.train.seed)
+    return apply_noise(data, spec.noise, seed=spec.train.seed if spec.noise_seed is None else spec.noise_seed)
+
+
+def build(spec: RunSpec, data):
+    """The run's model and method, their initial weights fixed by ``spec.train.seed``.
+
+    data : the run's :class:`~ferlib.data.FERData` (its channels, classes and train size shape both).
+    """
+    from .methods import create_method
+
+    seed_everything(spec.train.seed)
+    model = create_model(_backbone(spec, data), data.num_classes)
+    method = create_method(spec.method, num_classes=data.num_classes, num_train=data.split_counts()["train"],
+                           feature_dim=model.feature_dim, **spec.method_options)
+    return model, method
+
+
+def _backbone(spec: RunSpec, data) -> BackboneConfig:
+    return dataclasses.replace(spec.backbone, in_chans=data.image_shape[2])
 
 
 def run(spec: RunSpec, *, resume: bool = True) -> dict:
@@ -100,22 +128,17 @@ def run(spec: RunSpec, *, resume: bool = True) -> dict:
     Afterwards ``<spec.out>/results.csv`` (one row per finished run in ``spec.out``, all parameters) is
     rebuilt from the runs' own ``result.json`` files and replaced atomically.
     """
-    from .methods import create_method
-
     data, noise_report = prepare_data(spec)
     rid = run_id(spec)
     run_dir = Path(spec.out) / rid
-    backbone = dataclasses.replace(spec.backbone, in_chans=data.image_shape[2])
-    model = create_model(backbone, data.num_classes)
-    num_train = data.split_counts()["train"]
-    method = create_method(spec.method, num_classes=data.num_classes, num_train=num_train,
-                           feature_dim=model.feature_dim, **spec.method_options)
+    model, method = build(spec, data)
     write_json(run_dir / "noise.json", noise_report)
     meta = {
         "run_id": rid, "dataset": spec.dataset, "data": str(spec.data), "dataset_options": spec.dataset_options,
         "classes": data.num_classes, "split_counts": data.split_counts(), "noise": spec.noise,
         "noise_rate": noise_report["train"]["overall_rate"], "train_subset": spec.train_subset,
-        "method_options": spec.method_options, "backbone": asdict(backbone),
+        "noise_seed": spec.train.seed if spec.noise_seed is None else spec.noise_seed,
+        "recipe": spec.recipe, "method_options": spec.method_options, "backbone": asdict(_backbone(spec, data)),
         "optimizer": spec.train.optimizer, "lr": spec.train.lr, "batch_size": spec.train.batch_size,
         "image_size": spec.train.image_size,
     }

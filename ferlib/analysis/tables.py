@@ -34,7 +34,7 @@ def parse_noise(spec: str) -> tuple[str, float]:
     return text.rsplit(":", 1)[0], float(last.rate)
 
 
-_SUMMARY_KEYS = ("dataset", "method", "variant", "oracle", "protocol", "rate", "noise")
+_SUMMARY_KEYS = ("dataset", "method", "variant", "recipe", "oracle", "protocol", "rate", "noise")
 #: Run settings (``result.json`` fields) that also separate summary rows: runs differing in one are not averaged.
 _SETTING_KEYS = ("train_subset", "epochs", "backbone.name", "image_size", "optimizer", "lr", "batch_size",
                  "selection")
@@ -58,7 +58,7 @@ def summary_table(results, *, metrics: Sequence[str] = ("acc", "mean_acc", "macr
         ``oracle``, ``dataset``, ``best_epoch``, ``noise_rate`` (realised), ``time_per_epoch_s`` and
         ``method_options.<name>`` are used when present.
     metrics : metric names (``acc`` overall accuracy, ``mean_acc`` class-balanced accuracy, ``macro_f1``).
-    keys : grouping columns; default those of ``dataset, method, variant, oracle, protocol, rate, noise`` and
+    keys : grouping columns; default those of ``dataset, method, variant, recipe, oracle, protocol, rate, noise`` and
         of the run settings ``train_subset, epochs, backbone.name, image_size, optimizer, lr, batch_size,
         selection`` that exist (runs that differ in a setting are not averaged together). ``variant`` is
         ``"k=v,..."`` of the method options ("" = the method's defaults); ``protocol`` and ``rate`` come from

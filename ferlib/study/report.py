@@ -181,7 +181,7 @@ def _summary_html(summary) -> str:
 
     shown = format_summary(summary, metrics=_SHOWN_METRICS)
     metrics = [c for c in shown.columns if c.startswith(("last.", "best."))]
-    head = (["method", "noise", "noise rate", "seeds", "epochs"] + [c.replace(".", " ").replace("_", " ")
+    head = (["method", "recipe", "noise", "noise rate", "seeds", "epochs"] + [c.replace(".", " ").replace("_", " ")
                                                                    for c in metrics] + ["best epoch", "s / epoch"])
     rows = []
     for r, f in zip(summary.to_dict("records"), shown.to_dict("records")):
@@ -190,13 +190,13 @@ def _summary_html(summary) -> str:
             method += f" <span class='muted'>({_e(r['variant'])})</span>"
         if "ON TEST" in str(r.get("selection", "")):
             method += " <b>[best epoch selected on test]</b>"
-        cells = [method, _e(r.get("noise", "")), _num(r.get("noise_rate_mean"), pct=True), _e(r.get("seeds", "")),
+        cells = [method, _e(r.get("recipe", "shared")), _e(r.get("noise", "")), _num(r.get("noise_rate_mean"), pct=True), _e(r.get("seeds", "")),
                  _num(r.get("epochs"), digits=0)]
         cells += [_e(f[c]) for c in metrics]
         cells += [_num(r.get("best_epoch_mean"), digits=1), _num(r.get("time_per_epoch_s_mean"), digits=1)]
         cls = " class='oracle'" if r.get("oracle") else ""
         rows.append(f"<tr{cls}>" + "".join(
-            f"<td class='num'>{c}</td>" if i >= 2 else f"<td>{c}</td>" for i, c in enumerate(cells)) + "</tr>")
+            f"<td class='num'>{c}</td>" if i >= 3 else f"<td>{c}</td>" for i, c in enumerate(cells)) + "</tr>")
     has_oracle = "oracle" in summary and summary["oracle"].astype(bool).any()
     note = ("<p class='muted'>(oracle) rows see information a noisy-label method may not (e.g. the human votes): "
             "upper bounds, not competitors.</p>" if has_oracle else "")

@@ -368,7 +368,11 @@ def add_study_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     parser.add_argument("--methods", nargs="+", default=None, help="grid methods (default: the profile's, "
                                                                    "usually all registered)")
     parser.add_argument("--noise", nargs="+", default=None, help="grid noise specs, e.g. none symmetric:0.3")
-    parser.add_argument("--epochs", type=int, default=None, help="training epochs of every cell")
+    parser.add_argument("--recipe", choices=("shared", "paper"), default=None,
+                        help="shared: one budget (the profile's train settings) for every method; paper: each "
+                             "method's official recipe (default: the profile's, else shared)")
+    parser.add_argument("--epochs", type=int, default=None, help="training epochs of every cell (a paper "
+                                                                  "recipe's own epochs win)")
     parser.add_argument("--train-subset", type=int, default=None, help="stratified number of train images")
     parser.add_argument("--ablations", action=argparse.BooleanOptionalAction, default=None,
                         help="run 03_ablations (default: the profile's)")
@@ -379,7 +383,8 @@ def add_study_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
 
 def spec_from_study_args(args: argparse.Namespace) -> StudySpec:
     overrides = {k: v for k, v in (("seeds", args.seeds), ("methods", args.methods), ("noise", args.noise),
-                                   ("train_subset", args.train_subset), ("ablations", args.ablations))
+                                   ("train_subset", args.train_subset), ("ablations", args.ablations),
+                                   ("recipe", args.recipe))
                  if v is not None}
     if args.epochs is not None:
         overrides["train"] = {"epochs": args.epochs}

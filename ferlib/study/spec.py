@@ -86,6 +86,9 @@ class StudySpec:
         (:func:`ferlib.data.load_dataset`); a relative ``data`` is taken from the current directory.
     grid : :class:`Grid` (methods x noise x seeds); a dict is converted.
     method_options : ``{method: {option: value}}`` config overrides for single methods.
+    recipe : ``shared`` (default: every cell trains with ``train``, one budget for all methods) or ``paper``
+        (each method with its official recipe, :mod:`ferlib.recipes`; ``train`` then sets only what the recipe
+        does not, e.g. the input size).
     train : :class:`ferlib.engine.TrainConfig` fields shared by every cell (not ``seed``: that is
         ``grid.seeds``). ``progress`` defaults to False in a study (no progress bars inside notebooks).
     backbone : :class:`ferlib.backbones.BackboneConfig` fields.
@@ -107,6 +110,7 @@ class StudySpec:
     dataset_options: dict = field(default_factory=lambda: {"mode": "plurality", "num_classes": 8})
     grid: Grid = field(default_factory=Grid)
     method_options: dict = field(default_factory=dict)
+    recipe: str = "shared"
     train: dict = field(default_factory=dict)
     backbone: dict = field(default_factory=dict)
     train_subset: int | None = None
@@ -123,8 +127,12 @@ class StudySpec:
         from ferlib.methods import method_class
         from ferlib.noise import NoiseSpec
 
+        from ferlib.recipes import RECIPES
+
         if self.dataset not in list_datasets():
             raise ValueError(f"unknown dataset {self.dataset!r}; valid: {', '.join(list_datasets())}")
+        if self.recipe not in RECIPES:
+            raise ValueError(f"unknown recipe {self.recipe!r}; valid: {', '.join(RECIPES)}")
         if isinstance(self.grid, dict):
             self.grid = Grid(**_checked_keys(self.grid, _field_names(Grid), "grid"))
         elif not isinstance(self.grid, Grid):
@@ -170,7 +178,7 @@ class StudySpec:
 
         return RunSpec(data=str(self.data_path()), dataset=self.dataset, dataset_options=dict(self.dataset_options),
                        noise=noise, train_subset=self.train_subset, method=method,
-                       method_options=dict(self.method_options.get(method) or {}),
+                       method_options=dict(self.method_options.get(method) or {}), recipe=self.recipe,
                        backbone=BackboneConfig(**self.backbone), train=self.train_config(seed, train_extra),
                        out=str(Path(runs_dir).absolute()))
 
@@ -215,7 +223,7 @@ class StudySpec:
             f"{len(self.grid.seeds)} seeds",
             f"  methods: {', '.join(methods)}",
             f"  noise: {', '.join(self.grid.noise)}; seeds: {', '.join(map(str, self.grid.seeds))}",
-            f"train: {self.train or 'defaults'}; backbone: {self.backbone or 'defaults'}",
+            f"recipe: {self.recipe}; train: {self.train or 'defaults'}; backbone: {self.backbone or 'defaults'}",
             f"ablations: {'on' if self.ablations else 'off'}; notebooks: {', '.join(self.notebooks)}",
             *(f"  {name}: {params}" for name, params in self.notebook_parameters.items()),
         ])

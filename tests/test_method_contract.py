@@ -1,0 +1,174 @@
+"""The method contract, checked for every registered method and each of its ablation variants (as timm tests
+every model in its registry): a newly registered method is covered here with no new test code.
+
+For each (method, variant), on a small stratified subset of the shipped sample with a tiny backbone:
+- the loss of a training step is a finite scalar;
+- a gradient reaches every trainable parameter of the model and of the method, and none reaches a parameter
+  or buffer that must not train (momentum encoders, banks);
+- the read-out ``score`` is (N,) and finite after training;
+- every ablation key is a config field;
+- two epochs interrupted after the first and resumed equal two uninterrupted epochs, bit for bit;
+- two identical runs through the public entry point (:func:`ferlib.experiment.run`) are identical.
+
+Methods that read an external per-sample source get a stub file (:data:`STUB_SOURCES`), so no landmark detector
+runs here.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from ferlib import engine
+from ferlib.backbones import BackboneConfig
+from ferlib.engine import TrainConfig, _make_batch
+from ferlib.experiment import RunSpec, build, prepare_data, run
+from ferlib.methods import list_methods, method_class
+
+SAMPLE = Path(__file__).parents[1] / "data" / "ferplus_sample"
+TRAIN_SUBSET, BATCH = 48, 16
+TINY = BackboneConfig(model_kwargs={"channels": [8, 16, 32, 64], "stem_width": 8})
+
+
+def _stub_landmarks(n: int, rng: np.random.Generator) -> np.ndarray:
+    points = rng.uniform(0.2, 0.8, (n, 5, 2)).astype(np.float32)
+    points[1] = np.nan  # one failed detection
+    return points
+
+
+#: Config fields that name a per-sample source file, and a stub array (rows aligned with the train split).
+STUB_SOURCES = {
+    "landmarks": _stub_landmarks,                                                        # LA-Net
+    "aux": lambda n, rng: rng.normal(size=(n, 2)).astype(np.float32),                    # LDLVA (VA-like)
+}
+
+
+def cases() -> list[tuple[str, str | None]]:
+    return [(name, variant) for name in list_methods()
+            for variant in (None, *method_class(name).ablations)]
+
+
+def _ids(case) -> str:
+    return f"{case[0]}-{case[1] or 'default'}"
+
+
+@pytest.fixture(scope="module")
+def stub_dir(tmp_path_factory) -> Path:
+    """One stub file per source field, aligned with the subset's train split."""
+    folder = tmp_path_factory.mktemp("stubs")
+    data, _ = prepare_data(RunSpec(data=str(SAMPLE), train_subset=TRAIN_SUBSET))
+    n = data.split_counts()["train"]
+    for field, make in STUB_SOURCES.items():
+        np.save(folder / f"{field}.npy", make(n, np.random.default_rng(0)))
+    return folder
+
+
+def spec_of(method: str, variant: str | None, stubs: Path, out: Path, epochs: int = 2) -> RunSpec:
+    cls = method_class(method)
+    fields = {f.name for f in dataclasses.fields(cls.Config)}
+    options = {f: str(stubs / f"{f}.npy") for f in STUB_SOURCES if f in fields}
+    options.update(cls.ablations.get(variant, {}) if variant else {})
+    return RunSpec(data=str(SAMPLE), noise="symmetric:0.3", train_subset=TRAIN_SUBSET, method=method,
+                   method_options=options, backbone=TINY, out=str(out),
+                   train=TrainConfig(epochs=epochs, batch_size=BATCH, image_size=32, progress=False, device="cpu",
+                                     eval_batch_size=64))
+
+
+@pytest.mark.parametrize("name", list_methods())
+def test_every_ablation_key_is_a_config_field(name):
+    cls = method_class(name)
+    fields = {f.name for f in dataclasses.fields(cls.Config)}
+    for variant, overrides in cls.ablations.items():
+        assert overrides, f"{name} ablation {variant!r} changes nothing"
+        assert set(overrides) <= fields, f"{name} ablation {variant!r} names {set(overrides) - fields}"
+        cls.Config(**overrides)  # valid values
+
+
+@pytest.mark.parametrize("case", cases(), ids=_ids)
+def test_loss_is_finite_and_gradients_reach_exactly_the_trainable_parameters(case, stub_dir, tmp_path):
+    spec = spec_of(*case, stub_dir, tmp_path)
+    data, _ = prepare_data(spec)
+    train = data.subset("train")
+    model, method = build(spec, data)
+    method.train_config = spec.train
+    method.bind(model, train)
+    method.on_epoch_start(1, 2)
+    model.train()
+    method.train()
+    gen = torch.Generator().manual_seed(0)
+    idx = torch.arange(BATCH)
+    votes = None if train.votes is None else torch.from_numpy(train.votes)
+    batch = _make_batch(torch.from_numpy(train.images), torch.from_numpy(train.labels), votes, idx,
+                        method.views, spec.train, torch.device("cpu"), gen)
+    out = method.training_step(model, batch)
+    loss = out["loss"]
+    assert loss.ndim == 0 and torch.isfinite(loss), f"loss {loss}"
+    loss.backward()
+    named = [(f"model.{n}", p) for n, p in model.named_parameters()]
+    named += [(f"method.{n}", p) for n, p in method.named_parameters()]
+    trainable = [(n, p) for n, p in named if p.requires_grad]
+    assert trainable
+    no_grad = [n for n, p in trainable if p.grad is None]
+    assert not no_grad, f"trainable parameters without gradient: {no_grad[:5]}"
+    bad = [n for n, p in trainable if not torch.isfinite(p.grad).all()]
+    assert not bad, f"non-finite gradients: {bad[:5]}"
+    frozen = [n for n, p in named if not p.requires_grad and p.grad is not None]
+    assert not frozen, f"frozen parameters received a gradient: {frozen[:5]}"
+    buffers = [n for n, b in method.named_buffers() if b.requires_grad or b.grad is not None]
+    assert not buffers, f"buffers that carry gradients: {buffers}"
+
+
+def _metrics(run_dir: Path) -> tuple[dict, pd.DataFrame, dict]:
+    result = json.loads((run_dir / "result.json").read_text())
+    result.pop("time_per_epoch_s")
+    epochs = pd.read_csv(run_dir / "epochs.csv").drop(columns=["epoch_time_s"])
+    with np.load(run_dir / "readout.npz") as z:
+        readout = {k: z[k] for k in z.files}
+    return result, epochs, readout
+
+
+def _assert_identical(a: Path, b: Path) -> None:
+    ra, ea, oa = _metrics(a)
+    rb, eb, ob = _metrics(b)
+    assert ra == rb
+    pd.testing.assert_frame_equal(ea, eb, check_exact=True)
+    assert oa.keys() == ob.keys()
+    for k in oa:
+        np.testing.assert_array_equal(oa[k], ob[k], err_msg=k)
+    wa, wb = torch.load(a / "model.pt"), torch.load(b / "model.pt")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+@pytest.mark.parametrize("case", cases(), ids=_ids)
+def test_runs_are_reproducible_resumable_and_score_every_sample(case, stub_dir, tmp_path, monkeypatch):
+    first = run(spec_of(*case, stub_dir, tmp_path / "a"))
+    second = run(spec_of(*case, stub_dir, tmp_path / "b"))
+    rid = first["run_id"]
+    assert second["run_id"] == rid
+    _assert_identical(tmp_path / "a" / rid, tmp_path / "b" / rid)
+
+    with np.load(tmp_path / "a" / rid / "readout.npz") as z:
+        score = z["method_score"]
+    n = first["split_counts"]["train"]
+    assert score.shape == (n,) and np.isfinite(score).all()
+
+    real_epoch, calls = engine.train_one_epoch, {"n": 0}
+
+    def crash_in_second_epoch(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt("simulated crash")
+        return real_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "train_one_epoch", crash_in_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        run(spec_of(*case, stub_dir, tmp_path / "c"))
+    assert not (tmp_path / "c" / rid / "result.json").exists()
+    monkeypatch.setattr(engine, "train_one_epoch", real_epoch)
+    run(spec_of(*case, stub_dir, tmp_path / "c"))
+    _assert_identical(tmp_path / "a" / rid, tmp_path / "c" / rid)
