@@ -16,7 +16,7 @@ import numpy as np
 
 from .backbones import BackboneConfig, create_model
 from .engine import TrainConfig, fit, seed_everything
-from .recipes import recipe_method_options, resolve_recipe
+from .recipes import recipe_method_options, recipe_source, resolve_recipe
 from .results import collect_results, flatten, write_json, write_table
 
 __all__ = ["RunSpec", "run", "build", "run_id", "prepare_data", "stratified_subset"]
@@ -138,7 +138,8 @@ def run(spec: RunSpec, *, resume: bool = True) -> dict:
         "classes": data.num_classes, "split_counts": data.split_counts(), "noise": spec.noise,
         "noise_rate": noise_report["train"]["overall_rate"], "train_subset": spec.train_subset,
         "noise_seed": spec.train.seed if spec.noise_seed is None else spec.noise_seed,
-        "recipe": spec.recipe, "method_options": spec.method_options, "backbone": asdict(_backbone(spec, data)),
+        "recipe": spec.recipe, "recipe_source": recipe_source(spec.method, spec.recipe),
+        "method_options": spec.method_options, "backbone": asdict(_backbone(spec, data)),
         "optimizer": spec.train.optimizer, "lr": spec.train.lr, "batch_size": spec.train.batch_size,
         "image_size": spec.train.image_size,
     }

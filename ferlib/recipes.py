@@ -7,7 +7,8 @@
 decay, augmentation), read from its official code and cited below by file and line, at our input size. What
 no recipe can carry here is said in ``Recipe.unmatched``: all three official codes start from an MS-Celeb
 ResNet-18 at 224 px, while ferlib starts from scratch unless weights are given. A method without an
-official recipe (``ce``, the oracle) keeps the shared settings under ``paper``, and its runs say so.
+official recipe (``ce``, the oracle) keeps the shared settings under ``paper``; its ``result.json`` says so
+in ``recipe_source``.
 
 Usage::
 
@@ -19,7 +20,8 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 
-__all__ = ["Recipe", "RECIPES", "PAPER_RECIPES", "paper_recipe", "resolve_recipe", "recipe_method_options"]
+__all__ = ["Recipe", "RECIPES", "PAPER_RECIPES", "paper_recipe", "resolve_recipe", "recipe_method_options",
+           "recipe_source"]
 
 RECIPES = ("shared", "paper")
 
@@ -60,8 +62,8 @@ def _lanet(image_size: int) -> Recipe:
     return Recipe(
         train={"optimizer": "adam", "lr": 1e-3, "weight_decay": 0.0, "scheduler": "linear",
                "batch_size": 128, "epochs": 80,
-               # flip 0.5, RandomResizedCrop (0.75, 1) ratio (3/4, 4/3), ColorJitter 0.4/0.4/0.4 (saturation is
-               # a no-op on grey faces), RandomErasing p 0.2 (0.02, 0.2).
+               # flip 0.5, RandomResizedCrop (0.75, 1) ratio (3/4, 4/3), ColorJitter 0.4/0.4/0.4 (ferlib has no
+               # saturation jitter: a no-op on grey faces such as FERPlus, missing on RGB), RandomErasing p 0.2.
                "augment": {"flip": 0.5, "crop": "resized", "scale": (0.75, 1.0), "ratio": (3 / 4, 4 / 3),
                            "brightness": 0.4, "contrast": 0.4, "erase": 0.2, "erase_scale": (0.02, 0.2),
                            "erase_fill": "zero", "noise_std": 0.0}},
@@ -72,14 +74,16 @@ def _lanet(image_size: int) -> Recipe:
 
 
 def _ldlva(image_size: int) -> Recipe:
+    pad = max(1, round(8 * image_size / 224))
     return Recipe(
         train={"optimizer": "adam", "lr": 1e-3, "weight_decay": 0.0, "scheduler": "multistep", "gamma": 0.1,
                "milestones": (10, 20, 40), "batch_size": 32, "epochs": 60,
                # flip, pad 8 + random crop at 224 px (scaled to the input size), RandomErasing p 0.5
                # (0.02, 0.3) with random fill; no jitter.
-               "augment": {"flip": 0.5, "crop": "pad", "pad": max(1, round(8 * image_size / 224)),
+               "augment": {"flip": 0.5, "crop": "pad", "pad": pad,
                            "erase": 0.5, "erase_scale": (0.02, 0.3), "erase_fill": "random",
                            "brightness": 0.0, "contrast": 0.0, "noise_std": 0.0}},
+        method={"neighbour_pad": pad},  # the neighbour images get the same pad as the central ones
         source="minhnhatvt/label-distribution-learning-fer-tf@a741b36 cfg_files/config_resnet18_raf.py (Adam "
                "1e-3, x0.1 at epochs 10/20/40, batch 32, 60 epochs, pad 8); src/train.py (no weight decay: "
                "model.losses is never added); src/data_utils.py:125-133 (augmentation)")
@@ -112,3 +116,11 @@ def recipe_method_options(method: str, recipe: str, options: dict) -> dict:
     """Method options of a run: the paper recipe's (``paper``) under the explicitly given ``options``."""
     found = paper_recipe(method) if recipe == "paper" else None
     return {**(found.method if found else {}), **options}
+
+
+def recipe_source(method: str, recipe: str) -> str:
+    """Where a run's training settings come from, for ``result.json``."""
+    found = paper_recipe(method) if recipe == "paper" else None
+    if recipe == "paper" and found is None:
+        return f"no official recipe for {method!r}: the shared settings"
+    return found.source if found else "shared: the run's own settings, the same for every method"

@@ -124,9 +124,10 @@ def test_collect_results_one_row_per_finished_run(tmp_path):
 
 @pytest.mark.parametrize("name,at_half,at_end", [
     ("cosine", 0.5, 0.0), ("linear", 0.5, 0.0), ("none", 1.0, 1.0), ("exponential", 0.5 ** 2, 0.5 ** 4),
+    ("multistep", 0.5, 0.5 ** 2),  # milestones 1 and 3: x0.5 from epoch 1 (step 10), again from epoch 3
 ])
 def test_schedules(name, at_half, at_end):
-    cfg = TrainConfig(epochs=4, scheduler=name, gamma=0.5, lr=1.0)
+    cfg = TrainConfig(epochs=4, scheduler=name, gamma=0.5, lr=1.0, milestones=(1, 3))
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
     sched = build_scheduler(opt, cfg, steps_per_epoch=10)
     lrs = []

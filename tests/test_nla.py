@@ -6,6 +6,7 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from ferlib.backbones import BackboneConfig, create_model
 from ferlib.methods import create_method, parse_overrides
@@ -16,6 +17,7 @@ from ferlib.methods.nla import (
     logit_mixture_js,
     naw_coordinates,
     naw_covariance,
+    naw_cross_entropy,
     naw_weight,
 )
 
@@ -180,3 +182,25 @@ def test_create_method_and_options():
     assert parse_overrides("nla", ["ramp=false", "lam_c=2"]) == {"ramp": False, "lam_c": 2.0}
     for variant, overrides in type(nla).ablations.items():
         assert make_nla(**overrides).config != NLAConfig(), variant
+
+
+def test_gradient_through_the_naw_weight_rewards_a_confident_wrong_prediction():
+    """Why NLA collapses from a random start (NLAConfig.detach_weight): for a misclassified sample in the band
+    p_NN ~ 0.2-0.6, the official (undetached) NAW-CE pushes the wrong class UP (and the label up less), where a
+    detached weight pushes the wrong class down. A pretrained start has few samples there; a random one has most."""
+    method = make_nla()
+    method.on_epoch_start(0, 30)
+    label = torch.zeros(2, dtype=torch.long)
+    logits = torch.zeros(2, 8)
+    logits[0, 1] = 1.5                       # p_GT 0.087, p_NN 0.39: misclassified
+    logits[1, 0] = 1.5                       # classified right: both forms push the label up
+    grads = {}
+    for detach in (False, True):
+        z = logits.clone().requires_grad_(True)
+        weight = method.weights(z, label)["weight"]
+        weight = weight.detach() if detach else weight
+        naw_cross_entropy(F.cross_entropy(z, label, reduction="none"), weight).backward()
+        grads[detach] = z.grad
+    assert grads[False][0, 1] < 0 < grads[True][0, 1]       # descent raises the wrong class / lowers it
+    assert grads[False][0, 0] > grads[True][0, 0]
+    assert grads[False][1, 0] < 0 and grads[True][1, 0] < 0

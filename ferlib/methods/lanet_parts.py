@@ -244,7 +244,7 @@ def pseudo_labels(target: torch.Tensor, index: torch.Tensor, confidence: float) 
     """y_hat_i = argmax t_i if max t_i >= confidence, else the unique id -(i + 1) (LA-Net, EL loss).
 
     target : (B, C); index : (B,) dataset positions i. DEPARTURE: the code uses -i, so an ambiguous sample 0
-    collides with class 0 (methods.md 7.2, item 10). Returns (B,) int64.
+    collides with class 0 (docs/methods/lanet.md, A5). Returns (B,) int64.
     """
     conf, cls = target.detach().max(1)
     return torch.where(conf >= confidence, cls, -(index.long() + 1))

@@ -4,6 +4,7 @@ Le, Nguyen, Tran, Tjiputra, Le, Nguyen, "Uncertainty-aware label distribution le
 recognition", WACV 2023. Official code: minhnhatvt/label-distribution-learning-fer-tf (TensorFlow), read at
 a741b36: ``src/train.py`` (train_step), ``src/utils.py`` (construct_target_distribution, DiscriminativeLoss,
 CELoss), ``src/models.py`` (AdaptiveSimNet), ``src/data_utils.py`` (local similarity, neighbour loading).
+Notes: ``docs/methods/ldlva.md``.
 
 Per step, for a sample i with given label y_i and its K offline neighbours j in the auxiliary space:
 
@@ -35,8 +36,8 @@ Where we depart from the official code (each also noted at its config field):
   its paper recipe (``--recipe paper``, :mod:`ferlib.recipes`) has ``weight_decay=0``; the shared recipe applies
   the run's weight decay to every method alike (model and calibration MLP).
 - theta's step is rescaled with the batch size (``lamb_lr_batch``) so each visit moves it as in the code.
-- Neighbour augmentation is flip and pad-and-crop (``ferlib.augment``, zero fill), and pixels go to [-1, 1],
-  as in the official code. Central images get the engine's augmentation.
+- Central images get the run's augmentation (the paper recipe has the code's). Neighbour images get flip and
+  pad-and-crop, zero fill, pixels in [-1, 1], as in the code.
 """
 from __future__ import annotations
 
@@ -81,7 +82,7 @@ class LDLVAConfig:
         Standardise each aux column before the kNN (off: VA is used as is in the official code).
     knn_metric : str
         ``euclidean`` | ``manhattan`` | ``cosine``. The official kNN comes precomputed in a csv with an
-        unstated distance (methods.md 7.2 item 11); Euclidean is our default.
+        unstated distance (docs/methods/ldlva.md, A1); Euclidean is our default.
     similarity_temperature : float
         The 0.5 of a_ij = exp(-||v_i - v_j||_1 / 0.5) (``data_utils.get_train_dataset``).
     distance_scale : str
@@ -112,7 +113,7 @@ class LDLVAConfig:
         The batch size ``lamb_lr`` was tuned at (``config_resnet18_raf.py``: 32). theta's gradient comes from
         the batch-MEAN loss, so one visit moves theta_i by lamb_lr / B * dL_i/dtheta_i; we step with
         lamb_lr * B / lamb_lr_batch, which gives every visit the official step whatever our batch size B
-        (``src/train.py:95-102``). 0 = no rescaling (DEPARTURE, ferlib before 2026-11: at B = 64 each visit
+        (``src/train.py:95-102``). 0 = no rescaling (DEPARTURE, ferlib up to bec7813: at B = 64 each visit
         moved theta half as far as the code).
     gamma : float
         Weight of the discriminative loss (0.01).

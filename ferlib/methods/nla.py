@@ -8,9 +8,10 @@ Per sample, the softmax gives a point s = (p_GT, p_NN) (probability of the given
 probability) in the triangle p_GT + p_NN <= 1. A normalised 2-D Gaussian density at s is the NAW weight w:
 a "true" Gaussian when the prediction agrees with the label, a "false" one otherwise. The loss is::
 
-    L = lam_a * mean(CE) + lam_b * mean(w * CE) + lam_c * JS(z, z_flip)
+    L = lam_a * mean(CE) + lam_b * mean(w * CE) + lam_c * 32 * mean(JS(z, z_flip))
 
-with z_flip the logits of the horizontal mirror of the augmented image (view ``"flip"``).
+with z_flip the logits of the horizontal mirror of the augmented image (view ``"flip"``); the factor 32 is the
+code's sum over its batch of 32, kept per sample at any batch size (``js_reduction``).
 """
 from __future__ import annotations
 
@@ -44,7 +45,8 @@ JS_REDUCTIONS = ("code", "mean", "sum")
 
 @dataclass(frozen=True)
 class NLAConfig:
-    """NLA hyperparameters: the official code's defaults (``main_rafdb.py`` argparser), same names.
+    """NLA hyperparameters: the official code's defaults (``main_rafdb.py`` argparser), with its names where it
+    has a flag (``naw_form``, ``js_reduction``, ``js_code_batch`` and ``detach_weight`` are ours).
 
     mu_x_t, mu_y_t : float
         Mean (p_GT, p_NN) of the true-branch Gaussian (prediction == label). Code: 0.5, 0.5.
@@ -66,19 +68,25 @@ class NLAConfig:
         ``per_sample`` (default): w_i from s_i alone, the code from commit b86f31f (2025-05-14) on.
         ``pairwise``: the earlier code's N x N form, where each sample's weight is a batch-coupled average
         (see :func:`naw_weight`). The paper (Feb 2025) predates the fix, so which form produced its numbers
-        is unknown (methods.md 7.2, ambiguity 1).
+        is unknown (docs/methods/nla.md, A1).
     js_reduction : ``"code"`` | ``"mean"`` | ``"sum"``
         ``code`` (default, faithful at any batch size): lam_c * js_code_batch * mean_i JS_i. The code sums the
         JS term over its batch of 32 (``src/loss.py:61-66``, ``reduction='sum'``; ``src/train.py:38-40``,
         ``main_rafdb.py:28``), so each sample's JS enters with weight lam_c = 0.5 against 0.5 / 32 for its CE:
         16x the per-sample mean. ``code`` keeps that per-sample balance whatever our batch size.
         ``sum``: lam_c * sum_i JS_i over OUR batch (the code's literal form; 2x the code at batch 64).
-        ``mean``: lam_c * mean_i JS_i (DEPARTURE, ferlib before 2026-11: 32x weaker than the code; NLA is then
+        ``mean``: lam_c * mean_i JS_i (DEPARTURE, ferlib up to bec7813: 32x weaker than the code; NLA is then
         in effect NAW-weighted CE).
     js_code_batch : int
         The official batch size that fixes the ``code`` reduction's scale (``main_rafdb.py:28``: 32).
     detach_weight : bool
-        Stop gradients through w. The code does not detach (default False; ambiguity 2).
+        Stop gradients through w. The code does not detach (default False; docs/methods/nla.md, A2). From a
+        random start the gradient through w collapses NLA to one class on small data (the shipped sample:
+        one class for every face from epoch 2, with the shared recipe and with the paper recipe alike): for
+        a misclassified sample w falls as p_NN - p_GT grows, so w * CE rewards confident wrong predictions.
+        The official code never meets this regime (it fine-tunes an MS-Celeb ResNet-18 whose predictions
+        are mostly right from the first step; inferred). ``True`` (DEPARTURE, opt-in) keeps w as a pure
+        per-sample weight; the ``smoke`` profile, from scratch on 1.4k faces, uses it.
     """
 
     mu_x_t: float = 0.5
@@ -131,7 +139,7 @@ def covariance_ramp(epoch: int, num_epochs: int, *, slope: float = -15.0, enable
 
     epoch : e, 0-based; num_epochs : E. eps = 0, 0.39, 0.71, 0.92 at e = 0, 2, 5, 10 of E = 60.
     ``enabled=False`` (code ``sch_bool``) gives 1. The paper speaks of epoch-dependent means and covariances;
-    the code ramps only this term, and we follow the code (methods.md 7.2, ambiguity 4).
+    the code ramps only this term, and we follow the code (docs/methods/nla.md, A4).
     """
     return 1.0 - math.exp(slope * epoch / num_epochs) if enabled else 1.0
 
