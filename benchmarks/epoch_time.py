@@ -31,7 +31,7 @@ def time_method(label: str, data, steps: int, cfg: TrainConfig) -> dict:
                            **parse_overrides(name, opts.split(",") if opts else []))
     method.to(device)
     t0 = time.perf_counter()
-    method.bind(model, train)
+    method.bind(model, train, cfg)
     bind_s = time.perf_counter() - t0
     params = list(model.parameters()) + list(method.parameters())
     opt = build_optimizer([p for p in params if p.requires_grad], cfg)

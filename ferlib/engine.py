@@ -227,8 +227,7 @@ def fit(model: nn.Module, method, data, cfg: TrainConfig, run_dir: str | os.Path
     gen = seed_everything(cfg.seed)
     model.to(device)
     method.to(device)
-    method.train_config = cfg
-    method.bind(model, train)
+    method.bind(model, train, cfg)
     params = [p for p in list(model.parameters()) + list(method.parameters()) if p.requires_grad]
     optimizer = build_optimizer(params, cfg)
     scheduler = build_scheduler(optimizer, cfg, max(len(train) // cfg.batch_size, 1))

@@ -45,7 +45,7 @@ def make(train_data, landmark_file, **overrides):
     model = create_model(BackboneConfig(), K_CLASSES)
     method = create_method("lanet", num_classes=K_CLASSES, num_train=N, feature_dim=model.feature_dim,
                            landmarks=landmark_file, banksize=40, **overrides)
-    method.bind(model, train_data)
+    method.bind(model, train_data, TrainConfig(image_size=48))
     method.on_epoch_start(3, 10)
     return model, method
 

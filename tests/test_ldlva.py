@@ -14,6 +14,7 @@ from ferlib.augment import AugmentConfig, augment_batch
 from ferlib.backbones import BackboneConfig, create_model
 from ferlib.classes import CLASSES_8
 from ferlib.data.dataset import FERData
+from ferlib.engine import TrainConfig
 from ferlib.methods import create_method, list_methods, parse_overrides
 from ferlib.methods.ldlva import (
     CalibrationNet,
@@ -58,7 +59,7 @@ def bound(train, base_model, **overrides):
     overrides.setdefault("aux", "features")
     method = create_method("ldlva", num_classes=8, num_train=len(train), feature_dim=model.feature_dim,
                            **overrides)
-    method.bind(model, train)
+    method.bind(model, train, TrainConfig(image_size=train.images.shape[1]))
     model.train()
     return model, method
 

@@ -95,8 +95,7 @@ def test_loss_is_finite_and_gradients_reach_exactly_the_trainable_parameters(cas
     data, _ = prepare_data(spec)
     train = data.subset("train")
     model, method = build(spec, data)
-    method.train_config = spec.train
-    method.bind(model, train)
+    method.bind(model, train, spec.train)
     method.on_epoch_start(1, 2)
     model.train()
     method.train()

@@ -4,7 +4,7 @@ A method contributes targets, a loss and per-sample state; it never owns a train
 The engine (:mod:`ferlib.engine`) calls, per run::
 
     method = create_method("ce", num_classes=8, num_train=N, feature_dim=512, label_smoothing=0.1)
-    method.bind(model, train_data)            # once: build neighbour graphs, banks, extra heads ...
+    method.bind(model, train_data, train_config)   # once: neighbour graphs, banks, extra heads ...
     for epoch in range(E):
         method.on_epoch_start(epoch, E)
         order = method.epoch_order(train_labels, generator)   # None: one seeded random permutation
@@ -80,12 +80,10 @@ class Method(nn.Module):
         self.register_buffer("sample_loss", torch.full((num_train,), float("nan")))
         self.register_buffer("sample_margin", torch.full((num_train,), float("nan")))
 
-    #: The run's :class:`ferlib.engine.TrainConfig` (input size, augmentation), set by the engine before ``bind``.
-    train_config = None
-
     # ----------------------------------------------------------------- hooks
-    def bind(self, model: nn.Module, train) -> None:
-        """Called once before training with the model and the train-split :class:`FERData`."""
+    def bind(self, model: nn.Module, train, config) -> None:
+        """Called once before training with the model, the train-split :class:`FERData` and the run's
+        :class:`ferlib.engine.TrainConfig` (input size, augmentation, batch size)."""
 
     def on_epoch_start(self, epoch: int, num_epochs: int) -> None:
         """Called at the start of each epoch (0-based)."""

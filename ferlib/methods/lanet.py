@@ -216,7 +216,7 @@ class LANet(Method):
         self._model: tuple = ()        # the bound model, held in a tuple so it is not a submodule
 
     # ----------------------------------------------------------------- setup
-    def bind(self, model: nn.Module, train) -> None:
+    def bind(self, model: nn.Module, train, config) -> None:
         """Check the backbone, initialise H, build the branch / scorers / momentum encoder on the model's device."""
         cfg = self.config
         missing = [p for p in _RESNET_PARTS if not hasattr(model.backbone, p)]

@@ -125,7 +125,7 @@ class LDLVAConfig:
         sklearn "balanced" class weights in the soft cross-entropy (off for RAF-DB, on for AffectNet).
     image_size : int
         Side of the images of the ``bind`` pass (bank init, aux features); 0 = the run's
-        ``TrainConfig.image_size`` (the train images' own size when bound outside the engine).
+        ``TrainConfig.image_size``.
     seed : int
         Seed of the neighbour augmentation (``faithful``), combined with the step count so resume is exact.
     """
@@ -368,10 +368,11 @@ class LDLVA(Method):
             self.register_buffer("bank_feature", torch.zeros(num_train, feature_dim))
             self.register_buffer("bank_prob", torch.full((num_train, num_classes), 1.0 / num_classes))
         self._images: torch.Tensor | None = None
+        self._augment: AugmentConfig | None = None   # the run's, for the neighbours' normalisation
         self._pending: dict | None = None
 
     # ----------------------------------------------------------------- bind: offline neighbours
-    def bind(self, model: nn.Module, train) -> None:
+    def bind(self, model: nn.Module, train, config) -> None:
         """Build the kNN graph and a_ij in the auxiliary space; initialise the bank (one no-grad pass)."""
         cfg, device = self.config, self.theta.device
         if len(train) != self.num_train or train.num_classes != self.num_classes:
@@ -381,13 +382,12 @@ class LDLVA(Method):
             raise ValueError(f"model.feature_dim = {model.feature_dim} but ldlva was built with {self.feature_dim}")
         self.labels.copy_(torch.from_numpy(train.labels))
         self._images = torch.from_numpy(train.images)
+        self._augment = config.augment
         if cfg.class_weights:
             self.class_weight.copy_(torch.from_numpy(balanced_class_weights(train.labels, self.num_classes)))
         feats = None
         if cfg.neighbours == "bank" or cfg.aux == "features":
-            run = self.train_config
-            size = cfg.image_size or (run.image_size if run else train.images.shape[1])
-            feats, probs = _embed_all(model, train.images, size, device, run.augment if run else AugmentConfig())
+            feats, probs = _embed_all(model, train.images, cfg.image_size or config.image_size, device, config.augment)
             if cfg.neighbours == "bank":
                 self.bank_feature.copy_(feats)
                 self.bank_prob.copy_(probs)
@@ -436,7 +436,7 @@ class LDLVA(Method):
             raise RuntimeError("ldlva: call bind(model, train) before training")
         gen = torch.Generator().manual_seed(self.config.seed * 1_000_003 + int(self.step))
         raw = self._images[nb.flatten().cpu()].to(nb.device)
-        norm = self.train_config.augment if self.train_config else AugmentConfig()
+        norm = self._augment
         aug = AugmentConfig(pad=self.config.neighbour_pad, erase=0.0, brightness=0.0, contrast=0.0,
                             mean=norm.mean, std=norm.std)
         x, _ = augment_batch(raw, size, aug, gen)
