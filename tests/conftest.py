@@ -5,7 +5,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
+
+# The tests train tiny models on tiny batches: one thread is faster there than two, and does not fight
+# a training job that shares the cores.
+torch.set_num_threads(1)
 
 # Vote rows (neutral, happiness, surprise, sadness, anger, disgust, fear, contempt, unknown, NF) of the tiny
 # FERPlus tree; the comments give the (majority, plurality) label, "-" = dropped.
@@ -78,3 +83,22 @@ def tiny_ferplus_votes() -> dict[str, list[list[int]]]:
 def tiny_ferplus(tmp_path: Path) -> Path:
     """Root of an 11-image FERPlus tree with votes ``TINY_FERPLUS_VOTES``."""
     return _build_ferplus(tmp_path / "ferplus")
+
+
+def _small_votes(n: int, offset: int) -> list[list[int]]:
+    """``n`` vote rows: 7 votes for class (offset + i) % 8, 3 for the next class (plurality = majority = the first)."""
+    rows = []
+    for i in range(n):
+        c = (offset + i) % 8
+        row = [0] * 10
+        row[c], row[(c + 1) % 8] = 7, 3
+        rows.append(row)
+    return rows
+
+
+@pytest.fixture(scope="session")
+def small_ferplus(tmp_path_factory) -> Path:
+    """Root of a 64-image FERPlus tree (48 train, 8 valid, 8 test; every class in each split): big enough to
+    train a few batches end to end, small enough to evaluate in milliseconds."""
+    votes = {"train": _small_votes(48, 0), "valid": _small_votes(8, 3), "test": _small_votes(8, 5)}
+    return _build_ferplus(tmp_path_factory.mktemp("small") / "ferplus", votes)

@@ -1,7 +1,7 @@
 """The method contract, checked for every registered method and each of its ablation variants (as timm tests
 every model in its registry): a newly registered method is covered here with no new test code.
 
-For each (method, variant), on a small stratified subset of the shipped sample with a tiny backbone:
+For each (method, variant), on a 64-image FERPlus tree (``small_ferplus``) with a tiny backbone:
 - the loss of a training step is a finite scalar;
 - a gradient reaches every trainable parameter of the model and of the method, and none reaches a parameter
   or buffer that must not train (momentum encoders, banks);
@@ -30,8 +30,7 @@ from ferlib.engine import TrainConfig, _make_batch
 from ferlib.experiment import RunSpec, build, prepare_data, run
 from ferlib.methods import list_methods, method_class
 
-SAMPLE = Path(__file__).parents[1] / "data" / "ferplus_sample"
-TRAIN_SUBSET, BATCH = 48, 16
+BATCH = 16
 TINY = BackboneConfig(model_kwargs={"channels": [8, 16, 32, 64], "stem_width": 8})
 
 
@@ -58,13 +57,14 @@ def _ids(case) -> str:
 
 
 @pytest.fixture(scope="module")
-def stub_dir(tmp_path_factory) -> Path:
-    """One stub file per source field, aligned with the subset's train split."""
+def stub_dir(tmp_path_factory, small_ferplus) -> Path:
+    """The data root, and one stub file per source field aligned with its train split, in a folder."""
     folder = tmp_path_factory.mktemp("stubs")
-    data, _ = prepare_data(RunSpec(data=str(SAMPLE), train_subset=TRAIN_SUBSET))
+    data, _ = prepare_data(RunSpec(data=str(small_ferplus)))
     n = data.split_counts()["train"]
     for field, make in STUB_SOURCES.items():
         np.save(folder / f"{field}.npy", make(n, np.random.default_rng(0)))
+    (folder / "data").symlink_to(small_ferplus)
     return folder
 
 
@@ -73,10 +73,10 @@ def spec_of(method: str, variant: str | None, stubs: Path, out: Path, epochs: in
     fields = {f.name for f in dataclasses.fields(cls.Config)}
     options = {f: str(stubs / f"{f}.npy") for f in STUB_SOURCES if f in fields}
     options.update(cls.ablations.get(variant, {}) if variant else {})
-    return RunSpec(data=str(SAMPLE), noise="symmetric:0.3", train_subset=TRAIN_SUBSET, method=method,
+    return RunSpec(data=str((stubs / "data").resolve()), noise="symmetric:0.3", method=method,
                    method_options=options, backbone=TINY, out=str(out),
                    train=TrainConfig(epochs=epochs, batch_size=BATCH, image_size=32, progress=False, device="cpu",
-                                     eval_batch_size=64))
+                                     eval_batch_size=64, select_on="valid"))
 
 
 @pytest.mark.parametrize("name", list_methods())

@@ -265,10 +265,11 @@ def test_report_summary_means_and_stds_over_seeds(tmp_path):
     # the index's table: one row per configuration, mean ± std over the two seeds in %, the oracle marked and last
     rows = re.findall(r"<tr(?: class='(oracle)')?>(.*?)</tr>", index.split("<tbody>", 1)[1].split("</tbody>", 1)[0])
     cells = [(oracle, re.findall(r"<td[^>]*>(.*?)</td>", row)) for oracle, row in rows]
-    assert [(oracle, c[0], c[3], c[4]) for oracle, c in cells] == \
-        [("", "ce", "0,1", "2"), ("", "ce", "0", "4"), ("oracle", "ldl_votes (oracle)", "0", "2")]
-    assert cells[0][1][5:9] == ["55.0 ± 7.1", "40.0 ± 0.0", "65.0 ± 7.1", "50.0 ± 0.0"]  # last acc, mean acc; best
-    assert cells[2][1][5] == "80.0"  # a single seed: no std
+    assert [(oracle, c[0], c[1], c[4], c[5]) for oracle, c in cells] == \
+        [("", "ce", "shared", "0,1", "2"), ("", "ce", "shared", "0", "4"),
+         ("oracle", "ldl_votes (oracle)", "shared", "0", "2")]
+    assert cells[0][1][6:10] == ["55.0 ± 7.1", "40.0 ± 0.0", "65.0 ± 7.1", "50.0 ± 0.0"]  # last acc, mean acc; best
+    assert cells[2][1][6] == "80.0"  # a single seed: no std
     assert "(oracle) rows see information" in index
 
 
