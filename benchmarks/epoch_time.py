@@ -1,7 +1,7 @@
 """Training throughput of each method through the one engine: images/s, seconds per epoch, ratio to ``ce``.
 
     python benchmarks/epoch_time.py --data ../shared/data/ferplus --methods ce nla ldlva lanet --steps 30
-    python benchmarks/epoch_time.py --methods ce ldlva:neighbours=faithful     # NAME:KEY=VALUE[,KEY=VALUE]
+    python benchmarks/epoch_time.py --methods ce ldlva:neighbours=bank     # NAME:KEY=VALUE[,KEY=VALUE]
 
 Times ``train_one_epoch`` on the first ``steps`` batches of the (plurality, 8-class) train split after one
 warm-up batch, then extrapolates to a full epoch of the train split. ``bind`` (kNN graphs, landmark

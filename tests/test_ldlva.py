@@ -57,6 +57,7 @@ def bound(train, base_model, **overrides):
     model = copy.deepcopy(base_model)
     overrides.setdefault("num_neighbors", K_NB)
     overrides.setdefault("aux", "features")
+    overrides.setdefault("neighbours", "bank")
     method = create_method("ldlva", num_classes=8, num_train=len(train), feature_dim=model.feature_dim,
                            **overrides)
     method.bind(model, train, TrainConfig(image_size=train.images.shape[1]))
@@ -243,7 +244,7 @@ def test_fit_end_to_end(tmp_path, base_model):
     assert summary["method"] == "ldlva" and np.isfinite(summary["train_loss_last"])
     with np.load(tmp_path / "readout.npz") as z:
         assert z["method_target"].shape == (16, 8) and z["method_lambda"].shape == (16,)
-    assert dataclasses.asdict(method.config)["neighbours"] == "bank"
+    assert dataclasses.asdict(method.config)["neighbours"] == "faithful"  # the official scheme by default
 
 
 def test_landmark_aux_space_on_real_faces(tmp_path, monkeypatch, base_model):
