@@ -668,7 +668,8 @@ def test_ldlva_training_step_and_after_step_match_one_code_step_at_batch_32():
     rng = np.random.default_rng(19)
     n, b = 48, 32
     torch.manual_seed(1)
-    method = create_method("ldlva", num_classes=LDLVA_C, num_train=n, feature_dim=LDLVA_D)
+    method = create_method("ldlva", num_classes=LDLVA_C, num_train=n, feature_dim=LDLVA_D,
+                           neighbours="bank")
     model = FeatureModel(LDLVA_D, LDLVA_C)
     labels_all = rng.integers(0, LDLVA_C, size=n)
     nbr = np.stack([rng.choice(np.delete(np.arange(n), i), LDLVA_KNN, replace=False) for i in range(n)])
