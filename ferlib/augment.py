@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .options import check_types
+
 __all__ = ["AugmentConfig", "augment_batch", "prepare_batch", "make_view", "VIEWS"]
 
 
@@ -50,6 +52,7 @@ class AugmentConfig:
     def __post_init__(self) -> None:
         if self.crop not in ("pad", "resized", "none"):
             raise ValueError(f"AugmentConfig.crop must be 'pad', 'resized' or 'none', got {self.crop!r}")
+        check_types(self, where="AugmentConfig")
         if self.erase_fill not in ("zero", "random"):
             raise ValueError(f"AugmentConfig.erase_fill must be 'zero' or 'random', got {self.erase_fill!r}")
 

@@ -91,8 +91,10 @@ def _pairs(items: list[str], what: str) -> dict:
 
 def spec_from_args(args: argparse.Namespace):
     """Turn parsed ``train`` arguments into a :class:`ferlib.experiment.RunSpec`."""
+    from .augment import AugmentConfig
     from .experiment import RunSpec
     from .methods import parse_overrides
+    from .options import parse_options
 
     options = {"mode": "plurality", "num_classes": 8} if args.dataset in VOTE_DATASETS else {}
     if args.mode is not None:
@@ -101,7 +103,8 @@ def spec_from_args(args: argparse.Namespace):
         options["num_classes"] = args.classes
     options.update(_pairs(args.dataset_opt, "--dataset-opt"))
     train = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
-                           if f.name != "augment"}, augment=_pairs(args.augment_opt, "--augment-opt"))
+                           if f.name != "augment"}, augment=parse_options(AugmentConfig, args.augment_opt,
+                                                                  where="--augment-opt"))
     backbone = BackboneConfig(name=args.backbone, weights=args.weights, small_input=args.small_input,
                               model_kwargs=_pairs(args.backbone_opt, "--backbone-opt"))
     return RunSpec(data=args.data, dataset=args.dataset, dataset_options=options, noise=args.noise,

@@ -27,6 +27,7 @@ from torch import nn
 
 from .augment import AugmentConfig, augment_batch, make_view, prepare_batch
 from .metrics import classification_metrics
+from .options import check_types
 from .results import atomic_savez, atomic_write_text, flatten, write_json
 
 __all__ = ["TrainConfig", "fit", "train_one_epoch", "evaluate", "predict", "seed_everything",
@@ -79,6 +80,7 @@ class TrainConfig:
         for key, valid in (("optimizer", OPTIMIZERS), ("scheduler", SCHEDULERS), ("select_on", ("valid", "test"))):
             if getattr(self, key) not in valid:
                 raise ValueError(f"TrainConfig.{key} must be one of {valid}, got {getattr(self, key)!r}")
+        check_types(self, where="TrainConfig")
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError("TrainConfig.epochs and batch_size must be >= 1")
 

@@ -60,8 +60,13 @@ class RunSpec:
             self.backbone = BackboneConfig(**self.backbone)
         if isinstance(self.train, dict):
             self.train = TrainConfig(**self.train)
+        from .methods import method_config
+        from .noise import NoiseSpec
+
+        self.noise = str(NoiseSpec.parse(self.noise))  # "symmetric:0.30" and "symmetric:0.3": one run
         self.train = resolve_recipe(self.method, self.recipe, self.train)
         self.method_options = recipe_method_options(self.method, self.recipe, self.method_options)
+        method_config(self.method, **self.method_options)  # a bad option fails here, before any data loads
 
 
 _NOT_IN_ID = {"out", "train.progress", "train.device", "train.eval_batch_size", "train.save_features"}

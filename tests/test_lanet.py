@@ -279,6 +279,9 @@ def test_ablation_flags_remove_their_terms_and_modules(train_data, landmark_file
 def test_config_validation_and_cli_options():
     with pytest.raises(ValueError, match="use_contrastive"):
         LANetConfig(use_landmark_branch=False)
-    assert LANetConfig(graph_batch="128", positive_batch="none").graph_batch == 128
+    with pytest.raises(ValueError, match="graph_batch"):
+        LANetConfig(graph_batch=1)
+    assert parse_overrides("lanet", ["graph_batch=128", "positive_batch=none"]) == {"graph_batch": 128,
+                                                                                   "positive_batch": None}
     opts = parse_overrides("lanet", ["positive_batch=64", "use_lde=false", "K=4"])
     assert LANetConfig(**opts).positive_batch == 64 and opts["K"] == 4 and opts["use_lde"] is False

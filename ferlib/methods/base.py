@@ -37,7 +37,10 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["Method", "register_method", "create_method", "list_methods", "method_class", "parse_overrides"]
+from ..options import check_types, parse_options
+
+__all__ = ["Method", "register_method", "create_method", "method_config", "list_methods", "method_class",
+           "parse_overrides"]
 
 _REGISTRY: dict[str, type["Method"]] = {}
 
@@ -151,36 +154,25 @@ def method_class(name: str) -> type[Method]:
         raise ValueError(f"unknown method {name!r}; valid: {', '.join(list_methods())}") from None
 
 
-def create_method(name: str, *, num_classes: int, num_train: int, feature_dim: int, **overrides) -> Method:
-    """Build a method by name with its paper defaults, replaced by ``overrides`` (config field names)."""
+def method_config(name: str, **overrides):
+    """The validated config of method ``name``: its paper defaults replaced by ``overrides``. An unknown option,
+    a value of the wrong type or an invalid value raises ValueError naming the method and the option."""
     cls = method_class(name)
     fields = {f.name for f in dataclasses.fields(cls.Config)}
     unknown = set(overrides) - fields
     if unknown:
         raise ValueError(f"unknown option(s) {sorted(unknown)} for method {name!r}; valid: {', '.join(sorted(fields))}")
     config = cls.Config(**overrides)
-    return cls(config, num_classes=num_classes, num_train=num_train, feature_dim=feature_dim)
+    check_types(config, where=f"method {name!r}")
+    return config
+
+
+def create_method(name: str, *, num_classes: int, num_train: int, feature_dim: int, **overrides) -> Method:
+    """Build a method by name with its paper defaults, replaced by ``overrides`` (config field names)."""
+    return method_class(name)(method_config(name, **overrides), num_classes=num_classes, num_train=num_train,
+                              feature_dim=feature_dim)
 
 
 def parse_overrides(name: str, pairs: list[str]) -> dict:
     """Turn ``["key=value", ...]`` into typed overrides of method ``name``'s config (types from the dataclass)."""
-    cls = method_class(name)
-    types = {f.name: f.type for f in dataclasses.fields(cls.Config)}
-    out = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or key not in types:
-            raise ValueError(f"bad method option {pair!r} for {name!r}: expected key=value with key in {sorted(types)}")
-        out[key] = _coerce(value, types[key], key)
-    return out
-
-
-def _coerce(value: str, typ, key: str):
-    typ = typ if isinstance(typ, str) else getattr(typ, "__name__", str(typ))
-    if typ == "bool":
-        if value.lower() not in ("true", "false", "1", "0"):
-            raise ValueError(f"option {key!r} expects true/false, got {value!r}")
-        return value.lower() in ("true", "1")
-    if typ in ("int", "float"):
-        return {"int": int, "float": float}[typ](value)
-    return value
+    return parse_options(method_class(name).Config, pairs, where=f"method {name!r}")

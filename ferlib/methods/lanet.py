@@ -136,11 +136,8 @@ class LANetConfig:
     use_landmark_branch: bool = True
 
     def __post_init__(self) -> None:
-        for key in ("graph_batch", "positive_batch"):  # the CLI gives strings for "int | None"
-            value = getattr(self, key)
-            if isinstance(value, str):
-                object.__setattr__(self, key, None if value.lower() in ("", "none", "0") else int(value))
-            if getattr(self, key) is not None and getattr(self, key) < 2:
+        for key in ("graph_batch", "positive_batch"):
+            if isinstance(getattr(self, key), int) and getattr(self, key) < 2:
                 raise ValueError(f"LANetConfig.{key} must be None or >= 2, got {getattr(self, key)!r}")
         for key in ("K", "banksize"):
             if getattr(self, key) < 1:

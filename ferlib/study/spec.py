@@ -124,9 +124,8 @@ class StudySpec:
         from ferlib.backbones import BackboneConfig
         from ferlib.data import list_datasets
         from ferlib.engine import TrainConfig
-        from ferlib.methods import method_class
+        from ferlib.methods import method_class, method_config
         from ferlib.noise import NoiseSpec
-
         from ferlib.recipes import RECIPES
 
         if self.dataset not in list_datasets():
@@ -151,6 +150,10 @@ class StudySpec:
         for method, options in self.method_options.items():
             valid = [f.name for f in dataclasses.fields(method_class(method).Config)]
             _checked_keys(options or {}, valid, f"method_options.{method}")
+            try:
+                method_config(method, **(options or {}))
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"method_options.{method}: {exc}") from None
         self.notebook_parameters = _checked_notebook_parameters(self.notebook_parameters)
         self.notebooks = _str_list(self.notebooks, "notebooks")
         _no_duplicates(self.notebooks, "notebooks")
