@@ -102,3 +102,28 @@ def small_ferplus(tmp_path_factory) -> Path:
     train a few batches end to end, small enough to evaluate in milliseconds."""
     votes = {"train": _small_votes(48, 0), "valid": _small_votes(8, 3), "test": _small_votes(8, 5)}
     return _build_ferplus(tmp_path_factory.mktemp("small") / "ferplus", votes)
+
+
+@pytest.fixture
+def interrupted(monkeypatch):
+    """``interrupted(train)``: call ``train()`` with the engine's second epoch raising KeyboardInterrupt (a
+    simulated crash after the first epoch's checkpoint), then restore the engine."""
+    from ferlib import engine
+
+    def run_until_crash(train) -> None:
+        real_epoch, calls = engine.train_one_epoch, {"n": 0}
+
+        def crash_in_second_epoch(*args, **kwargs):
+            calls["n"] += 1
+            if calls["n"] == 2:
+                raise KeyboardInterrupt("simulated crash")
+            return real_epoch(*args, **kwargs)
+
+        monkeypatch.setattr(engine, "train_one_epoch", crash_in_second_epoch)
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                train()
+        finally:
+            monkeypatch.setattr(engine, "train_one_epoch", real_epoch)
+
+    return run_until_crash

@@ -11,7 +11,6 @@ import pandas as pd
 import pytest
 import torch
 
-from ferlib import engine
 from ferlib.augment import AugmentConfig, augment_batch, prepare_batch
 from ferlib.backbones import BackboneConfig, create_model
 from ferlib.data.dataset import FERData
@@ -74,24 +73,12 @@ def test_run_files_describe_the_run(tmp_path):
     assert "valid" in result["selection"] and "TEST" not in result["selection"]
 
 
-def test_resume_after_interruption_equals_uninterrupted_run(tmp_path, monkeypatch):
+def test_resume_after_interruption_equals_uninterrupted_run(tmp_path, interrupted):
     data = synthetic()
     full = tiny_fit(data, tmp_path / "full", epochs=3)
 
-    real_epoch = engine.train_one_epoch
-    calls = {"n": 0}
-
-    def crash_on_second_epoch(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt("simulated crash")
-        return real_epoch(*args, **kwargs)
-
-    monkeypatch.setattr(engine, "train_one_epoch", crash_on_second_epoch)
-    with pytest.raises(KeyboardInterrupt):
-        tiny_fit(data, tmp_path / "resumed", epochs=3)
+    interrupted(lambda: tiny_fit(data, tmp_path / "resumed", epochs=3))
     assert not (tmp_path / "resumed" / "result.json").exists()
-    monkeypatch.setattr(engine, "train_one_epoch", real_epoch)
     resumed = tiny_fit(data, tmp_path / "resumed", epochs=3)
 
     assert resumed["last"] == full["last"]

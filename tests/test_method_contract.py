@@ -24,7 +24,6 @@ import pandas as pd
 import pytest
 import torch
 
-from ferlib import engine
 from ferlib.backbones import BackboneConfig
 from ferlib.engine import TrainConfig, _make_batch
 from ferlib.experiment import RunSpec, build, prepare_data, run
@@ -144,7 +143,7 @@ def _assert_identical(a: Path, b: Path) -> None:
 
 
 @pytest.mark.parametrize("case", cases(), ids=_ids)
-def test_runs_are_reproducible_resumable_and_score_every_sample(case, stub_dir, tmp_path, monkeypatch):
+def test_runs_are_reproducible_resumable_and_score_every_sample(case, stub_dir, tmp_path, interrupted):
     first = run(spec_of(*case, stub_dir, tmp_path / "a"))
     second = run(spec_of(*case, stub_dir, tmp_path / "b"))
     rid = first["run_id"]
@@ -156,18 +155,7 @@ def test_runs_are_reproducible_resumable_and_score_every_sample(case, stub_dir, 
     n = first["split_counts"]["train"]
     assert score.shape == (n,) and np.isfinite(score).all()
 
-    real_epoch, calls = engine.train_one_epoch, {"n": 0}
-
-    def crash_in_second_epoch(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt("simulated crash")
-        return real_epoch(*args, **kwargs)
-
-    monkeypatch.setattr(engine, "train_one_epoch", crash_in_second_epoch)
-    with pytest.raises(KeyboardInterrupt):
-        run(spec_of(*case, stub_dir, tmp_path / "c"))
+    interrupted(lambda: run(spec_of(*case, stub_dir, tmp_path / "c")))
     assert not (tmp_path / "c" / rid / "result.json").exists()
-    monkeypatch.setattr(engine, "train_one_epoch", real_epoch)
     run(spec_of(*case, stub_dir, tmp_path / "c"))
     _assert_identical(tmp_path / "a" / rid, tmp_path / "c" / rid)
