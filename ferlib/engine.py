@@ -43,7 +43,8 @@ class TrainConfig:
 
     optimizer : ``adam`` | ``adamw`` | ``sgd`` (SGD uses ``momentum``, Nesterov off).
     scheduler : ``exponential`` (lr * gamma^epoch, SCN/RUL/EAC/NLA), ``step`` (lr * gamma^(epoch // step_size)),
-        ``multistep`` (lr * gamma^(number of ``milestones`` <= epoch), LDLVA), ``cosine`` (to 0 over the run), ``linear`` (to 0 over the run, per iteration, as LA-Net) or ``none``.
+        ``multistep`` (lr * gamma^(number of ``milestones`` <= epoch), LDLVA), ``cosine`` (to 0 over the run),
+        ``linear`` (to 0 over the run, per iteration, as LA-Net) or ``none``.
         Every schedule is evaluated per iteration, so resuming mid-run is exact.
     image_size : side in pixels the network sees (images are resized on the device).
     amp : bfloat16 autocast on CUDA (ignored on CPU).
@@ -73,7 +74,7 @@ class TrainConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def __post_init__(self) -> None:
-        self.milestones = tuple(int(m) for m in self.milestones)
+        self.milestones = tuple(self.milestones)
         if isinstance(self.augment, dict):
             self.augment = AugmentConfig(**{k: tuple(v) if isinstance(v, list) else v
                                             for k, v in self.augment.items()})
@@ -83,6 +84,8 @@ class TrainConfig:
         check_types(self, where="TrainConfig")
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError("TrainConfig.epochs and batch_size must be >= 1")
+        if not all(isinstance(m, int) and m >= 0 for m in self.milestones):
+            raise ValueError(f"TrainConfig.milestones must be epochs (integers >= 0), got {self.milestones!r}")
 
 
 # --------------------------------------------------------------------------- building blocks

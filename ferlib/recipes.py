@@ -123,4 +123,6 @@ def recipe_source(method: str, recipe: str) -> str:
     found = paper_recipe(method) if recipe == "paper" else None
     if recipe == "paper" and found is None:
         return f"no official recipe for {method!r}: the shared settings"
-    return found.source if found else "shared: the run's own settings, the same for every method"
+    if found is None:
+        return "shared: the run's own settings, the same for every method"
+    return f"{found.source}; not reproduced: {found.unmatched}"
