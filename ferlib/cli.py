@@ -8,6 +8,7 @@ import sys
 
 from .backbones import BackboneConfig
 from .engine import TrainConfig
+from .noise import protocol_help
 
 __all__ = ["main", "build_parser", "spec_from_args"]
 
@@ -38,8 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--classes", type=int, default=None, help="7 or 8 (default: the reader's)")
     tr.add_argument("--dataset-opt", action="append", default=[], metavar="KEY=VALUE",
                     help="extra reader option (repeatable), e.g. image_size=64")
-    tr.add_argument("--noise", default="none", help="noise spec: none | symmetric:R | class_dependent:R | "
-                                                     "annotator | imbalance:RHO, joined with '+'")
+    tr.add_argument("--noise", default="none", help=f"noise spec, steps joined with '+': {protocol_help()}")
     tr.add_argument("--train-subset", type=int, default=None, help="stratified number of train images")
     tr.add_argument("--method", default="ce", help="method name (python -m ferlib methods)")
     tr.add_argument("--method-opt", action="append", default=[], metavar="KEY=VALUE",

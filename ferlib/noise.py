@@ -23,12 +23,16 @@ Protocols
 
 The front door is :func:`apply_noise`, which applies a :class:`NoiseSpec` such as
 ``"imbalance:20+symmetric:0.3"`` to the train split of a :class:`~ferlib.data.dataset.FERData`.
+
+A new protocol is one function registered with :func:`register_noise` (its name, what its number means,
+whether it relabels or subsamples, and an optional check of the data); specs, the CLI and the study accept
+it at once.
 """
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from types import MappingProxyType
 
 import numpy as np
@@ -39,6 +43,10 @@ from ferlib.data.dataset import FERData
 __all__ = [
     "DEFAULT_PAIR_MAP",
     "PROTOCOLS",
+    "NoiseProtocol",
+    "NoiseContext",
+    "register_noise",
+    "protocol_help",
     "NoiseSpec",
     "symmetric_noise",
     "class_dependent_noise",
@@ -64,16 +72,65 @@ DEFAULT_PAIR_MAP: Mapping[str, str] = MappingProxyType({
     "contempt": "neutral",
 })
 
-#: Protocol name -> what its parameter means (None: it takes none).
-PROTOCOLS: Mapping[str, str | None] = MappingProxyType({
-    "none": None,
-    "symmetric": "rate",
-    "class_dependent": "rate",
-    "annotator": None,
-    "imbalance": "factor",
-})
 
-_PROTOCOL_HELP = "none, symmetric:<rate>, class_dependent:<rate>, annotator, imbalance:<factor>"
+# ---------------------------------------------------------------------------------------- the registry
+@dataclass(frozen=True)
+class NoiseContext:
+    """What a protocol's step sees besides the current train labels.
+
+    num_classes : C. votes : (n, K) vote counts of the train samples, or None when the data has none.
+    extra : what the protocols' ``prepare`` functions returned (e.g. ``pair_target`` of ``class_dependent``).
+    """
+
+    num_classes: int
+    votes: np.ndarray | None = None
+    extra: Mapping = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class NoiseProtocol:
+    """A registered noise protocol (see :func:`register_noise`).
+
+    name : its name in specs. param : what its number means (``rate`` in [0, 1), ``factor`` >= 1), or None.
+    kind : ``labels`` (``step`` returns the new labels (n,) of the train samples) or ``subset`` (``step``
+    returns the sorted positions of the train samples kept). step : ``step(given, value, rng, context)``
+    with ``given`` (n,) the current train labels, ``value`` the checked parameter or None, ``rng`` the run's
+    ``np.random.Generator`` and ``context`` a :class:`NoiseContext`. prepare : None, or
+    ``prepare(data, pair_map) -> dict`` called once before any draw: it checks the data (ValueError naming
+    what is missing) and returns entries for ``context.extra``.
+    """
+
+    name: str
+    param: str | None
+    kind: str
+    step: Callable
+    prepare: Callable | None = None
+
+
+_REGISTRY: dict[str, NoiseProtocol] = {}
+_PARAMS: dict[str, str | None] = {}
+#: Protocol name -> what its parameter means (None: it takes none); a live view of the registry.
+PROTOCOLS: Mapping[str, str | None] = MappingProxyType(_PARAMS)
+
+
+def register_noise(name: str, *, param: str | None = None, kind: str = "labels", prepare: Callable | None = None):
+    """Decorator registering ``step`` as noise protocol ``name`` (see :class:`NoiseProtocol`)."""
+    if param not in (None, *_PARAM_CHECKS) or kind not in ("labels", "subset"):
+        raise ValueError(f"noise protocol {name!r}: param must be None, 'rate' or 'factor' and kind 'labels' or "
+                         f"'subset', got {param!r}, {kind!r}")
+
+    def add(step: Callable) -> Callable:
+        if name in _REGISTRY:
+            raise ValueError(f"noise protocol {name!r} is already registered")
+        _REGISTRY[name] = NoiseProtocol(name, param, kind, step, prepare)
+        _PARAMS[name] = param
+        return step
+
+    return add
+
+
+def protocol_help() -> str:
+    return ", ".join(name if param is None else f"{name}:<{param}>" for name, param in _PARAMS.items())
 
 
 # ---------------------------------------------------------------------------------------- validation
@@ -117,6 +174,10 @@ def _check_rate(rate) -> float:
 
 def _check_factor(factor) -> float:
     return _check_number(factor, "imbalance factor", lambda f: math.isfinite(f) and f >= 1.0, "a finite number >= 1")
+
+
+_PARAM_CHECKS = {"rate": _check_rate, "factor": _check_factor}
+_PARAM_EXAMPLES = {"rate": "0.3", "factor": "50"}
 
 
 def _check_votes(votes) -> np.ndarray:
@@ -448,17 +509,16 @@ class NoiseSpec:
 
     def __post_init__(self) -> None:
         if self.protocol not in PROTOCOLS:
-            raise ValueError(f"unknown noise protocol {self.protocol!r}; valid protocols: {_PROTOCOL_HELP}")
+            raise ValueError(f"unknown noise protocol {self.protocol!r}; valid protocols: {protocol_help()}")
         param = PROTOCOLS[self.protocol]
         if param is None:
             if self.rate is not None:
                 raise ValueError(f"noise protocol {self.protocol!r} takes no parameter, got {self.rate!r}")
         elif self.rate is None:
             raise ValueError(f"noise protocol {self.protocol!r} needs a {param}, e.g. {self.protocol}:"
-                             f"{'0.3' if param == 'rate' else '50'}")
+                             f"{_PARAM_EXAMPLES[param]}")
         else:
-            value = _check_rate(self.rate) if param == "rate" else _check_factor(self.rate)
-            object.__setattr__(self, "rate", value)
+            object.__setattr__(self, "rate", _PARAM_CHECKS[param](self.rate))
         if self.then is not None:
             if not isinstance(self.then, NoiseSpec):
                 raise ValueError(f"then must be a NoiseSpec or None, got {type(self.then).__name__}")
@@ -507,13 +567,13 @@ class NoiseSpec:
                 NoiseSpec(name, rate)  # validate the step alone
             except ValueError as err:
                 raise ValueError(f"bad noise spec {text!r}: in {part.strip()!r}: {err}; "
-                                 f"valid protocols: {_PROTOCOL_HELP}") from None
+                                 f"valid protocols: {protocol_help()}") from None
         spec = None
         try:
             for name, rate in reversed(steps):
                 spec = cls(name, rate, spec)
         except ValueError as err:
-            raise ValueError(f"bad noise spec {text!r}: {err}; valid protocols: {_PROTOCOL_HELP}") from None
+            raise ValueError(f"bad noise spec {text!r}: {err}; valid protocols: {protocol_help()}") from None
         return spec
 
 
@@ -558,58 +618,41 @@ def apply_noise(data: FERData, spec: "str | NoiseSpec", *, seed: int,
     _check_seed(seed)
     if not isinstance(data, FERData):
         raise ValueError(f"data must be a FERData, got {type(data).__name__}")
-    names = list(data.classes)
-    c = data.num_classes
-    steps = spec.steps
-    if any(s.protocol == "annotator" for s in steps):
-        if data.votes is None:
-            raise ValueError(f"noise spec {str(spec)!r} uses 'annotator', which needs human vote counts; "
-                             f"dataset {data.name or '?'!r} has none (only FERPlus has votes)")
-    target = None
-    if any(s.protocol == "class_dependent" for s in steps):
-        if tuple(names) != tuple(CLASSES_8[:c]):
-            raise ValueError(f"class_dependent noise needs the canonical class order, got {names}")
-        target = _resolve_pair_map(pair_map, c)
-
-    train = data.split == "train"
-    if not train.any():
+    if not (data.split == "train").any():
         raise ValueError("data has no train samples to add noise to")
-    if data.votes is not None and any(s.protocol == "annotator" for s in steps):
-        zero = np.flatnonzero(train & (np.asarray(data.votes).sum(axis=1) <= 0))
-        if zero.size:
-            ids = ", ".join(map(str, data.ids[zero[:5]])) + (" ..." if zero.size > 5 else "")
-            raise ValueError(f"{zero.size} train image(s) have no emotion votes (rows {zero[:5].tolist()}, "
-                             f"ids {ids}); annotator noise needs at least one vote per image")
+    names, c = list(data.classes), data.num_classes
+    extra: dict = {}
+    for name in dict.fromkeys(s.protocol for s in spec.steps):  # each protocol's check, once, before any draw
+        prepare = _REGISTRY[name].prepare
+        if prepare is not None:
+            try:
+                extra.update(prepare(data, pair_map))
+            except ValueError as err:
+                raise ValueError(f"noise spec {str(spec)!r}: {err}") from None
 
     rng = np.random.default_rng(seed)
     out = data.with_labels(data.labels)  # clean_labels := the current clean labels, for every sample
     step_reports = []
-    for step in steps:
+    for step in spec.steps:
+        protocol = _REGISTRY[step.protocol]
         train = out.split == "train"
         idx = np.flatnonzero(train)
         given = out.labels[idx]
+        votes = None if out.votes is None else np.asarray(out.votes[idx])
+        result = protocol.step(given, step.rate, rng, NoiseContext(c, votes, extra))
         rec: dict = {"protocol": step.protocol, "rate": step.rate}
-        if step.protocol == "none":
-            pass
-        elif step.protocol == "imbalance":
+        if protocol.kind == "subset":
             before = np.bincount(given, minlength=c)
-            keep = _imbalance(given, float(step.rate), c, rng)
             mask = ~train
-            mask[idx[keep]] = True
+            mask[idx[result]] = True
             out = out.select(mask)
             after = np.bincount(out.labels[out.split == "train"], minlength=c)
             rec.update(counts_before={names[i]: int(before[i]) for i in range(c)},
                        counts_after={names[i]: int(after[i]) for i in range(c)},
-                       kept=int(len(keep)), removed=int(len(idx) - len(keep)))
+                       kept=int(len(result)), removed=int(len(idx) - len(result)))
         else:
-            if step.protocol == "symmetric":
-                new = _symmetric(given, float(step.rate), c, rng)
-            elif step.protocol == "class_dependent":
-                new = _class_dependent(given, float(step.rate), target, rng)
-            else:  # annotator
-                new = _annotator(np.asarray(out.votes[idx], dtype=np.float64), rng)
             labels = out.labels.copy()
-            labels[idx] = new
+            labels[idx] = result
             out = out.with_labels(labels)  # keeps the clean labels already stored
         step_reports.append(rec)
 
@@ -621,3 +664,48 @@ def apply_noise(data: FERData, spec: "str | NoiseSpec", *, seed: int,
         "train": _report(out.clean_labels[train], out.labels[train], names),
     }
     return out, report
+
+
+# ---------------------------------------------------------------------------------------- the protocols
+@register_noise("none")
+def _no_noise(given: np.ndarray, value, rng: np.random.Generator, context: NoiseContext) -> np.ndarray:
+    return given
+
+
+@register_noise("symmetric", param="rate")
+def _symmetric_step(given: np.ndarray, rate: float, rng: np.random.Generator, context: NoiseContext) -> np.ndarray:
+    return _symmetric(given, rate, context.num_classes, rng)
+
+
+def _prepare_class_dependent(data: FERData, pair_map: Mapping[str, str]) -> dict:
+    if tuple(data.classes) != tuple(CLASSES_8[:data.num_classes]):
+        raise ValueError(f"class_dependent noise needs the canonical class order, got {list(data.classes)}")
+    return {"pair_target": _resolve_pair_map(pair_map, data.num_classes)}
+
+
+@register_noise("class_dependent", param="rate", prepare=_prepare_class_dependent)
+def _class_dependent_step(given: np.ndarray, rate: float, rng: np.random.Generator,
+                          context: NoiseContext) -> np.ndarray:
+    return _class_dependent(given, rate, context.extra["pair_target"], rng)
+
+
+def _prepare_annotator(data: FERData, pair_map: Mapping[str, str]) -> dict:
+    if data.votes is None:
+        raise ValueError(f"'annotator' needs human vote counts; dataset {data.name or '?'!r} has none "
+                         "(only FERPlus has votes)")
+    zero = np.flatnonzero((data.split == "train") & (np.asarray(data.votes).sum(axis=1) <= 0))
+    if zero.size:
+        ids = ", ".join(map(str, data.ids[zero[:5]])) + (" ..." if zero.size > 5 else "")
+        raise ValueError(f"{zero.size} train image(s) have no emotion votes (rows {zero[:5].tolist()}, "
+                         f"ids {ids}); annotator noise needs at least one vote per image")
+    return {}
+
+
+@register_noise("annotator", prepare=_prepare_annotator)
+def _annotator_step(given: np.ndarray, value, rng: np.random.Generator, context: NoiseContext) -> np.ndarray:
+    return _annotator(np.asarray(context.votes, dtype=np.float64), rng)
+
+
+@register_noise("imbalance", param="factor", kind="subset")
+def _imbalance_step(given: np.ndarray, factor: float, rng: np.random.Generator, context: NoiseContext) -> np.ndarray:
+    return _imbalance(given, factor, context.num_classes, rng)

@@ -362,3 +362,34 @@ def test_apply_noise_seven_classes_class_dependent():
     assert out.labels.max() < 7
     assert "contempt" not in rep["train"]["per_class_rate"]
     assert all(abs(r - 0.5) < 0.15 for r in rep["train"]["per_class_rate"].values())
+
+
+def test_a_new_protocol_is_one_registered_function(monkeypatch):
+    """Adding a protocol takes one decorated function: specs, validation and apply_noise accept it at once."""
+    from ferlib import noise
+
+    monkeypatch.setattr(noise, "_REGISTRY", dict(noise._REGISTRY))
+    monkeypatch.setattr(noise, "_PARAMS", dict(noise._PARAMS))
+    monkeypatch.setattr(noise, "PROTOCOLS", noise.MappingProxyType(noise._PARAMS))
+
+    @noise.register_noise("next_class", param="rate")
+    def _next_class(given, rate, rng, context):
+        """Every label moves to the next class with probability ``rate``."""
+        flip = rng.random(len(given)) < rate
+        return np.where(flip, (given + 1) % context.num_classes, given)
+
+    spec = noise.NoiseSpec.parse("next_class:0.5+symmetric:0.1")
+    assert str(spec) == "next_class:0.5+symmetric:0.1"
+    assert "next_class:<rate>" in noise.protocol_help()
+    with pytest.raises(ValueError, match=r"\[0, 1\)"):
+        noise.NoiseSpec.parse("next_class:2")
+    rng = np.random.default_rng(0)
+    n = 400
+    data = FERData(images=np.zeros((n, 4, 4, 1), np.uint8), labels=rng.integers(0, 8, n), split=np.full(n, "train"),
+                   ids=np.arange(n).astype(str), classes=CLASSES_8)
+    out, report = noise.apply_noise(data, "next_class:0.5", seed=0)
+    moved = out.labels != out.clean_labels
+    assert 0.4 < moved.mean() < 0.6 and np.all(out.labels[moved] == (out.clean_labels[moved] + 1) % 8)
+    assert report["steps"] == [{"protocol": "next_class", "rate": 0.5}]
+    with pytest.raises(ValueError, match="already registered"):
+        noise.register_noise("next_class")(_next_class)
