@@ -60,7 +60,7 @@ def main() -> None:
     p.add_argument("--image-size", type=int, default=48)
     p.add_argument("--device", default="auto")
     args = p.parse_args()
-    data = load_dataset("ferplus", args.data, mode="plurality", num_classes=8)
+    data = load_dataset("ferplus", args.data)
     cfg = TrainConfig(batch_size=args.batch_size, image_size=args.image_size, device=args.device, progress=False)
     print(f"device={resolve_device(args.device)} threads={torch.get_num_threads()} batch={args.batch_size} "
           f"size={args.image_size}px")

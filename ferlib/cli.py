@@ -12,7 +12,6 @@ from .noise import protocol_help
 
 __all__ = ["main", "build_parser", "spec_from_args"]
 
-VOTE_DATASETS = ("ferplus", "fer2013")  # readers with FERPlus label modes
 
 
 def _add_dataclass_flags(parser: argparse.ArgumentParser, cls, skip: tuple[str, ...] = ()) -> None:
@@ -96,7 +95,7 @@ def spec_from_args(args: argparse.Namespace):
     from .methods import parse_overrides
     from .options import parse_options
 
-    options = {"mode": "plurality", "num_classes": 8} if args.dataset in VOTE_DATASETS else {}
+    options = {}  # the reader's defaults, unless given
     if args.mode is not None:
         options["mode"] = args.mode
     if args.classes is not None:

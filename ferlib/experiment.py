@@ -19,7 +19,7 @@ from .engine import TrainConfig, fit, seed_everything
 from .recipes import recipe_method_options, recipe_source, resolve_recipe
 from .results import collect_results, flatten, write_json, write_table
 
-__all__ = ["RunSpec", "run", "build", "run_id", "prepare_data", "stratified_subset"]
+__all__ = ["RunSpec", "run", "build", "run_id", "prepare_data", "carve_valid", "stratified_subset"]
 
 
 @dataclass
@@ -28,13 +28,18 @@ class RunSpec:
 
     data : dataset root (a folder in the reader's layout).
     dataset : reader name (:func:`ferlib.data.list_datasets`).
-    dataset_options : reader options, e.g. ``{"mode": "plurality", "num_classes": 8}`` for FERPlus.
+    dataset_options : reader options (:func:`ferlib.data.load_dataset`); {} = the reader's defaults (FERPlus:
+        ``mode="plurality", num_classes=8``).
     noise : noise spec (:mod:`ferlib.noise`), e.g. ``"symmetric:0.3"``; applied to the train split only,
         seeded with ``noise_seed`` (so a seed always gives the same flipped labels, whatever the method).
     noise_seed : seed of the noise draw; None (default) = ``train.seed``. Fix it while varying ``train.seed``
         to measure training variance with the flipped labels held fixed.
     train_subset : keep only this many training images (stratified by given label, fixed seed 0, BEFORE
         noise), so that short CPU profiles keep every method on the same images. None = all.
+    valid_fraction : for a dataset without a validation split (RAF-DB, AffectNet): this share of the train
+        split becomes the validation split (stratified by label, fixed seed 0, before the train subset and the
+        noise), so the best epoch is still selected on validation data, never on test. 0 = carve none (then
+        only ``select_on="test"`` can pick a best epoch). Datasets with a validation split keep theirs.
     method, method_options : registry name and config overrides (:func:`ferlib.methods.create_method`).
     recipe : ``shared`` (default: ``train`` as given, one budget for every method) or ``paper`` (the method's
         official recipe, :mod:`ferlib.recipes`, replaces the fields it names in ``train`` and adds its method
@@ -44,9 +49,10 @@ class RunSpec:
 
     data: str
     dataset: str = "ferplus"
-    dataset_options: dict = field(default_factory=lambda: {"mode": "plurality", "num_classes": 8})
+    dataset_options: dict = field(default_factory=dict)
     noise: str = "none"
     train_subset: int | None = None
+    valid_fraction: float = 0.1
     method: str = "ce"
     method_options: dict = field(default_factory=dict)
     recipe: str = "shared"
@@ -67,6 +73,8 @@ class RunSpec:
         self.train = resolve_recipe(self.method, self.recipe, self.train)
         self.method_options = recipe_method_options(self.method, self.recipe, self.method_options)
         method_config(self.method, **self.method_options)  # a bad option fails here, before any data loads
+        if not 0 <= self.valid_fraction < 1:
+            raise ValueError(f"RunSpec.valid_fraction must lie in [0, 1), got {self.valid_fraction!r}")
 
 
 _NOT_IN_ID = {"out", "train.progress", "train.device", "train.eval_batch_size", "train.save_features"}
@@ -94,12 +102,24 @@ def stratified_subset(labels: np.ndarray, n: int, *, seed: int = 0) -> np.ndarra
     return np.sort(np.concatenate(keep))
 
 
+def carve_valid(data, fraction: float, *, seed: int = 0):
+    """``data`` with a stratified ``fraction`` of its train split moved into the ``valid`` split."""
+    train = np.flatnonzero(data.split == "train")
+    picked = train[stratified_subset(data.labels[train], max(1, round(fraction * len(train))), seed=seed)]
+    split = data.split.copy()
+    split[picked] = "valid"
+    return dataclasses.replace(data, split=split)
+
+
 def prepare_data(spec: RunSpec):
-    """Load the dataset, cut the train subset, inject noise. Returns ``(data, noise_report)``."""
+    """Load the dataset, carve a validation split if it has none, cut the train subset, inject noise.
+    Returns ``(data, noise_report)``."""
     from .data import load_dataset
     from .noise import apply_noise
 
     data = load_dataset(spec.dataset, spec.data, **spec.dataset_options)
+    if spec.valid_fraction and not data.split_counts()["valid"]:
+        data = carve_valid(data, spec.valid_fraction)
     if spec.train_subset:
         is_train = data.split == "train"
         keep = np.ones(len(data), bool)

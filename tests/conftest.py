@@ -127,3 +127,41 @@ def interrupted(monkeypatch):
             monkeypatch.setattr(engine, "train_one_epoch", real_epoch)
 
     return run_until_crash
+
+
+def _write_rafdb(root: Path, lines: list[str]) -> Path:
+    """A RAF-DB basic tree: lines ``train_00001.jpg 5``; image i is a 100x100 RGB face filled with 20 * i mod 256."""
+    (root / "EmoLabel").mkdir(parents=True)
+    (root / "EmoLabel" / "list_patition_label.txt").write_text("\n".join(lines) + "\n")
+    for i, line in enumerate(lines):
+        stem = line.split()[0].rsplit(".", 1)[0]
+        _write_image(root / "Image" / "aligned" / f"{stem}_aligned.jpg", 20 * i % 256, size=(100, 100), mode="RGB")
+    return root
+
+
+def _write_affectnet(root: Path, rows: list[tuple[str, str, int]]) -> Path:
+    """rows: (csv name, file path, expression); images 40x30 RGB, left half black, right half white."""
+    img = np.zeros((30, 40, 3), np.uint8)
+    img[:, 20:] = 255
+    header = "subDirectory_filePath,face_x,face_y,face_width,face_height,facial_landmarks,expression,valence,arousal"
+    text = {"training.csv": [header], "validation.csv": [header]}
+    for i, (csv_name, rel, expr) in enumerate(rows):
+        text[csv_name].append(f'{rel},20,0,20,30,"1.0;2.0",{expr},0.{i},-0.{i}')
+        _write_image(root / "Manually_Annotated_Images" / rel, img, mode="RGB")
+    lists = root / "Manually_Annotated_file_lists"
+    lists.mkdir(parents=True)
+    for name, lines in text.items():
+        (lists / name).write_text("\n".join(lines) + "\n")
+    return root
+
+
+@pytest.fixture
+def write_rafdb():
+    """The function ``write_rafdb(root, lines) -> root`` (a RAF-DB basic tree)."""
+    return _write_rafdb
+
+
+@pytest.fixture
+def write_affectnet():
+    """The function ``write_affectnet(root, rows) -> root`` (an AffectNet manual-annotation tree)."""
+    return _write_affectnet

@@ -117,17 +117,8 @@ def test_fer2013_row_count_mismatch(tmp_path):
         read_fer2013(root)
 
 
-def _write_rafdb(root: Path, write_image, lines: list[str]) -> Path:
-    (root / "EmoLabel").mkdir(parents=True)
-    (root / "EmoLabel" / "list_patition_label.txt").write_text("\n".join(lines) + "\n")
-    for i, line in enumerate(lines):
-        stem = line.split()[0].rsplit(".", 1)[0]
-        write_image(root / "Image" / "aligned" / f"{stem}_aligned.jpg", 20 * i, size=(100, 100), mode="RGB")
-    return root
-
-
-def test_rafdb_reader(tmp_path, write_image):
-    root = _write_rafdb(tmp_path, write_image, ["train_00001.jpg 5", "train_00002.jpg 1", "test_0001.jpg 7",
+def test_rafdb_reader(tmp_path, write_rafdb):
+    root = write_rafdb(tmp_path, ["train_00001.jpg 5", "train_00002.jpg 1", "test_0001.jpg 7",
                                                 "test_0002.jpg 6"])
     d = read_rafdb(root, image_size=64)
     assert d.labels.tolist() == [3, 2, 0, 4]  # sadness, surprise, neutral, anger
@@ -136,26 +127,10 @@ def test_rafdb_reader(tmp_path, write_image):
     assert np.abs(d.images[:, 5, 5, 0].astype(int) - [0, 20, 40, 60]).max() <= 2  # JPEG rounding
 
 
-def _write_affectnet(root: Path, write_image, rows: list[tuple[str, str, int]]) -> Path:
-    """rows: (csv name, file path, expression); images 40x30 RGB, left half black, right half white."""
-    img = np.zeros((30, 40, 3), np.uint8)
-    img[:, 20:] = 255
-    header = "subDirectory_filePath,face_x,face_y,face_width,face_height,facial_landmarks,expression,valence,arousal"
-    text = {"training.csv": [header], "validation.csv": [header]}
-    for i, (csv_name, rel, expr) in enumerate(rows):
-        text[csv_name].append(f'{rel},20,0,20,30,"1.0;2.0",{expr},0.{i},-0.{i}')
-        write_image(root / "Manually_Annotated_Images" / rel, img, mode="RGB")
-    lists = root / "Manually_Annotated_file_lists"
-    lists.mkdir(parents=True)
-    for name, lines in text.items():
-        (lists / name).write_text("\n".join(lines) + "\n")
-    return root
-
-
-def test_affectnet_reader(tmp_path, write_image):
+def test_affectnet_reader(tmp_path, write_affectnet):
     rows = [("training.csv", "1/a.jpg", 1), ("training.csv", "1/b.jpg", 2), ("training.csv", "1/c.jpg", 7),
             ("training.csv", "2/d.jpg", 8), ("training.csv", "2/e.jpg", 10), ("validation.csv", "3/f.jpg", 6)]
-    root = _write_affectnet(tmp_path, write_image, rows)
+    root = write_affectnet(tmp_path, rows)
     d = read_affectnet(root, num_classes=7, image_size=16)
     assert d.ids.tolist() == ["1/a.jpg", "1/b.jpg", "3/f.jpg"]
     assert d.labels.tolist() == [1, 3, 4] and d.split.tolist() == ["train", "train", "test"]
@@ -220,14 +195,14 @@ def test_empty_split_is_an_error(tmp_path, build_ferplus):
         read_ferplus(root)
 
 
-def test_out_of_range_label_id_names_file_and_row(tmp_path, write_image):
-    root = _write_rafdb(tmp_path, write_image, ["train_00001.jpg 5", "train_00002.jpg 8", "test_0001.jpg 7"])
+def test_out_of_range_label_id_names_file_and_row(tmp_path, write_rafdb):
+    root = write_rafdb(tmp_path, ["train_00001.jpg 5", "train_00002.jpg 8", "test_0001.jpg 7"])
     with pytest.raises(DatasetError, match=r"list_patition_label\.txt, line 2: label id '8' out of range.*7 neutral"):
         read_rafdb(root)
 
 
-def test_affectnet_bad_expression_names_file_and_row(tmp_path, write_image):
-    root = _write_affectnet(tmp_path, write_image, [("training.csv", "a.jpg", 1), ("validation.csv", "b.jpg", 11)])
+def test_affectnet_bad_expression_names_file_and_row(tmp_path, write_affectnet):
+    root = write_affectnet(tmp_path, [("training.csv", "a.jpg", 1), ("validation.csv", "b.jpg", 11)])
     with pytest.raises(DatasetError, match=r"validation\.csv, line 2: expression '11' out of range"):
         read_affectnet(root)
 
@@ -265,10 +240,11 @@ def test_cache_second_load_skips_images(tiny_ferplus, tmp_path, monkeypatch):
 
 
 def test_cache_follows_file_changes(tiny_ferplus):
-    assert len(load_dataset("ferplus", tiny_ferplus)) == 8
+    assert len(load_dataset("ferplus", tiny_ferplus, mode="majority")) == 8
+    assert len(load_dataset("ferplus", tiny_ferplus)) == 10  # the reader's default: plurality
     path = _label_csv(tiny_ferplus)
     path.write_text(path.read_text().replace("0,9,1,0,0,0,0,0,0,0", "0,0,0,0,0,0,0,0,10,1"))
-    assert len(load_dataset("ferplus", tiny_ferplus)) == 7  # label file edited: re-read
+    assert len(load_dataset("ferplus", tiny_ferplus, mode="majority")) == 7  # label file edited: re-read
     (tiny_ferplus / "FER2013Test" / "fer0000009.png").unlink()
     with pytest.raises(DatasetError, match="missing image"):  # image listing changed: re-read
         load_dataset("ferplus", tiny_ferplus)

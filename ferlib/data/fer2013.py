@@ -60,7 +60,7 @@ def _joined_rows(pixels_csv: Path, votes_csv: Path) -> dict[str, list[dict]]:
     return rows
 
 
-def read_fer2013(root: str | Path, *, mode: str = "majority", num_classes: int = 8, image_size: int | None = 48,
+def read_fer2013(root: str | Path, *, mode: str = "plurality", num_classes: int = 8, image_size: int | None = 48,
                  channels: int = 1, pixels_csv: str = "fer2013.csv", votes_csv: str = "fer2013new.csv",
                  progress: bool = False):
     """Read ``fer2013.csv`` with FERPlus labels from ``fer2013new.csv``.
@@ -69,8 +69,8 @@ def read_fer2013(root: str | Path, *, mode: str = "majority", num_classes: int =
     ----------
     root : str or Path
         Folder holding both CSV files.
-    mode : {"majority", "plurality"}
-        Vote-to-label rule, see :func:`~ferlib.data.ferplus.votes_to_labels`.
+    mode : {"plurality", "majority"}
+        Vote-to-label rule, see :func:`~ferlib.data.ferplus.votes_to_labels` (default plurality, as FERPlus).
     num_classes : {7, 8}
         8 keeps contempt; 7 drops contempt images and the contempt vote column.
     image_size : int or None

@@ -143,7 +143,7 @@ def _read_label_csv(folder: Path) -> list[dict]:
     return rows
 
 
-def read_ferplus(root: str | Path, *, mode: str = "majority", num_classes: int = 8, image_size: int | None = 48,
+def read_ferplus(root: str | Path, *, mode: str = "plurality", num_classes: int = 8, image_size: int | None = 48,
                  channels: int = 1, on_missing: str = "error", progress: bool = False):
     """Read FERPlus in Microsoft's layout (all three splits).
 
@@ -152,8 +152,9 @@ def read_ferplus(root: str | Path, *, mode: str = "majority", num_classes: int =
     root : str or Path
         Folder holding ``FER2013Train/``, ``FER2013Valid/`` and ``FER2013Test/``, each with PNGs and
         ``label.csv``.
-    mode : {"majority", "plurality"}
+    mode : {"plurality", "majority"}
         Vote-to-label rule, see :func:`votes_to_labels` (plurality ties go to the lowest canonical index).
+        Default plurality: every face with an emotion vote keeps a label (the study profiles' choice).
     num_classes : {7, 8}
         8 keeps contempt; 7 drops contempt images and the contempt vote column.
     image_size : int or None

@@ -107,7 +107,7 @@ class StudySpec:
     description: str = ""
     dataset: str = "ferplus"
     data: str | None = None
-    dataset_options: dict = field(default_factory=lambda: {"mode": "plurality", "num_classes": 8})
+    dataset_options: dict = field(default_factory=dict)
     grid: Grid = field(default_factory=Grid)
     method_options: dict = field(default_factory=dict)
     recipe: str = "shared"
