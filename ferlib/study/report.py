@@ -190,7 +190,8 @@ def _summary_html(summary) -> str:
             method += f" <span class='muted'>({_e(r['variant'])})</span>"
         if "ON TEST" in str(r.get("selection", "")):
             method += " <b>[best epoch selected on test]</b>"
-        cells = [method, _e(r.get("recipe", "shared")), _e(r.get("noise", "")), _num(r.get("noise_rate_mean"), pct=True), _e(r.get("seeds", "")),
+        cells = [method, _e(r.get("recipe", "shared")), _e(r.get("noise", "")),
+                 _num(r.get("noise_rate_mean"), pct=True), _e(r.get("seeds", "")),
                  _num(r.get("epochs"), digits=0)]
         cells += [_e(f[c]) for c in metrics]
         cells += [_num(r.get("best_epoch_mean"), digits=1), _num(r.get("time_per_epoch_s_mean"), digits=1)]
