@@ -71,7 +71,8 @@ class RunSpec:
 
         self.noise = str(NoiseSpec.parse(self.noise))  # "symmetric:0.30" and "symmetric:0.3": one run
         self.train = resolve_recipe(self.method, self.recipe, self.train)
-        self.method_options = recipe_method_options(self.method, self.recipe, self.method_options)
+        self.method_options = recipe_method_options(self.method, self.recipe, self.method_options,
+                                                    self.train.image_size)
         method_config(self.method, **self.method_options)  # a bad option fails here, before any data loads
         if not 0 <= self.valid_fraction < 1:
             raise ValueError(f"RunSpec.valid_fraction must lie in [0, 1), got {self.valid_fraction!r}")

@@ -112,9 +112,10 @@ def resolve_recipe(method: str, recipe: str, train):
     return dataclasses.replace(train, **values, augment=type(train.augment)(**augment))
 
 
-def recipe_method_options(method: str, recipe: str, options: dict) -> dict:
-    """Method options of a run: the paper recipe's (``paper``) under the explicitly given ``options``."""
-    found = paper_recipe(method) if recipe == "paper" else None
+def recipe_method_options(method: str, recipe: str, options: dict, image_size: int) -> dict:
+    """Method options of a run at ``image_size`` px: the paper recipe's (``paper``) under the explicitly given
+    ``options``."""
+    found = paper_recipe(method, image_size) if recipe == "paper" else None
     return {**(found.method if found else {}), **options}
 
 

@@ -78,6 +78,8 @@ def test_run_spec_applies_the_recipe_and_explicit_options_win():
     assert spec.train.batch_size == 128 and spec.method_options == {"positive_batch": 64}
     spec = RunSpec(data="x", method="lanet", recipe="paper", method_options={"positive_batch": 32})
     assert spec.method_options == {"positive_batch": 32}
+    ldlva = RunSpec(data="x", method="ldlva", recipe="paper", train=TrainConfig(image_size=112))
+    assert ldlva.train.augment.pad == 4 and ldlva.method_options == {"neighbour_pad": 4}  # 8 px at 224, scaled
     ce = RunSpec(data="x", method="ce", recipe="paper", train=TrainConfig(lr=0.3))
     assert ce.train == TrainConfig(lr=0.3)  # no official recipe: the shared settings
     with pytest.raises(ValueError, match="recipe"):
