@@ -1,18 +1,23 @@
-"""Typed options read from a config dataclass's type hints: one parser for every ``KEY=VALUE`` option (the CLI's
-``--method-opt`` and ``--augment-opt``, the benchmark's ``NAME:KEY=VALUE``) and one check of a config's values,
-so that a bad value fails where it is given, naming the parameter, and not later inside a run.
+"""Typed options read from type hints: one parser for every ``KEY=VALUE`` option (the CLI's ``--method-opt``,
+``--augment-opt``, ``--dataset-opt`` and ``--backbone-opt``, the benchmark's ``NAME:KEY=VALUE,...``) and one check
+of a config's values, so that a bad value fails where it is given, naming the parameter, and not later inside a run.
+The hints come from a config dataclass's fields or from a function's (or class's) keyword-only parameters, such
+as a dataset reader's.
 
     parse_options(AugmentConfig, ["erase=0", "scale=[0.5, 1]"], where="--augment-opt")   # {"erase": 0.0, ...}
+    parse_options(read_ferplus, ["image_size=64"], where="--dataset-opt")                # {"image_size": 64}
     check_types(config, where="method 'ldlva'")                                          # raises on lr="abc"
 """
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import types
 import typing
 
-__all__ = ["field_hints", "parse_value", "parse_options", "check_types"]
+__all__ = ["field_hints", "option_hints", "parse_value", "parse_literal", "parse_options", "split_options",
+           "check_types"]
 
 _TRUE, _FALSE = ("true", "1", "yes"), ("false", "0", "no")
 
@@ -21,6 +26,16 @@ def field_hints(cls) -> dict[str, object]:
     """``{field name: resolved type hint}`` of a dataclass (string annotations resolved)."""
     hints = typing.get_type_hints(cls)
     return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def option_hints(obj) -> dict[str, object]:
+    """``{option: type hint}`` of a dataclass (its fields) or of a function or class (its keyword-only
+    parameters; an unannotated one counts as ``str``)."""
+    if dataclasses.is_dataclass(obj):
+        return field_hints(obj)
+    hints = typing.get_type_hints(obj.__init__ if inspect.isclass(obj) else obj)
+    return {name: hints.get(name, str) for name, p in inspect.signature(obj).parameters.items()
+            if p.kind == p.KEYWORD_ONLY}
 
 
 def _optional(hint) -> tuple[object, bool]:
@@ -61,10 +76,39 @@ def parse_value(text: str, hint, *, key: str, where: str):
     raise ValueError(f"{where}: {key} ({_name(hint)}) cannot be given as text")
 
 
+def parse_literal(text: str):
+    """An untyped option value (e.g. a ``timm.create_model`` keyword): the JSON value ``text`` spells
+    (``[32,64]``, ``32``, ``true``, ``null``), else ``text`` itself as a string."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def split_options(text: str) -> list[str]:
+    """``"a=1,b=[2,3]"`` -> ``["a=1", "b=[2,3]"]``: split at the commas outside brackets, braces and quotes."""
+    out, depth, quote, start = [], 0, "", 0
+    for i, ch in enumerate(text):
+        if quote:
+            quote = "" if ch == quote else quote
+        elif ch in "\"'":
+            quote = ch
+        elif ch in "[{(":
+            depth += 1
+        elif ch in "]})":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            out.append(text[start:i])
+            start = i + 1
+    out.append(text[start:])
+    return [part for part in out if part]
+
+
 def parse_options(cls, pairs: list[str], *, where: str) -> dict:
-    """``["key=value", ...]`` -> ``{key: typed value}`` for the fields of dataclass ``cls``; an unknown key or a bad
-    value raises ValueError naming it and the valid keys."""
-    hints = field_hints(cls)
+    """``["key=value", ...]`` -> ``{key: typed value}`` for the options of ``cls`` (:func:`option_hints`: a
+    dataclass's fields, or a function's keyword-only parameters); an unknown key or a bad value raises ValueError
+    naming ``where``, the key and the expected type or the valid keys."""
+    hints = option_hints(cls)
     out = {}
     for pair in pairs:
         key, sep, text = pair.partition("=")

@@ -1,6 +1,7 @@
 """Dataset readers, label rules, bad-input errors, the cache and the shipped FERPlus sample."""
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 import numpy as np
@@ -220,6 +221,72 @@ def test_unknown_dataset_and_option():
         load_dataset("fer", ".")
     with pytest.raises(TypeError, match="unknown option.*labels.*valid: mode"):
         load_dataset("ferplus", ".", labels="soft")
+
+
+# ---------------------------------------------------------------------------------------------- the registry
+#: A tiny tree of each registered dataset: ``name -> make(root, fixtures) -> root``. A new reader gets its
+#: contract checked below once it has an entry here (the registry test fails until it has one).
+TINY_TREES = {
+    "ferplus": lambda root, fx: fx["build_ferplus"](root),
+    "fer2013": lambda root, fx: _write_fer2013(root, fx["tiny_ferplus_votes"]),
+    "rafdb": lambda root, fx: fx["write_rafdb"](root, ["train_00001.jpg 5", "train_00002.jpg 1", "test_0001.jpg 7"]),
+    "affectnet": lambda root, fx: fx["write_affectnet"](root, [("training.csv", "1/a.jpg", 1),
+                                                              ("training.csv", "1/b.jpg", 2),
+                                                              ("validation.csv", "2/c.jpg", 6)]),
+    "folder": lambda root, fx: _write_folder(root, fx["write_image"]),
+}
+
+
+def _write_folder(root: Path, write_image) -> Path:
+    for rel in ("train/happy/a.png", "train/angry/b.png", "val/sad/c.png", "test/fear/d.png"):
+        write_image(root / rel, 40, size=(24, 24))
+    return root
+
+
+def _as_text(value) -> str:
+    """How a default value is written on the command line (``--dataset-opt KEY=TEXT``)."""
+    return "none" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+
+
+@pytest.mark.parametrize("name", list_datasets())
+def test_every_registered_reader_keeps_the_contract(name, tmp_path, build_ferplus, tiny_ferplus_votes, write_rafdb,
+                                                    write_affectnet, write_image):
+    """Registered by name; canonical classes, splits and arrays; typed, defaulted options; cached; clear errors."""
+    from ferlib.classes import class_names
+    from ferlib.data import SPLITS, dataset_reader
+    from ferlib.data.registry import READERS
+    from ferlib.options import parse_options
+
+    assert name in TINY_TREES, f"add a tiny tree of dataset {name!r} to TINY_TREES"
+    reader = dataset_reader(name)
+    assert READERS[name] is reader
+    root = TINY_TREES[name](tmp_path / name, dict(build_ferplus=build_ferplus, tiny_ferplus_votes=tiny_ferplus_votes,
+                                                  write_rafdb=write_rafdb, write_affectnet=write_affectnet,
+                                                  write_image=write_image))
+    d = load_dataset(name, root)
+    assert d.classes == class_names(d.num_classes) and d.name == name
+    assert set(d.split) <= set(SPLITS) and "train" in set(d.split) and "test" in set(d.split)
+    assert d.images.dtype == np.uint8 and d.images.ndim == 4 and len(d.images) == len(d.labels) == len(d.ids)
+    assert d.labels.min() >= 0 and d.labels.max() < d.num_classes and len(set(d.ids)) == len(d)
+    cached = load_dataset(name, root)  # the second load comes from the cache, equal
+    np.testing.assert_array_equal(cached.images, d.images)
+    assert len(list((tmp_path / "cache").glob(f"{name}-*.npz"))) == 1
+    # every option has a default and a type hint the CLI's --dataset-opt reads back to that default
+    params = [p for p in inspect.signature(reader).parameters.values() if p.kind == p.KEYWORD_ONLY]
+    assert params and all(p.default is not p.empty for p in params)
+    defaults = {p.name: p.default for p in params}
+    typed = parse_options(reader, [f"{k}={_as_text(v)}" for k, v in defaults.items()], where="--dataset-opt")
+    assert typed == defaults
+    with pytest.raises(TypeError, match=f"unknown option.*no_such_option.*dataset '{name}'.*valid: "):
+        load_dataset(name, root, no_such_option=1)
+
+
+def test_a_dataset_name_is_registered_once():
+    from ferlib.data import register_dataset
+
+    with pytest.raises(ValueError, match="dataset name 'ferplus' is empty or already registered"):
+        register_dataset("ferplus")
+    assert load_dataset.__module__ == "ferlib.data.registry" and list_datasets().count("ferplus") == 1
 
 
 # ---------------------------------------------------------------------------------------------- cache

@@ -2,6 +2,7 @@
 failure handling, the cache, the mediapipe path on a fake interpreter, plotting."""
 from __future__ import annotations
 
+import inspect
 import subprocess
 import sys
 import time
@@ -14,6 +15,7 @@ import torch
 from PIL import Image
 
 from ferlib.landmarks import (
+    BACKENDS,
     FAN_CHECKPOINTS,
     FLIP_PERMUTATION_68,
     MEAN_SHAPE_68,
@@ -22,11 +24,13 @@ from ferlib.landmarks import (
     REGIONS_68,
     DlibBackend,
     Landmarks,
+    create_backend,
     extract_landmarks,
     flip_points,
     list_backends,
     plausible_shapes,
     plot_landmarks,
+    register_backend,
 )
 from ferlib.landmarks import backend_mediapipe
 from ferlib.landmarks.backend_fan import fan_crop_box
@@ -100,6 +104,32 @@ def test_registry_and_option_errors(faces):
         extract_landmarks(faces, backend="dlib", upscal=96)
     with pytest.raises(ValueError, match="uint8"):
         extract_landmarks(faces.astype(np.float32))
+
+
+@pytest.mark.parametrize("name", list_backends())
+def test_every_registered_backend_keeps_the_contract(name, faces, hub_dir):
+    """Options only (keyword-only, defaulted, documented); unknown options named; then either 68 points per face
+    in fractions, or, where its model is not installed here, one line naming the backend."""
+    cls = BACKENDS[name]
+    params = list(inspect.signature(cls).parameters.values())
+    assert all(p.kind == p.KEYWORD_ONLY and p.default is not p.empty for p in params), params
+    assert all(f"{p.name} :" in inspect.getdoc(cls) for p in params)  # each option in its Parameters section
+    with pytest.raises(TypeError, match=f"no_such_option for landmark backend '{name}'; valid: "):
+        create_backend(name, no_such_option=1)
+    try:
+        backend = create_backend(name)
+    except FileNotFoundError as exc:  # no model file here (the hub cache is empty in this test)
+        assert f"landmark backend '{name}'" in str(exc) and "\n" not in str(exc)
+        return
+    points, ok = backend.predict(faces[:4])
+    assert np.shape(points) == (4, 68, 2) and np.shape(ok) == (4,) and np.asarray(ok).dtype == bool
+    assert np.isfinite(points[ok]).all() and (np.abs(points[ok] - 0.5) < 1.5).all()  # fractions, not pixels
+
+
+def test_a_backend_name_is_registered_once():
+    with pytest.raises(ValueError, match="landmark backend name 'dlib' is empty or already registered"):
+        register_backend("dlib")
+    assert BACKENDS["dlib"] is DlibBackend
 
 
 def test_import_is_cheap():

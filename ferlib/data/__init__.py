@@ -1,6 +1,7 @@
 """Dataset readers: every reader returns one :class:`FERData` holding all splits in the canonical class order.
 
-Use :func:`load_dataset` (name registry + on-disk cache); the readers themselves are plain functions:
+Use :func:`load_dataset` (name registry + on-disk cache); the readers themselves are plain functions, each
+registered under its name by ``@register_dataset("<name>")`` at its definition:
 
 =============  =====================================================================
 ``ferplus``    :func:`read_ferplus`  Microsoft's FERPlus layout (PNGs + label.csv)
@@ -9,6 +10,11 @@ Use :func:`load_dataset` (name registry + on-disk cache); the readers themselves
 ``affectnet``  :func:`read_affectnet` AffectNet manual annotations (+ :func:`affectnet_va`)
 ``folder``     :func:`read_folder`   ``root/<split>/<class>/<image>`` trees
 =============  =====================================================================
+
+Adding a dataset: write ``ferlib/data/<name>.py`` with a reader ``read_<name>(root, *, <options>) -> FERData``
+decorated with ``@register_dataset("<name>")`` (keyword-only options with type hints and the harness's
+defaults), and import it below. ``load_dataset``, ``list_datasets``, the CLI (``--dataset``, typed
+``--dataset-opt``) and the study pick it up by name; ``tests/test_data.py`` asks for a tiny tree of it.
 """
 from __future__ import annotations
 
@@ -20,10 +26,11 @@ from .fer2013 import read_fer2013
 from .ferplus import read_ferplus, votes_to_labels
 from .folder import read_folder
 from .rafdb import read_rafdb
-from .registry import list_datasets, load_dataset
+from .registry import dataset_reader, list_datasets, load_dataset, register_dataset
 
 __all__ = [
-    "FERData", "SPLITS", "DatasetError", "load_dataset", "list_datasets", "default_cache_dir",
+    "FERData", "SPLITS", "DatasetError", "load_dataset", "list_datasets", "register_dataset", "dataset_reader",
+    "default_cache_dir",
     "read_ferplus", "read_fer2013", "read_rafdb", "read_affectnet", "affectnet_va", "read_folder",
     "votes_to_labels",
 ]

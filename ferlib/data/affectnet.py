@@ -11,6 +11,7 @@ from pathlib import Path
 
 from ..classes import class_index, class_names
 from .common import DatasetError, Sample, assemble, check_choice, check_image_options, iter_csv, new_drops
+from .registry import register_dataset
 
 __all__ = ["read_affectnet", "affectnet_va", "AFFECTNET_LABELS", "AFFECTNET_CSVS"]
 
@@ -56,6 +57,7 @@ def _box(row: dict, where: str) -> tuple[int, int, int, int] | None:
     return x, y, x + w, y + h
 
 
+@register_dataset("affectnet")
 def read_affectnet(root: str | Path, *, num_classes: int = 8, image_size: int | None = 112, channels: int = 3,
                    crop: bool = True, on_missing: str = "error", progress: bool = False):
     """Read AffectNet's manually annotated images (train = training.csv, test = validation.csv).

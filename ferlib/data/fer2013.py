@@ -13,6 +13,7 @@ import numpy as np
 from ..classes import class_names
 from .common import DatasetError, assemble, check_choice, check_image_options, iter_csv, new_drops
 from .ferplus import FERPLUS_DIRS, LABEL_MODES, VOTE_COLUMNS, parse_votes, vote_samples
+from .registry import register_dataset
 
 __all__ = ["read_fer2013", "USAGE_SPLITS"]
 
@@ -60,6 +61,7 @@ def _joined_rows(pixels_csv: Path, votes_csv: Path) -> dict[str, list[dict]]:
     return rows
 
 
+@register_dataset("fer2013")
 def read_fer2013(root: str | Path, *, mode: str = "plurality", num_classes: int = 8, image_size: int | None = 48,
                  channels: int = 1, pixels_csv: str = "fer2013.csv", votes_csv: str = "fer2013new.csv",
                  progress: bool = False):

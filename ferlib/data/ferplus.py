@@ -13,6 +13,7 @@ import numpy as np
 
 from ..classes import class_names
 from .common import DatasetError, Sample, assemble, check_choice, check_image_options, iter_csv, new_drops
+from .registry import register_dataset
 
 __all__ = ["read_ferplus", "votes_to_labels", "vote_samples", "parse_votes", "VOTE_COLUMNS", "LABEL_MODES",
            "FERPLUS_DIRS"]
@@ -143,6 +144,7 @@ def _read_label_csv(folder: Path) -> list[dict]:
     return rows
 
 
+@register_dataset("ferplus")
 def read_ferplus(root: str | Path, *, mode: str = "plurality", num_classes: int = 8, image_size: int | None = 48,
                  channels: int = 1, on_missing: str = "error", progress: bool = False):
     """Read FERPlus in Microsoft's layout (all three splits).

@@ -6,6 +6,7 @@ from pathlib import Path
 from ..classes import CLASSES_8, class_index, class_names
 from .common import DatasetError, Sample, assemble, check_choice, check_image_options, new_drops
 from .dataset import SPLITS
+from .registry import register_dataset
 
 __all__ = ["read_folder", "SPLIT_DIRS", "IMAGE_EXTENSIONS"]
 
@@ -55,6 +56,7 @@ def _split_samples(split: str, folder: Path, dropped, num_classes: int) -> list[
     return samples
 
 
+@register_dataset("folder")
 def read_folder(root: str | Path, *, num_classes: int = 8, image_size: int | None = None, channels: int = 3,
                 progress: bool = False):
     """Read a ``root/<split>/<class>/<image>`` tree.

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ..classes import class_index, class_names
 from .common import DatasetError, Sample, assemble, check_image_options, new_drops
+from .registry import register_dataset
 
 __all__ = ["read_rafdb", "RAFDB_LABELS"]
 
@@ -33,6 +34,7 @@ def _parse_line(text: str, where: str) -> tuple[str, str, int]:
     return name, split, class_index(RAFDB_LABELS[int(raw)], 7)
 
 
+@register_dataset("rafdb")
 def read_rafdb(root: str | Path, *, image_size: int | None = 100, channels: int = 3, on_missing: str = "error",
                progress: bool = False):
     """Read RAF-DB basic (7 classes; ``train`` and ``test`` splits, no ``valid``).

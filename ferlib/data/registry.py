@@ -1,48 +1,45 @@
-"""The single entry point :func:`load_dataset`: a name -> reader registry plus the on-disk cache."""
+"""The single entry point :func:`load_dataset`: a name -> reader registry plus the on-disk cache.
+
+A reader is a function ``read_<name>(root, *, <options>) -> FERData`` registered where it is defined::
+
+    @register_dataset("rafdb")
+    def read_rafdb(root, *, image_size: int | None = 100, channels: int = 3, ...) -> FERData: ...
+
+Its keyword-only parameters are the dataset's options: their defaults are the harness's defaults (and the
+cache key), their type hints type the CLI's ``--dataset-opt KEY=VALUE`` (:func:`ferlib.options.parse_options`).
+The reader's module must be imported by :mod:`ferlib.data` (its ``__init__``) so that it registers.
+"""
 from __future__ import annotations
 
-import inspect
 import os
 from pathlib import Path
 from typing import Callable
 
-from .affectnet import read_affectnet
+from .._registry import Registry, full_options
 from .cache import cached
 from .dataset import FERData
-from .fer2013 import read_fer2013
-from .ferplus import read_ferplus
-from .folder import read_folder
-from .rafdb import read_rafdb
 
-__all__ = ["READERS", "list_datasets", "load_dataset"]
+__all__ = ["READERS", "register_dataset", "list_datasets", "dataset_reader", "load_dataset"]
 
-READERS: dict[str, Callable[..., FERData]] = {
-    "ferplus": read_ferplus, "rafdb": read_rafdb, "affectnet": read_affectnet, "folder": read_folder,
-    "fer2013": read_fer2013,
-}
+_DATASETS: Registry[Callable[..., FERData]] = Registry("dataset")
+#: Dataset name -> reader; a live read-only view of the registry.
+READERS = _DATASETS.view()
 _NOT_IN_KEY = ("progress",)  # options that do not change the data
+
+
+def register_dataset(name: str) -> Callable[[Callable[..., FERData]], Callable[..., FERData]]:
+    """Decorator registering a reader function as dataset ``name`` (a name registered twice raises ValueError)."""
+    return _DATASETS.register(name)
 
 
 def list_datasets() -> list[str]:
     """Names accepted by :func:`load_dataset`."""
-    return sorted(READERS)
+    return _DATASETS.names()
 
 
-def _reader(name: str) -> Callable[..., FERData]:
-    try:
-        return READERS[name]
-    except KeyError:
-        raise ValueError(f"unknown dataset {name!r}; valid: {', '.join(list_datasets())}") from None
-
-
-def _full_options(name: str, reader: Callable[..., FERData], options: dict) -> dict:
-    """``options`` with the reader's defaults filled in (the cache key); unknown names raise TypeError."""
-    params = {k: p.default for k, p in inspect.signature(reader).parameters.items() if p.kind == p.KEYWORD_ONLY}
-    unknown = sorted(set(options) - set(params))
-    if unknown:
-        raise TypeError(f"unknown option(s) {', '.join(unknown)} for dataset {name!r}; "
-                        f"valid: {', '.join(params)}")
-    return {k: options.get(k, d) for k, d in params.items() if k not in _NOT_IN_KEY}
+def dataset_reader(name: str) -> Callable[..., FERData]:
+    """The reader of dataset ``name``; an unknown name raises ValueError listing the valid ones."""
+    return _DATASETS.get(name)
 
 
 def load_dataset(name: str, root: str | os.PathLike, *, cache_dir: str | os.PathLike | None = None,
@@ -74,8 +71,9 @@ def load_dataset(name: str, root: str | os.PathLike, *, cache_dir: str | os.Path
     TypeError
         An option the reader does not take (valid options listed).
     """
-    reader = _reader(name)
-    key = _full_options(name, reader, options)
+    reader = dataset_reader(name)
+    full = full_options(reader, options, what=f"dataset {name!r}")
+    key = {k: v for k, v in full.items() if k not in _NOT_IN_KEY}
     if not cache:
         return reader(root, **options)
     return cached(name, Path(root), key, lambda: reader(root, **options), cache_dir=cache_dir)

@@ -16,6 +16,12 @@ backend             model (nothing is downloaded at run time)
 All backends give the iBUG 68-point semantics (:mod:`ferlib.landmarks.layout`: parts, regions,
 ``FLIP_PERMUTATION_68`` for horizontal flips, a template ``MEAN_SHAPE_68``). Importing this package loads
 neither dlib, torch nor the TFLite runtime; each backend imports its dependency when it is created.
+
+Adding a backend: write ``backend_<name>.py`` with a class decorated with ``@register_backend("<name>")``
+(keyword-only options, a ``predict`` mapping uint8 ``(B, H, W, C)`` to ``points (B, 68, 2)`` fractions and
+``ok (B,)``; see :class:`~ferlib.landmarks.core.Backend`) and import it below. :func:`extract_landmarks`, the
+``landmarks:<backend>`` aux source of :mod:`ferlib.va` and ``tests/test_landmarks.py`` (its registry contract)
+pick it up by name.
 """
 from __future__ import annotations
 
@@ -42,10 +48,6 @@ from .layout import (
     flip_points,
 )
 from .plot import plot_landmarks
-
-register_backend("dlib", DlibBackend)
-register_backend("face_alignment", FanBackend)
-register_backend("mediapipe", MediapipeBackend)
 
 __all__ = [
     "Landmarks", "extract_landmarks", "list_backends", "create_backend", "register_backend", "BACKENDS",

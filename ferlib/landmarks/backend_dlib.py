@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .core import register_backend
 from .layout import NUM_POINTS
 
 __all__ = ["DlibBackend", "default_dlib_model"]
@@ -55,6 +56,7 @@ def _detector():
     return dlib.get_frontal_face_detector()
 
 
+@register_backend("dlib")
 class DlibBackend:
     """dlib 68-point shape predictor on whole-crop (or detected) face boxes.
 

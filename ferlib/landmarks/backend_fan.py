@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .core import given_model_file
+from .core import given_model_file, register_backend
 from .layout import FLIP_PERMUTATION_68, NUM_POINTS
 
 __all__ = ["FanBackend", "FAN_CHECKPOINTS", "find_fan_checkpoint", "decode_heatmaps", "fan_crop_box"]
@@ -100,6 +100,7 @@ def decode_heatmaps(heatmaps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return pts.astype(np.float32), scores.astype(np.float32)
 
 
+@register_backend("face_alignment")
 class FanBackend:
     """2DFAN-4 landmarks on a given face box.
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .core import given_model_file
+from .core import given_model_file, register_backend
 from .layout import NUM_POINTS
 
 __all__ = ["MediapipeBackend", "MESH_TO_68", "find_face_mesh_model"]
@@ -74,6 +74,7 @@ def _load_interpreter(path: Path, num_threads: int):
     return interpreter
 
 
+@register_backend("mediapipe")
 class MediapipeBackend:
     """MediaPipe face mesh reduced to 68 points.
 

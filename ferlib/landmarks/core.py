@@ -1,14 +1,14 @@
 """The front door :func:`extract_landmarks`: a name -> backend registry, batching, failure handling, cache.
 
-A backend is a class registered by name whose constructor takes keyword-only options (loading its model
-there) and whose ``predict(images)`` maps a batch ``uint8 (B, H, W, C)`` to ``points (B, 68, 2)`` float32
-``(x, y)`` fractions of width/height and ``ok (B,)`` bool. Everything else (validation, blank-image and
-plausibility checks, mean-shape filling, the warning, the cache) happens here, once, for all backends.
+A backend is a class registered by ``@register_backend("<name>")`` at its definition, whose constructor
+takes keyword-only options (loading its model there) and whose ``predict(images)`` maps a batch
+``uint8 (B, H, W, C)`` to ``points (B, 68, 2)`` float32 ``(x, y)`` fractions of width/height and ``ok (B,)``
+bool. Everything else (validation, blank-image and plausibility checks, mean-shape filling, the warning, the
+cache) happens here, once, for all backends.
 """
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
 import logging
 import os
@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from .._registry import Registry, full_options
 from ..results import atomic_savez
 from .layout import MEAN_SHAPE_68, NUM_POINTS, PARTS_68
 
@@ -94,43 +95,33 @@ class Landmarks:
 
 
 # ---------------------------------------------------------------------------------------------- registry
-BACKENDS: dict[str, type] = {}
+_BACKENDS: Registry[type] = Registry("landmark backend")
+#: Backend name -> class; a live read-only view of the registry.
+BACKENDS = _BACKENDS.view()
 
 
-def register_backend(name: str, cls: type) -> type:
-    """Add (or replace) backend ``name``: a class taking keyword-only options with a ``predict`` (see :class:`Backend`).
+def register_backend(name: str):
+    """Class decorator registering a backend as ``name`` (a name registered twice raises ValueError).
 
-    Returns ``cls``. The keyword-only parameters of ``cls`` are the backend's options (and cache key).
+    The class takes keyword-only options (loading its model there) and has a ``predict`` (see :class:`Backend`);
+    its keyword-only parameters are the backend's options and, with their defaults, its cache key.
     """
-    BACKENDS[name] = cls
-    return cls
+    return _BACKENDS.register(name)
 
 
 def list_backends() -> list[str]:
     """Names accepted by :func:`extract_landmarks` ``backend=``."""
-    return sorted(BACKENDS)
-
-
-def _backend_class(name: str) -> type:
-    try:
-        return BACKENDS[name]
-    except KeyError:
-        raise ValueError(f"unknown landmark backend {name!r}; valid: {', '.join(list_backends())}") from None
+    return _BACKENDS.names()
 
 
 def _full_options(name: str, cls: type, options: dict) -> dict:
     """``options`` with the backend's defaults filled in; unknown names raise TypeError listing valid ones."""
-    params = {k: p.default for k, p in inspect.signature(cls).parameters.items() if p.kind == p.KEYWORD_ONLY}
-    unknown = sorted(set(options) - set(params))
-    if unknown:
-        raise TypeError(f"unknown option(s) {', '.join(unknown)} for landmark backend {name!r}; "
-                        f"valid: {', '.join(params) or '(none)'}")
-    return {k: options.get(k, d) for k, d in params.items()}
+    return full_options(cls, options, what=f"landmark backend {name!r}")
 
 
 def create_backend(name: str, **options) -> Backend:
     """Instantiate backend ``name`` (one of :func:`list_backends`) with its keyword options."""
-    cls = _backend_class(name)
+    cls = _BACKENDS.get(name)
     _full_options(name, cls, options)
     return cls(**options)
 
@@ -313,7 +304,7 @@ def extract_landmarks(data, *, backend: str = "dlib", cache_dir: str | os.PathLi
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     images, image_hash = _as_images(data)
-    cls = _backend_class(backend)
+    cls = _BACKENDS.get(backend)
     full = _full_options(backend, cls, options)
     path = landmarks_cache_path(image_hash, backend, full, cache_dir=cache_dir) if cache else None
     lm = _load_cached(path, len(images)) if cache else None
