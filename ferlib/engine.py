@@ -316,7 +316,8 @@ def _finish(run_dir: Path, model, method, splits, history, cfg, device, meta) ->
     readout = {f"method_{k}": v for k, v in method.readout().items()}
     readout.update(ids=train.ids.astype(str), given=train.labels, clean=train.true_labels,
                    train_logits=train_logits, test_logits=test_logits,
-                   test_ids=splits["test"].ids.astype(str), test_labels=splits["test"].true_labels)
+                   test_ids=splits["test"].ids.astype(str), test_labels=splits["test"].true_labels,
+                   test_given=splits["test"].labels)
     if cfg.save_features:
         readout.update(train_features=train_feats.astype(np.float16), test_features=test_feats.astype(np.float16))
     atomic_savez(run_dir / "readout.npz", **readout)

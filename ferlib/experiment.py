@@ -19,7 +19,8 @@ from .engine import TrainConfig, fit, seed_everything
 from .recipes import recipe_method_options, recipe_source, resolve_recipe
 from .results import collect_results, flatten, write_json, write_table
 
-__all__ = ["RunSpec", "run", "build", "run_id", "prepare_data", "carve_valid", "stratified_subset"]
+__all__ = ["RunSpec", "run", "build", "run_id", "prepare_data", "carve_valid", "hold_out_fold", "stratified_subset",
+           "run_features"]
 
 
 @dataclass
@@ -44,6 +45,14 @@ class RunSpec:
     recipe : ``shared`` (default: ``train`` as given, one budget for every method) or ``paper`` (the method's
         official recipe, :mod:`ferlib.recipes`, replaces the fields it names in ``train`` and adds its method
         options under ``method_options``). Resolved on construction, so ``train`` is what the run uses.
+    fold : ``[i, k]`` makes this a cross-fitting cell: after the subset and the noise, the train split is cut
+        into k folds stratified by given label (seeded by ``train.seed``) and fold i becomes the test split (the
+        dataset's own test split is left out), so the read-out's ``test_logits`` are out-of-sample
+        predictions of those training labels (cleanlab's input, :func:`ferlib.analysis.cleanlab_table`).
+        None (default) = an ordinary run.
+    variant : the name of the ablation variant this run is (``"full"`` or a key of the method's
+        ``ablations``), recorded in ``result.json`` for the ablation table; a label, not in the run id (its
+        ``method_options`` already hold what the variant changes). ``""`` = not an ablation cell.
     out : parent folder of run directories.
     """
 
@@ -59,6 +68,8 @@ class RunSpec:
     noise_seed: int | None = None
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    fold: list[int] | None = None
+    variant: str = ""
     out: str = "runs"
 
     def __post_init__(self) -> None:
@@ -76,9 +87,46 @@ class RunSpec:
         method_config(self.method, **self.method_options)  # a bad option fails here, before any data loads
         if not 0 <= self.valid_fraction < 1:
             raise ValueError(f"RunSpec.valid_fraction must lie in [0, 1), got {self.valid_fraction!r}")
+        if self.fold is not None:
+            fold = list(self.fold)
+            if len(fold) != 2 or not all(isinstance(v, int) for v in fold) or not 0 <= fold[0] < fold[1] \
+                    or fold[1] < 2:
+                raise ValueError(f"RunSpec.fold must be [i, k] with k >= 2 and 0 <= i < k, got {self.fold!r}")
+            self.fold = fold
+
+    @classmethod
+    def from_dict(cls, values: dict, **defaults) -> "RunSpec":
+        """A RunSpec from ``dataclasses.asdict(spec)`` or any part of it (a notebook's ``spec`` parameter).
+
+        Missing fields take ``defaults``, then RunSpec's own; nested ``backbone`` / ``train`` dicts may be
+        partial. An unknown field raises naming it and the valid ones.
+        """
+        valid = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(values) - set(valid))
+        if unknown:
+            raise ValueError(f"unknown RunSpec field(s) {unknown}; valid: {', '.join(valid)}")
+        return cls(**{**defaults, **values})
+
+    @classmethod
+    def from_run(cls, run_dir, *, out=None) -> "RunSpec":
+        """The RunSpec that reproduces the finished run in ``run_dir`` (from its ``config.json``); ``out``
+        defaults to the run's parent folder."""
+        from .results import read_json
+
+        run_dir = Path(run_dir)
+        cfg = read_json(run_dir / "config.json")
+        missing = [k for k in ("train", "method", "data", "dataset", "noise", "backbone") if k not in cfg]
+        if missing:
+            raise ValueError(f"{run_dir}/config.json lacks {missing}; it was not written by ferlib.experiment.run")
+        keys = ("data", "dataset", "dataset_options", "noise", "train_subset", "valid_fraction", "method",
+                "method_options", "recipe", "backbone", "train", "fold", "variant")
+        values = {k: cfg[k] for k in keys if cfg.get(k) is not None}
+        if cfg.get("noise_seed") not in (None, cfg["train"].get("seed")):  # recorded resolved; None = train seed
+            values["noise_seed"] = cfg["noise_seed"]
+        return cls(**values, out=str(out if out is not None else run_dir.parent))
 
 
-_NOT_IN_ID = {"out", "train.progress", "train.device", "train.eval_batch_size", "train.save_features"}
+_NOT_IN_ID = {"out", "variant", "train.progress", "train.device", "train.eval_batch_size", "train.save_features"}
 
 
 def run_id(spec: RunSpec) -> str:
@@ -127,7 +175,25 @@ def prepare_data(spec: RunSpec):
         keep[np.flatnonzero(is_train)] = False
         keep[np.flatnonzero(is_train)[stratified_subset(data.labels[is_train], spec.train_subset)]] = True
         data = data.select(keep)
-    return apply_noise(data, spec.noise, seed=spec.train.seed if spec.noise_seed is None else spec.noise_seed)
+    data, report = apply_noise(data, spec.noise, seed=spec.train.seed if spec.noise_seed is None else spec.noise_seed)
+    return (data if spec.fold is None else hold_out_fold(data, *spec.fold, seed=spec.train.seed)), report
+
+
+def hold_out_fold(data, i: int, k: int, *, seed: int):
+    """``data`` with fold ``i`` of ``k`` of its train split (stratified by given label, shuffled with ``seed``)
+    as the test split, and the dataset's own test split left out."""
+    import warnings
+
+    from sklearn.model_selection import StratifiedKFold
+
+    data = data.select(data.split != "test")
+    train = np.flatnonzero(data.split == "train")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
+        folds = list(StratifiedKFold(n_splits=k, shuffle=True, random_state=seed).split(train, data.labels[train]))
+    split = data.split.copy()
+    split[train[folds[i][1]]] = "test"
+    return dataclasses.replace(data, split=split)
 
 
 def build(spec: RunSpec, data):
@@ -167,8 +233,54 @@ def run(spec: RunSpec, *, resume: bool = True) -> dict:
         "recipe": spec.recipe, "recipe_source": recipe_source(spec.method, spec.recipe),
         "method_options": spec.method_options, "backbone": asdict(_backbone(spec, data)),
         "optimizer": spec.train.optimizer, "lr": spec.train.lr, "batch_size": spec.train.batch_size,
-        "image_size": spec.train.image_size,
+        "image_size": spec.train.image_size, "valid_fraction": spec.valid_fraction, "fold": spec.fold,
+        "variant": spec.variant,
     }
     result = fit(model, method, data, spec.train, run_dir, resume=resume, meta=meta)
     write_table(Path(spec.out) / "results.csv", collect_results(spec.out))
     return result
+
+
+def run_features(run_dir, *, splits=("train", "test"), device: str | None = None) -> dict:
+    """Penultimate features of a finished run's model: the saved ones, or recomputed from ``model.pt``.
+
+    Parameters
+    ----------
+    run_dir : a run directory written by :func:`run`.
+    splits : which of ``"train"`` (rows = the read-out's ``ids``) and ``"test"`` (rows = ``test_ids``).
+    device : torch device for recomputing; default the run's ``train.device`` setting.
+
+    Returns
+    -------
+    dict split -> (N, D) float32 features (the ``model.embed`` output the classifier sees).
+    """
+    import torch
+
+    from .data import load_dataset
+    from .engine import predict, resolve_device
+    from .results import read_json
+
+    run_dir = Path(run_dir)
+    bad = set(splits) - {"train", "test"}
+    if bad:
+        raise ValueError(f"splits must be among ('train', 'test'), got {sorted(bad)}")
+    with np.load(run_dir / "readout.npz", allow_pickle=False) as z:
+        readout = {k: z[k] for k in z.files}
+    saved = {s: readout[f"{s}_features"].astype(np.float32) for s in splits if f"{s}_features" in readout}
+    todo = [s for s in splits if s not in saved]
+    if not todo:
+        return saved
+    cfg = read_json(run_dir / "config.json")
+    train = TrainConfig(**{**cfg["train"], "progress": False})
+    dev = resolve_device(device or train.device)
+    backbone = dataclasses.replace(BackboneConfig(**cfg["backbone"]), weights=None)  # model.pt has them all
+    model = create_model(backbone, int(readout["train_logits"].shape[1]))
+    model.load_state_dict(torch.load(run_dir / "model.pt", map_location="cpu", weights_only=True))
+    model.to(dev)
+    data = load_dataset(cfg["dataset"], cfg["data"], **(cfg.get("dataset_options") or {}))
+    rows = {str(i): k for k, i in enumerate(np.asarray(data.ids).astype(str))}
+    for s in todo:
+        ids = readout["ids" if s == "train" else "test_ids"].astype(str)
+        _, feats = predict(model, data.images[[rows[i] for i in ids]], train, dev, features=True)
+        saved[s] = feats.astype(np.float32)
+    return saved

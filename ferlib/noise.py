@@ -534,6 +534,12 @@ class NoiseSpec:
             node = node.then
         return tuple(out)
 
+    @property
+    def relabels(self) -> bool:
+        """Whether a step may change a given label: a ``labels`` protocol other than ``none``, at a rate > 0."""
+        return any(_REGISTRY[s.protocol].kind == "labels" and s.protocol != "none" and s.rate != 0
+                   for s in self.steps)
+
     def __str__(self) -> str:
         head = self.protocol if self.rate is None else f"{self.protocol}:{_fmt_number(self.rate)}"
         return head if self.then is None else f"{head}+{self.then}"

@@ -219,17 +219,6 @@ def test_timing_table_relative_to_ce():
     assert table.loc["nla", "n_runs"] == 3
 
 
-def test_build_spec_fills_common_parameters_and_replaces_out():
-    spec = analysis.build_spec({"noise": "symmetric:0.2", "train": {"epochs": 3}, "out": "elsewhere"},
-                               data="data/x", dataset="ferplus", dataset_options={"mode": "majority"}, out="runs/t")
-    assert spec.data == "data/x" and spec.dataset_options == {"mode": "majority"} and spec.out == "runs/t"
-    assert spec.train.epochs == 3 and spec.noise == "symmetric:0.2"
-    assert analysis.build_spec({"data": "mine"}, data="data/x", dataset="ferplus", dataset_options={},
-                               out="r").data == "mine"
-    with pytest.raises(ValueError, match="unknown RunSpec field"):
-        analysis.build_spec({"epochs": 3}, data="d", dataset="ferplus", dataset_options={}, out="r")
-
-
 def test_noise_table_from_report():
     from ferlib.noise import noise_report
 
@@ -288,22 +277,3 @@ def test_landmarks_and_va_sources_can_be_skipped():
     assert analysis.va_summary(va, labels, data.classes)["n"].tolist() == [3, 3, 3]
     with pytest.raises(ValueError, match="unknown va source"):
         analysis.va_values(data, "magic")
-
-
-def test_kfold_ce_probs_are_out_of_sample_and_aligned(tmp_path):
-    from ferlib.backbones import BackboneConfig
-    from ferlib.engine import TrainConfig
-
-    data = _tiny_data()
-    cfg = TrainConfig(epochs=1, batch_size=4, image_size=16, progress=False, device="cpu")
-    probs = analysis.kfold_ce_probs(data, k=2, backbone=BackboneConfig(name="test_resnet"), train=cfg,
-                                    out_dir=tmp_path)
-    assert probs.shape == (9, 3)
-    np.testing.assert_allclose(probs.sum(1), 1.0, rtol=1e-5)
-    held = [np.load(tmp_path / f"fold{i}" / "readout.npz")["test_ids"] for i in range(2)]
-    assert sorted(np.concatenate(held).tolist()) == sorted(data.subset("train").ids.tolist())  # each once
-    again = analysis.kfold_ce_probs(data, k=2, backbone=BackboneConfig(name="test_resnet"), train=cfg,
-                                    out_dir=tmp_path)  # finished folds are resumed, same numbers
-    np.testing.assert_allclose(again, probs)
-    with pytest.raises(ValueError, match="k must be >= 2"):
-        analysis.kfold_ce_probs(data, k=1)

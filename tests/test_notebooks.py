@@ -1,7 +1,9 @@
 """Every notebook under notebooks/ executes with papermill on the shipped FERPlus sample at tiny parameters and
 records its metrics in ``<study_dir>/<notebook>.json``; the tests read them back and check their values.
 
-02_train runs once (module fixture) into a shared runs folder that 04, 05, 06 and 99 then analyse. Tiny means a
+02_train runs once (module fixture) into a shared runs folder that 04, 05, 06 and 99 then analyse; the cells
+the study trains besides the grid (cleanlab folds, ablation variants) are trained in-process by
+``ferlib.experiment.run``, as 02_train would, and 03 / 05 read them. Tiny means a
 ``test_resnet`` backbone (timm's 0.4 M-parameter test model), 128 training images and one epoch.
 """
 from __future__ import annotations
@@ -24,6 +26,13 @@ TINY_SPEC = {
 }
 
 pytestmark = pytest.mark.skipif(not SAMPLE.is_dir(), reason="the shipped FERPlus sample is missing")
+
+
+def train_cells(folder: Path, *changes: dict) -> list[dict]:
+    """Train ``TINY_SPEC`` with each of ``changes`` (RunSpec fields) in-process; their result.json dicts."""
+    from ferlib.experiment import RunSpec, run
+
+    return [run(RunSpec.from_dict({**TINY_SPEC, **c}, data=str(SAMPLE), out=str(folder / "runs"))) for c in changes]
 
 
 def execute(name: str, folder: Path, **parameters) -> dict:
@@ -95,9 +104,13 @@ def test_03_ablations(tmp_path):
 
     with_variants = [n for n in list_methods() if method_class(n).ablations and not method_class(n).requires]
     method = "nla" if "nla" in with_variants else (with_variants or ["ce"])[0]
-    m = execute("03_ablations", tmp_path, spec=TINY_SPEC, methods=[method], max_variants=1)
+    variant, overrides = next(iter(method_class(method).ablations.items()))
+    ablations = str(tmp_path / "runs" / "ablations")
+    train_cells(tmp_path, {"method": method, "variant": "full", "out": ablations},
+                {"method": method, "variant": variant, "method_options": overrides, "out": ablations})
+    m = execute("03_ablations", tmp_path)
     runs = m["runs"]
-    expected = ["full"] + list(method_class(method).ablations)[:1]
+    expected = ["full", variant]
     assert [r["variant"] for r in runs] == expected and {r["method"] for r in runs} == {method}
     assert runs[0]["delta_acc"] == 0.0
     for r in runs:
@@ -119,7 +132,8 @@ def test_04_label_distributions(trained):
 
 def test_05_uncertainty(trained):
     folder, trained_metrics = trained
-    m = execute("05_uncertainty", folder, n_faces=4, cleanlab_folds=2, cleanlab_epochs=1)
+    train_cells(folder, *({"fold": [i, 2], "out": str(folder / "runs" / "cleanlab")} for i in range(2)))
+    m = execute("05_uncertainty", folder, n_faces=4)
     rankings = {r["ranking"]: r for r in m["detection"]}
     assert set(rankings) == {"score", "loss", "neg_margin"}
     for r in rankings.values():

@@ -33,7 +33,7 @@ from pathlib import Path
 
 RUN_IDS = %r
 rid = RUN_IDS[json.dumps(spec, sort_keys=True)]
-assert spec["out"] == runs_dir, (spec["out"], runs_dir)
+assert spec["out"].startswith(runs_dir), (spec["out"], runs_dir)
 with open(Path(study_dir) / "train_calls.txt", "a") as f:
     f.write(rid + "\\n")
 method, seed = spec["method"], spec["train"]["seed"]
@@ -43,7 +43,7 @@ result = {"run_id": rid, "method": method, "oracle": method == "ldl_votes", "noi
           "noise_rate": 0.3, "seed": seed, "epochs": spec["train"]["epochs"], "best_epoch": 1,
           "time_per_epoch_s": 1.0, "method_options": spec["method_options"],
           "last": {"acc": 0.5 + 0.1 * seed, "mean_acc": 0.4}, "best": {"acc": 0.6, "mean_acc": 0.5}}
-run_dir = Path(runs_dir) / rid
+run_dir = Path(spec["out"]) / rid
 run_dir.mkdir(parents=True, exist_ok=True)
 (run_dir / "result.json").write_text(json.dumps(result))
 """
@@ -58,8 +58,8 @@ print("summary of", n, "runs")
 FAKE_ABLATION = """\
 import json
 from pathlib import Path
-(Path(study_dir) / "ablation_params.json").write_text(json.dumps(
-    {"methods": methods, "noise": spec["noise"], "epochs": spec["train"]["epochs"]}))
+(Path(study_dir) / "ablation_runs.json").write_text(json.dumps(
+    sorted(p.parent.name for p in (Path(runs_dir) / "ablations").glob("*/result.json"))))
 """
 
 FAKE_NOISE = """\
@@ -84,8 +84,11 @@ if not (Path(study_dir) / "fixed").exists():
 """
 
 
-def write_notebook(path: Path, title: str, params: str, body: str) -> Path:
+def write_notebook(path: Path, title: str, params: str, body: str, **role) -> Path:
+    """A notebook with a parameters cell and a body; ``role`` (e.g. ``role="cell"``) goes to its metadata."""
     nb = nbformat.v4.new_notebook()
+    if role:
+        nb.metadata["ferlib"] = role
     cell = nbformat.v4.new_code_cell(params)
     cell.metadata["tags"] = ["parameters"]
     nb.cells = [nbformat.v4.new_markdown_cell(f"# {title}"), cell, nbformat.v4.new_code_cell(body)]
@@ -99,7 +102,7 @@ def tiny_spec(tmp_path: Path, **overrides) -> StudySpec:
     (tmp_path / "data").mkdir(exist_ok=True)
     values = dict(methods=["ce", "ldl_votes"], noise=["symmetric:0.3"], seeds=[0, 1], train={"epochs": 2},
                   notebooks=["00_prepare_data", "01_inject_noise", "02_train", "03_ablations", "05_uncertainty",
-                             "99_summary"])
+                             "99_summary"], cleanlab_folds=0)
     values.update(overrides)
     return load_profile("smoke", data=tmp_path / "data", **values)
 
@@ -125,7 +128,7 @@ def test_profile_sizes_follow_the_brief():
     assert full.train_subset is None and full.grid.seeds == [0, 1, 2] and full.ablations
     protocol = {"symmetric:0.1", "symmetric:0.2", "symmetric:0.3", "class_dependent:0.3", "annotator"}
     assert protocol <= set(full.grid.noise)
-    assert full.notebook_parameters["05_uncertainty"] == {"cleanlab_folds": 5, "cleanlab_epochs": None}
+    assert full.cleanlab_folds == 5 and full.cleanlab_train == {} and smoke.cleanlab_folds == 2
     for spec in (cpu, full):  # landmarks / VA of every train face (None: all)
         assert spec.notebook_parameters["00_prepare_data"] == {"extract_limit": None}
     assert smoke.notebook_parameters == {}
@@ -166,9 +169,8 @@ def test_notebook_parameters_are_validated():
     with pytest.raises(ValueError, match=r"seed is set by the study runner"):
         load_profile("smoke", notebook_parameters={"01_inject_noise": {"seed": 3}})
     # an override merges per notebook: the profile's other parameters of that notebook stay
-    spec = load_profile("full", notebook_parameters={"05_uncertainty": {"n_faces": 4}})
-    assert spec.notebook_parameters["05_uncertainty"] == {"cleanlab_folds": 5, "cleanlab_epochs": None, "n_faces": 4}
-    assert spec.notebook_parameters["00_prepare_data"] == {"extract_limit": None}
+    spec = load_profile("full", notebook_parameters={"00_prepare_data": {"n_faces": 4}})
+    assert spec.notebook_parameters["00_prepare_data"] == {"extract_limit": None, "n_faces": 4}
 
 
 def test_unknown_profile_lists_profiles():
@@ -215,16 +217,30 @@ def test_grid_expands_to_methods_x_noise_x_seeds(tmp_path):
         assert run_id(again) == run_id(s)
 
 
-def test_ablation_base_spec(tmp_path, monkeypatch):
-    monkeypatch.setattr(method_class("ldl_votes"), "ablations", {"no_threshold": {"min_votes": 0.0}})
+def test_ablation_cells_merge_the_profiles_options_and_fold_cells_cover_relabelling_noise(tmp_path, monkeypatch):
+    monkeypatch.setattr(method_class("ldl_votes"), "ablations", {"no_threshold": {"min_votes": 0.0},
+                                                                 "as_profile": {"min_votes": 2.0},
+                                                                 "default": {}})
     monkeypatch.setattr(method_class("ce"), "ablations", {})
-    spec = tiny_spec(tmp_path, noise=["none", "symmetric:0.2"], ablation_train={"epochs": 1})
-    base = spec.ablation_spec(tmp_path / "runs")
-    assert (base.noise, base.train.seed, base.train.epochs) == ("symmetric:0.2", 0, 1)  # first noise other than none
-    assert spec.ablation_methods() == ["ldl_votes"]
-    spec = tiny_spec(tmp_path, ablation_noise="class_dependent:0.30")
-    assert spec.ablation_spec(tmp_path / "runs").noise == "class_dependent:0.3"
-    assert spec.ablation_spec(tmp_path / "runs").train.epochs == 2
+    spec = tiny_spec(tmp_path, noise=["none", "symmetric:0.2"], ablations=True, ablation_train={"epochs": 1},
+                     method_options={"ldl_votes": {"min_votes": 2.0}}, cleanlab_folds=3)
+    runs = tmp_path / "runs"
+    ablation = spec.ablation_specs(runs)
+    # full + the one variant that changes something; the profile's options of that method kept in both
+    assert [(s.method, s.variant, s.method_options) for s in ablation] == \
+        [("ldl_votes", "full", {"min_votes": 2.0}), ("ldl_votes", "no_threshold", {"min_votes": 0.0})]
+    for s in ablation:  # first noise other than none, first seed, ablation_train, own folder
+        assert (s.noise, s.train.seed, s.train.epochs, Path(s.out)) == ("symmetric:0.2", 0, 1, runs / "ablations")
+    folds = spec.fold_specs(runs)
+    assert [(s.noise, s.train.seed, s.fold) for s in folds] == \
+        [("symmetric:0.2", seed, [i, 3]) for seed in (0, 1) for i in range(3)]  # "none" flips nothing
+    assert {(s.method, Path(s.out)) for s in folds} == {("ce", runs / "cleanlab")}
+    kinds = [kind for kind, _ in spec.cells(runs)]
+    assert kinds == ["grid"] * 8 + ["ablation"] * 2 + ["fold"] * 6
+    assert len({run_id(s) for _, s in spec.cells(runs)}) == 16
+    assert tiny_spec(tmp_path, ablations=False).ablation_specs(runs) == []
+    with pytest.raises(ValueError, match="cleanlab_folds must be 0 .none. or an integer >= 2"):
+        tiny_spec(tmp_path, cleanlab_folds=1)
 
 
 def test_kernel_runs_this_interpreter():
@@ -239,7 +255,8 @@ def test_cli_dry_run_lists_cells(tmp_path, capsys):
                  "--methods", "ce", "--seeds", "0", "1", "--epochs", "1", "--dry-run"])
     out = capsys.readouterr().out
     assert code == 0
-    assert len(re.findall(r"^ce-symmetric0\.3-s[01]-[0-9a-f]{8}  to run$", out, re.M)) == 2
+    assert len(re.findall(r"^grid +ce-symmetric0\.3-s[01]-[0-9a-f]{8}  to run$", out, re.M)) == 2
+    assert len(re.findall(r"^fold +cleanlab/ce-symmetric0\.3-s[01]-[0-9a-f]{8}  to run$", out, re.M)) == 4
     assert main(["--profile", "nope", "--dry-run"]) == 2
 
 
@@ -275,20 +292,26 @@ def test_report_summary_means_and_stds_over_seeds(tmp_path):
 
 # ----------------------------------------------------------------------------------- the runner
 def test_run_study_resumes_records_failures_and_reports(tmp_path, monkeypatch):
+    monkeypatch.setattr(method_class("ldl_votes"), "ablations", {"threshold": {"min_votes": 1.0}})
+    monkeypatch.setattr(method_class("ce"), "ablations", {})
     spec = tiny_spec(tmp_path)
+    later = dataclasses.replace(spec, ablations=True, ablation_train={"epochs": 1},
+                                notebooks=["02_train", "03_ablations", "05_uncertainty", "99_summary"])
     runs, reports = tmp_path / "runs", tmp_path / "reports"
     specs = spec.run_specs(runs)
     ids = [run_id(s) for s in specs]
-    expected = {json.dumps(json.loads(json.dumps(dataclasses.asdict(s))), sort_keys=True): i
-                for s, i in zip(specs, ids)}
+    ablation_ids = [run_id(s) for s in later.ablation_specs(runs)]
+    expected = {json.dumps(json.loads(json.dumps(dataclasses.asdict(s))), sort_keys=True): run_id(s)
+                for _, s in later.cells(runs)}
     nbdir = tmp_path / "notebooks"
-    write_notebook(nbdir / "02_train.ipynb", "Fake training", COMMON_PARAMS + "spec = {}\n", FAKE_TRAIN % expected)
+    write_notebook(nbdir / "02_train.ipynb", "Fake training", COMMON_PARAMS + "spec = {}\n", FAKE_TRAIN % expected,
+                   role="cell")
     write_notebook(nbdir / "99_summary.ipynb", "Fake summary", COMMON_PARAMS, FAKE_SUMMARY)
     write_notebook(nbdir / "05_uncertainty.ipynb", "Fake uncertainty", COMMON_PARAMS, FAKE_FAILING)
     write_notebook(nbdir / "01_inject_noise.ipynb", "Fake noise", COMMON_PARAMS + "noise = 'none'\nseed = 5\n",
                    FAKE_NOISE)
-    write_notebook(nbdir / "03_ablations.ipynb", "Fake ablations", COMMON_PARAMS + "spec = {}\nmethods = []\n",
-                   FAKE_ABLATION)
+    write_notebook(nbdir / "03_ablations.ipynb", "Fake ablations", COMMON_PARAMS, FAKE_ABLATION, role="view",
+                   needs="ablation")
     # 00_prepare_data is listed but missing: skipped with a warning
     lines: list[str] = []
     first = run_study(spec, runs_dir=runs, reports_dir=reports, notebooks_dir=nbdir, log=lines.append)
@@ -303,9 +326,9 @@ def test_run_study_resumes_records_failures_and_reports(tmp_path, monkeypatch):
     # extra parameters only where declared: noise and seed, not train_subset
     assert json.loads((reports / "noise_params.json").read_text()) == \
         {"noise": "symmetric:0.3", "seed": 0, "train_subset_given": False}
-    assert not (reports / "ablation_params.json").exists()  # ablations off: 03 not run
+    assert not (reports / "ablation_runs.json").exists()  # no ablation cell: 03 not run
     assert any("00_prepare_data.ipynb is missing" in line for line in lines)
-    assert any(re.match(rf"cell \d/4 {re.escape(ids[0])} \.\.\. done in \d+s, ETA \d+s", line) for line in lines)
+    assert any(re.match(rf"cell \d/4 grid {re.escape(ids[0])} \.\.\. done in \d+s, ETA \d+s", line) for line in lines)
     assert (reports / "summary_ran.txt").read_text() == "3"
 
     failures = json.loads((reports / "failures.json").read_text())
@@ -329,22 +352,20 @@ def test_run_study_resumes_records_failures_and_reports(tmp_path, monkeypatch):
     assert "Fake summary" in index  # one-line description from the notebook's title
     assert "study.json" in {p.name for p in reports.iterdir()}
 
-    # rerun after fixing, ablations on: finished cells are skipped, only the failed cell executes, failures cleared
+    # rerun after fixing, ablations on: finished cells are skipped; the failed cell and the two ablation cells
+    # (ldl_votes full and threshold, in runs/ablations) execute; failures cleared
     (reports / "fixed").write_text("")
-    monkeypatch.setattr(method_class("ce"), "ablations", {"plain": {}})
-    monkeypatch.setattr(method_class("ldl_votes"), "ablations", {})
-    spec = dataclasses.replace(spec, ablations=True, ablation_train={"epochs": 1},
-                               notebooks=["02_train", "03_ablations", "05_uncertainty", "99_summary"])
-    second = run_study(spec, runs_dir=runs, reports_dir=reports, notebooks_dir=nbdir, log=lines.append)
+    second = run_study(later, runs_dir=runs, reports_dir=reports, notebooks_dir=nbdir, log=lines.append)
     calls = (reports / "train_calls.txt").read_text().split()
-    assert len(calls) == 5 and calls[-1] == bad
-    assert [c["status"] for c in second.cells].count("skipped") == 3 and second.executed == 1
+    assert len(calls) == 7 and calls[4:] == [bad, *ablation_ids]
+    assert [(c["kind"], c["status"]) for c in second.cells].count(("grid", "skipped")) == 3
+    assert [c["kind"] for c in second.cells if c["status"] == "done"] == ["grid", "ablation", "ablation"]
+    assert second.executed == 3
     assert json.loads((reports / "failures.json").read_text()) == {} and second.ok
     assert len(pd.read_csv(reports / "results.csv")) == 4
     assert "Failures" not in (reports / "index.html").read_text()
     assert second.notebooks == {"03_ablations": "done", "05_uncertainty": "done", "99_summary": "done"}
-    assert json.loads((reports / "ablation_params.json").read_text()) == \
-        {"methods": ["ce"], "noise": "symmetric:0.3", "epochs": 1}
+    assert json.loads((reports / "ablation_runs.json").read_text()) == sorted(ablation_ids)  # 03 reads them
 
 
 def test_notebook_parameters_reach_the_notebook(tmp_path):

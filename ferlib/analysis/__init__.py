@@ -6,18 +6,18 @@ The functions live in one sub-module per concept and are all re-exported here (`
 
 =======================  ===============================================================================
 ``runs``                 :func:`list_runs`, :func:`load_run`, :func:`load_runs`, :func:`one_per_method`,
-                         :func:`build_spec`, :func:`spec_from_run`, :func:`run_dataset`, :func:`images_by_id`,
-                         :func:`run_features`, :func:`class_names_for`
+                         :func:`run_dataset`, :func:`images_by_id`, :func:`saved_features`,
+                         :func:`class_names_for`
 ``distributions``        :func:`softmax`, :func:`kl_divergence`, :func:`js_divergence`,
                          :func:`recovered_distribution`, :func:`label_distribution_metrics`,
                          :func:`label_distribution_table`, :func:`choose_faces`,
                          :func:`distribution_examples`
 ``detection``            :func:`detection_metrics`, :func:`flag_metrics`, :func:`uncertainty_table`,
-                         :func:`extreme_samples`, :func:`plot_extremes`, :func:`kfold_ce_probs`,
+                         :func:`extreme_samples`, :func:`plot_extremes`, :func:`out_of_sample_probs`,
                          :func:`cleanlab_issues`, :func:`cleanlab_scores`, :func:`cleanlab_table`
 ``tables``               :func:`parse_noise`, :func:`summary_table`, :func:`format_summary`,
                          :func:`timing_table`, :func:`per_class_table`, :func:`per_class_summary`,
-                         :func:`run_ablations`
+                         :func:`ablation_table`
 ``dataprep``             :func:`sample_faces`, :func:`noise_table`, :func:`noise_examples`,
                          :func:`try_landmarks`, :func:`va_values`, :func:`va_summary`
 ``embeddings``           :func:`embed_umap`, :func:`run_embeddings`, :func:`silhouette`
@@ -36,27 +36,27 @@ from __future__ import annotations
 from .dataprep import noise_examples, noise_table, sample_faces, try_landmarks, va_summary, va_values
 from .detection import RANKINGS  # noqa: F401  (module constant, public as before but not in __all__)
 from .detection import (cleanlab_issues, cleanlab_scores, cleanlab_table, detection_metrics, extreme_samples,
-                        flag_metrics, kfold_ce_probs, plot_extremes, uncertainty_table)
+                        flag_metrics, out_of_sample_probs, plot_extremes, uncertainty_table)
 from .distributions import (choose_faces, distribution_examples, js_divergence, kl_divergence,
                             label_distribution_metrics, label_distribution_table, recovered_distribution, softmax)
 from .embeddings import embed_umap, run_embeddings, silhouette
 from .notebook import chdir_repo_root, record_metrics, save_figure
 from .plots import (face_grid, plot_bars, plot_confusion, plot_distributions, plot_embedding, plot_learning_curves,
                     plot_noise_curve, plot_transition, plot_va)
-from .runs import (RunRecord, build_spec, class_names_for, images_by_id, list_runs, load_run, load_runs,
-                   one_per_method, run_dataset, run_features, spec_from_run)
-from .tables import (format_summary, parse_noise, per_class_summary, per_class_table, run_ablations, summary_table,
+from .runs import (RunRecord, class_names_for, images_by_id, list_runs, load_run, load_runs, one_per_method,
+                   run_dataset, saved_features)
+from .tables import (ablation_table, format_summary, parse_noise, per_class_summary, per_class_table, summary_table,
                      timing_table)
 
 __all__ = [
-    "RunRecord", "list_runs", "load_run", "load_runs", "one_per_method", "build_spec", "spec_from_run",
-    "run_dataset", "images_by_id", "run_features", "class_names_for",
+    "RunRecord", "list_runs", "load_run", "load_runs", "one_per_method", "run_dataset", "images_by_id",
+    "saved_features", "class_names_for",
     "softmax", "kl_divergence", "js_divergence", "recovered_distribution", "label_distribution_metrics",
     "label_distribution_table", "choose_faces", "distribution_examples",
-    "detection_metrics", "flag_metrics", "uncertainty_table", "extreme_samples", "plot_extremes", "kfold_ce_probs",
+    "detection_metrics", "flag_metrics", "uncertainty_table", "extreme_samples", "plot_extremes", "out_of_sample_probs",
     "cleanlab_issues", "cleanlab_scores", "cleanlab_table",
     "parse_noise", "summary_table", "format_summary", "timing_table", "per_class_table", "per_class_summary",
-    "run_ablations", "sample_faces", "noise_table", "noise_examples", "try_landmarks", "va_values", "va_summary",
+    "ablation_table", "sample_faces", "noise_table", "noise_examples", "try_landmarks", "va_values", "va_summary",
     "embed_umap", "run_embeddings", "silhouette",
     "plot_confusion", "plot_learning_curves", "plot_transition", "plot_bars", "face_grid", "plot_distributions",
     "plot_noise_curve", "plot_embedding", "plot_va",

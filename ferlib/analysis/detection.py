@@ -1,22 +1,19 @@
-"""Mislabel detection: per-sample uncertainty rankings, AUROC / AP, K-fold CE probabilities and cleanlab."""
+"""Mislabel detection: per-sample uncertainty rankings, AUROC / AP, cross-fitted CE probabilities and cleanlab."""
 from __future__ import annotations
 
-import dataclasses
 import json
-import os
 import warnings
-from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
 
 from .distributions import softmax
 from .plots import face_grid
-from .runs import RunRecord, class_names_for, images_by_id, load_runs, run_dataset, spec_from_run
+from .runs import RunRecord, class_names_for, images_by_id, load_runs, run_dataset
 
 __all__ = [
     "RANKINGS", "detection_metrics", "flag_metrics", "uncertainty_table", "extreme_samples", "plot_extremes",
-    "kfold_ce_probs", "cleanlab_issues", "cleanlab_scores", "cleanlab_table",
+    "out_of_sample_probs", "cleanlab_issues", "cleanlab_scores", "cleanlab_table",
 ]
 
 
@@ -172,73 +169,37 @@ def plot_extremes(run, k: int = 8, *, key: str = "method_score"):
                            "red = flipped (given/clean)")
 
 
-def kfold_ce_probs(data, *, k: int = 5, backbone=None, train=None, out_dir: str | os.PathLike | None = None,
-                   seed: int = 0, resume: bool = True) -> np.ndarray:
-    """Out-of-sample class probabilities of every train sample from K-fold cross-entropy training.
+def out_of_sample_probs(fold_runs) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Cross-fitted probabilities from the k runs of one data setting's folds (RunSpec ``fold = [i, k]``).
 
-    The train split is cut into ``k`` folds stratified by the GIVEN labels; for each fold a fresh model is
-    trained with the CE method by :func:`ferlib.engine.fit` on the other folds, and predicts the held-out
-    fold (passed to ``fit`` as its ``test`` split; its logged accuracy is not used, and the LAST epoch's model
-    predicts). This is what cleanlab's confident learning expects as ``pred_probs``.
+    Each fold run trained on the other folds and predicted its held-out fold as its test split, with its last
+    epoch's model; together they predict every training sample once, out of sample: cleanlab's ``pred_probs``.
 
     Parameters
     ----------
-    data : FERData with a train split (given, possibly noisy labels); other splits are ignored.
-    k : number of folds, >= 2.
-    backbone : :class:`ferlib.backbones.BackboneConfig` (default: resnet18); ``in_chans`` follows the data.
-    train : :class:`ferlib.engine.TrainConfig` of each fold's training (``select_on`` is set to ``test``).
-    out_dir : folder for the fold runs (``fold0``, ``fold1``, ...), resumed when found; None = a temporary
-        folder, deleted afterwards.
-    seed : seed of the fold assignment.
+    fold_runs : the k RunRecords (or run directories) of one setting, folds 0..k-1 each once.
 
     Returns
     -------
-    (N, K) float64 probabilities, rows in the order of ``data.subset("train")``.
+    ``(ids, given, clean, probs)``: (N,) str sample ids, (N,) int given (possibly flipped) and clean labels,
+    (N, K) float64 probabilities, sorted by id.
+
+    Raises
+    ------
+    ValueError naming the setting when a fold is missing or twice, or two folds predict the same sample.
     """
-    import tempfile
-
-    from sklearn.model_selection import StratifiedKFold
-
-    from ..backbones import BackboneConfig, create_model
-    from ..engine import TrainConfig, fit
-    from ..methods import create_method
-
-    if int(k) < 2:
-        raise ValueError(f"k must be >= 2, got {k!r}")
-    backbone = BackboneConfig() if backbone is None else backbone
-    backbone = BackboneConfig(**backbone) if isinstance(backbone, dict) else backbone
-    train = TrainConfig() if train is None else train
-    train = TrainConfig(**train) if isinstance(train, dict) else train
-    cfg = dataclasses.replace(train, select_on="test", save_features=False)
-    backbone = dataclasses.replace(backbone, in_chans=data.image_shape[2])
-    tr = data.subset("train")
-    probs = np.full((len(tr), tr.num_classes), np.nan)
-    folds = StratifiedKFold(n_splits=int(k), shuffle=True, random_state=seed)
-    tmp = tempfile.TemporaryDirectory(prefix="ferlib-kfold-") if out_dir is None else None
-    root = Path(tmp.name if tmp else out_dir)
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
-            splits = list(folds.split(np.zeros(len(tr)), tr.labels))
-        for i, (fit_idx, held_idx) in enumerate(splits):
-            split = np.array(["train"] * len(tr), dtype=object)
-            split[held_idx] = "test"
-            fold = dataclasses.replace(tr, split=split.astype(str))
-            model = create_model(backbone, tr.num_classes)
-            method = create_method("ce", num_classes=tr.num_classes, num_train=len(fit_idx),
-                                   feature_dim=model.feature_dim)
-            fit(model, method, fold, cfg, root / f"fold{i}", resume=resume,
-                meta={"kfold": {"fold": i, "k": int(k), "seed": seed}})
-            with np.load(root / f"fold{i}" / "readout.npz", allow_pickle=False) as z:
-                logits, ids = z["test_logits"], z["test_ids"]
-            if not np.array_equal(ids.astype(str), tr.ids[held_idx].astype(str)):
-                raise RuntimeError(f"{root / f'fold{i}'}: held-out ids differ from this data's fold; "
-                                   "remove the folder (it was made with other data)")
-            probs[held_idx] = softmax(logits)
-    finally:
-        if tmp is not None:
-            tmp.cleanup()
-    return probs
+    runs = load_runs(fold_runs)
+    folds = sorted(tuple(r.result.get("fold") or ()) for r in runs)
+    k = folds[0][1] if folds and len(folds[0]) == 2 else 0
+    if folds != [(i, k) for i in range(k)]:
+        raise ValueError(f"fold runs {[r.run_id for r in runs]} are folds {folds}, not 0..k-1 of one k")
+    ids = np.concatenate([r.readout["test_ids"].astype(str) for r in runs])
+    if len(np.unique(ids)) != len(ids):
+        raise ValueError(f"fold runs {[r.run_id for r in runs]} predict some sample twice (other data?)")
+    order = np.argsort(ids, kind="stable")
+    cat = lambda key: np.concatenate([r.readout[key] for r in runs])[order]  # noqa: E731
+    return ids[order], cat("test_given").astype(np.int64), cat("test_labels").astype(np.int64), \
+        softmax(cat("test_logits").astype(np.float64))
 
 
 def cleanlab_issues(given, pred_probs, *, filter_by: str = "prune_by_noise_rate") -> np.ndarray:
@@ -249,7 +210,7 @@ def cleanlab_issues(given, pred_probs, *, filter_by: str = "prune_by_noise_rate"
     Parameters
     ----------
     given : (N,) int given labels in [0, K).
-    pred_probs : (N, K) out-of-sample probabilities (:func:`kfold_ce_probs`).
+    pred_probs : (N, K) out-of-sample probabilities (:func:`out_of_sample_probs`).
     filter_by : cleanlab's method (``prune_by_noise_rate``, ``prune_by_class``, ``both``, ``confident_learning``,
         ``predicted_neq_given``, ...).
 
@@ -295,22 +256,19 @@ def _check_probs(given, pred_probs) -> tuple[np.ndarray, np.ndarray]:
     return given, probs
 
 
-def cleanlab_table(runs, *, folds: int = 5, epochs: int | None = None, out_dir: str | os.PathLike | None = None,
-                   filter_by: str = "prune_by_noise_rate") -> "object":
-    """cleanlab's confident learning beside the methods: one row per distinct data setting of ``runs``.
+def cleanlab_table(runs, *, filter_by: str = "prune_by_noise_rate") -> "object":
+    """cleanlab's confident learning beside the methods: one row per data setting the fold runs cover.
 
-    For each distinct (dataset, options, noise, train subset, seed) among the runs trained on flipped labels
-    (settings without a flipped label are skipped), the training data are rebuilt exactly
-    (:func:`ferlib.experiment.prepare_data` of :func:`spec_from_run`), K-fold CE probabilities are computed
-    (:func:`kfold_ce_probs`, with the backbone and train settings of a CE run of that setting if there is one,
-    else of the first run, and ``epochs`` if given), and cleanlab flags and ranks the given labels.
+    The study trains the fold cells (:meth:`ferlib.study.StudySpec.fold_specs`: k CE runs per noise and seed,
+    each holding one fold of the train split out); this reads them, builds :func:`out_of_sample_probs` and
+    lets cleanlab flag and rank the given labels. Settings without a flipped label are skipped (detection
+    metrics are undefined there).
 
     Parameters
     ----------
-    runs : runs folder, or RunRecords / run directories.
-    folds : K (>= 2).
-    epochs : epochs per fold (None = the run's).
-    out_dir : parent of the fold runs, one sub-folder per setting (resumed); None = temporary folders.
+    runs : the fold runs folder (``<runs_dir>/cleanlab``), or RunRecords / run directories; runs that are not
+        folds are ignored, and a setting with a fold still missing is left out.
+    filter_by : :func:`cleanlab_issues`'s method.
 
     Returns
     -------
@@ -320,41 +278,27 @@ def cleanlab_table(runs, *, folds: int = 5, epochs: int | None = None, out_dir: 
     """
     import pandas as pd
 
-    from ..experiment import prepare_data, run_id
-
     groups: dict[str, list[RunRecord]] = {}
     for run in load_runs(runs):
-        if not run.flipped.any():
-            continue  # nothing to find: detection metrics are undefined, and K trainings would be wasted
         r = run.result
-        key = json.dumps([r.get("dataset"), str(r.get("data")), r.get("dataset_options"), r.get("noise"),
-                          r.get("train_subset"), r.get("seed")], sort_keys=True, default=str)
-        groups.setdefault(key, []).append(run)
+        if r.get("fold"):
+            key = json.dumps([r.get(k) for k in ("dataset", "data", "dataset_options", "noise", "noise_seed",
+                                                 "train_subset", "seed", "epochs")], sort_keys=True, default=str)
+            groups.setdefault(key, []).append(run)
     rows = []
     for members in groups.values():
-        ref = next((m for m in members if m.result.get("method") == "ce"), members[0])
-        spec = spec_from_run(ref)
-        spec.method, spec.method_options = "ce", {}
-        if epochs is not None:
-            spec.train = dataclasses.replace(spec.train, epochs=int(epochs))
-        data, _ = prepare_data(spec)
-        tr = data.subset("train")
-        if not np.array_equal(tr.ids.astype(str), ref.readout["ids"].astype(str)):
-            raise RuntimeError(f"rebuilt train split of {ref.path} differs from its readout ids")
-        where = None if out_dir is None else Path(out_dir) / f"{run_id(spec)}-k{int(folds)}"
-        probs = kfold_ce_probs(data, k=folds, backbone=spec.backbone, train=spec.train, out_dir=where,
-                               seed=spec.train.seed)
-        flagged = cleanlab_issues(tr.labels, probs, filter_by=filter_by)
-        score = cleanlab_scores(tr.labels, probs)
-        flipped = tr.labels != tr.true_labels
-        if where is not None:
-            from ..results import atomic_savez
-
-            atomic_savez(where / "cleanlab.npz", ids=tr.ids.astype(str), probs=probs, flagged=flagged, score=score,
-                         given=tr.labels, clean=tr.true_labels)
-        rows.append({"run_id": f"cleanlab-{run_id(spec)}", "method": "cleanlab", "oracle": False,
-                     "noise": ref.result.get("noise"), "noise_rate": ref.result.get("noise_rate"),
-                     "seed": ref.result.get("seed"), "ranking": "1 - self_confidence",
-                     **detection_metrics(score, flipped), **flag_metrics(flagged, flipped),
-                     "folds": int(folds), "epochs": spec.train.epochs})
+        k = members[0].result["fold"][1]
+        if len(members) < k:
+            continue  # not all folds finished yet
+        ids, given, clean, probs = out_of_sample_probs(members)
+        flipped = given != clean
+        if not flipped.any():
+            continue
+        ref = members[0].result
+        rows.append({"run_id": "cleanlab-" + ref["run_id"].rsplit("-", 1)[0], "method": "cleanlab",
+                     "oracle": False, "noise": ref.get("noise"), "noise_rate": float(flipped.mean()),
+                     "seed": ref.get("seed"), "ranking": "1 - self_confidence",
+                     **detection_metrics(cleanlab_scores(given, probs), flipped),
+                     **flag_metrics(cleanlab_issues(given, probs, filter_by=filter_by), flipped),
+                     "folds": int(k), "epochs": ref.get("epochs")})
     return pd.DataFrame(rows)

@@ -5,7 +5,7 @@ import warnings
 
 import numpy as np
 
-from .runs import load_runs, run_features
+from .runs import load_runs, saved_features
 
 __all__ = [
     "embed_umap", "run_embeddings", "silhouette",
@@ -30,11 +30,13 @@ def embed_umap(features, *, random_state: int = 0, n_neighbors: int = 15, min_di
         return reducer.fit_transform(x).astype(np.float32)
 
 
-def run_embeddings(run, *, max_points: int | None = 2000, random_state: int = 0) -> dict:
+def run_embeddings(run, *, features: dict | None = None, max_points: int | None = 2000,
+                   random_state: int = 0) -> dict:
     """UMAP embeddings of one run's test and train features with the labels to colour them by.
 
-    Features are the saved ones or recomputed from ``model.pt`` (:func:`run_features`). At most ``max_points``
-    samples per split (a fixed random subset) are embedded.
+    ``features`` : split -> (N, D) features, rows as the read-out's ``ids`` / ``test_ids``
+    (:func:`ferlib.experiment.run_features` recomputes them from ``model.pt``); None = the ones the run saved
+    (:func:`saved_features`). At most ``max_points`` samples per split (a fixed random subset) are embedded.
 
     Returns
     -------
@@ -44,7 +46,10 @@ def run_embeddings(run, *, max_points: int | None = 2000, random_state: int = 0)
         ``silhouette_train_given`` : :func:`silhouette` of the raw features by those labels.
     """
     run = load_runs(run)[0]
-    feats = run_features(run)
+    feats = saved_features(run) if features is None else features
+    if not {"train", "test"} <= set(feats):
+        raise ValueError(f"{run.path}: no saved features (train.save_features was off); pass "
+                         "features=ferlib.experiment.run_features(run.path)")
     rng = np.random.default_rng(random_state)
 
     def pick(n: int) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Finished runs: load run directories and their readouts, rebuild their specs, datasets and features."""
+"""Finished runs: load run directories and their readouts, their datasets and saved features (read only)."""
 from __future__ import annotations
 
 import dataclasses
@@ -14,8 +14,8 @@ import numpy as np
 from ..results import read_json
 
 __all__ = [
-    "RunRecord", "list_runs", "load_run", "load_runs", "one_per_method", "build_spec", "spec_from_run",
-    "run_dataset", "images_by_id", "run_features", "class_names_for",
+    "RunRecord", "list_runs", "load_run", "load_runs", "one_per_method", "run_dataset", "images_by_id",
+    "saved_features", "class_names_for",
 ]
 
 
@@ -141,50 +141,6 @@ def one_per_method(runs) -> list[RunRecord]:
     return sorted(seen.values(), key=runs.index)
 
 
-def build_spec(spec: Mapping | None = None, *, data: str, dataset: str, dataset_options: Mapping,
-               out: str | os.PathLike):
-    """A :class:`ferlib.experiment.RunSpec` from a notebook's ``spec`` parameter and its common parameters.
-
-    ``spec`` is ``dataclasses.asdict(RunSpec)`` or any part of it (missing fields take RunSpec's defaults;
-    nested ``backbone`` / ``train`` dicts may be partial too). ``data``, ``dataset`` and ``dataset_options``
-    fill the spec where it does not give them; ``out`` always replaces the spec's (a notebook writes its runs
-    under its ``runs_dir``).
-    """
-    from ..experiment import RunSpec
-
-    spec = dict(spec or {})
-    unknown = set(spec) - {f.name for f in dataclasses.fields(RunSpec)}
-    if unknown:
-        raise ValueError(f"unknown RunSpec field(s) {sorted(unknown)}; valid: "
-                         f"{', '.join(f.name for f in dataclasses.fields(RunSpec))}")
-    spec.setdefault("data", data)
-    spec.setdefault("dataset", dataset)
-    spec.setdefault("dataset_options", dict(dataset_options))
-    spec["out"] = str(out)
-    return RunSpec(**spec)
-
-
-def spec_from_run(run, *, out: str | os.PathLike | None = None):
-    """The :class:`ferlib.experiment.RunSpec` that reproduces a finished run (data, noise, subset, seed, ...).
-
-    Parameters
-    ----------
-    run : RunRecord or run directory.
-    out : parent folder for the rebuilt spec (default: the run's parent folder).
-    """
-    from ..experiment import RunSpec
-
-    run = load_runs(run)[0]
-    cfg = run.config
-    missing = [k for k in ("train", "method", "data", "dataset", "noise", "backbone") if k not in cfg]
-    if missing:
-        raise ValueError(f"{run.path}/config.json lacks {missing}; it was not written by ferlib.experiment.run")
-    return RunSpec(data=cfg["data"], dataset=cfg["dataset"], dataset_options=dict(cfg.get("dataset_options") or {}),
-                   noise=cfg["noise"], train_subset=cfg.get("train_subset"), method=cfg["method"],
-                   method_options=dict(cfg.get("method_options") or {}), backbone=dict(cfg["backbone"]),
-                   train=dict(cfg["train"]), out=str(out if out is not None else run.path.parent))
-
-
 @functools.lru_cache(maxsize=4)
 def _load_dataset_cached(dataset: str, data: str, options_json: str):
     from ..data import load_dataset
@@ -242,41 +198,9 @@ def class_names_for(run_or_k) -> tuple[str, ...]:
         return tuple(str(i) for i in range(int(k)))
 
 
-def run_features(run, *, splits: Sequence[str] = ("train", "test"), device: str | None = None) -> dict[str, np.ndarray]:
-    """Penultimate features of a run's model: the saved ones, or recomputed from ``model.pt``.
-
-    Parameters
-    ----------
-    run : RunRecord or run directory.
-    splits : which of ``"train"`` (rows = readout ``ids``) and ``"test"`` (rows = readout ``test_ids``).
-    device : torch device for recomputing; default the run's ``train.device`` setting.
-
-    Returns
-    -------
-    dict split -> (N, D) float32 features (the ``model.embed`` output the classifier sees).
-    """
+def saved_features(run) -> dict[str, np.ndarray]:
+    """The penultimate features a run saved in its read-out (``train.save_features``): split -> (N, D) float32;
+    empty when none were saved (:func:`ferlib.experiment.run_features` recomputes them from ``model.pt``)."""
     run = load_runs(run)[0]
-    bad = set(splits) - {"train", "test"}
-    if bad:
-        raise ValueError(f"splits must be among ('train', 'test'), got {sorted(bad)}")
-    saved = {s: run.readout[f"{s}_features"].astype(np.float32) for s in splits if f"{s}_features" in run.readout}
-    todo = [s for s in splits if s not in saved]
-    if not todo:
-        return saved
-    import torch
-
-    from ..backbones import BackboneConfig, create_model
-    from ..engine import TrainConfig, predict, resolve_device
-
-    cfg = TrainConfig(**{**run.config["train"], "progress": False})
-    dev = resolve_device(device or cfg.device)
-    backbone = dataclasses.replace(BackboneConfig(**run.config["backbone"]), weights=None)  # model.pt has them all
-    model = create_model(backbone, int(run.readout["train_logits"].shape[1]))
-    model.load_state_dict(torch.load(run.path / "model.pt", map_location="cpu", weights_only=True))
-    model.to(dev)
-    data = run_dataset(run)
-    for s in todo:
-        ids = run.readout["ids" if s == "train" else "test_ids"]
-        _, feats = predict(model, data.images[images_by_id(data, ids)], cfg, dev, features=True)
-        saved[s] = feats.astype(np.float32)
-    return saved
+    return {s: run.readout[f"{s}_features"].astype(np.float32) for s in ("train", "test")
+            if f"{s}_features" in run.readout}

@@ -1,11 +1,9 @@
 """Result tables: mean ± std summaries over seeds, their formatting, timings, per-class accuracy, ablations."""
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
-import os
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -13,7 +11,7 @@ from .runs import class_names_for, load_runs
 
 __all__ = [
     "parse_noise", "summary_table", "format_summary", "timing_table", "per_class_table", "per_class_summary",
-    "run_ablations",
+    "ablation_table",
 ]
 
 
@@ -205,50 +203,43 @@ def per_class_summary(runs, *, stage: str = "last", split: str = "test") -> "obj
     return out.sort_values(["noise", "method", "_order"]).drop(columns="_order").reset_index(drop=True)
 
 
-def run_ablations(spec, methods: Iterable[str] | None = None, *, out: str | os.PathLike,
-                  max_variants: int | None = None, resume: bool = True) -> "object":
-    """Train every method's full configuration and each of its ablation variants on the same setting.
+def ablation_table(runs) -> "object":
+    """Every method's full configuration beside each of its ablation variants, read from their runs.
+
+    The study trains the ablation cells (:meth:`ferlib.study.StudySpec.ablation_specs`: same data, noise and
+    seed, the profile's method options merged with each variant's overrides); a run's ``variant`` field in
+    ``result.json`` says which it is.
 
     Parameters
     ----------
-    spec : base :class:`ferlib.experiment.RunSpec` or its ``asdict`` dict (data, noise, subset, training);
-        its ``method`` and ``method_options`` are replaced per run, its ``out`` by ``out``.
-    methods : method names; None = every registered method with a non-empty ``ablations`` dict.
-    out : parent folder of the run directories.
-    max_variants : run only the first n variants of each method (None = all); for smoke tests.
+    runs : the ablation runs folder (``<runs_dir>/ablations``), or RunRecords / run directories; runs with no
+        ``variant`` are ignored.
 
     Returns
     -------
-    pandas.DataFrame, one row per run: ``method, variant`` (``"full"`` or the variant name), ``overrides``,
-    ``run_id``, ``last.acc``, ``last.mean_acc``, ``last.macro_f1``, ``best.acc``, ``best.mean_acc``,
-    ``time_per_epoch_s``, and ``delta_acc`` / ``delta_mean_acc`` (last epoch, variant minus full).
+    pandas.DataFrame, one row per run: ``method, variant`` (``"full"`` or the variant name),
+    ``method_options`` (JSON), ``run_id``, ``oracle``, ``last.acc``, ``last.mean_acc``, ``last.macro_f1``,
+    ``best.*`` alike, ``time_per_epoch_s``, and ``delta_acc`` / ``delta_mean_acc`` (last epoch, variant minus
+    the full method of the same noise and seed; NaN where that run is missing).
     """
     import pandas as pd
 
-    from ..experiment import RunSpec, run
-    from ..methods import list_methods, method_class
-
-    base = spec if isinstance(spec, dict) else dataclasses.asdict(spec)
-    if methods is None:
-        methods = [m for m in list_methods() if method_class(m).ablations]
-    rows = []
-    for name in methods:
-        variants = list(method_class(name).ablations.items())
-        if max_variants is not None:
-            variants = variants[:int(max_variants)]
-        for variant, overrides in [("full", {})] + variants:
-            own = (base.get("method_options") or {}) if name == base.get("method") else {}
-            options = {**own, **overrides}
-            s = RunSpec(**{**base, "method": name, "method_options": options, "out": str(out)})
-            res = run(s, resume=resume)
-            rows.append({"method": name, "variant": variant, "overrides": json.dumps(overrides, sort_keys=True),
-                         "run_id": res["run_id"], "oracle": bool(res.get("oracle")),
-                         **{f"{st}.{m}": res[st][m] for st in _STAGES for m in ("acc", "mean_acc", "macro_f1")},
-                         "time_per_epoch_s": res["time_per_epoch_s"]})
-    table = pd.DataFrame(rows, columns=["method", "variant", "overrides", "run_id", "oracle", "last.acc",
-                                        "last.mean_acc", "last.macro_f1", "best.acc", "best.mean_acc",
-                                        "best.macro_f1", "time_per_epoch_s"])
+    columns = ["method", "variant", "noise", "seed", "method_options", "run_id", "oracle",
+               *(f"{st}.{m}" for st in _STAGES for m in ("acc", "mean_acc", "macro_f1")), "time_per_epoch_s"]
+    rows = [{"method": r.result["method"], "variant": r.result["variant"], "noise": r.result.get("noise"),
+             "seed": r.result.get("seed"), "method_options": json.dumps(r.result.get("method_options") or {},
+                                                                         sort_keys=True),
+             "run_id": r.run_id, "oracle": bool(r.result.get("oracle")),
+             **{f"{st}.{m}": r.result[st][m] for st in _STAGES for m in ("acc", "mean_acc", "macro_f1")},
+             "time_per_epoch_s": r.result.get("time_per_epoch_s")}
+            for r in load_runs(runs) if r.result.get("variant")]
+    table = pd.DataFrame(rows, columns=columns)
+    table["_full"] = table["variant"] == "full"
+    table = table.sort_values(["method", "noise", "seed", "_full"], ascending=[True, True, True, False],
+                              kind="stable").drop(columns="_full").reset_index(drop=True)
+    key = ["method", "noise", "seed"]
+    full = table[table["variant"] == "full"].drop_duplicates(key).set_index(key)
+    where = pd.MultiIndex.from_frame(table[key])
     for m in ("acc", "mean_acc"):
-        full = table[table["variant"] == "full"].set_index("method")[f"last.{m}"]
-        table[f"delta_{m}"] = table[f"last.{m}"] - table["method"].map(full)
+        table[f"delta_{m}"] = table[f"last.{m}"].to_numpy(float) - full[f"last.{m}"].reindex(where).to_numpy(float)
     return table

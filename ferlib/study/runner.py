@@ -12,24 +12,26 @@ Python / JupyterLab::
     from ferlib.study import load_profile, run_study
     run_study(load_profile("smoke"), runs_dir="runs/smoke", reports_dir="reports/smoke")
 
-Order of work (each notebook is executed with :data:`COMMON` parameters ``data``, ``dataset``,
-``dataset_options``, ``runs_dir`` and ``study_dir`` = ``reports_dir``, all paths absolute):
+Order of work: the notebooks of ``spec.notebooks`` in order, each as its metadata declares
+(:data:`ROLES`, ``"ferlib": {"role": ...}``), with :data:`COMMON` parameters ``data``, ``dataset``,
+``dataset_options``, ``runs_dir`` and ``study_dir`` = ``reports_dir`` (all paths absolute):
 
-1. The notebooks listed in the spec before ``02_train`` (``00_prepare_data``, ``01_inject_noise``): once. They
-   come first so that a data problem shows in a minute, not after every cell has failed on it.
-   ``01_inject_noise`` also gets ``noise`` (the grid's first noise other than none), ``seed`` (the first seed)
-   and ``train_subset`` where its parameters cell declares them (:data:`EXTRA`).
-2. ``02_train`` once per grid cell, with ``spec`` = ``dataclasses.asdict(RunSpec)`` (JSON round-tripped). A cell
-   whose ``runs_dir/<run_id>/result.json`` exists is skipped, so a study resumes where it stopped and a rerun
-   does no work; ``run_id`` (:func:`ferlib.experiment.run_id`) hashes the cell's parameters, so a changed
-   setting is a new cell. A failed cell is recorded in ``reports_dir/failures.json`` and the grid goes on.
-3. ``03_ablations`` when ``ablations`` is on, with the base ``spec`` and ``methods`` (those declaring
-   ablation variants).
-4. The other notebooks (``04``, ``05``, ``06``, ``99``) once each, over everything in ``runs_dir``.
-5. HTML of every executed notebook (nbconvert) and ``reports_dir/index.html`` (:mod:`ferlib.study.report`).
+1. ``view`` notebooks before the training notebook (``00_prepare_data``, ``01_inject_noise``): once. They come
+   first so that a data problem shows in a minute, not after every cell has failed on it.
+2. The ``cell`` notebook (``02_train``) once per training cell of :meth:`StudySpec.cells`, with ``spec`` =
+   ``dataclasses.asdict(RunSpec)`` (JSON round-tripped): the grid (methods x noise x seeds) first, then the
+   ablation variants (``<runs_dir>/ablations``, when ``ablations`` is on) and the cross-fitted CE folds behind
+   cleanlab (``<runs_dir>/cleanlab``, when ``cleanlab_folds`` >= 2). A cell whose ``<out>/<run_id>/result.json``
+   exists is skipped, so a study resumes where it stopped and a rerun does no work; ``run_id``
+   (:func:`ferlib.experiment.run_id`) hashes the cell's parameters, so a changed setting is a new cell. A
+   failed cell is recorded in ``reports_dir/failures.json`` and the others go on. Only this notebook trains.
+3. The other ``view`` notebooks (``03``, ``04``, ``05``, ``06``, ``99``) once each: they read run directories.
+   A view declaring ``needs: ablation`` (``03_ablations``) is skipped when the study has no such cell.
+4. HTML of every executed notebook (nbconvert) and ``reports_dir/index.html`` (:mod:`ferlib.study.report`).
 
-Every notebook also gets the profile's ``notebook_parameters[<notebook>]`` (e.g. ``05_uncertainty:
-{cleanlab_folds: 5}``), those its parameters cell declares; an undeclared one is left out with a warning.
+Any notebook also gets the study parameters (:data:`STUDY_PARAMETERS`: ``noise`` = the grid's first noise other
+than none, ``seed`` = the first seed, ``train_subset``) and the profile's ``notebook_parameters[<notebook>]``,
+those its parameters cell declares; an undeclared profile parameter is left out with a warning.
 
 A notebook whose file is missing is skipped with a warning, so the runner works while notebooks are added.
 
@@ -58,7 +60,7 @@ from pathlib import Path
 from ferlib.results import read_json, write_json
 
 from .report import render_all, study_record, write_report
-from .spec import ABLATION_NOTEBOOK, COMMON, EXTRA, TRAIN_NOTEBOOK, StudySpec, list_profiles, load_profile
+from .spec import COMMON, ROLES, STUDY_PARAMETERS, StudySpec, list_profiles, load_profile
 
 __all__ = ["run_study", "StudyOutcome", "execute_notebook", "ensure_kernel", "add_study_arguments", "study_main",
            "main", "COMMON"]
@@ -70,8 +72,9 @@ FALLBACK_KERNEL = "ferlib"
 class StudyOutcome:
     """What :func:`run_study` did.
 
-    cells : one dict per grid cell: ``run_id``, ``status`` (``done`` / ``skipped`` / ``failed`` / ``missing``
-        when 02_train.ipynb is absent), ``seconds`` (0 when not executed).
+    cells : one dict per training cell: ``run_id``, ``kind`` (``grid`` / ``ablation`` / ``fold``), ``status``
+        (``done`` / ``skipped`` / ``failed`` / ``missing`` when the cell notebook is absent), ``seconds`` (0 when
+        not executed).
     notebooks : ``{name: status}`` of the other notebooks (``done`` / ``failed`` / ``missing`` / ``off``).
     failures : contents of ``failures.json`` at the end.
     index : path of ``index.html``.
@@ -84,7 +87,7 @@ class StudyOutcome:
 
     @property
     def executed(self) -> int:
-        """Number of grid cells executed (done or failed) in this invocation."""
+        """Number of training cells executed (done or failed) in this invocation."""
         return sum(c["status"] in ("done", "failed") for c in self.cells)
 
     @property
@@ -246,28 +249,24 @@ def run_study(spec: StudySpec | str, *, runs_dir: str | os.PathLike, reports_dir
             params = {**params, **{k: v for k, v in chosen.items() if k in known}}
         execute_notebook(notebooks_dir / f"{name}.ipynb", output, _jsonable(params), kernel_name=kernel[0])
 
+    cells = spec.cells(runs_dir)
+    study_params = {"noise": spec.main_noise(), "seed": spec.grid.seeds[0], "train_subset": spec.train_subset}
     for name in spec.notebooks:
         source = notebooks_dir / f"{name}.ipynb"
-        if name == TRAIN_NOTEBOOK:
-            outcome.cells = _run_grid(spec, source, runs_dir, reports_dir, common, execute, failures, log)
-            continue
-        if name == ABLATION_NOTEBOOK and not spec.ablations:
-            outcome.notebooks[name] = "off"
+        role = _declared_role(source)
+        if role.get("role") == "cell":
+            outcome.cells = _run_cells(cells, name, source, reports_dir, common, execute, failures, log)
             continue
         if not source.exists():
             log(f"warning: {source} is missing: skipped")
             outcome.notebooks[name] = "missing"
             continue
-        params = dict(common)
-        if name in EXTRA:
-            extra = {"noise": spec.main_noise(), "seed": spec.grid.seeds[0], "train_subset": spec.train_subset}
-            params.update({k: extra[k] for k in EXTRA[name] if k in declared_by(name)})
-        if name == ABLATION_NOTEBOOK:
-            params.update(spec=dataclasses.asdict(spec.ablation_spec(runs_dir)), methods=spec.ablation_methods())
-            if not params["methods"]:
-                log(f"{name}: no method of the grid declares ablation variants: skipped")
-                outcome.notebooks[name] = "off"
-                continue
+        needs = role.get("needs")
+        if needs and not any(kind == needs for kind, _ in cells):
+            log(f"{name}: the study has no {needs} cell: skipped")
+            outcome.notebooks[name] = "off"
+            continue
+        params = {**common, **{k: v for k, v in study_params.items() if k in declared_by(name)}}
         outcome.notebooks[name] = _run_once(name, reports_dir / f"{name}.ipynb", params, execute, failures, log)
 
     log("rendering HTML reports ...")
@@ -279,34 +278,36 @@ def run_study(spec: StudySpec | str, *, runs_dir: str | os.PathLike, reports_dir
     return outcome
 
 
-def _run_grid(spec: StudySpec, source: Path, runs_dir: Path, reports_dir: Path, common: dict, execute,
-              failures: _Failures, log) -> list[dict]:
+def _run_cells(cells: list, notebook: str, source: Path, reports_dir: Path, common: dict, execute,
+               failures: _Failures, log) -> list[dict]:
+    """Execute ``notebook`` once per unfinished ``(kind, RunSpec)`` cell; one status dict per cell."""
     from ferlib.experiment import run_id
 
-    cells = [(run_id(s), s) for s in spec.run_specs(runs_dir)]
+    cells = [(kind, run_id(s), s) for kind, s in cells]
     total = len(cells)
     if not source.exists():
-        log(f"warning: {source} is missing: the {total} grid cell(s) are not run")
-        return [{"run_id": rid, "status": "missing", "seconds": 0.0} for rid, _ in cells]
-    pending = sum(not (runs_dir / rid / "result.json").exists() for rid, _ in cells)
-    log(f"grid: {total} cell(s), {total - pending} already finished, {pending} to run")
+        log(f"warning: {source} is missing: the {total} training cell(s) are not run")
+        return [{"run_id": rid, "kind": kind, "status": "missing", "seconds": 0.0} for kind, rid, _ in cells]
+    pending = sum(not _finished(s, rid) for _, rid, s in cells)
+    log(f"cells: {total} ({_kinds(k for k, _, _ in cells)}), {total - pending} already finished, {pending} to run")
     out, times = [], []
-    for i, (rid, run_spec) in enumerate(cells, 1):
-        tag = f"cell {i}/{total} {rid}"
-        if (runs_dir / rid / "result.json").exists():
+    for i, (kind, rid, run_spec) in enumerate(cells, 1):
+        tag = f"cell {i}/{total} {kind} {rid}"
+        if _finished(run_spec, rid):
             failures.clear(rid)
-            out.append({"run_id": rid, "status": "skipped", "seconds": 0.0})
+            out.append({"run_id": rid, "kind": kind, "status": "skipped", "seconds": 0.0})
             log(f"{tag} ... skipped (finished: result.json exists)")
             continue
-        log(f"{tag} ... running (method {run_spec.method}, noise {run_spec.noise}, seed {run_spec.train.seed})")
+        log(f"{tag} ... running (method {run_spec.method}, noise {run_spec.noise}, seed {run_spec.train.seed}"
+            + (f", variant {run_spec.variant}" if run_spec.variant else "")
+            + (f", fold {run_spec.fold[0]} of {run_spec.fold[1]}" if run_spec.fold else "") + ")")
         t0 = time.perf_counter()
         error = None
         try:
-            execute(TRAIN_NOTEBOOK, reports_dir / "runs" / f"{rid}.ipynb",
-                    {**common, "spec": dataclasses.asdict(run_spec)})
-            if not (runs_dir / rid / "result.json").exists():
-                raise RuntimeError(f"{TRAIN_NOTEBOOK} finished but wrote no {runs_dir / rid / 'result.json'}")
-        except Exception as exc:  # any failure of one cell is recorded; the grid goes on
+            execute(notebook, reports_dir / "runs" / f"{rid}.ipynb", {**common, "spec": dataclasses.asdict(run_spec)})
+            if not _finished(run_spec, rid):
+                raise RuntimeError(f"{notebook} finished but wrote no {Path(run_spec.out) / rid / 'result.json'}")
+        except Exception as exc:  # any failure of one cell is recorded; the others go on
             error = _error_record(exc)
         seconds = time.perf_counter() - t0
         times.append(seconds)
@@ -314,14 +315,25 @@ def _run_grid(spec: StudySpec, source: Path, runs_dir: Path, reports_dir: Path, 
         eta = sum(times) / len(times) * pending
         if error is None:
             failures.clear(rid)
-            out.append({"run_id": rid, "status": "done", "seconds": seconds})
+            out.append({"run_id": rid, "kind": kind, "status": "done", "seconds": seconds})
             log(f"{tag} ... done in {seconds:.0f}s, ETA {eta:.0f}s")
         else:
-            failures.add(rid, {"notebook": TRAIN_NOTEBOOK, "report": f"runs/{rid}.ipynb", "method": run_spec.method,
-                               "noise": run_spec.noise, "seed": run_spec.train.seed, **error})
-            out.append({"run_id": rid, "status": "failed", "seconds": seconds})
+            failures.add(rid, {"notebook": notebook, "report": f"runs/{rid}.ipynb", "kind": kind,
+                               "method": run_spec.method, "noise": run_spec.noise, "seed": run_spec.train.seed,
+                               **error})
+            out.append({"run_id": rid, "kind": kind, "status": "failed", "seconds": seconds})
             log(f"{tag} ... FAILED in {seconds:.0f}s ({error['error']}), ETA {eta:.0f}s")
     return out
+
+
+def _finished(run_spec, rid: str) -> bool:
+    return (Path(run_spec.out) / rid / "result.json").exists()
+
+
+def _kinds(kinds) -> str:
+    from collections import Counter
+
+    return ", ".join(f"{n} {kind}" for kind, n in Counter(kinds).items()) or "none"
 
 
 def _run_once(name: str, output: Path, params: dict, execute, failures: _Failures, log) -> str:
@@ -338,6 +350,18 @@ def _run_once(name: str, output: Path, params: dict, execute, failures: _Failure
     failures.clear(key)
     log(f"{name} ... done in {time.perf_counter() - t0:.0f}s")
     return "done"
+
+
+def _declared_role(source: Path) -> dict:
+    """A notebook's ``metadata["ferlib"]`` (``role``, optional ``needs``); ``{}`` (a view) when absent or
+    unreadable. An unknown role raises naming the notebook and the valid roles."""
+    try:
+        meta = json.loads(source.read_text()).get("metadata", {}).get("ferlib", {})
+    except (OSError, ValueError):
+        return {}
+    if meta.get("role", "view") not in ROLES:
+        raise ValueError(f"{source}: unknown role {meta.get('role')!r} in metadata.ferlib; valid: {', '.join(ROLES)}")
+    return meta
 
 
 def _declared_parameters(source: Path) -> set[str]:
@@ -407,9 +431,10 @@ def study_main(args: argparse.Namespace) -> int:
         from ferlib.experiment import run_id
 
         log(spec.describe())
-        for s in spec.run_specs(runs):
+        for kind, s in spec.cells(runs):
             rid = run_id(s)
-            log(f"{rid}  {'finished' if (runs / rid / 'result.json').exists() else 'to run'}")
+            where = Path(s.out).relative_to(runs.absolute())
+            log(f"{kind:8s} {where / rid}  {'finished' if (Path(s.out) / rid / 'result.json').exists() else 'to run'}")
         return 0
     argv = getattr(args, "argv", None)  # set by main(); under ferlib.cli, sys.argv holds "study ..."
     command = "python -m ferlib " + shlex.join(["study", *argv] if argv is not None else sys.argv[1:])

@@ -20,20 +20,24 @@ from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
 
-__all__ = ["StudySpec", "Grid", "NOTEBOOKS", "TRAIN_NOTEBOOK", "ABLATION_NOTEBOOK", "COMMON", "EXTRA",
-           "load_profile", "list_profiles", "profile_path"]
+__all__ = ["StudySpec", "Grid", "NOTEBOOKS", "ROLES", "COMMON", "STUDY_PARAMETERS", "load_profile",
+           "list_profiles", "profile_path"]
 
 #: The study's notebooks, in the order the runner executes them (see :func:`ferlib.study.run_study`).
 NOTEBOOKS: tuple[str, ...] = ("00_prepare_data", "01_inject_noise", "02_train", "03_ablations",
                               "04_label_distributions", "05_uncertainty", "06_embeddings", "99_summary")
-TRAIN_NOTEBOOK = "02_train"  # executed once per grid cell, with ``spec``
-ABLATION_NOTEBOOK = "03_ablations"  # executed only when ``ablations`` is on, with ``spec`` and ``methods``
+#: What a notebook declares in its metadata (``"ferlib": {"role": ...}``); the runner acts on the role, never
+#: on the notebook's name. A notebook without the key is a ``view``.
+ROLES: dict[str, str] = {
+    "cell": "executed once per training cell (grid, ablation, fold) with the cell's ``spec``",
+    "view": "executed once, in the order of ``notebooks``, over the runs folder; ``needs: <kind>`` skips it "
+            "when the study has no cell of that kind (``ablation``, ``fold``)",
+}
 #: Parameters every study notebook receives from the runner.
 COMMON: tuple[str, ...] = ("data", "dataset", "dataset_options", "runs_dir", "study_dir")
-#: Further study-derived parameters given to a notebook only where its ``parameters`` cell declares them.
-EXTRA: dict[str, tuple[str, ...]] = {"01_inject_noise": ("noise", "seed", "train_subset")}
-#: Per-cell / ablation parameters the runner sets (``spec`` of 02_train and 03_ablations, ``methods`` of 03).
-_RUNNER_SET = {TRAIN_NOTEBOOK: ("spec",), ABLATION_NOTEBOOK: ("spec", "methods")}
+#: Study-derived parameters given to any notebook whose ``parameters`` cell declares them (the main noise,
+#: the first seed, the train subset), and ``spec``, which the runner gives a ``cell`` notebook.
+STUDY_PARAMETERS: tuple[str, ...] = ("noise", "seed", "train_subset", "spec")
 
 
 @dataclass
@@ -93,13 +97,19 @@ class StudySpec:
         ``grid.seeds``). ``progress`` defaults to False in a study (no progress bars inside notebooks).
     backbone : :class:`ferlib.backbones.BackboneConfig` fields.
     train_subset : stratified number of train images kept before noise (None: all).
-    notebooks : names (without ``.ipynb``) of the notebooks to execute, in order; see :data:`NOTEBOOKS`.
-    ablations : run ``03_ablations`` (each method's ``ablations`` variants).
+    notebooks : names (without ``.ipynb``) of the notebooks to execute, in order; see :data:`NOTEBOOKS` and
+        :data:`ROLES`.
+    ablations : train each grid method's ``ablations`` variants as cells (:meth:`ablation_specs`), which
+        ``03_ablations`` shows.
     ablation_noise : the noise of the ablation runs (default: the grid's first noise other than ``none``).
     ablation_train : TrainConfig overrides for the ablation runs only (e.g. fewer epochs).
+    cleanlab_folds : K of the cross-fitted CE runs behind cleanlab (>= 2; 0 = none): for every noise setting
+        of the grid that flips labels and every seed, K ``ce`` cells each hold one fold of the train split out
+        (RunSpec ``fold``) under ``<runs_dir>/cleanlab``; ``05_uncertainty`` reads them.
+    cleanlab_train : TrainConfig overrides for those fold runs only (e.g. fewer epochs).
     notebook_parameters : ``{notebook: {parameter: value}}``, profile-specific papermill parameters
         (e.g. ``05_uncertainty: {cleanlab_folds: 5}``). Notebook names must be among :data:`NOTEBOOKS`;
-        parameters the runner sets itself (:data:`COMMON`, ``spec``, ``methods``, :data:`EXTRA`) are refused.
+        parameters the runner sets itself (:data:`COMMON`, :data:`STUDY_PARAMETERS`) are refused.
         A parameter the notebook's ``parameters`` cell does not declare is not passed (the runner warns).
     """
 
@@ -118,6 +128,8 @@ class StudySpec:
     ablations: bool = False
     ablation_noise: str | None = None
     ablation_train: dict = field(default_factory=dict)
+    cleanlab_folds: int = 0
+    cleanlab_train: dict = field(default_factory=dict)
     notebook_parameters: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -136,11 +148,11 @@ class StudySpec:
             self.grid = Grid(**_checked_keys(self.grid, _field_names(Grid), "grid"))
         elif not isinstance(self.grid, Grid):
             raise ValueError(f"grid must be a mapping with keys {_field_names(Grid)}, got {self.grid!r}")
-        for key in ("dataset_options", "method_options", "train", "backbone", "ablation_train",
+        for key in ("dataset_options", "method_options", "train", "backbone", "ablation_train", "cleanlab_train",
                     "notebook_parameters"):
             if not isinstance(getattr(self, key), dict):
                 raise ValueError(f"{key} must be a mapping, got {getattr(self, key)!r}")
-        for key in ("train", "ablation_train"):
+        for key in ("train", "ablation_train", "cleanlab_train"):
             options = getattr(self, key)
             _checked_keys(options, _field_names(TrainConfig), key)
             if "seed" in options:
@@ -159,6 +171,9 @@ class StudySpec:
         _no_duplicates(self.notebooks, "notebooks")
         if self.train_subset is not None and (not isinstance(self.train_subset, int) or self.train_subset < 1):
             raise ValueError(f"train_subset must be a positive integer or null, got {self.train_subset!r}")
+        if isinstance(self.cleanlab_folds, bool) or not isinstance(self.cleanlab_folds, int) or \
+                self.cleanlab_folds == 1 or self.cleanlab_folds < 0:
+            raise ValueError(f"cleanlab_folds must be 0 (none) or an integer >= 2, got {self.cleanlab_folds!r}")
         if not isinstance(self.ablations, bool):
             raise ValueError(f"ablations must be true or false, got {self.ablations!r}")
         if self.ablation_noise is not None:
@@ -174,16 +189,17 @@ class StudySpec:
         return TrainConfig(**{"progress": False, **self.train, **(extra or {}), "seed": seed})
 
     def run_spec(self, method: str, noise: str, seed: int, runs_dir: str | os.PathLike, *,
-                 train_extra: dict | None = None):
-        """The :class:`~ferlib.experiment.RunSpec` of one cell; ``data`` made absolute (it enters the run id)."""
+                 train_extra: dict | None = None, **fields):
+        """The :class:`~ferlib.experiment.RunSpec` of one cell; ``data`` made absolute (it enters the run id).
+        ``fields`` are further RunSpec fields (``method_options`` replaces the profile's, ``fold``, ...)."""
         from ferlib.backbones import BackboneConfig
         from ferlib.experiment import RunSpec
 
+        fields.setdefault("method_options", dict(self.method_options.get(method) or {}))
         return RunSpec(data=str(self.data_path()), dataset=self.dataset, dataset_options=dict(self.dataset_options),
-                       noise=noise, train_subset=self.train_subset, method=method,
-                       method_options=dict(self.method_options.get(method) or {}), recipe=self.recipe,
+                       noise=noise, train_subset=self.train_subset, method=method, recipe=self.recipe,
                        backbone=BackboneConfig(**self.backbone), train=self.train_config(seed, train_extra),
-                       out=str(Path(runs_dir).absolute()))
+                       out=str(Path(runs_dir).absolute()), **fields)
 
     def run_specs(self, runs_dir: str | os.PathLike) -> list:
         """Every cell of the grid as a RunSpec, seed-major (all methods and noises of seed 0 first, so a
@@ -195,16 +211,48 @@ class StudySpec:
         """The grid's first noise other than ``none`` (the one the noise and ablation notebooks show)."""
         return next((n for n in self.grid.noise if n != "none"), self.grid.noise[0])
 
-    def ablation_spec(self, runs_dir: str | os.PathLike):
-        """The base RunSpec handed to ``03_ablations``: first method, ablation noise, first seed."""
-        return self.run_spec(self.grid.resolved_methods()[0], self.ablation_noise or self.main_noise(),
-                             self.grid.seeds[0], runs_dir, train_extra=self.ablation_train)
+    def ablation_specs(self, runs_dir: str | os.PathLike) -> list:
+        """The ablation cells (none unless ``ablations`` is on), under ``<runs_dir>/ablations``.
 
-    def ablation_methods(self) -> list[str]:
-        """The grid's methods that declare ablation variants (``method_class(name).ablations``)."""
-        from ferlib.methods import method_class
+        For every grid method declaring ablation variants (``method_class(name).ablations``): its full
+        configuration (``variant="full"``: the profile's ``method_options`` of that method) and each variant (the
+        same options with the variant's overrides merged in), at the ablation noise, the first seed and the
+        train settings with ``ablation_train``. A variant whose resolved config equals the full one (the profile's
+        options already give it) is left out.
+        """
+        from ferlib.methods import method_class, method_config
 
-        return [m for m in self.grid.resolved_methods() if method_class(m).ablations]
+        if not self.ablations:
+            return []
+        noise, seed = self.ablation_noise or self.main_noise(), self.grid.seeds[0]
+        out = []
+        for method in [m for m in self.grid.resolved_methods() if method_class(m).ablations]:
+            base = dict(self.method_options.get(method) or {})
+            for variant, overrides in [("full", {}), *method_class(method).ablations.items()]:
+                options = {**base, **overrides}
+                if variant == "full" or method_config(method, **options) != method_config(method, **base):
+                    out.append(self.run_spec(method, noise, seed, Path(runs_dir) / "ablations",
+                                             train_extra=self.ablation_train, method_options=options,
+                                             variant=variant))
+        return out
+
+    def fold_specs(self, runs_dir: str | os.PathLike) -> list:
+        """The cross-fitted CE cells behind cleanlab, under ``<runs_dir>/cleanlab``: ``cleanlab_folds`` runs
+        (``fold = [i, K]``) for every grid noise that flips labels and every seed, with ``cleanlab_train``."""
+        from ferlib.noise import NoiseSpec
+
+        k = self.cleanlab_folds
+        return [self.run_spec("ce", n, s, Path(runs_dir) / "cleanlab", train_extra=self.cleanlab_train,
+                              method_options={}, fold=[i, k])
+                for s in self.grid.seeds for n in self.grid.noise if k and NoiseSpec.parse(n).relabels
+                for i in range(k)]
+
+    def cells(self, runs_dir: str | os.PathLike) -> list[tuple[str, object]]:
+        """Everything the study trains, in order: ``(kind, RunSpec)`` with kind ``grid`` (:meth:`run_specs`),
+        ``ablation`` (:meth:`ablation_specs`) or ``fold`` (:meth:`fold_specs`)."""
+        return [*(("grid", s) for s in self.run_specs(runs_dir)),
+                *(("ablation", s) for s in self.ablation_specs(runs_dir)),
+                *(("fold", s) for s in self.fold_specs(runs_dir))]
 
     def data_path(self) -> Path:
         if self.data is None:
@@ -227,7 +275,8 @@ class StudySpec:
             f"  methods: {', '.join(methods)}",
             f"  noise: {', '.join(self.grid.noise)}; seeds: {', '.join(map(str, self.grid.seeds))}",
             f"recipe: {self.recipe}; train: {self.train or 'defaults'}; backbone: {self.backbone or 'defaults'}",
-            f"ablations: {'on' if self.ablations else 'off'}; notebooks: {', '.join(self.notebooks)}",
+            f"ablations: {'on' if self.ablations else 'off'}; cleanlab folds: {self.cleanlab_folds or 'none'}; "
+            f"notebooks: {', '.join(self.notebooks)}",
             *(f"  {name}: {params}" for name, params in self.notebook_parameters.items()),
         ])
 
@@ -301,7 +350,7 @@ def load_profile(name: str | os.PathLike, *, data: str | os.PathLike | None = No
             grid[key] = value
         elif key == "grid":
             grid.update(asdict(value) if isinstance(value, Grid) else value)
-        elif key in ("train", "backbone", "ablation_train") and isinstance(value, dict):
+        elif key in ("train", "backbone", "ablation_train", "cleanlab_train") and isinstance(value, dict):
             values[key] = {**(values.get(key) or {}), **value}
         elif key == "notebook_parameters" and isinstance(value, dict) and isinstance(values.get(key), dict):
             merged = dict(values[key])
@@ -347,7 +396,7 @@ def _checked_notebook_parameters(values: dict) -> dict:
             params = {}
         if not isinstance(params, dict) or not all(isinstance(k, str) and k.isidentifier() for k in params):
             raise ValueError(f"{where} must be a mapping of parameter names to values, got {params!r}")
-        reserved = sorted(set(params) & {*COMMON, *_RUNNER_SET.get(name, ()), *EXTRA.get(name, ())})
+        reserved = sorted(set(params) & {*COMMON, *STUDY_PARAMETERS})
         if reserved:
             raise ValueError(f"{where}: {', '.join(reserved)} is set by the study runner from the study's "
                              "own settings")

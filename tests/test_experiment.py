@@ -1,0 +1,113 @@
+"""ferlib.experiment as the one place that trains: RunSpec from a dict and from a run directory, cross-fitting
+folds, and the analysis views over the cells the study trains (cleanlab folds, ablations). Also: the analysis
+package imports neither the engine nor the experiment module."""
+from __future__ import annotations
+
+import ast
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ferlib import analysis
+from ferlib.data.dataset import FERData
+from ferlib.experiment import RunSpec, hold_out_fold, run, run_id
+
+TINY = {"noise": "symmetric:0.3", "backbone": {"name": "test_resnet"},
+        "train": {"epochs": 1, "batch_size": 16, "image_size": 32, "progress": False, "device": "cpu"}}
+
+
+def test_analysis_imports_neither_the_engine_nor_the_experiment():
+    package = Path(analysis.__file__).parent
+    found = []
+    for path in package.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                names = [("." * node.level) + (node.module or "")] + [f"{'.' * node.level}{a.name}"
+                                                                     for a in node.names if not node.module]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            else:
+                continue
+            for name in names:
+                if name.split(".")[-1] in ("engine", "experiment"):
+                    found.append(f"{path.name}:{node.lineno} {name}")
+    assert found == []
+
+
+def test_run_spec_from_dict_fills_defaults_and_names_unknown_fields():
+    spec = RunSpec.from_dict({"noise": "symmetric:0.20", "train": {"epochs": 3}}, data="data/x", out="runs/t",
+                             dataset_options={"mode": "majority"})
+    assert (spec.data, spec.dataset_options, spec.out) == ("data/x", {"mode": "majority"}, "runs/t")
+    assert spec.train.epochs == 3 and spec.noise == "symmetric:0.2"
+    assert RunSpec.from_dict({"data": "mine", "out": "here"}, data="data/x", out="r").out == "here"
+    with pytest.raises(ValueError, match=r"unknown RunSpec field\(s\) \['epochs'\]; valid: data, dataset"):
+        RunSpec.from_dict({"epochs": 3}, data="d")
+    with pytest.raises(ValueError, match=r"RunSpec.fold must be \[i, k\]"):
+        RunSpec(data="d", fold=[2, 2])
+
+
+def _data(n_train: int = 30) -> FERData:
+    labels = np.array([0, 1, 2] * (n_train // 3) + [0, 1, 2, 0])
+    n = len(labels)
+    split = np.array(["train"] * n_train + ["valid", "valid", "test", "test"])
+    return FERData(images=np.zeros((n, 4, 4, 1), np.uint8), labels=labels, split=split,
+                   ids=np.array([f"f{i}" for i in range(n)]), classes=("a", "b", "c"))
+
+
+def test_hold_out_fold_partitions_the_train_split_by_label():
+    data = _data()
+    held = [hold_out_fold(data, i, 3, seed=0) for i in range(3)]
+    for fold in held:
+        assert fold.split_counts() == {"train": 20, "valid": 2, "test": 10}  # the own test split is left out
+        assert set(np.bincount(fold.labels[fold.split == "test"], minlength=3)) <= {3, 4}  # stratified
+    tests = np.concatenate([f.ids[f.split == "test"] for f in held])
+    assert sorted(tests.tolist()) == sorted(data.ids[data.split == "train"].tolist())  # each train sample once
+    again = hold_out_fold(data, 1, 3, seed=0)
+    np.testing.assert_array_equal(again.split, held[1].split)
+    assert not np.array_equal(hold_out_fold(data, 1, 3, seed=1).split, held[1].split)
+
+
+def test_fold_cells_give_cleanlab_out_of_sample_probabilities(small_ferplus, tmp_path):
+    folds = tmp_path / "cleanlab"
+    results = [run(RunSpec.from_dict({**TINY, "method": "ce", "fold": [i, 2]}, data=str(small_ferplus),
+                                     out=str(folds))) for i in range(2)]
+    ordinary = run(RunSpec.from_dict({**TINY, "method": "ce"}, data=str(small_ferplus), out=str(tmp_path / "runs")))
+    ids, given, clean, probs = analysis.out_of_sample_probs(folds)
+    readout = analysis.load_run(tmp_path / "runs" / ordinary["run_id"]).readout
+    order = np.argsort(readout["ids"])  # the folds cover the ordinary run's train split, same flipped labels
+    np.testing.assert_array_equal(ids, readout["ids"][order])
+    np.testing.assert_array_equal(given, readout["given"][order])
+    np.testing.assert_array_equal(clean, readout["clean"][order])
+    assert probs.shape == (48, 8)
+    np.testing.assert_allclose(probs.sum(1), 1.0, rtol=1e-6)
+    (row,) = analysis.cleanlab_table(folds).to_dict("records")
+    assert row["method"] == "cleanlab" and row["folds"] == 2 and row["epochs"] == 1
+    assert row["noise_rate"] == pytest.approx(ordinary["noise_rate"]) and 0.0 <= row["auroc"] <= 1.0
+    # the spec a fold's run directory holds reproduces the cell: same run id
+    rid = results[1]["run_id"]
+    assert run_id(RunSpec.from_run(folds / rid)) == rid
+    one = [analysis.load_run(folds / results[0]["run_id"])]
+    with pytest.raises(ValueError, match=r"are folds \[\(0, 2\)\], not 0..k-1"):
+        analysis.out_of_sample_probs(one)
+    assert analysis.cleanlab_table(one).empty  # a setting with a fold missing is left out
+
+
+def _fake_run(root: Path, rid: str, variant: str, acc: float, **result) -> None:
+    (root / rid).mkdir(parents=True)
+    (root / rid / "result.json").write_text(json.dumps({
+        "run_id": rid, "method": "nla", "variant": variant, "noise": "symmetric:0.3", "seed": 0,
+        "time_per_epoch_s": 1.0, **{s: {"acc": acc, "mean_acc": acc / 2, "macro_f1": acc / 3}
+                                    for s in ("last", "best")}, **result}))
+    np.savez(root / rid / "readout.npz", ids=np.array(["a"]), given=np.array([0]), clean=np.array([0]))
+
+
+def test_ablation_table_reads_variants_beside_their_full_run(tmp_path):
+    _fake_run(tmp_path, "v1", "no_naw", 0.5, method_options={"lam_b": 0.0})
+    _fake_run(tmp_path, "f", "full", 0.7)
+    _fake_run(tmp_path, "g", "", 0.9)  # an ordinary run: not an ablation
+    table = analysis.ablation_table(tmp_path)
+    assert table["variant"].tolist() == ["full", "no_naw"]  # full first
+    assert table["delta_acc"].tolist() == pytest.approx([0.0, -0.2])
+    assert table["method_options"].tolist() == ["{}", '{"lam_b": 0.0}']
