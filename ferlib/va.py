@@ -1,38 +1,52 @@
-"""Auxiliary spaces for neighbour-based label distributions: valence-arousal (VA) sources and a batched kNN.
+"""Auxiliary spaces for neighbour-based label distributions: valence-arousal (VA) and other auxiliary sources,
+and a batched kNN.
 
 LDLVA (Le et al., WACV 2023) builds each sample's neighbourhood in an auxiliary space: VA annotations
 (AffectNet) or pseudo-VA predicted by a pretrained regressor (RAF-DB). No VA model can be downloaded here, so
-the source is pluggable; every source is a function returning an ``(N, d)`` float32 array aligned with the rows
-of a :class:`~ferlib.data.dataset.FERData` (or of the images / ids it is given):
+the source is pluggable. Every consumer (LDLVA's ``aux`` option, the data-preparation view's ``va_source``) names
+a source with ONE string grammar, ``name`` or ``name:argument``, resolved by :func:`resolve_aux` to an ``(N, d)``
+float32 array aligned with the rows of a :class:`~ferlib.data.dataset.FERData`:
 
 ==========================  ====================================================================================
-:func:`va_from_csv`         per-image VA from a CSV keyed by sample id (columns ``id, valence, arousal``)
-:func:`va_from_onnx`        an ONNX VA regressor at a user-given path (HSEmotion ``enet_b0_8_va_mtl.onnx`` style)
-:func:`va_from_probs`       circumplex projection ``sum_k p_k (v_k, a_k)`` of a teacher's class probabilities
-:func:`aux_from_array`      landmarks or frozen features passed through, optionally standardised
-:func:`aux_from_file`       a ``.npy`` (row-aligned) or ``.csv`` (keyed by id) of any per-sample values
-:func:`oracle_va_from_votes`  ORACLE ONLY: the circumplex projection of FERPlus human votes
+``landmarks[:<backend>]``   68 facial landmarks (:func:`ferlib.landmarks.extract_landmarks`, default ``dlib``),
+                            flattened to 136 columns (standardised by LDLVA)
+``features``                the bound model's pooled features (only where the caller has a model: LDLVA)
+``file:<path>``             :func:`aux_from_file`: a ``.npy`` (row-aligned) or ``.csv`` (keyed by id) of any values;
+                            a bare path ending in ``.npy`` / ``.csv`` means the same
+``csv:<path>``              :func:`va_from_csv`: the ``valence, arousal`` columns of a CSV keyed by id
+``onnx:<path>``             :func:`va_from_onnx`: an ONNX VA regressor (HSEmotion ``enet_b0_8_va_mtl.onnx`` style)
+``affectnet[:<root>]``      AffectNet's own VA annotations (:func:`ferlib.data.affectnet_va`)
+``oracle_votes``            ORACLE ONLY: :func:`oracle_va_from_votes`, the circumplex projection of human votes
 ==========================  ====================================================================================
 
+A new source is one function registered with :func:`register_aux_source`; :func:`list_aux_sources` and the
+error of a bad string list it, and every consumer accepts it. The array functions below
+(:func:`va_from_probs` for a teacher's probabilities, :func:`aux_from_array`, ...) are the building blocks.
 :func:`knn` then gives each sample's ``k`` nearest neighbours (itself excluded) in chunks of ``torch.cdist``.
 """
 from __future__ import annotations
 
+import inspect
 import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ._registry import Registry
 from .classes import CLASSES_8
 
 __all__ = [
     "VA_COLUMNS", "IMAGENET_MEAN", "IMAGENET_STD", "RUSSELL_1980_ANCHORS", "EXPRESSION_ANCHORS", "KNN_METRICS",
     "va_from_csv", "va_from_onnx", "circumplex_coordinates", "va_from_probs", "class_mean_va",
     "aux_from_array", "aux_from_file", "oracle_va_from_votes", "knn",
+    "AuxSource", "AuxUnavailable", "register_aux_source", "list_aux_sources", "aux_source", "aux_source_help",
+    "parse_aux",
+    "resolve_aux", "describe_aux",
 ]
 
 VA_COLUMNS: tuple[str, str] = ("valence", "arousal")
@@ -295,6 +309,225 @@ def oracle_va_from_votes(votes: np.ndarray, *, coords: np.ndarray | None = None)
     va = va_from_probs(probs, coords=coords)
     va[total[:, 0] <= 0] = 0.0
     return va
+
+
+# --------------------------------------------------------------------------- the source registry
+class AuxUnavailable(RuntimeError):
+    """A source cannot give values for this data or caller (no votes, no model features, no AffectNet root)."""
+
+
+@dataclass(frozen=True)
+class AuxSource:
+    """A registered auxiliary source (see :func:`register_aux_source`).
+
+    name : its name in a source string. fn : ``fn(data, arg, **context) -> (N, d)`` values for the N rows of
+    ``data``. arg : what its argument means (``"path"``, ``"backend"``), or None when it takes none.
+    default : the argument when the string omits it. required : the string must give the argument. check :
+    ``check(arg)`` raising ValueError, run when the string is parsed (before any data loads). oracle : it reads
+    information a noisy-label method must not see. standardise : its columns should be standardised before
+    distances. runs_model : it runs a model on every image (slow on CPU; previews may take a subset).
+    context : the keyword-only parameters of ``fn``, filled from :func:`resolve_aux`'s ``context``.
+    """
+
+    name: str
+    fn: Callable
+    arg: str | None = None
+    default: str | None = None
+    required: bool = False
+    check: Callable[[str], None] | None = None
+    oracle: bool = False
+    standardise: bool = False
+    runs_model: bool = False
+    context: tuple[str, ...] = ()
+
+    @property
+    def title(self) -> str:
+        """The first line of the source function's docstring."""
+        return (inspect.getdoc(self.fn) or self.name).splitlines()[0].rstrip(".")
+
+    @property
+    def usage(self) -> str:
+        """How the source is written: ``name``, ``name:<arg>`` or ``name[:<arg>]``, ``(ORACLE)`` flagged."""
+        text = self.name if self.arg is None else (
+            f"{self.name}:<{self.arg}>" if self.required else f"{self.name}[:<{self.arg}>]")
+        return f"{text} (ORACLE)" if self.oracle else text
+
+
+def aux_source_help() -> str:
+    """The registered sources as a source string writes them, e.g. ``landmarks[:<backend>], features, ...``."""
+    return ", ".join(aux_source(name).usage for name in _AUX_SOURCES.names())
+
+
+_AUX_SOURCES: Registry[AuxSource] = Registry("aux source", listing=aux_source_help)
+
+
+def register_aux_source(name: str, *, arg: str | None = None, default: str | None = None, required: bool = False,
+                        check: Callable[[str], None] | None = None, oracle: bool = False,
+                        standardise: bool = False, runs_model: bool = False):
+    """Decorator registering ``fn(data, arg, **context) -> (N, d) array`` as aux source ``name``.
+
+    ``data`` is a :class:`~ferlib.data.dataset.FERData` (usually the train split) and ``arg`` the string's
+    argument (or ``default``); keyword-only parameters of ``fn`` receive the caller's context of the same name
+    (``features``, ``root``) and are None when the caller has none. The function raises :class:`AuxUnavailable`
+    (or FileNotFoundError / ImportError) with one line when it cannot give values. A name registered twice
+    raises ValueError. See :class:`AuxSource` for the other fields.
+    """
+    if arg is None and (default is not None or required):
+        raise ValueError(f"aux source {name!r}: default and required need an arg")
+    register = _AUX_SOURCES.register(name)
+
+    def add(fn: Callable) -> Callable:
+        context = tuple(k for k, p in inspect.signature(fn).parameters.items() if p.kind == p.KEYWORD_ONLY)
+        register(AuxSource(name, fn, arg=arg, default=default, required=required, check=check, oracle=oracle,
+                           standardise=standardise, runs_model=runs_model, context=context))
+        return fn
+
+    return add
+
+
+def list_aux_sources() -> list[str]:
+    """Names of the registered aux sources, sorted."""
+    return _AUX_SOURCES.names()
+
+
+def aux_source(name: str) -> AuxSource:
+    """The registered source ``name``; an unknown name raises ValueError listing the valid sources."""
+    return _AUX_SOURCES.get(name)
+
+
+def _is_bare_path(spec: str) -> bool:
+    return Path(spec).suffix.lower() in (".npy", ".csv") and spec.partition(":")[0] not in _AUX_SOURCES
+
+
+def parse_aux(spec: str, *, where: str = "aux", kind: str = "aux source") -> tuple[AuxSource, str | None]:
+    """``"name"`` or ``"name:argument"`` -> (the registered :class:`AuxSource`, its argument or default).
+
+    A bare path ending in ``.npy`` or ``.csv`` reads as ``file:<path>``. Raises ValueError with one line naming
+    ``where`` (the parameter) and listing the valid sources for an unknown name, a missing required argument, an
+    argument to a source that takes none, or what the source's own check refuses.
+    """
+    if not isinstance(spec, str) or not spec:
+        raise ValueError(f"{where}: expected a string naming a {kind}, got {spec!r}; valid: {aux_source_help()}")
+    name, sep, arg = ("file", ":", spec) if _is_bare_path(spec) else spec.partition(":")
+    if name not in _AUX_SOURCES:
+        raise ValueError(f"{where}: unknown {kind} {name!r} in {spec!r}; valid: {aux_source_help()}")
+    source = aux_source(name)
+    if source.arg is None and sep:
+        raise ValueError(f"{where}: {kind} {name!r} takes no argument, got {spec!r}; valid: {aux_source_help()}")
+    if source.required and not arg:
+        raise ValueError(f"{where}: {kind} {name!r} needs its {source.arg}: {source.usage}, got {spec!r}")
+    arg = arg or source.default
+    if source.check is not None and arg is not None:
+        try:
+            source.check(arg)
+        except ValueError as exc:
+            raise ValueError(f"{where}: {spec!r}: {exc}") from None
+    return source, arg
+
+
+def resolve_aux(spec: str, data, *, where: str = "aux", **context) -> np.ndarray:
+    """The values of source string ``spec`` (see :func:`parse_aux`) for every row of ``data``.
+
+    Parameters
+    ----------
+    spec : ``name`` or ``name:argument``, one of :func:`aux_source_help`.
+    data : the :class:`~ferlib.data.dataset.FERData` whose rows to describe (usually the train split).
+    where : the parameter that gave ``spec``, for error messages.
+    **context : what the caller can offer a source that asks for it: ``features`` (N, D) model features
+        (LDLVA), ``root`` the dataset root (AffectNet VA).
+
+    Returns
+    -------
+    (N, d) float32, finite, row ``i`` for ``data``'s row ``i``.
+
+    Raises
+    ------
+    ValueError
+        A bad string (naming ``where`` and the valid sources) or values of the wrong shape.
+    AuxUnavailable, FileNotFoundError, ImportError, KeyError
+        The source cannot give values here (one line naming it).
+    """
+    source, arg = parse_aux(spec, where=where)
+    values = source.fn(data, arg, **{k: context.get(k) for k in source.context})
+    values = aux_from_array(values)
+    if len(values) != len(data):
+        raise ValueError(f"{where}: aux source {source.name!r} gave {len(values)} rows for {len(data)} samples")
+    return values
+
+
+def describe_aux(spec: str) -> str:
+    """One line saying what ``spec`` is, starting with ``ORACLE:`` for an oracle source."""
+    source, arg = parse_aux(spec)
+    text = f"{source.title} ({source.name}{':' + arg if arg else ''})"
+    return f"ORACLE: {text}" if source.oracle else text
+
+
+# --------------------------------------------------------------------------- the registered sources
+def _check_backend(backend: str) -> None:
+    from .landmarks import list_backends
+
+    if backend not in list_backends():
+        raise ValueError(f"unknown landmark backend {backend!r}; valid: {', '.join(list_backends())}")
+
+
+@register_aux_source("landmarks", arg="backend", default="dlib", check=_check_backend, standardise=True,
+                     runs_model=True)
+def _landmarks(data, backend: str) -> np.ndarray:
+    """68 facial landmarks (x, y fractions) flattened to 136 columns."""
+    from .landmarks import extract_landmarks
+
+    return extract_landmarks(data, backend=backend).points.reshape(len(data), -1)
+
+
+@register_aux_source("features")
+def _features(data, arg: None, *, features: np.ndarray | None = None) -> np.ndarray:
+    """The bound model's pooled features on the un-augmented images."""
+    if features is None:
+        raise AuxUnavailable("aux source 'features' needs a model's features; only a method that binds a model "
+                             "(LDLVA) can use it")
+    return np.asarray(features)
+
+
+@register_aux_source("file", arg="path", required=True)
+def _file(data, path: str) -> np.ndarray:
+    """Per-sample values from a .npy (row-aligned) or a .csv keyed by id."""
+    return aux_from_file(path, data.ids)
+
+
+@register_aux_source("csv", arg="path", required=True)
+def _csv(data, path: str) -> np.ndarray:
+    """Valence-arousal from a CSV keyed by id."""
+    return va_from_csv(path, data.ids)
+
+
+@register_aux_source("onnx", arg="path", required=True, runs_model=True)
+def _onnx(data, path: str) -> np.ndarray:
+    """Pseudo valence-arousal from an ONNX regressor."""
+    return va_from_onnx(path, data.images)
+
+
+@register_aux_source("affectnet", arg="root")
+def _affectnet(data, arg: str | None, *, root: str | os.PathLike | None = None) -> np.ndarray:
+    """AffectNet valence-arousal annotations."""
+    from .data import affectnet_va
+
+    root = arg or root
+    if root is None:
+        raise AuxUnavailable("aux source 'affectnet' needs the AffectNet root: affectnet:<root>")
+    table = affectnet_va(root).drop_duplicates("id").set_index("id")
+    missing = np.setdiff1d(np.asarray(data.ids).astype(str), table.index.to_numpy())
+    if len(missing):
+        raise KeyError(f"aux source 'affectnet': {len(missing)} of {len(data)} sample id(s) have no annotation "
+                       f"in {root}, e.g. {list(missing[:5])}")
+    return table.loc[np.asarray(data.ids).astype(str), list(VA_COLUMNS)].to_numpy(np.float32)
+
+
+@register_aux_source("oracle_votes", oracle=True)
+def _oracle_votes(data, arg: None) -> np.ndarray:
+    """Circumplex projection of the human votes."""
+    if data.votes is None:
+        raise AuxUnavailable("aux source 'oracle_votes' needs human votes; this dataset has none")
+    return oracle_va_from_votes(data.votes)
 
 
 # --------------------------------------------------------------------------- nearest neighbours

@@ -258,3 +258,48 @@ def test_landmark_aux_space_on_real_faces(tmp_path, monkeypatch, base_model):
     nb = method.neighbour_index.numpy()
     assert nb.shape == (40, K_NB) and not (nb == np.arange(40)[:, None]).any()
     assert len({tuple(sorted(r)) for r in nb}) > 10  # not one shared neighbourhood: geometry differs per face
+
+
+# --------------------------------------------------------------------------- the auxiliary source
+def test_a_bad_aux_source_fails_when_the_config_is_built():
+    """Before any data loads: the message names the parameter and lists the valid sources."""
+    from ferlib.experiment import RunSpec
+    from ferlib.methods import method_config
+
+    valid = r"valid: affectnet\[:<root>\], csv:<path>, features, file:<path>, landmarks\[:<backend>\]"
+    with pytest.raises(ValueError, match=r"LDLVAConfig\.aux: unknown aux source 'landmark' in 'landmark:dlib'; " + valid):
+        method_config("ldlva", aux="landmark:dlib")
+    with pytest.raises(ValueError, match=r"LDLVAConfig\.aux: unknown aux source 'vibes'.*" + valid):
+        RunSpec(data="/nonexistent/data", method="ldlva", method_options={"aux": "vibes"})
+    with pytest.raises(ValueError, match=r"LDLVAConfig\.aux: 'landmarks:hrnet': unknown landmark backend 'hrnet'"):
+        method_config("ldlva", aux="landmarks:hrnet")
+    with pytest.raises(ValueError, match=r"LDLVAConfig\.aux: 'oracle_votes' is an ORACLE source"):
+        method_config("ldlva", aux="oracle_votes")
+    with pytest.raises(ValueError, match=r"LDLVAConfig\.aux: aux source 'csv' needs its path"):
+        method_config("ldlva", aux="csv")
+    for spec in ("landmarks", "landmarks:mediapipe", "features", "va.npy", "file:va.csv", "onnx:m.onnx",
+                 "affectnet:/data/affectnet"):
+        assert method_config("ldlva", aux=spec).aux == spec  # only checked, nothing read yet
+
+
+def test_a_new_aux_source_is_one_registered_function(monkeypatch, train, base_model):
+    """Registered once, it is listed, LDLVA builds its neighbours from it and the data-preparation view shows it."""
+    from ferlib import va
+    from ferlib.analysis.dataprep import va_values
+
+    monkeypatch.setattr(va._AUX_SOURCES, "_entries", dict(va._AUX_SOURCES._entries))  # forgotten after the test
+
+    @va.register_aux_source("id_point")
+    def _id_point(data, arg):
+        """A point in the plane drawn from each sample's id."""
+        return np.stack([np.random.default_rng(int(i[3:])).normal(size=2) for i in data.ids]).astype(np.float32)
+
+    assert "id_point" in va.list_aux_sources() and "id_point" in va.aux_source_help()
+    _, method = bound(train, base_model, aux="id_point")
+    points = _id_point(train, None)
+    dist = ((points[:, None] - points[None]) ** 2).sum(-1) + np.diag(np.full(len(train), np.inf))
+    np.testing.assert_array_equal(np.sort(method.neighbour_index.numpy(), 1), np.sort(np.argsort(dist, 1)[:, :K_NB], 1))
+    values, labels, message = va_values(make_data(), "id_point")
+    np.testing.assert_array_equal(values, points)
+    np.testing.assert_array_equal(labels, train.labels)
+    assert message == "A point in the plane drawn from each sample's id (id_point)"

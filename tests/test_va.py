@@ -1,22 +1,39 @@
-"""Tests of ferlib.va: the auxiliary-space sources (CSV, ONNX, circumplex, arrays, oracle) and the kNN."""
+"""Tests of ferlib.va: the auxiliary-space sources (CSV, ONNX, circumplex, arrays, oracle), their registry and
+one string grammar, and the kNN."""
 from __future__ import annotations
+
+import dataclasses
+import inspect
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 
 from ferlib.classes import CLASSES_8
+from ferlib.data.dataset import FERData
 from ferlib.va import (
+    AuxUnavailable,
     aux_from_array,
     aux_from_file,
+    aux_source,
+    aux_source_help,
     circumplex_coordinates,
     class_mean_va,
+    describe_aux,
     knn,
+    list_aux_sources,
     oracle_va_from_votes,
+    parse_aux,
+    register_aux_source,
+    resolve_aux,
     va_from_csv,
     va_from_onnx,
     va_from_probs,
 )
+
+SAMPLE = Path(__file__).resolve().parents[1] / "data" / "ferplus_sample" / "FER2013Train"
 
 
 # --------------------------------------------------------------------------- CSV
@@ -174,3 +191,98 @@ def test_knn_validates():
         knn(np.zeros((5, 2)), 2, metric="chebyshev")
     with pytest.raises(ValueError, match="k must"):
         knn(np.zeros((5, 2)), 5)
+
+
+# --------------------------------------------------------------------------- the source registry
+@pytest.fixture(scope="module")
+def faces() -> FERData:
+    """12 shipped FERPlus training faces (48 px grey) as a train split, ids ``1/imgNN.jpg``, random votes."""
+    files = sorted(SAMPLE.glob("*.png"))[:12]
+    if len(files) < 12:
+        pytest.skip(f"the FERPlus sample is missing from {SAMPLE}")
+    rng = np.random.default_rng(0)
+    return FERData(images=np.stack([np.asarray(Image.open(f).convert("L")) for f in files])[..., None],
+                   labels=rng.integers(0, 8, 12).astype(np.int64), split=np.array(["train"] * 12),
+                   ids=np.array([f"1/img{i:02d}.jpg" for i in range(12)]), classes=CLASSES_8, name="toy",
+                   votes=rng.integers(0, 5, (12, 8)).astype(np.float32))
+
+
+def _keyed_csv(path: Path, data: FERData, columns: tuple[str, ...]) -> Path:
+    """A CSV of random values keyed by ``data.ids``, rows shuffled (so only the id can align them)."""
+    rng = np.random.default_rng(1)
+    order = rng.permutation(len(data))
+    table = pd.DataFrame({"id": data.ids[order], **{c: rng.normal(size=len(data)) for c in columns}})
+    table.to_csv(path, index=False)
+    return path
+
+
+def _affectnet_tree(tmp: Path, data: FERData, write_affectnet) -> Path:
+    return write_affectnet(tmp / "affectnet", [("training.csv", i, 1) for i in data.ids])
+
+
+def _onnx_model(tmp: Path) -> Path:
+    pytest.importorskip("onnxruntime")
+    tiny_va_onnx(tmp / "va.onnx", np.random.default_rng(0).normal(size=(3, 10)).astype(np.float32))
+    return tmp / "va.onnx"
+
+
+#: One working use of each registered source on ``faces``: ``name -> (tmp, data, fixtures) -> (spec, context)``.
+#: A new source gets the checks below once it has an entry here (the registry test fails until it has one).
+AUX_EXAMPLES = {
+    "landmarks": lambda tmp, data, fx: ("landmarks:dlib", {}),
+    "features": lambda tmp, data, fx: ("features", {"features": np.random.default_rng(2).normal(size=(12, 6))}),
+    "file": lambda tmp, data, fx: (f"file:{_keyed_csv(tmp / 'aux.csv', data, ('a', 'b', 'c'))}", {}),
+    "csv": lambda tmp, data, fx: (f"csv:{_keyed_csv(tmp / 'va.csv', data, ('valence', 'arousal'))}", {}),
+    "onnx": lambda tmp, data, fx: (f"onnx:{_onnx_model(tmp)}", {}),
+    "affectnet": lambda tmp, data, fx: ("affectnet", {"root": _affectnet_tree(tmp, data, fx["write_affectnet"])}),
+    "oracle_votes": lambda tmp, data, fx: ("oracle_votes", {}),
+}
+
+
+@pytest.mark.parametrize("name", list_aux_sources())
+def test_every_registered_aux_source_keeps_the_contract(name, faces, tmp_path, monkeypatch, write_affectnet):
+    """One grammar (name / name:argument, errors naming the parameter and the valid sources); (N, d) finite
+    float32 values whose rows follow the data's rows; an ORACLE source says so."""
+    monkeypatch.setenv("FERLIB_CACHE", str(tmp_path / "cache"))
+    assert name in AUX_EXAMPLES, f"add a working example of aux source {name!r} to AUX_EXAMPLES"
+    source = aux_source(name)
+    if source.arg is None:
+        with pytest.raises(ValueError, match=f"^opt: aux source '{name}' takes no argument.*valid: "):
+            parse_aux(f"{name}:x", where="opt")
+    elif source.required:
+        with pytest.raises(ValueError, match=f"^opt: aux source '{name}' needs its {source.arg}"):
+            parse_aux(name, where="opt")
+    assert source.usage in aux_source_help() and source.title
+    assert all(inspect.signature(source.fn).parameters[k].default is None for k in source.context)
+    spec, context = AUX_EXAMPLES[name](tmp_path, faces, {"write_affectnet": write_affectnet})
+    values = resolve_aux(spec, faces, **context)
+    assert values.dtype == np.float32 and values.ndim == 2 and len(values) == len(faces) and values.shape[1] >= 1
+    assert np.isfinite(values).all() and values.std(0).max() > 0  # not one constant row
+    order = np.random.default_rng(3).permutation(len(faces))
+    moved = {k: np.asarray(v)[order] if k == "features" else v for k, v in context.items()}
+    np.testing.assert_allclose(resolve_aux(spec, faces.select(order), **moved), values[order], rtol=1e-4, atol=1e-5)
+    assert describe_aux(spec).startswith("ORACLE") == source.oracle
+
+
+def test_one_grammar_with_errors_naming_the_parameter_and_the_valid_sources(faces, tmp_path):
+    assert parse_aux("landmarks") == parse_aux("landmarks:dlib")  # the default argument
+    source, arg = parse_aux(str(tmp_path / "x.npy"))  # a bare .npy / .csv path is file:<path>, as LDLVA took it
+    assert (source.name, arg) == ("file", str(tmp_path / "x.npy"))
+    valid = r"valid: affectnet\[:<root>\], csv:<path>, features, file:<path>, landmarks\[:<backend>\], onnx:<path>, " \
+            r"oracle_votes \(ORACLE\)$"
+    with pytest.raises(ValueError, match=r"^va_source: unknown aux source 'votes' in 'votes:x'; " + valid):
+        parse_aux("votes:x", where="va_source")
+    with pytest.raises(ValueError, match=r"^aux: 'landmarks:hrnet': unknown landmark backend 'hrnet'; valid: dlib"):
+        parse_aux("landmarks:hrnet")
+    with pytest.raises(AuxUnavailable, match="'oracle_votes' needs human votes"):
+        resolve_aux("oracle_votes", dataclasses.replace(faces, votes=None))
+    with pytest.raises(AuxUnavailable, match="'features' needs a model's features"):
+        resolve_aux("features", faces)
+    with pytest.raises(FileNotFoundError, match="nope.csv"):
+        resolve_aux(f"csv:{tmp_path / 'nope.csv'}", faces)
+
+
+def test_a_source_name_is_registered_once():
+    with pytest.raises(ValueError, match="aux source name 'csv' is empty or already registered"):
+        register_aux_source("csv", arg="path", required=True)
+    assert list_aux_sources().count("csv") == 1

@@ -84,53 +84,48 @@ def try_landmarks(data, *, backend: str = "dlib", limit: int | None = 64,
 
 def va_values(data, source: str = "auto", *, root: str | os.PathLike | None = None,
               model_limit: int | None = None):
-    """Valence-arousal (or other auxiliary) values of the TRAIN split from a source of :mod:`ferlib.va`.
+    """Valence-arousal values of the TRAIN split from an aux source of :mod:`ferlib.va` (the grammar LDLVA's
+    ``aux`` uses).
 
     Parameters
     ----------
     data : FERData.
     source : ``"auto"`` (AffectNet: its annotations; data with votes: the ORACLE vote projection; else none),
-        ``"none"``, ``"affectnet"`` (the dataset's own VA, needs ``root``), ``"oracle_votes"`` (ORACLE: circumplex
-        projection of the human votes), ``"csv:<path>"`` (keyed by id), ``"onnx:<path>"`` (a VA regressor).
+        ``"none"``, or an aux source string (:func:`ferlib.va.aux_source_help`): ``"affectnet"`` (the dataset's
+        own VA; ``root`` below or ``affectnet:<root>``), ``"oracle_votes"`` (ORACLE: circumplex projection of
+        the human votes), ``"csv:<path>"`` (keyed by id), ``"onnx:<path>"`` (a VA regressor), ``"file:<path>"``.
     root : dataset root (for ``affectnet``).
-    model_limit : for a model source (``onnx``), the first n train faces only (None = all): slow on CPU.
+    model_limit : the first n train faces only (None = all), for a source that runs a model on the images
+        (``onnx``, ``landmarks``): slow on CPU.
 
     Returns
     -------
     (values, labels, message) : (n, 2) float32 or None, the (n,) given labels, and a description (``ORACLE``
-    flagged).
+    flagged). None with the reason as message when the source is unavailable here or gives other than two
+    columns (landmarks, features).
+
+    Raises
+    ------
+    ValueError
+        An unknown source string (listing the valid ones).
     """
     train = data.subset("train")
     if source == "auto":
         source = "affectnet" if data.name == "affectnet" else ("oracle_votes" if data.votes is not None else "none")
     if source == "none":
         return None, train.labels, "no auxiliary source"
-    try:
-        from .. import va
-    except ImportError as exc:
-        return None, train.labels, f"ferlib.va unavailable: {exc}"
-    kind, _, arg = source.partition(":")
-    try:
-        if kind == "oracle_votes":
-            if train.votes is None:
-                return None, train.labels, "oracle_votes needs human votes; this dataset has none"
-            return va.oracle_va_from_votes(train.votes), train.labels, "ORACLE: circumplex projection of human votes"
-        if kind == "affectnet":
-            from ..data import affectnet_va
+    from ..va import AuxUnavailable, describe_aux, parse_aux, resolve_aux
 
-            table = affectnet_va(root).drop_duplicates("id").set_index("id")
-            values = table.loc[train.ids.astype(str), ["valence", "arousal"]].to_numpy(np.float32)
-            return values, train.labels, "AffectNet valence-arousal annotations"
-        if kind == "csv":
-            return va.va_from_csv(arg, train.ids), train.labels, f"VA from {arg}"
-        if kind == "onnx":
-            if model_limit is not None:
-                train = train.select(np.arange(min(int(model_limit), len(train))))
-            return va.va_from_onnx(arg, train.images), train.labels, f"pseudo-VA from ONNX model {arg}"
-    except (ImportError, FileNotFoundError, KeyError, OSError) as exc:
+    spec, _ = parse_aux(source, where="va_source", kind="va source")
+    if model_limit is not None and spec.runs_model:
+        train = train.select(np.arange(min(int(model_limit), len(train))))
+    try:
+        values = resolve_aux(source, train, where="va_source", root=root)
+    except (AuxUnavailable, ImportError, FileNotFoundError, KeyError, OSError) as exc:
         return None, train.labels, f"auxiliary source {source!r} unavailable: {type(exc).__name__}: {exc}"
-    raise ValueError(f"unknown va source {source!r}; valid: auto, none, affectnet, oracle_votes, csv:<path>, "
-                     "onnx:<path>")
+    if values.shape[1] != 2:
+        return None, train.labels, f"auxiliary source {source!r} gives {values.shape[1]} columns, not valence-arousal"
+    return values, train.labels, describe_aux(source)
 
 
 def va_summary(values: np.ndarray, labels: np.ndarray, class_names: Sequence[str]) -> "object":

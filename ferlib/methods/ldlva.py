@@ -23,9 +23,10 @@ are updated by hand after each step (pull towards the class means, push apart).
 Where we depart from the official code (each also noted at its config field):
 
 - ``aux="landmarks:dlib"`` by default, because plain FERPlus has no VA and no VA model is obtainable: the kNN
-  is built on standardised 68-point facial landmarks (face geometry). VA from :mod:`ferlib.va` (a CSV, an
-  ONNX regressor, a circumplex projection) can be given as a file; ``aux="features"`` uses the bound model's
-  features (meaningful only for a pretrained backbone).
+  is built on standardised 68-point facial landmarks (face geometry). Any source of :mod:`ferlib.va` can be
+  named instead (``csv:<path>`` VA keyed by id, ``onnx:<path>`` a VA regressor, ``affectnet:<root>`` AffectNet's
+  own VA, ``file:<path>`` any per-sample values); ``aux="features"`` uses the bound model's features (meaningful
+  only for a pretrained backbone).
 - ``neighbours="bank"`` (opt-in, ~4x cheaper): neighbour outputs come from a memory bank, not from forwarding
   the neighbour images every step as the code (and the default ``"faithful"``) does.
 - For a high-dimensional aux, the L1 distances of a_ij are divided by their median (``distance_scale``).
@@ -50,7 +51,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..augment import AugmentConfig, augment_batch, prepare_batch
-from ..va import KNN_METRICS, aux_from_array, aux_from_file, knn
+from ..va import KNN_METRICS, aux_from_array, aux_source_help, knn, parse_aux, resolve_aux
 from .base import Method, register_method
 from .ldl_votes import soft_cross_entropy
 
@@ -70,14 +71,17 @@ class LDLVAConfig:
     num_neighbors : int
         K neighbours per sample (``num_neighbors`` = 8).
     aux : str
-        Auxiliary space for the offline kNN. ``"landmarks:<backend>"`` (default ``landmarks:dlib``; DEPARTS:
-        the paper uses EmoNet valence-arousal, which is not obtainable here and which plain FERPlus lacks):
-        the 68 facial landmarks of :func:`ferlib.landmarks.extract_landmarks`, flattened to 136 columns and
-        standardised, i.e. neighbours by face geometry. ``"features"``: the model's pooled features on the
-        un-augmented train images, computed in ``bind`` (meaningful only for a pretrained backbone).
-        Otherwise a path: a ``.npy`` row-aligned with the train split, or a ``.csv`` keyed by ``id`` (e.g.
-        ``id, valence, arousal``; see :mod:`ferlib.va` to build one). A teacher behind such a file (its
-        features, or VA projected from its probabilities) must be trained on the noisy training labels only.
+        Auxiliary space for the offline kNN: an aux source string of :mod:`ferlib.va` (``name`` or
+        ``name:argument``, :func:`ferlib.va.aux_source_help`), checked when the config is built. Default
+        ``landmarks:dlib`` (DEPARTS: the paper uses EmoNet valence-arousal, which is not obtainable here and
+        which plain FERPlus lacks): the 68 facial landmarks of :func:`ferlib.landmarks.extract_landmarks`,
+        flattened to 136 columns and standardised, i.e. neighbours by face geometry. ``features``: the
+        model's pooled features on the un-augmented train images, computed in ``bind`` (meaningful only for a
+        pretrained backbone). ``file:<path>`` (or a bare path): a ``.npy`` row-aligned with the train split, or
+        a ``.csv`` keyed by ``id``; ``csv:<path>`` (``id, valence, arousal``), ``onnx:<path>`` (a VA regressor),
+        ``affectnet:<root>`` (AffectNet's VA). A teacher behind a file (its features, or VA projected from its
+        probabilities) must be trained on the noisy training labels only; ORACLE sources (``oracle_votes``)
+        are refused.
     aux_standardise : bool
         Standardise each aux column before the kNN (off: VA is used as is in the official code).
     knn_metric : str
@@ -158,6 +162,10 @@ class LDLVAConfig:
                            ("knn_metric", KNN_METRICS), ("distance_scale", DISTANCE_SCALES)):
             if getattr(self, key) not in valid:
                 raise ValueError(f"LDLVAConfig.{key} must be one of {valid}, got {getattr(self, key)!r}")
+        source, _ = parse_aux(self.aux, where="LDLVAConfig.aux")
+        if source.oracle:
+            raise ValueError(f"LDLVAConfig.aux: {self.aux!r} is an ORACLE source (it reads the human votes), which "
+                             "a noisy-label method may not see; valid: " + aux_source_help())
         if self.num_neighbors < 1 or self.similarity_temperature <= 0 or self.lamb_lr < 0 or self.lamb_lr_batch < 0:
             raise ValueError("LDLVAConfig needs num_neighbors >= 1, similarity_temperature > 0, lamb_lr >= 0, "
                              "lamb_lr_batch >= 0")
@@ -318,16 +326,6 @@ def _embed_all(model: nn.Module, images: np.ndarray, size: int, device: torch.de
     return torch.cat(feats), torch.cat(probs)
 
 
-def _aux_array(aux: str, train) -> np.ndarray:
-    """(N, d) auxiliary values of the train split from ``landmarks:<backend>`` or a file (see ``LDLVAConfig.aux``)."""
-    if aux.startswith("landmarks:"):
-        from ..landmarks import extract_landmarks
-
-        marks = extract_landmarks(train, backend=aux.partition(":")[2])
-        return marks.points.reshape(len(train), -1)
-    return aux_from_file(aux, train.ids)
-
-
 def _neighbour_distances(aux: np.ndarray, neighbours: np.ndarray, mode: str, chunk: int = 4096) -> np.ndarray:
     """(N, K) L1 distances ||v_i - v_j||_1, divided by their median when ``mode`` asks for it."""
     dist = np.concatenate([np.abs(aux[s:s + chunk, None, :] - aux[neighbours[s:s + chunk]]).sum(-1)
@@ -386,14 +384,16 @@ class LDLVA(Method):
         self._augment = config.augment
         if cfg.class_weights:
             self.class_weight.copy_(torch.from_numpy(balanced_class_weights(train.labels, self.num_classes)))
+        source, _ = parse_aux(cfg.aux, where="LDLVAConfig.aux")
         feats = None
-        if cfg.neighbours == "bank" or cfg.aux == "features":
+        if cfg.neighbours == "bank" or "features" in source.context:
             feats, probs = _embed_all(model, train.images, cfg.image_size or config.image_size, device, config.augment)
             if cfg.neighbours == "bank":
                 self.bank_feature.copy_(feats)
                 self.bank_prob.copy_(probs)
-        aux = feats.cpu().numpy() if cfg.aux == "features" else _aux_array(cfg.aux, train)
-        aux = aux_from_array(aux, standardise=cfg.aux_standardise or cfg.aux.startswith("landmarks:"))
+        aux = resolve_aux(cfg.aux, train, where="LDLVAConfig.aux",
+                          features=None if feats is None else feats.cpu().numpy())
+        aux = aux_from_array(aux, standardise=cfg.aux_standardise or source.standardise)
         neighbours = knn(aux, cfg.num_neighbors, metric=cfg.knn_metric, device=device)
         dist = _neighbour_distances(aux, neighbours, cfg.distance_scale)
         # d_i is unchanged by a per-row factor on a_ij: store a_ij / max_j a_ij, which cannot underflow to 0.
