@@ -3,6 +3,10 @@
     python benchmarks/epoch_time.py --data ../shared/data/ferplus --methods ce nla ldlva lanet --steps 30
     python benchmarks/epoch_time.py --methods ce ldlva:neighbours=bank     # NAME:KEY=VALUE[,KEY=VALUE]
 
+A method's options are typed from its config (:func:`ferlib.methods.parse_overrides`, as ``--method-opt``);
+they are split at the commas outside brackets (:func:`ferlib.options.split_options`), so a list or tuple value
+keeps its commas.
+
 Times ``train_one_epoch`` on the first ``steps`` batches of the (plurality, 8-class) train split after one
 warm-up batch, then extrapolates to a full epoch of the train split. ``bind`` (kNN graphs, landmark
 extraction, bank initialisation) is timed separately: it runs once per run, not per epoch.
@@ -19,6 +23,7 @@ from ferlib.backbones import BackboneConfig, create_model
 from ferlib.data import load_dataset
 from ferlib.engine import TrainConfig, build_optimizer, build_scheduler, resolve_device, seed_everything, train_one_epoch
 from ferlib.methods import create_method, parse_overrides
+from ferlib.options import split_options
 
 
 def time_method(label: str, data, steps: int, cfg: TrainConfig) -> dict:
@@ -28,7 +33,7 @@ def time_method(label: str, data, steps: int, cfg: TrainConfig) -> dict:
     model = create_model(BackboneConfig(in_chans=train.image_shape[2]), data.num_classes).to(device)
     name, _, opts = label.partition(":")
     method = create_method(name, num_classes=data.num_classes, num_train=len(train), feature_dim=model.feature_dim,
-                           **parse_overrides(name, opts.split(",") if opts else []))
+                           **parse_overrides(name, split_options(opts)))
     method.to(device)
     t0 = time.perf_counter()
     method.bind(model, train, cfg)

@@ -10,8 +10,7 @@ from .backbones import BackboneConfig
 from .engine import TrainConfig
 from .noise import protocol_help
 
-__all__ = ["main", "build_parser", "spec_from_args"]
-
+__all__ = ["main", "build_parser", "spec_from_args", "backbone_options"]
 
 
 def _add_dataclass_flags(parser: argparse.ArgumentParser, cls, skip: tuple[str, ...] = ()) -> None:
@@ -37,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--mode", default=None, help="FERPlus label mode: plurality (default) or majority")
     tr.add_argument("--classes", type=int, default=None, help="7 or 8 (default: the reader's)")
     tr.add_argument("--dataset-opt", action="append", default=[], metavar="KEY=VALUE",
-                    help="extra reader option (repeatable), e.g. image_size=64")
+                    help="reader option (repeatable), typed from the reader's signature, e.g. image_size=64")
     tr.add_argument("--noise", default="none", help=f"noise spec, steps joined with '+': {protocol_help()}")
     tr.add_argument("--train-subset", type=int, default=None, help="stratified number of train images")
     tr.add_argument("--method", default="ce", help="method name (python -m ferlib methods)")
@@ -51,8 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="seed of the noise draw (default: --seed), to vary training with the labels held fixed")
     tr.add_argument("--backbone", default=BackboneConfig.name, help="timm model name")
     tr.add_argument("--backbone-opt", action="append", default=[], metavar="KEY=VALUE",
-                    help="timm.create_model option (repeatable, JSON values), e.g. "
-                         "channels=[32,64,128,256] stem_width=32 (half-width ResNet-18)")
+                    help="backbone option (repeatable): a BackboneConfig field (drop_rate, typed), else a "
+                         "timm.create_model keyword (JSON values), e.g. channels=[32,64,128,256] stem_width=32 "
+                         "(half-width ResNet-18)")
     tr.add_argument("--augment-opt", action="append", default=[], metavar="KEY=VALUE",
                     help="augmentation option of ferlib.augment.AugmentConfig (repeatable), e.g. erase=0")
     tr.add_argument("--weights", default=None, help="local pretrained weights file (state dict)")
@@ -75,22 +75,40 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _pairs(items: list[str], what: str) -> dict:
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise SystemExit(f"error: {what} {item!r} must be KEY=VALUE")
-        try:
-            out[key] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key] = value
-    return out
+#: BackboneConfig fields that --backbone-opt does not set, and where they come from instead.
+_BACKBONE_ELSEWHERE = {"name": "use --backbone", "weights": "use --weights", "small_input": "use --small-input",
+                       "in_chans": "it is set from the data's channels",
+                       "model_kwargs": "give each timm keyword as its own KEY=VALUE"}
+
+
+def backbone_options(pairs: list[str], *, where: str = "--backbone-opt") -> tuple[dict, dict]:
+    """``["key=value", ...]`` -> (typed BackboneConfig fields, ``model_kwargs``).
+
+    A key naming a BackboneConfig field (``drop_rate``) is typed from its hint (:func:`ferlib.options.parse_value`);
+    any other key is a ``timm.create_model`` keyword whose value is a JSON literal, else a string
+    (:func:`ferlib.options.parse_literal`). Raises ValueError naming ``where``, the key and the expected type.
+    """
+    from .options import field_hints, parse_literal, parse_value
+
+    hints = field_hints(BackboneConfig)
+    fields, kwargs = {}, {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"{where}: bad option {pair!r}: expected KEY=VALUE")
+        if key in _BACKBONE_ELSEWHERE:
+            raise ValueError(f"{where}: {key} is not set here: {_BACKBONE_ELSEWHERE[key]}")
+        if key in hints:
+            fields[key] = parse_value(text, hints[key], key=key, where=where)
+        else:
+            kwargs[key] = parse_literal(text)
+    return fields, kwargs
 
 
 def spec_from_args(args: argparse.Namespace):
     """Turn parsed ``train`` arguments into a :class:`ferlib.experiment.RunSpec`."""
     from .augment import AugmentConfig
+    from .data import dataset_reader
     from .experiment import RunSpec
     from .methods import parse_overrides
     from .options import parse_options
@@ -100,12 +118,14 @@ def spec_from_args(args: argparse.Namespace):
         options["mode"] = args.mode
     if args.classes is not None:
         options["num_classes"] = args.classes
-    options.update(_pairs(args.dataset_opt, "--dataset-opt"))
+    options.update(parse_options(dataset_reader(args.dataset), args.dataset_opt,
+                                 where=f"--dataset-opt (dataset {args.dataset!r})"))
     train = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
                            if f.name != "augment"}, augment=parse_options(AugmentConfig, args.augment_opt,
                                                                   where="--augment-opt"))
+    fields, model_kwargs = backbone_options(args.backbone_opt)
     backbone = BackboneConfig(name=args.backbone, weights=args.weights, small_input=args.small_input,
-                              model_kwargs=_pairs(args.backbone_opt, "--backbone-opt"))
+                              model_kwargs=model_kwargs, **fields)
     return RunSpec(data=args.data, dataset=args.dataset, dataset_options=options, noise=args.noise,
                    train_subset=args.train_subset, method=args.method,
                    method_options=parse_overrides(args.method, args.method_opt),
