@@ -1,5 +1,5 @@
-"""One registry idiom for the plug-in axes that are looked up by name: dataset readers, landmark backends and
-auxiliary (VA) sources. Each entry registers itself with a decorator where it is defined::
+"""One registry idiom for the plug-in axes that are looked up by name: methods, dataset readers, landmark backends
+and auxiliary (VA) sources. Each entry registers itself with a decorator where it is defined::
 
     _DATASETS = Registry("dataset")
     register_dataset = _DATASETS.register
@@ -8,8 +8,8 @@ auxiliary (VA) sources. Each entry registers itself with a decorator where it is
     def read_rafdb(root, *, image_size: int | None = 100, ...): ...
 
 A name registered twice raises; an unknown name raises one ValueError that lists the valid names. The
-keyword-only parameters of an entry are its options (:func:`full_options`). Methods (``register_method``) and
-noise protocols (``register_noise``) follow the same rules with their own metadata.
+keyword-only parameters of a reader or backend are its options (:func:`full_options`). Noise protocols
+(``register_noise``) follow the same rules with their own table.
 """
 from __future__ import annotations
 

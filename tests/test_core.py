@@ -10,7 +10,7 @@ import torch
 
 from ferlib.backbones import BackboneConfig, WeightsError, create_model, load_weights
 from ferlib.metrics import classification_metrics
-from ferlib.methods import create_method, list_methods, method_class, parse_overrides
+from ferlib.methods import create_method, list_methods, method_class, parse_overrides, register_method
 
 
 def test_metrics_hand_computed():
@@ -71,6 +71,9 @@ def test_registry_lists_and_rejects_unknown_names():
     assert method_class("ldl_votes").oracle and not method_class("ce").oracle
     with pytest.raises(ValueError, match="unknown method 'xyz'; valid: .*ce"):
         method_class("xyz")
+    with pytest.raises(ValueError, match="method name 'ce' is empty or already registered"):
+        register_method(type("CEAgain", (method_class("ce"),), {}))
+    assert list_methods().count("ce") == 1
     with pytest.raises(ValueError, match="unknown option.*label_smooth"):
         create_method("ce", num_classes=8, num_train=4, feature_dim=8, label_smooth=0.1)
     assert parse_overrides("ce", ["label_smoothing=0.2"]) == {"label_smoothing": 0.2}

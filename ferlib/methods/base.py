@@ -37,12 +37,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._registry import Registry
 from ..options import check_types, parse_options
 
 __all__ = ["Method", "register_method", "create_method", "method_config", "list_methods", "method_class",
            "parse_overrides"]
 
-_REGISTRY: dict[str, type["Method"]] = {}
+_REGISTRY: Registry[type["Method"]] = Registry("method")
 
 
 class Method(nn.Module):
@@ -133,25 +134,20 @@ class Method(nn.Module):
 
 def register_method(cls: type[Method]) -> type[Method]:
     """Class decorator adding a method to the registry under ``cls.name``."""
-    if not cls.name or cls.name in _REGISTRY:
-        raise ValueError(f"method name {cls.name!r} is empty or already registered")
+    register = _REGISTRY.register(cls.name)  # an empty or already registered name raises ValueError
     if not dataclasses.is_dataclass(cls.Config):
         raise TypeError(f"{cls.__name__}.Config must be a dataclass")
-    _REGISTRY[cls.name] = cls
-    return cls
+    return register(cls)
 
 
 def list_methods() -> list[str]:
     """Names of the registered methods, sorted."""
-    return sorted(_REGISTRY)
+    return _REGISTRY.names()
 
 
 def method_class(name: str) -> type[Method]:
     """The registered class of a method name; unknown names raise with the valid list."""
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise ValueError(f"unknown method {name!r}; valid: {', '.join(list_methods())}") from None
+    return _REGISTRY.get(name)
 
 
 def method_config(name: str, **overrides):
