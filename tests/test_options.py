@@ -44,6 +44,9 @@ def test_noise_specs_are_canonical_so_one_setting_is_one_run():
 def test_a_profile_with_a_bad_method_option_value_fails_on_load():
     with pytest.raises(ValueError, match="method_options.ldlva.*neighbours"):
         load_profile("smoke", method_options={"ldlva": {"neighbours": "bnak"}})
+    with pytest.raises(ValueError, match=r"method_options\.ldlva: LDLVAConfig\.aux: unknown aux source 'magic'.*"
+                                         r"valid: .*landmarks\[:<backend>\]"):
+        load_profile("smoke", method_options={"ldlva": {"aux": "magic"}})
     with pytest.raises(ValueError, match="lr"):
         load_profile("smoke", train={"lr": "abc"})
     assert TrainConfig(lr=1).lr == 1  # an int where a float is expected is fine
