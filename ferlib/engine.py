@@ -4,12 +4,9 @@
 state through :class:`ferlib.methods.Method`. Images stay uint8 in host memory and are augmented on the
 training device batch by batch (:mod:`ferlib.augment`), so no DataLoader workers are needed.
 
-A run directory describes itself::
-
-    config.json    resolved configuration          epochs.csv   one row per epoch (all metrics)
-    checkpoint.pt  last epoch, for resume          epochs.jsonl per-class accuracy and confusion per epoch
-    model.pt       final weights (backbone+head)   readout.npz  per-sample read-outs of the train split
-    result.json    the run's summary row (written last: its presence means "finished")
+A run directory describes itself; :mod:`ferlib.rundir` names its files (``config.json``, ``checkpoint.pt``,
+``epochs.csv`` / ``epochs.jsonl``, ``model.pt``, ``readout.npz``, and ``result.json`` last: its presence means
+"finished").
 """
 from __future__ import annotations
 
@@ -25,6 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import rundir
 from .augment import AugmentConfig, augment_batch, make_view, prepare_batch
 from .metrics import classification_metrics
 from .options import check_types
@@ -238,10 +236,10 @@ def fit(model: nn.Module, method, data, cfg: TrainConfig, run_dir: str | os.Path
     scheduler = build_scheduler(optimizer, cfg, max(len(train) // cfg.batch_size, 1))
     history: list[dict] = []
     start = 0
-    ckpt_path = run_dir / "checkpoint.pt"
+    ckpt_path = run_dir / rundir.CHECKPOINT
     if resume and ckpt_path.exists():
         start, history = _load_checkpoint(ckpt_path, model, method, optimizer, scheduler, gen, device)
-    write_json(run_dir / "config.json", {"train": asdict(cfg), "method": method.name,
+    write_json(run_dir / rundir.CONFIG, {"train": asdict(cfg), "method": method.name,
                                          "method_config": asdict(method.config), **(meta or {})})
     for epoch in range(start, cfg.epochs):
         method.on_epoch_start(epoch, cfg.epochs)
@@ -300,8 +298,8 @@ def _write_history(run_dir: Path, history: list[dict]) -> None:
     import pandas as pd
 
     flat = [{k: v for k, v in flatten(r, sep="_").items() if not isinstance(v, list)} for r in history]
-    atomic_write_text(run_dir / "epochs.csv", pd.DataFrame(flat).to_csv(index=False))
-    atomic_write_text(run_dir / "epochs.jsonl", "".join(json.dumps(r) + "\n" for r in history))
+    atomic_write_text(run_dir / rundir.EPOCHS_CSV, pd.DataFrame(flat).to_csv(index=False))
+    atomic_write_text(run_dir / rundir.EPOCHS_JSONL, "".join(json.dumps(r) + "\n" for r in history))
 
 
 def _select_best(history: list[dict], cfg: TrainConfig) -> dict:
@@ -310,7 +308,7 @@ def _select_best(history: list[dict], cfg: TrainConfig) -> dict:
 
 def _finish(run_dir: Path, model, method, splits, history, cfg, device, meta) -> dict:
     train = splits["train"]
-    torch.save(model.state_dict(), run_dir / "model.pt")
+    torch.save(model.state_dict(), run_dir / rundir.MODEL)
     train_logits, train_feats = predict(model, train.images, cfg, device, features=cfg.save_features)
     test_logits, test_feats = predict(model, splits["test"].images, cfg, device, features=cfg.save_features)
     readout = {f"method_{k}": v for k, v in method.readout().items()}
@@ -320,7 +318,7 @@ def _finish(run_dir: Path, model, method, splits, history, cfg, device, meta) ->
                    test_given=splits["test"].labels)
     if cfg.save_features:
         readout.update(train_features=train_feats.astype(np.float16), test_features=test_feats.astype(np.float16))
-    atomic_savez(run_dir / "readout.npz", **readout)
+    atomic_savez(run_dir / rundir.READOUT, **readout)
     last, best = history[-1], _select_best(history, cfg)
     summary = {
         **meta, "method": method.name, "oracle": method.oracle, "epochs": cfg.epochs, "seed": cfg.seed,
@@ -333,7 +331,7 @@ def _finish(run_dir: Path, model, method, splits, history, cfg, device, meta) ->
         "last_valid": _scalars(last["valid"]) if "valid" in last else {},
         "train_loss_first": history[0]["train_loss"], "train_loss_last": last["train_loss"],
     }
-    write_json(run_dir / "result.json", summary)
+    write_json(run_dir / rundir.RESULT, summary)
     return summary
 
 

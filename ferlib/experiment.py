@@ -14,7 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
+from . import rundir
 from .backbones import BackboneConfig, create_model
+from .data.cache import data_fingerprint
 from .engine import TrainConfig, fit, seed_everything
 from .recipes import recipe_method_options, recipe_source, resolve_recipe
 from .results import collect_results, flatten, write_json, write_table
@@ -111,10 +113,8 @@ class RunSpec:
     def from_run(cls, run_dir, *, out=None) -> "RunSpec":
         """The RunSpec that reproduces the finished run in ``run_dir`` (from its ``config.json``); ``out``
         defaults to the run's parent folder."""
-        from .results import read_json
-
         run_dir = Path(run_dir)
-        cfg = read_json(run_dir / "config.json")
+        cfg = rundir.read_config(run_dir)
         missing = [k for k in ("train", "method", "data", "dataset", "noise", "backbone") if k not in cfg]
         if missing:
             raise ValueError(f"{run_dir}/config.json lacks {missing}; it was not written by ferlib.experiment.run")
@@ -130,9 +130,12 @@ _NOT_IN_ID = {"out", "variant", "train.progress", "train.device", "train.eval_ba
 
 
 def run_id(spec: RunSpec) -> str:
-    """``<method>-<noise>-s<seed>-<hash>``: readable, and unique for the fields that change results."""
+    """``<method>-<noise>-s<seed>-<hash>``: readable, and unique for the fields that change results.
+
+    The data enter as their :func:`ferlib.data.data_fingerprint` (file names and sizes under the root), so the
+    same data named relatively or absolutely, or a checkout moved elsewhere, keep their run ids."""
     flat = flatten(asdict(spec))
-    flat["data"] = str(Path(spec.data).resolve())  # the same data named relatively or absolutely: one id
+    flat["data"] = data_fingerprint(spec.data)  # what the data holds, not where: a moved checkout keeps its ids
     key = json.dumps({k: v for k, v in sorted(flat.items()) if k not in _NOT_IN_ID}, sort_keys=True, default=str)
     digest = hashlib.sha1(key.encode()).hexdigest()[:8]
     noise = spec.noise.replace(":", "").replace("+", "_")
@@ -224,7 +227,7 @@ def run(spec: RunSpec, *, resume: bool = True) -> dict:
     rid = run_id(spec)
     run_dir = Path(spec.out) / rid
     model, method = build(spec, data)
-    write_json(run_dir / "noise.json", noise_report)
+    write_json(run_dir / rundir.NOISE, noise_report)
     meta = {
         "run_id": rid, "dataset": spec.dataset, "data": str(spec.data), "dataset_options": spec.dataset_options,
         "classes": data.num_classes, "split_counts": data.split_counts(), "noise": spec.noise,
@@ -258,24 +261,22 @@ def run_features(run_dir, *, splits=("train", "test"), device: str | None = None
 
     from .data import load_dataset
     from .engine import predict, resolve_device
-    from .results import read_json
 
     run_dir = Path(run_dir)
     bad = set(splits) - {"train", "test"}
     if bad:
         raise ValueError(f"splits must be among ('train', 'test'), got {sorted(bad)}")
-    with np.load(run_dir / "readout.npz", allow_pickle=False) as z:
-        readout = {k: z[k] for k in z.files}
+    readout = rundir.read_readout(run_dir)
     saved = {s: readout[f"{s}_features"].astype(np.float32) for s in splits if f"{s}_features" in readout}
     todo = [s for s in splits if s not in saved]
     if not todo:
         return saved
-    cfg = read_json(run_dir / "config.json")
+    cfg = rundir.read_config(run_dir)
     train = TrainConfig(**{**cfg["train"], "progress": False})
     dev = resolve_device(device or train.device)
     backbone = dataclasses.replace(BackboneConfig(**cfg["backbone"]), weights=None)  # model.pt has them all
     model = create_model(backbone, int(readout["train_logits"].shape[1]))
-    model.load_state_dict(torch.load(run_dir / "model.pt", map_location="cpu", weights_only=True))
+    model.load_state_dict(torch.load(run_dir / rundir.MODEL, map_location="cpu", weights_only=True))
     model.to(dev)
     data = load_dataset(cfg["dataset"], cfg["data"], **(cfg.get("dataset_options") or {}))
     rows = {str(i): k for k, i in enumerate(np.asarray(data.ids).astype(str))}

@@ -67,7 +67,9 @@ def collect_results(runs_dir: str | os.PathLike):
     """One row per finished run under ``runs_dir`` (every ``*/result.json``), as a pandas DataFrame."""
     import pandas as pd
 
-    rows = [read_json(p) for p in sorted(Path(runs_dir).glob("*/result.json"))]
+    from .rundir import finished_runs, read_result
+
+    rows = [read_result(p) for p in finished_runs(runs_dir)]
     return pd.DataFrame([{k: v for k, v in flatten(r).items() if not isinstance(v, list)} for r in rows])
 
 
@@ -75,7 +77,9 @@ def collect_epochs(runs_dir: str | os.PathLike):
     """All per-epoch rows of all runs under ``runs_dir`` (every ``*/epochs.csv``), as one DataFrame."""
     import pandas as pd
 
-    frames = [pd.read_csv(p) for p in sorted(Path(runs_dir).glob("*/epochs.csv"))]
+    from .rundir import EPOCHS_CSV
+
+    frames = [pd.read_csv(p) for p in sorted(Path(runs_dir).glob(f"*/{EPOCHS_CSV}"))]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 

@@ -161,19 +161,19 @@ def test_stratified_subset_keeps_class_shares():
     assert np.bincount(labels[idx]).tolist() == [60, 30, 10]
 
 
-def test_run_id_depends_on_results_relevant_fields_only():
-    base = RunSpec(data="x")
+def test_run_id_depends_on_results_relevant_fields_only(tmp_path):
+    base = RunSpec(data=str(tmp_path))
     assert run_id(base) == run_id(dataclasses.replace(base, out="elsewhere"))
     assert run_id(base) != run_id(dataclasses.replace(base, noise="symmetric:0.3"))
     assert run_id(base).startswith("ce-none-s0-")
 
 
-def test_backbone_model_kwargs_reach_timm_and_bad_ones_are_named():
+def test_backbone_model_kwargs_reach_timm_and_bad_ones_are_named(tmp_path):
     half = create_model(BackboneConfig(model_kwargs={"channels": [32, 64, 128, 256], "stem_width": 32}), 8)
     assert half.feature_dim == 256 and half(torch.zeros(2, 1, 48, 48)).shape == (2, 8)
     with pytest.raises(ValueError, match="model_kwargs"):
         create_model(BackboneConfig(model_kwargs={"no_such_option": 1}), 8)
-    base = RunSpec(data="x")
+    base = RunSpec(data=str(tmp_path))
     wide = dataclasses.replace(base, backbone=BackboneConfig(model_kwargs={"stem_width": 32}))
     assert run_id(base) != run_id(wide)
 

@@ -48,6 +48,22 @@ def test_run_spec_from_dict_fills_defaults_and_names_unknown_fields():
         RunSpec(data="d", fold=[2, 2])
 
 
+def test_run_id_follows_the_data_not_where_it_lies(small_ferplus, tmp_path, monkeypatch):
+    import shutil
+
+    spec = RunSpec.from_dict(TINY, data=str(small_ferplus))
+    moved = tmp_path / "elsewhere" / "ferplus"
+    shutil.copytree(small_ferplus, moved)
+    assert run_id(RunSpec.from_dict(TINY, data=str(moved))) == run_id(spec)  # a moved / cloned checkout
+    monkeypatch.chdir(small_ferplus.parent)
+    assert run_id(RunSpec.from_dict(TINY, data=small_ferplus.name)) == run_id(spec)  # relative or absolute
+    changed = shutil.copytree(small_ferplus, tmp_path / "changed")
+    (changed / "extra.txt").write_text("a new file")
+    assert run_id(RunSpec.from_dict(TINY, data=str(changed))) != run_id(spec)
+    with pytest.raises(FileNotFoundError, match="dataset root nowhere does not exist"):
+        run_id(RunSpec.from_dict(TINY, data="nowhere"))
+
+
 def _data(n_train: int = 30) -> FERData:
     labels = np.array([0, 1, 2] * (n_train // 3) + [0, 1, 2, 0])
     n = len(labels)

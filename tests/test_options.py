@@ -36,8 +36,8 @@ def test_bad_values_fail_at_the_run_spec_naming_the_parameter():
         RunSpec(data=NOWHERE, noise="symetric:0.3")
 
 
-def test_noise_specs_are_canonical_so_one_setting_is_one_run():
-    a, b = RunSpec(data=NOWHERE, noise="symmetric:0.30"), RunSpec(data=NOWHERE, noise="symmetric:0.3")
+def test_noise_specs_are_canonical_so_one_setting_is_one_run(tmp_path):
+    a, b = RunSpec(data=str(tmp_path), noise="symmetric:0.30"), RunSpec(data=str(tmp_path), noise="symmetric:0.3")
     assert a.noise == b.noise and run_id(a) == run_id(b)
 
 

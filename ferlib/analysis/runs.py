@@ -1,16 +1,16 @@
 """Finished runs: load run directories and their readouts, their datasets and saved features (read only)."""
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Sequence
 
 import numpy as np
 
+from .. import rundir
 from ..results import read_json
 
 __all__ = [
@@ -71,12 +71,8 @@ class RunRecord:
 
 
 def list_runs(runs_dir: str | os.PathLike) -> list[Path]:
-    """Finished run directories directly under ``runs_dir`` (those holding ``result.json``), sorted.
-
-    A missing ``runs_dir`` gives an empty list; sub-folders of run directories (k-fold helpers,
-    ablations) are not descended into.
-    """
-    return sorted(p.parent for p in Path(runs_dir).glob("*/result.json"))
+    """Finished run directories directly under ``runs_dir``, sorted (:func:`ferlib.rundir.finished_runs`)."""
+    return rundir.finished_runs(runs_dir)
 
 
 def load_run(run_dir: str | os.PathLike) -> RunRecord:
@@ -99,19 +95,12 @@ def load_run(run_dir: str | os.PathLike) -> RunRecord:
     import pandas as pd
 
     run_dir = Path(run_dir)
-    for name in ("result.json", "readout.npz"):
-        if not (run_dir / name).is_file():
-            raise FileNotFoundError(f"{run_dir}: no {name}; the run has not finished (or this is not a run folder)")
-    with np.load(run_dir / "readout.npz", allow_pickle=False) as z:
-        readout = {k: z[k] for k in z.files}
-    epochs = pd.read_csv(run_dir / "epochs.csv") if (run_dir / "epochs.csv").is_file() else pd.DataFrame()
-    history = []
-    if (run_dir / "epochs.jsonl").is_file():
-        history = [json.loads(line) for line in (run_dir / "epochs.jsonl").read_text().splitlines() if line.strip()]
-    config = read_json(run_dir / "config.json") if (run_dir / "config.json").is_file() else {}
-    noise = read_json(run_dir / "noise.json") if (run_dir / "noise.json").is_file() else None
-    return RunRecord(path=run_dir, result=read_json(run_dir / "result.json"), epochs=epochs, readout=readout,
-                     history=history, config=config, noise=noise)
+    result, readout = rundir.read_result(run_dir), rundir.read_readout(run_dir)
+    csv, jsonl, noise = run_dir / rundir.EPOCHS_CSV, run_dir / rundir.EPOCHS_JSONL, run_dir / rundir.NOISE
+    epochs = pd.read_csv(csv) if csv.is_file() else pd.DataFrame()
+    history = [json.loads(line) for line in jsonl.read_text().splitlines() if line.strip()] if jsonl.is_file() else []
+    return RunRecord(path=run_dir, result=result, epochs=epochs, readout=readout, history=history,
+                     config=rundir.read_config(run_dir), noise=read_json(noise) if noise.is_file() else None)
 
 
 def load_runs(runs) -> list[RunRecord]:
@@ -125,7 +114,7 @@ def load_runs(runs) -> list[RunRecord]:
         return [runs]
     if isinstance(runs, (str, os.PathLike)):
         path = Path(runs)
-        if (path / "result.json").is_file():
+        if rundir.is_finished(path):
             return [load_run(path)]
         return [load_run(p) for p in list_runs(path)]
     return [r if isinstance(r, RunRecord) else load_run(r) for r in runs]

@@ -19,7 +19,7 @@ defaults), and import it below. ``load_dataset``, ``list_datasets``, the CLI (``
 from __future__ import annotations
 
 from .affectnet import affectnet_va, read_affectnet
-from .cache import default_cache_dir
+from .cache import data_fingerprint, default_cache_dir
 from .common import DatasetError
 from .dataset import SPLITS, FERData
 from .fer2013 import read_fer2013
@@ -30,7 +30,7 @@ from .registry import dataset_reader, list_datasets, load_dataset, register_data
 
 __all__ = [
     "FERData", "SPLITS", "DatasetError", "load_dataset", "list_datasets", "register_dataset", "dataset_reader",
-    "default_cache_dir",
+    "default_cache_dir", "data_fingerprint",
     "read_ferplus", "read_fer2013", "read_rafdb", "read_affectnet", "affectnet_va", "read_folder",
     "votes_to_labels",
 ]

@@ -7,6 +7,7 @@ automatically; remove the folder to reclaim space.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -15,7 +16,7 @@ from typing import Callable
 
 from .dataset import FERData
 
-__all__ = ["default_cache_dir", "tree_signature", "cache_path", "cached"]
+__all__ = ["default_cache_dir", "tree_signature", "data_fingerprint", "cache_path", "cached"]
 
 CACHE_VERSION = 1  # bump when a reader's output changes for the same files and options
 
@@ -40,6 +41,32 @@ def tree_signature(root: str | os.PathLike) -> str:
             st = os.stat(os.path.join(dirpath, name))
             h.update(f"{rel}/{name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     return h.hexdigest()
+
+
+@functools.lru_cache(maxsize=64)
+def _fingerprint(root: Path) -> str:
+    h = hashlib.sha1()
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        rel = os.path.relpath(dirpath, root)
+        for name in sorted(filenames):
+            h.update(f"{rel}/{name}\0{os.stat(os.path.join(dirpath, name)).st_size}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def data_fingerprint(root: str | os.PathLike) -> str:
+    """What a dataset root holds, not where it is: a hash of the relative path and size of every file under it
+    (of the file itself for a file root). A copied, moved or freshly cloned dataset keeps its fingerprint;
+    adding, removing or resizing a file changes it. Memoised per resolved path for the process.
+
+    Raises FileNotFoundError naming ``root`` when it does not exist.
+    """
+    path = Path(root).expanduser().resolve()
+    if not path.exists():
+        raise FileNotFoundError(f"dataset root {root} does not exist")
+    if path.is_file():
+        return hashlib.sha1(f"{path.name}\0{path.stat().st_size}".encode()).hexdigest()[:16]
+    return _fingerprint(path)
 
 
 def cache_path(name: str, root: str | os.PathLike, options: dict, *, cache_dir: str | os.PathLike | None = None

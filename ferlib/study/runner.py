@@ -57,10 +57,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+from ferlib import rundir
 from ferlib.results import read_json, write_json
 
 from .report import render_all, study_record, write_report
-from .spec import COMMON, ROLES, STUDY_PARAMETERS, StudySpec, list_profiles, load_profile
+from .spec import COMMON, ROLES, StudySpec, list_profiles, load_profile
 
 __all__ = ["run_study", "StudyOutcome", "execute_notebook", "ensure_kernel", "add_study_arguments", "study_main",
            "main", "COMMON"]
@@ -327,7 +328,7 @@ def _run_cells(cells: list, notebook: str, source: Path, reports_dir: Path, comm
 
 
 def _finished(run_spec, rid: str) -> bool:
-    return (Path(run_spec.out) / rid / "result.json").exists()
+    return rundir.is_finished(Path(run_spec.out) / rid)
 
 
 def _kinds(kinds) -> str:
@@ -434,7 +435,7 @@ def study_main(args: argparse.Namespace) -> int:
         for kind, s in spec.cells(runs):
             rid = run_id(s)
             where = Path(s.out).relative_to(runs.absolute())
-            log(f"{kind:8s} {where / rid}  {'finished' if (Path(s.out) / rid / 'result.json').exists() else 'to run'}")
+            log(f"{kind:8s} {where / rid}  {'finished' if rundir.is_finished(Path(s.out) / rid) else 'to run'}")
         return 0
     argv = getattr(args, "argv", None)  # set by main(); under ferlib.cli, sys.argv holds "study ..."
     command = "python -m ferlib " + shlex.join(["study", *argv] if argv is not None else sys.argv[1:])
