@@ -55,7 +55,15 @@ class FERModel(nn.Module):
 
     ``embed(x)``: (B, C, H, W) -> (B, D) pooled features; ``head(f)``: (B, D) -> (B, K) logits;
     ``forward(x) = head(embed(x))``. ``backbone`` is the timm model with its classifier removed.
+
+    :data:`PARTS` names what a training method may use of it; a method declares its share in
+    ``Method.model_parts`` and the engine checks a model has them before training.
     """
+
+    #: The parts a method may use: ``forward`` (``model(x)`` -> (B, K) logits), ``embed`` ((B, C, H, W) ->
+    #: (B, D) pooled features), ``dropout`` (the dropout before the classifier), ``head`` ((B, D) -> (B, K)),
+    #: ``backbone`` (the timm trunk: stages and feature maps, e.g. LA-Net's two branches), ``feature_dim`` (D).
+    PARTS: tuple[str, ...] = ("forward", "embed", "dropout", "head", "backbone", "feature_dim")
 
     def __init__(self, backbone: nn.Module, num_classes: int, drop_rate: float = 0.0) -> None:
         super().__init__()

@@ -230,6 +230,7 @@ def fit(model: nn.Module, method, data, cfg: TrainConfig, run_dir: str | os.Path
     gen = seed_everything(cfg.seed)
     model.to(device)
     method.to(device)
+    method.check_model(model)
     method.bind(model, train, cfg)
     params = [p for p in list(model.parameters()) + list(method.parameters()) if p.requires_grad]
     optimizer = build_optimizer(params, cfg)
@@ -311,7 +312,7 @@ def _finish(run_dir: Path, model, method, splits, history, cfg, device, meta) ->
     torch.save(model.state_dict(), run_dir / rundir.MODEL)
     train_logits, train_feats = predict(model, train.images, cfg, device, features=cfg.save_features)
     test_logits, test_feats = predict(model, splits["test"].images, cfg, device, features=cfg.save_features)
-    readout = {f"method_{k}": v for k, v in method.readout().items()}
+    readout = {f"method_{k}": v for k, v in method.readout().arrays().items()}
     readout.update(ids=train.ids.astype(str), given=train.labels, clean=train.true_labels,
                    train_logits=train_logits, test_logits=test_logits,
                    test_ids=splits["test"].ids.astype(str), test_labels=splits["test"].true_labels,

@@ -2,10 +2,11 @@
 every model in its registry): a newly registered method is covered here with no new test code.
 
 For each (method, variant), on a 64-image FERPlus tree (``small_ferplus``) with a tiny backbone:
-- the loss of a training step is a finite scalar;
+- the loss of a training step is a finite scalar, on a model that exposes only the parts the method declares
+  (``model_parts``);
 - a gradient reaches every trainable parameter of the model and of the method, and none reaches a parameter
   or buffer that must not train (momentum encoders, banks);
-- the read-out ``score`` is (N,) and finite after training;
+- the read-out is a :class:`~ferlib.methods.Readout` and its ``score`` is (N,) and finite after training;
 - every ablation key is a config field;
 - two epochs interrupted after the first and resumed equal two uninterrupted epochs, bit for bit;
 - two identical runs through the public entry point (:func:`ferlib.experiment.run`) are identical.
@@ -24,10 +25,10 @@ import pandas as pd
 import pytest
 import torch
 
-from ferlib.backbones import BackboneConfig
+from ferlib.backbones import BackboneConfig, FERModel
 from ferlib.engine import TrainConfig, _make_batch
 from ferlib.experiment import RunSpec, build, prepare_data, run
-from ferlib.methods import list_methods, method_class
+from ferlib.methods import Readout, create_method, list_methods, method_class
 
 BATCH = 16
 TINY = BackboneConfig(model_kwargs={"channels": [8, 16, 32, 64], "stem_width": 8})
@@ -78,6 +79,21 @@ def spec_of(method: str, variant: str | None, stubs: Path, out: Path, epochs: in
                                      eval_batch_size=64, select_on="valid"))
 
 
+class PartsOnly:
+    """``model`` with only ``parts`` of :data:`FERModel.PARTS` reachable: using another part fails the test."""
+
+    def __init__(self, model: FERModel, parts: tuple[str, ...]) -> None:
+        self._model, self._parts = model, parts
+
+    def __getattr__(self, name: str):
+        if name in FERModel.PARTS and name not in self._parts:
+            raise AssertionError(f"the training step uses model.{name}, not in the method's model_parts")
+        return getattr(self._model, name)
+
+    def __call__(self, x):
+        return self.forward(x)
+
+
 @pytest.mark.parametrize("name", list_methods())
 def test_every_ablation_key_is_a_config_field(name):
     cls = method_class(name)
@@ -86,6 +102,17 @@ def test_every_ablation_key_is_a_config_field(name):
         assert overrides, f"{name} ablation {variant!r} changes nothing"
         assert set(overrides) <= fields, f"{name} ablation {variant!r} names {set(overrides) - fields}"
         cls.Config(**overrides)  # valid values
+
+
+@pytest.mark.parametrize("name", list_methods())
+def test_declared_model_parts_are_model_parts_and_a_model_without_them_is_refused(name):
+    parts = method_class(name).model_parts
+    assert parts and set(parts) <= set(FERModel.PARTS)
+    method = create_method(name, num_classes=3, num_train=4, feature_dim=8)
+    lacking = [p for p in parts if not hasattr(torch.nn.Identity(), p)]
+    if lacking:
+        with pytest.raises(ValueError, match=rf"method '{name}' uses the model's \{lacking}, which a Identity lacks"):
+            method.check_model(torch.nn.Identity())
 
 
 @pytest.mark.parametrize("case", cases(), ids=_ids)
@@ -103,7 +130,7 @@ def test_loss_is_finite_and_gradients_reach_exactly_the_trainable_parameters(cas
     votes = None if train.votes is None else torch.from_numpy(train.votes)
     batch = _make_batch(torch.from_numpy(train.images), torch.from_numpy(train.labels), votes, idx,
                         method.views, spec.train, torch.device("cpu"), gen)
-    out = method.training_step(model, batch)
+    out = method.training_step(PartsOnly(model, method.model_parts), batch)
     loss = out["loss"]
     assert loss.ndim == 0 and torch.isfinite(loss), f"loss {loss}"
     loss.backward()
@@ -119,6 +146,8 @@ def test_loss_is_finite_and_gradients_reach_exactly_the_trainable_parameters(cas
     assert not frozen, f"frozen parameters received a gradient: {frozen[:5]}"
     buffers = [n for n, b in method.named_buffers() if b.requires_grad or b.grad is not None]
     assert not buffers, f"buffers that carry gradients: {buffers}"
+    readout = method.readout()
+    assert isinstance(readout, Readout) and readout.score.shape == (len(train),)
 
 
 def _metrics(run_dir: Path) -> tuple[dict, pd.DataFrame, dict]:

@@ -1,9 +1,10 @@
 """Training methods, registered by name. ``list_methods()`` lists them; ``create_method(name, ...)`` builds one."""
-from .base import Method, create_method, list_methods, method_class, method_config, parse_overrides, register_method
+from .base import (Method, Readout, create_method, list_methods, method_class, method_config, parse_overrides,
+                   register_method)
 from . import ce, ldl_votes  # noqa: F401  (registration)
 from . import nla  # noqa: F401
 from . import lanet  # noqa: F401
 from . import ldlva  # noqa: F401
 
-__all__ = ["Method", "create_method", "list_methods", "method_class", "method_config", "parse_overrides",
+__all__ = ["Method", "Readout", "create_method", "list_methods", "method_class", "method_config", "parse_overrides",
            "register_method"]

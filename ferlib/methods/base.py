@@ -11,7 +11,7 @@ The engine (:mod:`ferlib.engine`) calls, per run::
         for batch in batches:
             out = method.training_step(model, batch)   # {"loss": tensor, "<term>": tensor, ...}
             out["loss"].backward(); optimizer.step(); method.after_step()
-    method.readout()                          # per-sample arrays saved with the run
+    method.readout()                          # a Readout: per-sample arrays saved with the run
 
 A batch is a dict of tensors on the training device:
 
@@ -23,7 +23,10 @@ A batch is a dict of tensors on the training device:
     image_<view>                 each extra view the method names in ``views`` (see ferlib.augment)
 
 The model is a :class:`ferlib.backbones.FERModel`: ``model.embed(x) -> (B, D)`` features,
-``model.head(features) -> (B, K)`` logits, ``model(x) == model.head(model.embed(x))``. Parameters a method
+``model.head(features) -> (B, K)`` logits, ``model(x) == model.head(model.embed(x))``. A method declares the
+parts it uses (``model_parts``, among :data:`FERModel.PARTS <ferlib.backbones.FERModel.PARTS>`); the engine
+checks the model has them (:meth:`Method.check_model`) and the method contract test runs each training step on a
+model that exposes only those. Parameters a method
 adds (edge scorers, projection heads, landmark branches) are attributes of the method, an ``nn.Module``: the
 engine optimises them with the model and checkpoints them with ``method.state_dict()``. They are used in
 training only; inference is always the plain backbone + classifier.
@@ -31,6 +34,8 @@ training only; inference is always the plain backbone + classifier.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import numpy as np
@@ -40,10 +45,61 @@ from torch import nn
 from .._registry import Registry
 from ..options import check_types, parse_options
 
-__all__ = ["Method", "register_method", "create_method", "method_config", "list_methods", "method_class",
-           "parse_overrides"]
+__all__ = ["Method", "Readout", "register_method", "create_method", "method_config", "list_methods",
+           "method_class", "parse_overrides"]
 
 _REGISTRY: Registry[type["Method"]] = Registry("method")
+
+
+@dataclass(frozen=True, eq=False)
+class Readout(Mapping):
+    """A method's per-sample read-outs, rows indexed like the train split (N = ``num_train``); saved in the run's
+    ``readout.npz`` as ``method_<name>``. Also a read-only mapping ``name -> array`` (``readout["score"]``).
+
+    score : (N,) float, the method's own uncertainty ranking: higher = more likely mislabelled (NaN: never
+        visited).
+    loss : (N,) float, the latest per-sample cross-entropy on the given label.
+    margin : (N,) float, the latest given-label logit minus the best other logit.
+    target : (N, K) float or None, the label distribution the method trains toward (LA-Net's H, LDLVA's target).
+    extra : ``{name: array}`` of the method's own per-sample arrays (first dimension N), e.g. NLA's ``weight``,
+        LDLVA's ``lambda``; a name may not repeat a field's.
+    """
+
+    score: np.ndarray
+    loss: np.ndarray
+    margin: np.ndarray
+    target: np.ndarray | None = None
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        n = len(self.loss)
+        for name in ("score", "loss", "margin"):
+            value = np.asarray(getattr(self, name))
+            if value.shape != (n,) or not np.issubdtype(value.dtype, np.floating):
+                raise ValueError(f"Readout.{name} must be a float array of shape ({n},), got {value.dtype} "
+                                 f"{value.shape}")
+        if self.target is not None and (np.ndim(self.target) != 2 or len(self.target) != n):
+            raise ValueError(f"Readout.target must be (N={n}, K), got {np.shape(self.target)}")
+        clash = sorted(set(self.extra) & {"score", "loss", "margin", "target"})
+        bad = sorted(k for k, v in self.extra.items() if np.ndim(v) == 0 or len(v) != n)
+        if clash or bad:
+            raise ValueError(f"Readout.extra: {clash or bad} {'repeat fields' if clash else 'are not (N, ...) arrays'}")
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """Every read-out as ``{name: array}`` (``target`` only when set)."""
+        out = {"score": self.score, "loss": self.loss, "margin": self.margin}
+        if self.target is not None:
+            out["target"] = self.target
+        return {**out, **self.extra}
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return self.arrays()[name]
+
+    def __iter__(self):
+        return iter(self.arrays())
+
+    def __len__(self) -> int:
+        return len(self.arrays())
 
 
 class Method(nn.Module):
@@ -63,7 +119,10 @@ class Method(nn.Module):
         True when the method sees information a noisy-label method must not (human votes, clean labels).
     ablations : dict
         ``{variant name: config overrides}``: the method's components switched off one at a time
-        (the study's ablation notebook runs each variant; a new method lists its own here).
+        (the study trains each variant as a cell; a new method lists its own here).
+    model_parts : tuple of str
+        The :data:`FERModel.PARTS <ferlib.backbones.FERModel.PARTS>` its training step uses (default:
+        ``model(x)`` only).
     """
 
     name: ClassVar[str] = ""
@@ -72,6 +131,7 @@ class Method(nn.Module):
     requires: ClassVar[tuple[str, ...]] = ()
     oracle: ClassVar[bool] = False
     ablations: ClassVar[dict[str, dict]] = {}
+    model_parts: ClassVar[tuple[str, ...]] = ("forward",)
 
     def __init__(self, config, *, num_classes: int, num_train: int, feature_dim: int) -> None:
         super().__init__()
@@ -85,6 +145,20 @@ class Method(nn.Module):
         self.register_buffer("sample_margin", torch.full((num_train,), float("nan")))
 
     # ----------------------------------------------------------------- hooks
+    def check_model(self, model: nn.Module) -> None:
+        """Raise a ValueError naming the method and the missing parts when ``model`` lacks a part of
+        ``model_parts`` (the engine calls this before :meth:`bind`); an unknown part name is named too."""
+        from ..backbones import FERModel
+
+        parts = ", ".join(FERModel.PARTS)
+        unknown = [p for p in self.model_parts if p not in FERModel.PARTS]
+        if unknown:
+            raise ValueError(f"{type(self).__name__}.model_parts names {unknown}, not parts of a FERModel ({parts})")
+        missing = [p for p in self.model_parts if not hasattr(model, p)]
+        if missing:
+            raise ValueError(f"method {self.name!r} uses the model's {missing}, which a {type(model).__name__} "
+                             f"lacks (a ferlib.backbones.FERModel has {parts})")
+
     def bind(self, model: nn.Module, train, config) -> None:
         """Called once before training with the model, the train-split :class:`FERData` and the run's
         :class:`ferlib.engine.TrainConfig` (input size, augmentation, batch size)."""
@@ -119,17 +193,16 @@ class Method(nn.Module):
         other = logits.scatter(1, label[:, None], float("-inf")).amax(1)
         self.sample_margin[index] = (given - other).float()
 
-    def readout(self) -> dict[str, np.ndarray]:
-        """Per-sample read-outs, each an array of shape (num_train,) indexed like the train split.
+    def readout(self) -> Readout:
+        """The per-sample :class:`Readout`.
 
-        ``score`` is the method's own uncertainty ranking: higher means more likely mislabelled. The base
-        class ranks by the latest cross-entropy; methods with their own estimate override ``score`` and add
-        their arrays (LDLVA: 1 - lambda; NLA: :func:`~ferlib.methods.nla.mislabel_score`; LA-Net: the mass its
-        estimated distribution H moved off the given label, 1 - H[i, y_i]).
+        The base class ranks by the latest cross-entropy; methods with their own estimate replace ``score``
+        and add their arrays (``dataclasses.replace(super().readout(), score=..., extra=...)``; LDLVA:
+        1 - lambda; NLA: :func:`~ferlib.methods.nla.mislabel_score`; LA-Net: the mass its estimated distribution
+        H moved off the given label, 1 - H[i, y_i]).
         """
-        out = {"loss": self.sample_loss.cpu().numpy(), "margin": self.sample_margin.cpu().numpy()}
-        out["score"] = out["loss"]
-        return out
+        loss = self.sample_loss.cpu().numpy()
+        return Readout(score=loss, loss=loss, margin=self.sample_margin.cpu().numpy())
 
 
 def register_method(cls: type[Method]) -> type[Method]:

@@ -31,6 +31,7 @@ Differences from the official code, all single-device consequences or documented
 """
 from __future__ import annotations
 
+import dataclasses
 import copy
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import Method, register_method
+from .base import Method, Readout, register_method
 from .lanet_parts import (
     REFERENCE_HEATMAP_SIZE, EdgeScorer, KeyQueue, LandmarkBranch, aggregate_neighbours, awing_loss, chunk_ids,
     entropy, expression_features, heatmap_weights, kl_per_sample, knn_mask, landmark_heatmaps, lde_target,
@@ -203,6 +204,7 @@ class LANet(Method):
         "no_contrastive": {"use_contrastive": False},
         "no_landmarks": {"use_landmark_branch": False, "use_contrastive": False},
     }
+    model_parts = ("backbone", "dropout", "head")  # the stem and stages feed both branches (code extract_base)
 
     def __init__(self, config: LANetConfig, *, num_classes: int, num_train: int, feature_dim: int) -> None:
         super().__init__(config, num_classes=num_classes, num_train=num_train, feature_dim=feature_dim)
@@ -345,7 +347,7 @@ class LANet(Method):
             momentum_update(self._online_modules(), list(self.key_encoder.values()), self.config.moco_momentum)
 
     # ----------------------------------------------------------------- read-outs
-    def readout(self) -> dict[str, np.ndarray]:
+    def readout(self) -> Readout:
         """Adds ``target`` (N, C) = H, ``entropy`` (N,) of H and ``score`` = 1 - H[i, given label].
 
         The score is the mass the estimated distribution moved away from the given label (0 = still one-hot
@@ -353,9 +355,8 @@ class LANet(Method):
         largest share, which the entropy would not tell apart. Without LDE, H never moves and the base score
         (latest cross-entropy) is kept.
         """
-        out = super().readout()
-        out["target"] = self.history.cpu().numpy()
-        out["entropy"] = entropy(self.history).cpu().numpy()
+        out = dataclasses.replace(super().readout(), target=self.history.cpu().numpy(),
+                                  extra={"entropy": entropy(self.history).cpu().numpy()})
         if self.config.use_lde:
-            out["score"] = 1.0 - self.history.gather(1, self.given[:, None]).squeeze(1).cpu().numpy()
+            out = dataclasses.replace(out, score=1.0 - self.history.gather(1, self.given[:, None]).squeeze(1).cpu().numpy())
         return out

@@ -42,6 +42,7 @@ Where we depart from the official code (each also noted at its config field):
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -52,7 +53,7 @@ from torch import nn
 
 from ..augment import AugmentConfig, augment_batch, prepare_batch
 from ..va import KNN_METRICS, aux_from_array, aux_source_help, knn, parse_aux, resolve_aux
-from .base import Method, register_method
+from .base import Method, Readout, register_method
 from .ldl_votes import soft_cross_entropy
 
 __all__ = ["LDLVA", "LDLVAConfig", "local_similarity", "CalibrationNet", "calibration_score",
@@ -349,6 +350,7 @@ class LDLVA(Method):
         "feature_space": {"aux": "features"},      # kNN on the model's features instead of landmarks
         "bank_neighbours": {"neighbours": "bank"},  # neighbour outputs from a bank instead of forwarding them
     }
+    model_parts = ("embed", "dropout", "head", "feature_dim")  # features for the calibrator, logits for targets
 
     def __init__(self, config: LDLVAConfig, *, num_classes: int, num_train: int, feature_dim: int) -> None:
         super().__init__(config, num_classes=num_classes, num_train=num_train, feature_dim=feature_dim)
@@ -484,13 +486,12 @@ class LDLVA(Method):
         self.theta[idx] += velocity
 
     # ----------------------------------------------------------------- read-outs
-    def readout(self) -> dict[str, np.ndarray]:
+    def readout(self) -> Readout:
         """Base read-outs plus ``lambda`` (N,), ``score`` = 1 - lambda (N,) and the latest ``target`` (N, C).
 
         A low lambda means the label is doubted, so ``score`` ranks likely-mislabelled samples first. ``target``
         rows stay NaN for samples never visited (the engine drops each epoch's last partial batch).
         """
-        out = super().readout()
         lam = uncertainty_factor(self.theta).cpu().numpy()
-        out.update({"lambda": lam, "score": 1.0 - lam, "target": self.target.cpu().numpy()})
-        return out
+        return dataclasses.replace(super().readout(), score=1.0 - lam, target=self.target.cpu().numpy(),
+                                   extra={"lambda": lam})

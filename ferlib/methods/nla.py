@@ -15,6 +15,7 @@ code's sum over its batch of 32, kept per sample at any batch size (``js_reducti
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -22,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .base import Method, register_method
+from .base import Method, Readout, register_method
 
 __all__ = [
     "NLA",
@@ -311,12 +312,10 @@ class NLA(Method):
         for key in ("p_gt", "p_nn", "correct"):
             getattr(self, key)[index] = naw[key].detach().float()
 
-    def readout(self) -> dict[str, np.ndarray]:
-        out = super().readout()
+    def readout(self) -> Readout:
         params = self.gaussians()
         peak = float(gaussian_density(params["mean_false"][None], params["mean_false"], params["cov_false"]))
         score = mislabel_score(self.naw_density, self.p_gt, self.p_nn, self.correct == 1, peak)  # NaN if unvisited
-        out.update({"weight": self.naw_weight.cpu().numpy(), "density": self.naw_density.cpu().numpy(),
-                    "p_gt": self.p_gt.cpu().numpy(), "p_nn": self.p_nn.cpu().numpy(),
-                    "score": score.cpu().numpy()})
-        return out
+        extra = {"weight": self.naw_weight, "density": self.naw_density, "p_gt": self.p_gt, "p_nn": self.p_nn}
+        return dataclasses.replace(super().readout(), score=score.cpu().numpy(),
+                                   extra={k: v.cpu().numpy() for k, v in extra.items()})
