@@ -24,7 +24,8 @@ The functions live in one sub-module per concept and are all re-exported here (`
 ``plots``                :func:`plot_confusion`, :func:`plot_learning_curves`, :func:`plot_transition`,
                          :func:`plot_bars`, :func:`face_grid`, :func:`plot_distributions`,
                          :func:`plot_noise_curve`, :func:`plot_embedding`, :func:`plot_va`
-``notebook``             :func:`chdir_repo_root`, :func:`save_figure`, :func:`record_metrics`
+``notebook``             :func:`setup_notebook`, :func:`chdir_repo_root`, :func:`save_figure`,
+                         :func:`record_metrics`
 =======================  ===============================================================================
 
 Heavy dependencies (scikit-learn, cleanlab, umap-learn, matplotlib) are imported inside the functions that
@@ -40,7 +41,7 @@ from .detection import (cleanlab_issues, cleanlab_scores, cleanlab_table, detect
 from .distributions import (choose_faces, distribution_examples, js_divergence, kl_divergence,
                             label_distribution_metrics, label_distribution_table, recovered_distribution, softmax)
 from .embeddings import embed_umap, run_embeddings, silhouette
-from .notebook import chdir_repo_root, record_metrics, save_figure
+from .notebook import chdir_repo_root, record_metrics, save_figure, setup_notebook
 from .plots import (face_grid, plot_bars, plot_confusion, plot_distributions, plot_embedding, plot_learning_curves,
                     plot_noise_curve, plot_transition, plot_va)
 from .runs import (RunRecord, class_names_for, images_by_id, list_runs, load_run, load_runs, one_per_method,
@@ -60,5 +61,5 @@ __all__ = [
     "embed_umap", "run_embeddings", "silhouette",
     "plot_confusion", "plot_learning_curves", "plot_transition", "plot_bars", "face_grid", "plot_distributions",
     "plot_noise_curve", "plot_embedding", "plot_va",
-    "chdir_repo_root", "save_figure", "record_metrics",
+    "setup_notebook", "chdir_repo_root", "save_figure", "record_metrics",
 ]

@@ -1,4 +1,4 @@
-"""Notebook plumbing: work from the repository root, save figures, record a notebook's key metrics."""
+"""Notebook plumbing: one setup call, work from the repository root, save figures, record key metrics."""
 from __future__ import annotations
 
 import json
@@ -9,8 +9,20 @@ from typing import Mapping
 from ..results import write_json
 
 __all__ = [
-    "chdir_repo_root", "save_figure", "record_metrics",
+    "setup_notebook", "chdir_repo_root", "save_figure", "record_metrics",
 ]
+
+
+def setup_notebook(name: str, study_dir: str | os.PathLike) -> tuple[Path, Path]:
+    """The one setup every study notebook runs first: work from the repository root (:func:`chdir_repo_root`),
+    widen pandas' display, print the root. Returns ``(root, figures)`` with ``figures = <study_dir>/figures/<name>``,
+    where the notebook saves its figures."""
+    import pandas as pd
+
+    root = chdir_repo_root()
+    pd.set_option("display.width", 160, "display.max_columns", 30)
+    print("repository root:", root)
+    return root, Path(study_dir) / "figures" / name
 
 
 def chdir_repo_root(start: str | os.PathLike | None = None) -> Path:
