@@ -1,5 +1,5 @@
-"""One registry idiom for the plug-in axes that are looked up by name: methods, dataset readers, landmark backends
-and auxiliary (VA) sources. Each entry registers itself with a decorator where it is defined::
+"""One registry idiom for the plug-in axes that are looked up by name: methods, dataset readers, landmark backends,
+auxiliary (VA) sources and noise protocols. Each entry registers itself with a decorator where it is defined::
 
     _DATASETS = Registry("dataset")
     register_dataset = _DATASETS.register
@@ -8,8 +8,8 @@ and auxiliary (VA) sources. Each entry registers itself with a decorator where i
     def read_rafdb(root, *, image_size: int | None = 100, ...): ...
 
 A name registered twice raises; an unknown name raises one ValueError that lists the valid names. The
-keyword-only parameters of a reader or backend are its options (:func:`full_options`). Noise protocols
-(``register_noise``) follow the same rules with their own table.
+keyword-only parameters of a reader or backend are its options (:func:`full_options`). Notebooks, which are
+files rather than Python objects, declare their role in their metadata instead (:data:`ferlib.study.ROLES`).
 """
 from __future__ import annotations
 

@@ -37,6 +37,7 @@ from types import MappingProxyType
 
 import numpy as np
 
+from ferlib._registry import Registry
 from ferlib.classes import CLASSES_8, class_index, class_names as _canonical_names
 from ferlib.data.dataset import FERData
 
@@ -107,30 +108,43 @@ class NoiseProtocol:
     prepare: Callable | None = None
 
 
-_REGISTRY: dict[str, NoiseProtocol] = {}
-_PARAMS: dict[str, str | None] = {}
-#: Protocol name -> what its parameter means (None: it takes none); a live view of the registry.
-PROTOCOLS: Mapping[str, str | None] = MappingProxyType(_PARAMS)
+def protocol_help() -> str:
+    """The registered protocols as specs show them, in registration order: ``none, symmetric:<rate>, ...``."""
+    return ", ".join(p.name if p.param is None else f"{p.name}:<{p.param}>" for p in _REGISTRY.view().values())
+
+
+_REGISTRY: Registry[NoiseProtocol] = Registry("noise protocol", listing=protocol_help)
+
+
+class _Params(Mapping):
+    """Protocol name -> what its parameter means (None: it takes none); a live view of the registry."""
+
+    def __getitem__(self, name: str) -> str | None:
+        return _REGISTRY.view()[name].param
+
+    def __iter__(self):
+        return iter(_REGISTRY.view())
+
+    def __len__(self) -> int:
+        return len(_REGISTRY.view())
+
+
+PROTOCOLS: Mapping[str, str | None] = _Params()
 
 
 def register_noise(name: str, *, param: str | None = None, kind: str = "labels", prepare: Callable | None = None):
-    """Decorator registering ``step`` as noise protocol ``name`` (see :class:`NoiseProtocol`)."""
+    """Decorator registering ``step`` as noise protocol ``name`` (see :class:`NoiseProtocol`); the shared
+    :class:`~ferlib._registry.Registry` idiom (a name registered twice raises)."""
     if param not in (None, *_PARAM_CHECKS) or kind not in ("labels", "subset"):
         raise ValueError(f"noise protocol {name!r}: param must be None, 'rate' or 'factor' and kind 'labels' or "
                          f"'subset', got {param!r}, {kind!r}")
+    add = _REGISTRY.register(name)
 
-    def add(step: Callable) -> Callable:
-        if name in _REGISTRY:
-            raise ValueError(f"noise protocol {name!r} is already registered")
-        _REGISTRY[name] = NoiseProtocol(name, param, kind, step, prepare)
-        _PARAMS[name] = param
+    def register(step: Callable) -> Callable:
+        add(NoiseProtocol(name, param, kind, step, prepare))
         return step
 
-    return add
-
-
-def protocol_help() -> str:
-    return ", ".join(name if param is None else f"{name}:<{param}>" for name, param in _PARAMS.items())
+    return register
 
 
 # ---------------------------------------------------------------------------------------- validation
@@ -537,7 +551,7 @@ class NoiseSpec:
     @property
     def relabels(self) -> bool:
         """Whether a step may change a given label: a ``labels`` protocol other than ``none``, at a rate > 0."""
-        return any(_REGISTRY[s.protocol].kind == "labels" and s.protocol != "none" and s.rate != 0
+        return any(_REGISTRY.get(s.protocol).kind == "labels" and s.protocol != "none" and s.rate != 0
                    for s in self.steps)
 
     def __str__(self) -> str:
@@ -629,7 +643,7 @@ def apply_noise(data: FERData, spec: "str | NoiseSpec", *, seed: int,
     names, c = list(data.classes), data.num_classes
     extra: dict = {}
     for name in dict.fromkeys(s.protocol for s in spec.steps):  # each protocol's check, once, before any draw
-        prepare = _REGISTRY[name].prepare
+        prepare = _REGISTRY.get(name).prepare
         if prepare is not None:
             try:
                 extra.update(prepare(data, pair_map))
@@ -640,7 +654,7 @@ def apply_noise(data: FERData, spec: "str | NoiseSpec", *, seed: int,
     out = data.with_labels(data.labels)  # clean_labels := the current clean labels, for every sample
     step_reports = []
     for step in spec.steps:
-        protocol = _REGISTRY[step.protocol]
+        protocol = _REGISTRY.get(step.protocol)
         train = out.split == "train"
         idx = np.flatnonzero(train)
         given = out.labels[idx]

@@ -8,8 +8,8 @@ The notebook stack (papermill, nbconvert) is imported only when a study runs.
 """
 from .report import render_html, write_report
 from .runner import StudyOutcome, add_study_arguments, ensure_kernel, execute_notebook, main, run_study, study_main
-from .spec import NOTEBOOKS, Grid, StudySpec, list_profiles, load_profile
+from .spec import NOTEBOOKS, ROLES, Grid, StudySpec, list_profiles, load_profile
 
-__all__ = ["StudySpec", "Grid", "NOTEBOOKS", "load_profile", "list_profiles", "run_study", "StudyOutcome",
+__all__ = ["StudySpec", "Grid", "NOTEBOOKS", "ROLES", "load_profile", "list_profiles", "run_study", "StudyOutcome",
            "ensure_kernel", "execute_notebook", "write_report", "render_html",
            "add_study_arguments", "study_main", "main"]
