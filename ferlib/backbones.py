@@ -113,7 +113,9 @@ def load_weights(model: nn.Module, path: str | os.PathLike, *,
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - re-raised with the file named
-        raise WeightsError(f"cannot read weights file {path}: {exc}") from exc
+        raise WeightsError(f"cannot read weights file {path}: not a file of tensors torch.load reads safely "
+                           f"({type(exc).__name__}); ferlib loads state dicts only (weights_only=True), never "
+                           "pickled code") from exc
     state = _find_state_dict(obj, path)
     state = {k.removeprefix("module."): v for k, v in state.items()}
     if key_map is not None:
@@ -123,6 +125,13 @@ def load_weights(model: nn.Module, path: str | os.PathLike, *,
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     shape = [k for k in own if k in state and state[k].shape != own[k].shape]
+    channels = [k for k in shape if own[k].ndim == 4 and state[k].shape[1] != own[k].shape[1]
+                and state[k].shape[0] == own[k].shape[0]]
+    if channels:
+        k = channels[0]
+        raise WeightsError(f"weights file {path} expects {state[k].shape[1]}-channel images ({k}), the model is built "
+                           f"for {own[k].shape[1]} (in_chans follows the data's channels): give RGB data, or "
+                           f"weights trained on {own[k].shape[1]} channel(s)")
     if missing or unexpected or shape:
         raise WeightsError(f"weights file {path} does not match the model: missing {missing[:5]}, "
                            f"unexpected {unexpected[:5]}, wrong shape {shape[:5]} (first 5 of each; "

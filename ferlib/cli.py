@@ -1,4 +1,8 @@
-"""Command line: ``python -m ferlib {train,methods,datasets} ...`` (``--help`` on each)."""
+"""Command line: ``python -m ferlib {train,study,results,methods,datasets} ...`` (``--help`` on each).
+
+Bad input (a setting, a path, a file's content) is reported in one line naming it, with exit status 2; the
+traceback only with ``--debug``. Any other exception is a bug and keeps its traceback.
+"""
 from __future__ import annotations
 
 import argparse
@@ -6,11 +10,15 @@ import dataclasses
 import json
 import sys
 
-from .backbones import BackboneConfig
+from .backbones import BackboneConfig, WeightsError
 from .engine import TrainConfig
 from .noise import protocol_help
 
-__all__ = ["main", "build_parser", "spec_from_args", "backbone_options"]
+__all__ = ["main", "build_parser", "spec_from_args", "backbone_options", "USER_ERRORS"]
+
+#: Exceptions that mean bad input: ValueError and TypeError (settings; also a file's undecodable content),
+#: OSError (missing, unreadable or unwritable paths, a full disk), WeightsError (a weights file that does not fit).
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, TypeError, OSError, WeightsError)
 
 
 def _add_dataclass_flags(parser: argparse.ArgumentParser, cls, skip: tuple[str, ...] = ()) -> None:
@@ -28,8 +36,10 @@ def _add_dataclass_flags(parser: argparse.ArgumentParser, cls, skip: tuple[str, 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m ferlib", description=__doc__)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
-    tr = sub.add_parser("train", help="train one method on one dataset / noise setting",
+    tr = sub.add_parser("train", help="train one method on one dataset / noise setting", parents=[common],
                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     tr.add_argument("--data", required=True, help="dataset root folder (e.g. ../shared/data/ferplus)")
     tr.add_argument("--dataset", default="ferplus", help="reader name (python -m ferlib datasets)")
@@ -65,11 +75,12 @@ def build_parser() -> argparse.ArgumentParser:
                     help="epochs at which the multistep schedule multiplies the lr by --gamma")
     from .study.runner import add_study_arguments
 
-    add_study_arguments(sub.add_parser("study", help="run a study: a grid of runs through the notebooks, "
-                                                     "rendered to an HTML report"))
-    sub.add_parser("methods", help="list the registered methods and their default options")
-    sub.add_parser("datasets", help="list the dataset readers")
-    res = sub.add_parser("results", help="collect the result.json of every run under a folder into one table")
+    add_study_arguments(sub.add_parser("study", parents=[common], help="run a study: a grid of runs through the "
+                                                                      "notebooks, rendered to an HTML report"))
+    sub.add_parser("methods", parents=[common], help="list the registered methods and their default options")
+    sub.add_parser("datasets", parents=[common], help="list the dataset readers")
+    res = sub.add_parser("results", parents=[common],
+                         help="collect the result.json of every run under a folder into one table")
     res.add_argument("runs", help="folder holding run directories")
     res.add_argument("--out", default=None, help="write the table to this CSV (atomically)")
     return parser
@@ -134,6 +145,17 @@ def spec_from_args(args: argparse.Namespace):
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except USER_ERRORS as exc:
+        if args.debug:
+            raise
+        text = str(exc).strip() or type(exc).__name__
+        print(f"error: {text.splitlines()[0]} (--debug shows the traceback)", file=sys.stderr)
+        return 2
+
+
+def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "methods":
         from .methods import list_methods, method_class
 
@@ -155,12 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         return _results(args.runs, args.out)
     from .experiment import run
 
-    try:
-        spec = spec_from_args(args)
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    result = run(spec, resume=not args.no_resume)
+    result = run(spec_from_args(args), resume=not args.no_resume)
     print(json.dumps({k: result[k] for k in ("run_id", "method", "noise", "noise_rate", "best_epoch",
                                              "time_per_epoch_s", "last", "best")}, indent=2))
     return 0

@@ -97,7 +97,8 @@ def test_the_cli_reports_a_wrong_option_type_in_one_line(capsys):
 
     assert main(["train", "--data", NOWHERE, "--dataset-opt", "num_classes=eight"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err == "error: --dataset-opt (dataset 'ferplus'): num_classes='eight' is not a valid int"
+    assert err == ("error: --dataset-opt (dataset 'ferplus'): num_classes='eight' is not a valid int "
+                   "(--debug shows the traceback)")
 
 
 def test_split_options_keeps_commas_inside_brackets_and_quotes():

@@ -335,7 +335,12 @@ def load_profile(name: str | os.PathLike, *, data: str | os.PathLike | None = No
     import yaml
 
     path = profile_path(name)
-    values = yaml.safe_load(path.read_text()) or {}
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        raise ValueError(f"profile {path} is not valid YAML{where}: {getattr(exc, 'problem', None) or exc}") from None
     source = f"profile {str(name)!r} ({path})"
     if not isinstance(values, dict):
         raise ValueError(f"{source} must be a mapping, got {type(values).__name__}")

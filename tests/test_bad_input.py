@@ -1,0 +1,70 @@
+"""Bad input through the command line: one line naming what is wrong (the file, the option, the valid values),
+exit status 2, nothing computed; the traceback only with --debug."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from ferlib.backbones import BackboneConfig, WeightsError, create_model, load_weights
+from ferlib.cli import main
+
+SAMPLE = Path(__file__).resolve().parents[1] / "data" / "ferplus_sample"
+
+
+def train_args(tmp_path: Path, *extra: str) -> list[str]:
+    return ["train", "--data", str(SAMPLE), "--train-subset", "64", "--epochs", "1", "--batch-size", "32",
+            "--backbone", "test_resnet", "--out", str(tmp_path / "runs"), "--no-progress", *extra]
+
+
+def one_line_error(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: "), err
+    return err[0]
+
+
+@pytest.mark.parametrize("extra, says", [
+    (["--augment-opt", "foo=1"], r"--augment-opt: bad option 'foo=1'.*key in flip, crop, pad"),
+    (["--method-opt", "label_smoothing=abc"], r"method 'ce': label_smoothing='abc' is not a valid float"),
+    (["--noise", "symmetric:2"], r"symmetric:2"),
+])
+def test_a_bad_setting_is_one_line_before_any_data_loads(tmp_path, capsys, extra, says):
+    assert main(train_args(tmp_path, *extra)) == 2
+    assert re.search(says, one_line_error(capsys))
+    assert not (tmp_path / "runs").exists()  # nothing was started
+
+
+def test_a_missing_data_folder_is_named(tmp_path, capsys):
+    assert main(["train", "--data", str(tmp_path / "nowhere"), "--epochs", "1"]) == 2
+    assert f"{tmp_path / 'nowhere'} does not exist" in one_line_error(capsys)
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        main(["train", "--debug", "--data", str(tmp_path / "nowhere"), "--epochs", "1"])
+
+
+def test_a_garbage_weights_file_is_named_without_advising_unsafe_loading(tmp_path, capsys):
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(bytes(range(256)) * 4)
+    assert main(train_args(tmp_path, "--weights", str(garbage))) == 2
+    line = one_line_error(capsys)
+    assert str(garbage) in line and "weights_only=True" in line and "weights_only=False" not in line
+
+
+def test_rgb_weights_on_grayscale_data_say_so(tmp_path):
+    rgb = create_model(BackboneConfig(name="test_resnet", in_chans=3), 8)
+    torch.save(rgb.backbone.state_dict(), tmp_path / "rgb.pt")
+    gray = create_model(BackboneConfig(name="test_resnet", in_chans=1), 8)
+    with pytest.raises(WeightsError, match=r"expects 3-channel images .*built for 1 \(in_chans follows the data"):
+        load_weights(gray.backbone, tmp_path / "rgb.pt")
+
+
+def test_a_malformed_profile_names_its_file_and_line(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("grid: {methods: [ce]\ntrain: {epochs: 2}\n")
+    assert main(["study", "--profile", str(bad), "--dry-run"]) == 2
+    line = capsys.readouterr().err.strip()
+    assert line.startswith(f"error: profile {bad} is not valid YAML (line ") and "\n" not in line
