@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -68,3 +69,22 @@ def test_a_malformed_profile_names_its_file_and_line(tmp_path, capsys):
     assert main(["study", "--profile", str(bad), "--dry-run"]) == 2
     line = capsys.readouterr().err.strip()
     assert line.startswith(f"error: profile {bad} is not valid YAML (line ") and "\n" not in line
+
+
+def test_a_larger_ferplus_image_keeps_its_whole_face_and_a_box_outside_is_named(tmp_path, build_ferplus,
+                                                                             write_image):
+    from ferlib.data import DatasetError, read_ferplus
+
+    root = build_ferplus(tmp_path / "ferplus")
+    big = np.zeros((96, 96), np.uint8)
+    big[48:, 48:] = 200  # the bottom-right quarter: a 48x48 crop of the top-left would lose it
+    write_image(root / "FER2013Train" / "fer0000000.png", big, size=(96, 96))
+    data = read_ferplus(root, image_size=48)
+    first = data.images[[i for i, name in enumerate(data.ids) if "fer0000000" in name][0]]
+    assert first.shape == (48, 48, 1) and first[24:, 24:].mean() > 150 and first[:24, :24].mean() < 50
+
+    label = root / "FER2013Train" / "label.csv"
+    label.write_text(label.read_text().replace('"(0, 0, 48, 48)"', '"(40, 40, 200, 200)"', 1))
+    with pytest.raises(DatasetError, match=r"fer0000000.png .*label.csv, line 1.*face box \(80, 80, 400, 400\) lies "
+                                           r"mostly outside the 96x96 image"):
+        read_ferplus(root, image_size=48)

@@ -46,6 +46,10 @@ class Sample:
         The image file, or the pixels when the dataset stores them inline (shape (H, W), uint8).
     box : tuple of 4 int, optional
         Face box ``(left, top, right, bottom)`` to crop before resizing; None for the whole image.
+    box_frame : (width, height), optional
+        The image size the box's coordinates refer to; an image of another size is taken as a rescaled copy of
+        that frame and the box is scaled with it (FERPlus: the 48x48 FER2013 frame, so a 96x96 copy keeps its
+        whole face). None: the box is in the image's own pixels.
     votes : np.ndarray, shape (K,), float32, optional
         Human vote counts over the K classes.
     """
@@ -57,6 +61,7 @@ class Sample:
     image: Path | np.ndarray
     box: tuple[int, int, int, int] | None = None
     votes: np.ndarray | None = None
+    box_frame: tuple[int, int] | None = None
 
 
 def new_drops() -> defaultdict[str, Counter]:
@@ -120,8 +125,11 @@ def iter_csv(path: Path, *, ncols: int | None = None, required: Sequence[str] | 
 
 
 def decode(source: Path | np.ndarray, *, image_size: int | None, channels: int,
-           box: tuple[int, int, int, int] | None = None) -> np.ndarray:
+           box: tuple[int, int, int, int] | None = None, box_frame: tuple[int, int] | None = None) -> np.ndarray:
     """Decode one image with PIL, crop it to ``box``, resize it (bilinear) and convert it to ``channels``.
+
+    ``box`` is scaled from ``box_frame`` to the image's size when given (see :class:`Sample`); a box reaching
+    past the image is clipped to it, and one that keeps less than half of its area inside raises ValueError.
 
     Returns
     -------
@@ -132,14 +140,25 @@ def decode(source: Path | np.ndarray, *, image_size: int | None, channels: int,
     with im:
         im = im.convert("L" if channels == 1 else "RGB")
         if box is not None:
-            left, top, right, bottom = box
-            box = (max(left, 0), max(top, 0), min(right, im.width), min(bottom, im.height))
+            box = _fit_box(box, box_frame, im.width, im.height)
             if box != (0, 0, im.width, im.height):
                 im = im.crop(box)
         if image_size is not None and im.size != (image_size, image_size):
             im = im.resize((image_size, image_size), Image.Resampling.BILINEAR)
         arr = np.asarray(im, dtype=np.uint8)
     return arr.reshape(arr.shape[0], arr.shape[1], channels)
+
+
+def _fit_box(box, frame, width: int, height: int) -> tuple[int, int, int, int]:
+    if frame is not None and frame != (width, height):
+        sx, sy = width / frame[0], height / frame[1]
+        box = (round(box[0] * sx), round(box[1] * sy), round(box[2] * sx), round(box[3] * sy))
+    left, top, right, bottom = box
+    inside = (max(left, 0), max(top, 0), min(right, width), min(bottom, height))
+    area = lambda b: max(b[2] - b[0], 0) * max(b[3] - b[1], 0)  # noqa: E731
+    if area(inside) * 2 < area(box):
+        raise ValueError(f"face box {tuple(box)} lies mostly outside the {width}x{height} image")
+    return inside
 
 
 def _decode_all(samples: Sequence[Sample], dropped, *, image_size, channels, on_missing, progress, name):
@@ -150,7 +169,8 @@ def _decode_all(samples: Sequence[Sample], dropped, *, image_size, channels, on_
     images, kept = [], []
     for s in samples:
         try:
-            images.append(decode(s.image, image_size=image_size, channels=channels, box=s.box))
+            images.append(decode(s.image, image_size=image_size, channels=channels, box=s.box,
+                                 box_frame=s.box_frame))
         except FileNotFoundError:
             if on_missing == "error":
                 raise DatasetError(f"missing image {s.image} (listed in {s.where}); "

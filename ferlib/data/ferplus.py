@@ -19,6 +19,9 @@ __all__ = ["read_ferplus", "votes_to_labels", "vote_samples", "parse_votes", "VO
            "FERPLUS_DIRS"]
 
 VOTE_COLUMNS: tuple[str, ...] = class_names(8) + ("unknown", "NF")
+#: The frame a label.csv face box refers to: FER2013's 48x48 images (every box of the release is (0, 0, 48, 48)).
+#: An image of another size is a rescaled copy of that frame, and its box is scaled with it.
+BOX_FRAME: tuple[int, int] = (48, 48)
 LABEL_MODES: tuple[str, ...] = ("majority", "plurality")
 FERPLUS_DIRS: dict[str, str] = {"train": "FER2013Train", "valid": "FER2013Valid", "test": "FER2013Test"}
 
@@ -116,7 +119,7 @@ def vote_samples(split: str, rows: list[dict], dropped, *, mode: str, num_classe
             dropped[split][reason] += 1
         else:
             samples.append(Sample(split=split, id=row["id"], label=int(label), where=row["where"],
-                                  image=row["image"], box=row["box"], votes=v))
+                                  image=row["image"], box=row["box"], box_frame=BOX_FRAME, votes=v))
     return samples
 
 
