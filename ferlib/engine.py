@@ -5,8 +5,10 @@ state through :class:`ferlib.methods.Method`. Images stay uint8 in host memory a
 training device batch by batch (:mod:`ferlib.augment`), so no DataLoader workers are needed.
 
 A run directory describes itself; :mod:`ferlib.rundir` names its files (``config.json``, ``checkpoint.pt``,
-``epochs.csv`` / ``epochs.jsonl``, ``model.pt``, ``readout.npz``, and ``result.json`` last: its presence means
-"finished").
+``epochs.csv`` / ``epochs.jsonl``, ``model.pt``, ``readout.npz``, and ``result.json`` last, recording the size
+of the read-out it belongs to). :func:`fit` holds the folder's lock (:func:`ferlib.rundir.lock`) while it
+writes, so a second process writing the same run is refused; every file is written atomically through a
+temporary file of its own, large ones after a free-space check.
 """
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ from . import rundir
 from .augment import AugmentConfig, augment_batch, make_view, prepare_batch
 from .metrics import classification_metrics
 from .options import check_types
-from .results import atomic_savez, atomic_write_text, flatten, write_json
+from .results import atomic_savez, atomic_write, atomic_write_text, flatten, nbytes_of, write_json
 
 __all__ = ["TrainConfig", "fit", "train_one_epoch", "evaluate", "predict", "seed_everything",
            "build_optimizer", "build_scheduler", "resolve_device"]
@@ -49,6 +51,11 @@ class TrainConfig:
     select_on : split whose overall accuracy picks the "best" epoch: ``valid`` (default; never the test set)
         or ``test`` (only to reproduce papers that select on test; results are then labelled so).
         The primary number is always the LAST epoch's; best-epoch numbers are recorded beside it.
+    keep_checkpoint : keep ``checkpoint.pt`` (model, optimizer, scheduler, method state and RNG states of the
+        last epoch) once the run has finished. Default False: a finished run keeps ``model.pt`` and
+        ``readout.npz`` but drops the checkpoint (about 3x the model's size with Adam), which only serves to
+        resume an unfinished run; the checkpoint is written every epoch and exists until the run finishes,
+        so resume after a crash is unaffected. Not part of the run id.
     """
 
     epochs: int = 12
@@ -69,6 +76,7 @@ class TrainConfig:
     select_on: str = "valid"
     progress: bool = True
     save_features: bool = False
+    keep_checkpoint: bool = False
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def __post_init__(self) -> None:
@@ -213,16 +221,31 @@ def fit(model: nn.Module, method, data, cfg: TrainConfig, run_dir: str | os.Path
     ----------
     data : FERData with a train and a test split (valid optional; needed for ``select_on="valid"``).
         Train labels may be noisy (``clean_labels`` kept); methods see only the given labels.
-    run_dir : folder for the run's files (see module docstring). With ``resume``, a ``checkpoint.pt``
-        found there is continued from its epoch, giving the same result as an uninterrupted run.
+    run_dir : folder for the run's files (see module docstring), locked while this call writes it
+        (:class:`ferlib.rundir.RunLockedError` when another process holds it).
+    resume : continue the run in ``run_dir``: a finished, intact run (:func:`ferlib.rundir.check`) is returned
+        as it is, without training; an unfinished one with a ``checkpoint.pt`` continues from its epoch,
+        giving the same result as an uninterrupted run; otherwise the run starts from epoch 0. False: start
+        from epoch 0 whatever is there. A run that starts from epoch 0 first removes the files of the earlier
+        generation (:func:`ferlib.rundir.retire`; ``noise.json``, written by the caller, is kept), so old
+        weights or read-outs never sit beside the new partial files.
+        ``fit`` does not compare settings with those of a run already in ``run_dir``: the caller names the
+        folder (:func:`ferlib.experiment.run` by a hash of every setting).
     meta : extra fields (dataset, noise report, method options ...) copied into ``result.json``.
 
     Returns
     -------
     The summary written to ``result.json``.
     """
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    with rundir.lock(run_dir):
+        return _fit(model, method, data, cfg, Path(run_dir), resume=resume, meta=meta or {})
+
+
+def _fit(model: nn.Module, method, data, cfg: TrainConfig, run_dir: Path, *, resume: bool, meta: dict) -> dict:
+    if resume:
+        done = rundir.finished_result(run_dir, keep_checkpoint=cfg.keep_checkpoint)
+        if done is not None:
+            return done
     device = resolve_device(cfg.device)
     splits = {s: data.subset(s) for s in ("train", "valid", "test") if data.split_counts()[s]}
     _check_data(splits, method, cfg)
@@ -231,17 +254,20 @@ def fit(model: nn.Module, method, data, cfg: TrainConfig, run_dir: str | os.Path
     model.to(device)
     method.to(device)
     method.check_model(model)
+    ckpt_path = run_dir / rundir.CHECKPOINT
+    rundir.remove_temp_files(run_dir)  # left by a killed writer; we hold the lock, so none is writing now
+    if not (resume and ckpt_path.exists()):  # from epoch 0, the settings checked: the old generation goes
+        rundir.retire(run_dir, keep=(rundir.NOISE,))
     method.bind(model, train, cfg)
     params = [p for p in list(model.parameters()) + list(method.parameters()) if p.requires_grad]
     optimizer = build_optimizer(params, cfg)
     scheduler = build_scheduler(optimizer, cfg, max(len(train) // cfg.batch_size, 1))
     history: list[dict] = []
     start = 0
-    ckpt_path = run_dir / rundir.CHECKPOINT
     if resume and ckpt_path.exists():
         start, history = _load_checkpoint(ckpt_path, model, method, optimizer, scheduler, gen, device)
     write_json(run_dir / rundir.CONFIG, {"train": asdict(cfg), "method": method.name,
-                                         "method_config": asdict(method.config), **(meta or {})})
+                                         "method_config": asdict(method.config), **meta})
     for epoch in range(start, cfg.epochs):
         method.on_epoch_start(epoch, cfg.epochs)
         t0 = time.perf_counter()
@@ -254,7 +280,7 @@ def fit(model: nn.Module, method, data, cfg: TrainConfig, run_dir: str | os.Path
         history.append(row)
         _write_history(run_dir, history)
         _save_checkpoint(ckpt_path, epoch + 1, history, model, method, optimizer, scheduler, gen)
-    return _finish(run_dir, model, method, splits, history, cfg, device, meta or {})
+    return _finish(run_dir, model, method, splits, history, cfg, device, meta)
 
 
 def _check_data(splits: dict, method, cfg: TrainConfig) -> None:
@@ -272,17 +298,23 @@ def _check_data(splits: dict, method, cfg: TrainConfig) -> None:
 
 
 def _save_checkpoint(path: Path, epoch, history, model, method, optimizer, scheduler, gen) -> None:
+    """Atomic, through a temporary file of this writer's own, after checking the free space (a full disk is
+    reported with the path and size before anything is written; the previous checkpoint stays usable)."""
     state = {"epoch": epoch, "history": history, "model": model.state_dict(), "method": method.state_dict(),
              "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
              "gen": gen.get_state(), "torch_rng": torch.get_rng_state(),
              "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: torch.save(state, f), nbytes=nbytes_of(state))
 
 
 def _load_checkpoint(path: Path, model, method, optimizer, scheduler, gen, device):
-    state = torch.load(path, map_location=device, weights_only=False)
+    try:
+        state = torch.load(path, map_location=device, weights_only=False)
+    except Exception as exc:  # truncated or not a checkpoint: name the file and the way out
+        raise rundir.CorruptRunError(
+            path.parent, f"{path.name} cannot be read to resume ({type(exc).__name__}: "
+                         f"{str(exc).strip().splitlines()[0] if str(exc).strip() else 'no detail'}); start this run "
+                         "afresh with --no-resume (resume=False), which replaces it") from exc
     model.load_state_dict(state["model"])
     method.load_state_dict(state["method"])
     optimizer.load_state_dict(state["optimizer"])
@@ -308,8 +340,11 @@ def _select_best(history: list[dict], cfg: TrainConfig) -> dict:
 
 
 def _finish(run_dir: Path, model, method, splits, history, cfg, device, meta) -> dict:
+    """Write ``model.pt``, ``readout.npz`` and, last, ``result.json`` (recording the read-out's size, which
+    :func:`ferlib.rundir.check` verifies); then drop the resume checkpoint unless ``cfg.keep_checkpoint``."""
     train = splits["train"]
-    torch.save(model.state_dict(), run_dir / rundir.MODEL)
+    weights = model.state_dict()
+    atomic_write(run_dir / rundir.MODEL, lambda f: torch.save(weights, f), nbytes=nbytes_of(weights))
     train_logits, train_feats = predict(model, train.images, cfg, device, features=cfg.save_features)
     test_logits, test_feats = predict(model, splits["test"].images, cfg, device, features=cfg.save_features)
     readout = {f"method_{k}": v for k, v in method.readout().arrays().items()}
@@ -331,8 +366,11 @@ def _finish(run_dir: Path, model, method, splits, history, cfg, device, meta) ->
         "last": _scalars(last["test"]), "best": _scalars(best["test"]),
         "last_valid": _scalars(last["valid"]) if "valid" in last else {},
         "train_loss_first": history[0]["train_loss"], "train_loss_last": last["train_loss"],
+        "files": {rundir.READOUT: (run_dir / rundir.READOUT).stat().st_size},
     }
     write_json(run_dir / rundir.RESULT, summary)
+    if not cfg.keep_checkpoint:
+        (run_dir / rundir.CHECKPOINT).unlink(missing_ok=True)
     return summary
 
 

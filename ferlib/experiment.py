@@ -126,7 +126,8 @@ class RunSpec:
         return cls(**values, out=str(out if out is not None else run_dir.parent))
 
 
-_NOT_IN_ID = {"out", "variant", "train.progress", "train.device", "train.eval_batch_size", "train.save_features"}
+_NOT_IN_ID = {"out", "variant", "train.progress", "train.device", "train.eval_batch_size", "train.save_features",
+              "train.keep_checkpoint"}
 
 
 def run_id(spec: RunSpec) -> str:
@@ -218,15 +219,36 @@ def _backbone(spec: RunSpec, data) -> BackboneConfig:
 
 
 def run(spec: RunSpec, *, resume: bool = True) -> dict:
-    """Run (or resume, or just re-summarise) one experiment; returns its ``result.json`` summary.
+    """Run (or resume) one experiment in ``<spec.out>/<run_id>``; returns its ``result.json`` summary.
+
+    The run folder is locked for the whole call (:func:`ferlib.rundir.lock`): a second process running the
+    same spec gets :class:`ferlib.rundir.RunLockedError` naming the holder before any data loads.
+
+    resume : True (default): a finished, intact run is returned as it is, without loading data or training; an
+        unfinished one continues from its checkpoint; a corrupted one (:func:`ferlib.rundir.check`) is trained
+        again with a warning. False (CLI ``--no-resume``): the folder's old generation is removed first
+        (:func:`ferlib.rundir.retire`, ``result.json`` first), so an interrupted fresh run is never taken
+        for a finished one and never mixes old and new files.
 
     Afterwards ``<spec.out>/results.csv`` (one row per finished run in ``spec.out``, all parameters) is
-    rebuilt from the runs' own ``result.json`` files and replaced atomically.
+    rebuilt from the runs' own ``result.json`` files and replaced atomically; a corrupted run elsewhere in
+    ``spec.out`` is left out of it with a warning naming it, never failing this run.
     """
-    data, noise_report = prepare_data(spec)
     rid = run_id(spec)
     run_dir = Path(spec.out) / rid
+    with rundir.lock(run_dir):
+        result = rundir.finished_result(run_dir, keep_checkpoint=spec.train.keep_checkpoint) if resume else None
+        if result is None:
+            result = _train(spec, rid, run_dir, resume=resume)
+    write_table(Path(spec.out) / "results.csv", collect_results(spec.out))
+    return result
+
+
+def _train(spec: RunSpec, rid: str, run_dir: Path, *, resume: bool) -> dict:
+    data, noise_report = prepare_data(spec)
     model, method = build(spec, data)
+    if not resume:  # after the data loaded: a data error leaves the old generation as it was
+        rundir.retire(run_dir)
     write_json(run_dir / rundir.NOISE, noise_report)
     meta = {
         "run_id": rid, "dataset": spec.dataset, "data": str(spec.data), "dataset_options": spec.dataset_options,
@@ -239,9 +261,7 @@ def run(spec: RunSpec, *, resume: bool = True) -> dict:
         "image_size": spec.train.image_size, "valid_fraction": spec.valid_fraction, "fold": spec.fold,
         "variant": spec.variant,
     }
-    result = fit(model, method, data, spec.train, run_dir, resume=resume, meta=meta)
-    write_table(Path(spec.out) / "results.csv", collect_results(spec.out))
-    return result
+    return fit(model, method, data, spec.train, run_dir, resume=resume, meta=meta)
 
 
 def run_features(run_dir, *, splits=("train", "test"), device: str | None = None) -> dict:

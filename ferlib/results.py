@@ -1,51 +1,127 @@
 """Atomic writes and the tidy results tables.
 
-Every run writes its own files (``result.json``, ``epochs.csv``) atomically; tables over many runs are
-collected from those files, so an interrupted run can never corrupt another run's numbers.
+Every run writes its own files (``result.json``, ``epochs.csv``, ``model.pt``, ``checkpoint.pt``) atomically:
+each writer writes a temporary file of its own (``tempfile.mkstemp`` in the target's folder, so two writers of
+one file never share a temporary name), flushes it to disk and renames it over the target. An interrupted or
+failed write leaves the old file as it was and removes its temporary file. Large writes first check the free
+space (:func:`ensure_free_space`), and a write that runs out of space mid-way says so with the path and size.
+Tables over many runs are collected from the runs' own files, so an interrupted run can never corrupt another
+run's numbers, and a corrupted run folder is skipped with a warning naming it, never fatal for the others.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
+from typing import BinaryIO, Callable
 
-__all__ = ["atomic_write_text", "atomic_savez", "flatten", "write_json", "read_json", "write_table", "collect_results", "collect_epochs"]
+__all__ = ["atomic_write", "atomic_write_text", "atomic_savez", "ensure_free_space", "nbytes_of", "flatten",
+           "write_json", "read_json", "write_table", "collect_results", "collect_epochs"]
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` to ``path`` via a temporary file in the same folder and an atomic rename."""
+def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object], *, nbytes: int | None = None) -> Path:
+    """Call ``write(f)`` on a binary file that becomes ``path`` by an atomic rename once it is complete.
+
+    Parameters
+    ----------
+    path : the target; its folder is created if missing.
+    write : writes the whole content to the open binary file it is given.
+    nbytes : the size about to be written; when given, :func:`ensure_free_space` checks it first, so a full disk
+        is reported before anything is written.
+
+    The temporary file is ``.<name>.<random>.tmp`` beside the target (unique per writer), made readable by
+    all (0644) like an ordinary file; on any failure it is removed and the old ``path`` is left untouched. A
+    write that fails for lack of space (``ENOSPC``, or torch's "file write failed" on a full disk) is raised as
+    ``OSError(ENOSPC)`` naming ``path``, the bytes needed and the bytes free.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    if nbytes is not None:
+        ensure_free_space(path, nbytes)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)  # mkstemp creates 0600; results and reports are meant to be shared
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, Exception) and _out_of_space(exc):
+            free = _free_bytes(path.parent)
+            raise OSError(errno.ENOSPC, f"disk full while writing {path}"
+                          + (f" (about {_size(nbytes)} needed)" if nbytes else "")
+                          + (f"; {_size(free)} free on {path.parent}" if free is not None else "")
+                          + "; the old file, if any, is unchanged and the partial temporary file was removed") from exc
         raise
     return path
+
+
+def ensure_free_space(path: str | os.PathLike, nbytes: int) -> None:
+    """Raise ``OSError(ENOSPC)`` naming ``path``, the bytes needed and the bytes free when the file system of
+    ``path``'s folder has less than ``nbytes`` free (``shutil.disk_usage``). A folder whose usage cannot be read
+    is not checked."""
+    path = Path(path)
+    free = _free_bytes(path.parent)
+    if free is not None and free < nbytes:
+        raise OSError(errno.ENOSPC, f"not enough disk space to write {path}: it needs about {_size(nbytes)}, "
+                                    f"{path.parent} has {_size(free)} free ({nbytes} and {free} bytes)")
+
+
+def nbytes_of(obj) -> int:
+    """Bytes of the tensors and arrays in ``obj`` (nested dicts, lists, tuples), plus 1% and 64 KiB for the
+    container: what :func:`atomic_write` should be told before saving ``obj`` with torch or numpy."""
+    def raw(o) -> int:
+        if isinstance(o, dict):
+            return sum(raw(v) for v in o.values())
+        if isinstance(o, (list, tuple)):
+            return sum(raw(v) for v in o)
+        if hasattr(o, "element_size") and hasattr(o, "numel"):  # torch.Tensor, without importing torch
+            return int(o.numel()) * int(o.element_size())
+        return int(getattr(o, "nbytes", 0) or 0)
+    n = raw(obj)
+    return n + n // 100 + 64 * 1024
+
+
+def _free_bytes(folder: Path) -> int | None:
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return None
+
+
+def _out_of_space(exc: BaseException) -> bool:
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    text = str(exc)
+    return "No space left" in text or "file write failed" in text  # torch's PytorchStreamWriter on a full disk
+
+
+def _size(n: int | None) -> str:
+    if n is None:
+        return "?"
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} bytes"
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` via a temporary file in the same folder and an atomic rename."""
+    data = text.encode("utf-8")
+    return atomic_write(path, lambda f: f.write(data))
 
 
 def atomic_savez(path: str | os.PathLike, **arrays) -> Path:
-    """``numpy.savez`` (uncompressed) to ``path`` via a temporary file and an atomic rename."""
+    """``numpy.savez`` (uncompressed) to ``path`` via a temporary file and an atomic rename, the free space
+    checked first."""
     import numpy as np
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, lambda f: np.savez(f, **arrays), nbytes=nbytes_of(arrays))
 
 
 def write_json(path: str | os.PathLike, obj) -> Path:
@@ -64,22 +140,45 @@ def write_table(path: str | os.PathLike, frame) -> Path:
 
 
 def collect_results(runs_dir: str | os.PathLike):
-    """One row per finished run under ``runs_dir`` (every ``*/result.json``), as a pandas DataFrame."""
+    """One row per finished run directly under ``runs_dir``, as a pandas DataFrame.
+
+    A folder whose ``result.json`` fails :func:`ferlib.rundir.check` (truncated, not JSON, missing keys, a
+    read-out of another size than recorded) is skipped with a :class:`ferlib.rundir.RunWarning` naming the folder
+    and the reason: one corrupted run never hides the others (:func:`ferlib.rundir.problems` lists them). The
+    result's ``files`` (its integrity record) is not a column.
+    """
+    import warnings
+
     import pandas as pd
 
-    from .rundir import finished_runs, read_result
+    from . import rundir
 
-    rows = [read_result(p) for p in finished_runs(runs_dir)]
+    rows = []
+    for path in rundir.run_folders(runs_dir):
+        try:
+            result = rundir.read_result(path)
+        except (rundir.CorruptRunError, OSError) as exc:
+            warnings.warn(f"skipped run {path}: {getattr(exc, 'reason', exc)}", rundir.RunWarning, stacklevel=2)
+            continue
+        rows.append({k: v for k, v in result.items() if k != "files"})
     return pd.DataFrame([{k: v for k, v in flatten(r).items() if not isinstance(v, list)} for r in rows])
 
 
 def collect_epochs(runs_dir: str | os.PathLike):
-    """All per-epoch rows of all runs under ``runs_dir`` (every ``*/epochs.csv``), as one DataFrame."""
+    """All per-epoch rows of all runs under ``runs_dir`` (every ``*/epochs.csv``), as one DataFrame; an
+    unreadable ``epochs.csv`` is skipped with a :class:`ferlib.rundir.RunWarning` naming it."""
+    import warnings
+
     import pandas as pd
 
-    from .rundir import EPOCHS_CSV
+    from .rundir import EPOCHS_CSV, RunWarning
 
-    frames = [pd.read_csv(p) for p in sorted(Path(runs_dir).glob(f"*/{EPOCHS_CSV}"))]
+    frames = []
+    for p in sorted(Path(runs_dir).glob(f"*/{EPOCHS_CSV}")):
+        try:
+            frames.append(pd.read_csv(p))
+        except (OSError, ValueError) as exc:  # pandas' ParserError and EmptyDataError are ValueErrors
+            warnings.warn(f"skipped {p}: {type(exc).__name__}: {exc}", RunWarning, stacklevel=2)
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 

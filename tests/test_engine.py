@@ -102,8 +102,8 @@ def test_atomic_write_keeps_old_file_when_interrupted(tmp_path, monkeypatch):
 
 
 def test_collect_results_one_row_per_finished_run(tmp_path):
-    write_json(tmp_path / "a" / "result.json", {"run_id": "a", "last": {"acc": 0.5}})
-    write_json(tmp_path / "b" / "result.json", {"run_id": "b", "last": {"acc": 0.7}})
+    write_json(tmp_path / "a" / "result.json", {"run_id": "a", "method": "ce", "last": {"acc": 0.5}})
+    write_json(tmp_path / "b" / "result.json", {"run_id": "b", "method": "ce", "last": {"acc": 0.7}})
     (tmp_path / "c").mkdir()  # unfinished run: no result.json
     table = collect_results(tmp_path)
     assert sorted(table["run_id"]) == ["a", "b"] and list(table["last.acc"]) == [0.5, 0.7]
