@@ -1,9 +1,16 @@
-"""Finished runs: load run directories and their readouts, their datasets and saved features (read only)."""
+"""Finished runs: load run directories and their readouts, their datasets and saved features (read only).
+
+A runs folder may hold a corrupted run (a truncated ``result.json``, an unreadable ``readout.npz``):
+:func:`load_runs` on a folder skips it with a :class:`ferlib.rundir.RunWarning` naming the folder and the
+reason, so one bad run never stops an analysis of the others; :func:`load_run` on that folder raises
+:class:`ferlib.rundir.CorruptRunError` saying what is wrong.
+"""
 from __future__ import annotations
 
 import functools
 import json
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -91,20 +98,33 @@ def load_run(run_dir: str | os.PathLike) -> RunRecord:
     ------
     FileNotFoundError
         ``result.json`` or ``readout.npz`` is missing (the run has not finished).
+    ferlib.rundir.CorruptRunError
+        A file is there but unusable (:func:`ferlib.rundir.read_result`, :func:`ferlib.rundir.read_readout`;
+        an unreadable ``epochs.csv`` / ``epochs.jsonl`` / ``noise.json`` too), naming the folder and the file.
     """
     import pandas as pd
 
     run_dir = Path(run_dir)
     result, readout = rundir.read_result(run_dir), rundir.read_readout(run_dir)
     csv, jsonl, noise = run_dir / rundir.EPOCHS_CSV, run_dir / rundir.EPOCHS_JSONL, run_dir / rundir.NOISE
-    epochs = pd.read_csv(csv) if csv.is_file() else pd.DataFrame()
-    history = [json.loads(line) for line in jsonl.read_text().splitlines() if line.strip()] if jsonl.is_file() else []
+    try:
+        epochs = pd.read_csv(csv) if csv.is_file() else pd.DataFrame()
+        history = ([json.loads(line) for line in jsonl.read_text().splitlines() if line.strip()]
+                   if jsonl.is_file() else [])
+        noise_report = read_json(noise) if noise.is_file() else None
+    except (ValueError, OSError) as exc:  # pandas' parser errors and JSONDecodeError are ValueErrors
+        raise rundir.CorruptRunError(run_dir, f"a history or noise file cannot be read ({type(exc).__name__}: "
+                                              f"{exc})") from None
     return RunRecord(path=run_dir, result=result, epochs=epochs, readout=readout, history=history,
-                     config=rundir.read_config(run_dir), noise=read_json(noise) if noise.is_file() else None)
+                     config=rundir.read_config(run_dir), noise=noise_report)
 
 
 def load_runs(runs) -> list[RunRecord]:
     """Every finished run of a runs folder (or one run folder, or a list of RunRecords / run folders), loaded.
+
+    A run of a runs folder that cannot be loaded (:func:`ferlib.rundir.check` fails, or a file of it cannot
+    be read) is skipped with a :class:`ferlib.rundir.RunWarning` naming it and why. One run folder, or a run
+    named in a list, is loaded or raises (:func:`load_run`): the caller asked for that run.
 
     Returns
     -------
@@ -114,9 +134,15 @@ def load_runs(runs) -> list[RunRecord]:
         return [runs]
     if isinstance(runs, (str, os.PathLike)):
         path = Path(runs)
-        if rundir.is_finished(path):
+        if (path / rundir.RESULT).is_file():  # a run folder itself
             return [load_run(path)]
-        return [load_run(p) for p in list_runs(path)]
+        loaded = []
+        for p in rundir.run_folders(path):
+            try:
+                loaded.append(load_run(p))
+            except (rundir.CorruptRunError, OSError) as exc:
+                warnings.warn(f"skipped run {p}: {getattr(exc, 'reason', exc)}", rundir.RunWarning, stacklevel=2)
+        return loaded
     return [r if isinstance(r, RunRecord) else load_run(r) for r in runs]
 
 

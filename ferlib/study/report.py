@@ -7,7 +7,7 @@ Everything here reads files and writes files atomically; nothing trains. :func:`
 
 Layout of ``reports_dir``::
 
-    index.html        summary table, failures, links to every rendered notebook
+    index.html        summary table, failures, skipped (corrupted) runs, links to every rendered notebook
     results.csv       one row per finished run (collect_results), tidy
     summary.csv       one row per configuration: mean and std over seeds (ferlib.analysis.summary_table)
     failures.json     {key: {notebook, error, traceback, ...}} of what failed (written by the runner)
@@ -24,6 +24,7 @@ import os
 from datetime import datetime
 from pathlib import Path
 
+from ferlib import rundir
 from ferlib.results import atomic_write_text, collect_results, read_json, write_table
 
 __all__ = ["render_html", "render_all", "write_report", "NOTEBOOK_DESCRIPTIONS"]
@@ -121,20 +122,27 @@ def write_report(*, runs_dir: str | os.PathLike, reports_dir: str | os.PathLike,
 
     Parameters
     ----------
-    runs_dir : folder of run directories (every ``*/result.json`` is a finished run).
+    runs_dir : folder of run directories (every ``*/result.json`` that passes :func:`ferlib.rundir.check` is a
+        finished run). Runs whose ``result.json`` fails the check, here or in the nested ``ablations/`` and
+        ``cleanlab/`` folders, are left out of the tables and listed in ``index.html`` with the reason.
     study : the study's description (``StudySpec.to_dict()`` plus ``describe``), shown at the top.
     order : notebook names, to list the analysis reports in the study's order (others follow by name).
 
     Returns the path of ``index.html``.
     """
+    import warnings
+
     reports_dir = Path(reports_dir)
-    results = collect_results(runs_dir)
+    with warnings.catch_warnings():  # the skipped runs are listed in the page instead
+        warnings.simplefilter("ignore", rundir.RunWarning)
+        results = collect_results(runs_dir)
+    skipped = rundir.problems(runs_dir, recursive=True)
     summary = _summary(results)
     write_table(reports_dir / "results.csv", results)
     write_table(reports_dir / "summary.csv", summary)
     failures_path = reports_dir / "failures.json"
     failures = read_json(failures_path) if failures_path.exists() else {}
-    page = _page(results, summary, failures, reports_dir, Path(runs_dir), study, list(order))
+    page = _page(results, summary, failures, reports_dir, Path(runs_dir), study, list(order), skipped)
     return atomic_write_text(reports_dir / "index.html", page)
 
 
@@ -148,7 +156,7 @@ pre{background:#f6f6f6;padding:.6em;overflow-x:auto;font-size:.85em}.fail{color:
 """
 
 
-def _page(results, summary, failures, reports_dir: Path, runs_dir: Path, study, order) -> str:
+def _page(results, summary, failures, reports_dir: Path, runs_dir: Path, study, order, skipped=None) -> str:
     name = (study or {}).get("name", reports_dir.name)
     parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>Study {_e(name)}</title>",
              f"<style>{_CSS}</style></head><body>",
@@ -165,6 +173,7 @@ def _page(results, summary, failures, reports_dir: Path, runs_dir: Path, study, 
     parts.append("<h2>Results</h2>")
     parts.append(_summary_html(summary) if not summary.empty else "<p>No finished run yet.</p>")
     parts.append(_failures_html(failures, reports_dir))
+    parts.append(_skipped_html(skipped or {}, runs_dir))
     parts.append(_reports_html(reports_dir, results, order))
     if study and study.get("describe"):
         parts.append(f"<h2>Study settings</h2><pre>{_e(study['describe'])}</pre>")
@@ -218,6 +227,22 @@ def _failures_html(failures: dict, reports_dir: Path) -> str:
     return (f"<h2 class='fail'>Failures ({len(failures)})</h2><p class='muted'>Recorded in "
             f"<a href='failures.json'>failures.json</a> with tracebacks; a failed cell is retried on the next "
             "run of the study and cleared when it succeeds.</p><ul>" + "".join(items) + "</ul>")
+
+
+def _skipped_html(skipped: dict, runs_dir: Path) -> str:
+    """The run folders left out of the tables because their ``result.json`` failed the check, and why."""
+    if not skipped:
+        return ""
+    items = []
+    for folder, reason in sorted(skipped.items()):
+        try:
+            name = folder.relative_to(runs_dir).as_posix()
+        except ValueError:
+            name = str(folder)
+        items.append(f"<li><code>{_e(name)}</code>: <span class='fail'>{_e(reason)}</span></li>")
+    return (f"<h2 class='fail'>Skipped runs ({len(skipped)})</h2><p class='muted'>Left out of every table above: "
+            "their files are corrupted or partial. Running the study again re-runs them (or delete the folder)."
+            "</p><ul>" + "".join(items) + "</ul>")
 
 
 def _reports_html(reports_dir: Path, results, order: list[str]) -> str:

@@ -21,8 +21,10 @@ Order of work: the notebooks of ``spec.notebooks`` in order, each as its metadat
 2. The ``cell`` notebook (``02_train``) once per training cell of :meth:`StudySpec.cells`, with ``spec`` =
    ``dataclasses.asdict(RunSpec)`` (JSON round-tripped): the grid (methods x noise x seeds) first, then the
    ablation variants (``<runs_dir>/ablations``, when ``ablations`` is on) and the cross-fitted CE folds behind
-   cleanlab (``<runs_dir>/cleanlab``, when ``cleanlab_folds`` >= 2). A cell whose ``<out>/<run_id>/result.json``
-   exists is skipped, so a study resumes where it stopped and a rerun does no work; ``run_id``
+   cleanlab (``<runs_dir>/cleanlab``, when ``cleanlab_folds`` >= 2). A cell whose ``<out>/<run_id>`` holds a
+   finished, intact run (:func:`ferlib.rundir.check`: ``result.json`` parses and matches its read-out) is
+   skipped, so a study resumes where it stopped and a rerun does no work; a cell whose ``result.json`` fails
+   the check is logged with the reason and run again (the run replaces the corrupted files); ``run_id``
    (:func:`ferlib.experiment.run_id`) hashes the cell's parameters, so a changed setting is a new cell. A
    failed cell is recorded in ``reports_dir/failures.json`` and the others go on. Only this notebook trains.
 3. The other ``view`` notebooks (``03``, ``04``, ``05``, ``06``, ``99``) once each: they read run directories.
@@ -290,6 +292,10 @@ def _run_cells(cells: list, notebook: str, source: Path, reports_dir: Path, comm
         log(f"warning: {source} is missing: the {total} training cell(s) are not run")
         return [{"run_id": rid, "kind": kind, "status": "missing", "seconds": 0.0} for kind, rid, _ in cells]
     pending = sum(not _finished(s, rid) for _, rid, s in cells)
+    for _, rid, s in cells:
+        folder = Path(s.out) / rid
+        if (folder / rundir.RESULT).is_file() and not rundir.is_finished(folder):
+            log(f"warning: {folder}: {rundir.check(folder)}: this cell is run again")
     log(f"cells: {total} ({_kinds(k for k, _, _ in cells)}), {total - pending} already finished, {pending} to run")
     out, times = [], []
     for i, (kind, rid, run_spec) in enumerate(cells, 1):
@@ -297,7 +303,7 @@ def _run_cells(cells: list, notebook: str, source: Path, reports_dir: Path, comm
         if _finished(run_spec, rid):
             failures.clear(rid)
             out.append({"run_id": rid, "kind": kind, "status": "skipped", "seconds": 0.0})
-            log(f"{tag} ... skipped (finished: result.json exists)")
+            log(f"{tag} ... skipped (finished: result.json checked)")
             continue
         log(f"{tag} ... running (method {run_spec.method}, noise {run_spec.noise}, seed {run_spec.train.seed}"
             + (f", variant {run_spec.variant}" if run_spec.variant else "")
@@ -307,7 +313,8 @@ def _run_cells(cells: list, notebook: str, source: Path, reports_dir: Path, comm
         try:
             execute(notebook, reports_dir / "runs" / f"{rid}.ipynb", {**common, "spec": dataclasses.asdict(run_spec)})
             if not _finished(run_spec, rid):
-                raise RuntimeError(f"{notebook} finished but wrote no {Path(run_spec.out) / rid / 'result.json'}")
+                raise RuntimeError(f"{notebook} finished but {Path(run_spec.out) / rid} holds no finished run: "
+                                   f"{rundir.check(Path(run_spec.out) / rid)}")
         except Exception as exc:  # any failure of one cell is recorded; the others go on
             error = _error_record(exc)
         seconds = time.perf_counter() - t0
@@ -328,6 +335,7 @@ def _run_cells(cells: list, notebook: str, source: Path, reports_dir: Path, comm
 
 
 def _finished(run_spec, rid: str) -> bool:
+    """The cell's run folder holds a finished, intact run (:func:`ferlib.rundir.is_finished`)."""
     return rundir.is_finished(Path(run_spec.out) / rid)
 
 
@@ -435,7 +443,10 @@ def study_main(args: argparse.Namespace) -> int:
         for kind, s in spec.cells(runs):
             rid = run_id(s)
             where = Path(s.out).relative_to(runs.absolute())
-            log(f"{kind:8s} {where / rid}  {'finished' if rundir.is_finished(Path(s.out) / rid) else 'to run'}")
+            problem = rundir.check(Path(s.out) / rid)
+            state = ("finished" if problem is None else
+                     f"to run again ({problem})" if (Path(s.out) / rid / rundir.RESULT).is_file() else "to run")
+            log(f"{kind:8s} {where / rid}  {state}")
         return 0
     argv = getattr(args, "argv", None)  # set by main(); under ferlib.cli, sys.argv holds "study ..."
     command = "python -m ferlib " + shlex.join(["study", *argv] if argv is not None else sys.argv[1:])
