@@ -11,6 +11,7 @@ import functools
 import hashlib
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -83,14 +84,36 @@ def cached(name: str, root: str | os.PathLike, options: dict, build: Callable[[]
            cache_dir: str | os.PathLike | None = None) -> FERData:
     """Load the cached FERData for (name, root, options) or build it with ``build()`` and store it.
 
-    A cache file that cannot be read (truncated, older format) is rebuilt.
+    A cache file that cannot be read (truncated, older format) is rebuilt. The cache is only a speed-up: when
+    its folder cannot be read or written (permissions, a read-only or full disk, ``$FERLIB_CACHE`` naming a
+    file), the data are built and returned uncached, with one warning per cache folder and process naming the
+    folder and the reason.
     """
     path = cache_path(name, root, options, cache_dir=cache_dir)
-    if path.is_file():
+    try:
+        hit = path.is_file()
+    except OSError as exc:  # e.g. a cache folder this user may not list
+        _warn_unusable(path.parent, exc)
+        hit = False
+    if hit:
         try:
             return FERData.load(path)
         except Exception:  # corrupt or incompatible entry: fall through and rebuild it
             pass
     data = build()
-    data.save(path)
+    try:
+        data.save(path)
+    except OSError as exc:
+        _warn_unusable(path.parent, exc)
     return data
+
+
+_WARNED: set[str] = set()
+
+
+def _warn_unusable(folder: Path, exc: OSError) -> None:
+    if str(folder) in _WARNED:
+        return
+    _WARNED.add(str(folder))
+    warnings.warn(f"dataset cache {folder} is not usable ({exc.strerror or exc}); continuing without a cache. "
+                  "Set FERLIB_CACHE to a writable folder to cache decoded datasets.", UserWarning, stacklevel=3)
