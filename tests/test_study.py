@@ -252,9 +252,12 @@ def test_kernel_runs_this_interpreter():
 def test_cli_dry_run_lists_cells(tmp_path, capsys):
     (tmp_path / "data").mkdir()
     code = main(["--profile", "smoke", "--data", str(tmp_path / "data"), "--runs", str(tmp_path / "runs"),
-                 "--methods", "ce", "--seeds", "0", "1", "--epochs", "1", "--dry-run"])
+                 "--methods", "ce", "nla", "--seeds", "0", "1", "--epochs", "1", "--ablations", "--dry-run"])
     out = capsys.readouterr().out
     assert code == 0
+    variants = ["full", *method_class("nla").ablations]
+    assert len(re.findall(r"^ablation +ablations/nla-symmetric0\.3-s0-[0-9a-f]{8}  to run$", out, re.M)) == \
+        len(variants)
     assert len(re.findall(r"^grid +ce-symmetric0\.3-s[01]-[0-9a-f]{8}  to run$", out, re.M)) == 2
     assert len(re.findall(r"^fold +cleanlab/ce-symmetric0\.3-s[01]-[0-9a-f]{8}  to run$", out, re.M)) == 4
     assert main(["--profile", "nope", "--dry-run"]) == 2
