@@ -89,6 +89,17 @@ def test_ce_readout_ranks_the_wrong_label_higher():
     assert out["score"][1] > out["score"][0] and out["margin"][0] == pytest.approx(5.0)
 
 
+def test_aum_averages_the_margin_over_every_visit():
+    method = create_method("ce", num_classes=3, num_train=3, feature_dim=4)
+    for logits in ([[5.0, 0.0, 0.0], [0.0, 2.0, 0.0]], [[1.0, 0.0, 0.0], [0.0, 0.0, 4.0]]):
+        method.record(torch.tensor([0, 1]), torch.tensor(logits), torch.tensor([0, 1]))
+    method.record(torch.tensor([0, 0]), torch.tensor([[3.0, 0.0, 0.0], [3.0, 0.0, 0.0]]), torch.tensor([0, 0]))
+    aum = method.readout().aum
+    # sample 0: margins 5, 1, 3, 3 (twice in the last batch); sample 1: 2, -4; sample 2: never visited
+    assert aum[0] == pytest.approx(3.0) and aum[1] == pytest.approx(-1.0) and np.isnan(aum[2])
+    assert method.readout().margin[1] == pytest.approx(-4.0)  # the latest margin, beside the average
+
+
 def test_vote_oracle_targets_are_vote_distributions():
     method = create_method("ldl_votes", num_classes=3, num_train=2, feature_dim=4)
     model = torch.nn.Identity()

@@ -135,7 +135,7 @@ def test_05_uncertainty(trained):
     train_cells(folder, *({"fold": [i, 2], "out": str(folder / "runs" / "cleanlab")} for i in range(2)))
     m = execute("05_uncertainty", folder, n_faces=4)
     rankings = {r["ranking"]: r for r in m["detection"]}
-    assert set(rankings) == {"score", "loss", "neg_margin"}
+    assert set(rankings) == {"score", "loss", "neg_margin", "neg_aum"}
     for r in rankings.values():
         assert 0.0 <= r["auroc"] <= 1.0 and 0.0 <= r["ap"] <= 1.0
         assert r["rate"] == pytest.approx(trained_metrics["noise_rate"])

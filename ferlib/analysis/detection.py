@@ -21,6 +21,8 @@ RANKINGS: Mapping[str, str] = {
     "score": "the method's own ranking (readout ``method_score``)",
     "loss": "latest per-sample cross-entropy on the given label (``method_loss``)",
     "neg_margin": "minus the latest margin of the given label (``-method_margin``)",
+    "neg_aum": "minus the training-averaged margin (AUM, Pleiss et al. 2020; ``-method_aum``): every method's "
+               "method-independent detector",
 }
 
 
@@ -94,14 +96,15 @@ def flag_metrics(flagged, is_flipped) -> dict[str, float]:
 def _ranking(readout: Mapping[str, np.ndarray], name: str) -> np.ndarray | None:
     if name not in RANKINGS:
         raise ValueError(f"unknown ranking {name!r}; valid: {', '.join(RANKINGS)}")
-    key = "method_margin" if name == "neg_margin" else f"method_{name}"
+    negated = name.startswith("neg_")
+    key = f"method_{name[4:] if negated else name}"
     if key not in readout:
         return None
     values = np.asarray(readout[key], dtype=np.float64)
-    return -values if name == "neg_margin" else values
+    return -values if negated else values
 
 
-def uncertainty_table(runs, *, rankings: Sequence[str] = ("score", "loss", "neg_margin")) -> "object":
+def uncertainty_table(runs, *, rankings: Sequence[str] = ("score", "loss", "neg_margin", "neg_aum")) -> "object":
     """Mislabel-detection quality of each run's per-sample rankings.
 
     Parameters

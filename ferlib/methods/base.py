@@ -60,6 +60,9 @@ class Readout(Mapping):
         visited).
     loss : (N,) float, the latest per-sample cross-entropy on the given label.
     margin : (N,) float, the latest given-label logit minus the best other logit.
+    aum : (N,) float, the area under the margin (Pleiss et al., NeurIPS 2020): the margin averaged over every
+        visit in training; low (negative) = the model kept preferring another class: a method-independent
+        detector of flipped labels (NaN: never visited).
     target : (N, K) float or None, the label distribution the method trains toward (LA-Net's H, LDLVA's target).
     extra : ``{name: array}`` of the method's own per-sample arrays (first dimension N), e.g. NLA's ``weight``,
         LDLVA's ``lambda``; a name may not repeat a field's.
@@ -68,26 +71,27 @@ class Readout(Mapping):
     score: np.ndarray
     loss: np.ndarray
     margin: np.ndarray
+    aum: np.ndarray
     target: np.ndarray | None = None
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         n = len(self.loss)
-        for name in ("score", "loss", "margin"):
+        for name in ("score", "loss", "margin", "aum"):
             value = np.asarray(getattr(self, name))
             if value.shape != (n,) or not np.issubdtype(value.dtype, np.floating):
                 raise ValueError(f"Readout.{name} must be a float array of shape ({n},), got {value.dtype} "
                                  f"{value.shape}")
         if self.target is not None and (np.ndim(self.target) != 2 or len(self.target) != n):
             raise ValueError(f"Readout.target must be (N={n}, K), got {np.shape(self.target)}")
-        clash = sorted(set(self.extra) & {"score", "loss", "margin", "target"})
+        clash = sorted(set(self.extra) & {"score", "loss", "margin", "aum", "target"})
         bad = sorted(k for k, v in self.extra.items() if np.ndim(v) == 0 or len(v) != n)
         if clash or bad:
             raise ValueError(f"Readout.extra: {clash or bad} {'repeat fields' if clash else 'are not (N, ...) arrays'}")
 
     def arrays(self) -> dict[str, np.ndarray]:
         """Every read-out as ``{name: array}`` (``target`` only when set)."""
-        out = {"score": self.score, "loss": self.loss, "margin": self.margin}
+        out = {"score": self.score, "loss": self.loss, "margin": self.margin, "aum": self.aum}
         if self.target is not None:
             out["target"] = self.target
         return {**out, **self.extra}
@@ -140,9 +144,12 @@ class Method(nn.Module):
         self.num_train = num_train
         self.feature_dim = feature_dim
         self.epoch, self.num_epochs = 0, 1
-        # Per-sample read-outs every method keeps: the loss and margin of each sample's latest visit.
+        # Per-sample read-outs every method keeps: the loss and margin of each sample's latest visit, and the sum
+        # of its margins over all visits with their count (the area under the margin, AUM).
         self.register_buffer("sample_loss", torch.full((num_train,), float("nan")))
         self.register_buffer("sample_margin", torch.full((num_train,), float("nan")))
+        self.register_buffer("margin_sum", torch.zeros(num_train, dtype=torch.float64))
+        self.register_buffer("visits", torch.zeros(num_train, dtype=torch.int64))
 
     # ----------------------------------------------------------------- hooks
     def check_model(self, model: nn.Module) -> None:
@@ -187,11 +194,16 @@ class Method(nn.Module):
     # ----------------------------------------------------------------- read-outs
     @torch.no_grad()
     def record(self, index: torch.Tensor, logits: torch.Tensor, label: torch.Tensor) -> None:
-        """Store each sample's cross-entropy and margin (given-label logit minus the best other logit)."""
+        """Store each sample's cross-entropy and margin (given-label logit minus the best other logit), and add
+        the margin to the sample's running AUM (Pleiss et al., NeurIPS 2020, eq. 1: the margin averaged over
+        the training visits; a sample visited twice in a batch counts twice)."""
         self.sample_loss[index] = nn.functional.cross_entropy(logits.float(), label, reduction="none")
         given = logits.gather(1, label[:, None]).squeeze(1)
         other = logits.scatter(1, label[:, None], float("-inf")).amax(1)
-        self.sample_margin[index] = (given - other).float()
+        margin = (given - other).float()
+        self.sample_margin[index] = margin
+        self.margin_sum.index_add_(0, index, margin.double())
+        self.visits.index_add_(0, index, torch.ones_like(index))
 
     def readout(self) -> Readout:
         """The per-sample :class:`Readout`.
@@ -202,7 +214,8 @@ class Method(nn.Module):
         H moved off the given label, 1 - H[i, y_i]).
         """
         loss = self.sample_loss.cpu().numpy()
-        return Readout(score=loss, loss=loss, margin=self.sample_margin.cpu().numpy())
+        aum = torch.where(self.visits > 0, self.margin_sum / self.visits.clamp(min=1), float("nan"))
+        return Readout(score=loss, loss=loss, margin=self.sample_margin.cpu().numpy(), aum=aum.float().cpu().numpy())
 
 
 def register_method(cls: type[Method]) -> type[Method]:
