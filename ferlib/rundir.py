@@ -445,13 +445,11 @@ def read_result(run_dir: str | os.PathLike) -> Result:
 
 def read_config(run_dir: str | os.PathLike) -> dict:
     """``config.json`` of a run; ``{}`` when it has none (CorruptRunError naming it when it is not JSON)."""
-    from .results import read_json
-
     path = Path(run_dir) / CONFIG
     if not path.is_file():
         return {}
     try:
-        return read_json(path)
+        return json.loads(path.read_text())
     except ValueError as exc:
         raise CorruptRunError(run_dir, f"{CONFIG} is not valid JSON ({exc})") from None
 
