@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .options import check_types
+from .options import NON_NEGATIVE, POSITIVE, PROBABILITY, UNIT_OPEN, check_ranges, check_types
 
 __all__ = ["AugmentConfig", "augment_batch", "prepare_batch", "make_view", "VIEWS"]
 
@@ -55,6 +55,14 @@ class AugmentConfig:
         check_types(self, where="AugmentConfig")
         if self.erase_fill not in ("zero", "random"):
             raise ValueError(f"AugmentConfig.erase_fill must be 'zero' or 'random', got {self.erase_fill!r}")
+        check_ranges(self, _RANGES, where="AugmentConfig")
+
+
+#: The values AugmentConfig accepts.
+_RANGES = {"flip": PROBABILITY, "pad": NON_NEGATIVE, "scale": (lambda v: 0 < v <= 1, "in (0, 1]"),
+           "ratio": POSITIVE, "erase": PROBABILITY, "erase_scale": (lambda v: 0 < v < 1, "in (0, 1)"),
+           "brightness": UNIT_OPEN, "contrast": UNIT_OPEN, "noise_std": NON_NEGATIVE, "noise_p": PROBABILITY,
+           "std": POSITIVE}
 
 
 def _uniform(lo: float, hi: float, n: int, gen: torch.Generator) -> torch.Tensor:

@@ -27,7 +27,7 @@ from torch import nn
 from . import rundir
 from .augment import AugmentConfig, augment_batch, make_view, prepare_batch
 from .metrics import classification_metrics
-from .options import check_types
+from .options import AT_LEAST_1, NON_NEGATIVE, POSITIVE, UNIT_OPEN, check_ranges, check_types
 from .results import atomic_savez, atomic_write, atomic_write_text, flatten, nbytes_of, write_json
 
 __all__ = ["TrainConfig", "fit", "train_one_epoch", "evaluate", "predict", "seed_everything",
@@ -88,18 +88,31 @@ class TrainConfig:
             if getattr(self, key) not in valid:
                 raise ValueError(f"TrainConfig.{key} must be one of {valid}, got {getattr(self, key)!r}")
         check_types(self, where="TrainConfig")
-        if self.epochs < 1 or self.batch_size < 1:
-            raise ValueError("TrainConfig.epochs and batch_size must be >= 1")
-        if not all(isinstance(m, int) and m >= 0 for m in self.milestones):
+        if not all(isinstance(m, int) for m in self.milestones):
             raise ValueError(f"TrainConfig.milestones must be epochs (integers >= 0), got {self.milestones!r}")
+        check_ranges(self, _RANGES, where="TrainConfig")
+
+
+#: The values TrainConfig accepts (checked on construction, so a bad one fails before any data loads).
+_RANGES = {"epochs": AT_LEAST_1, "batch_size": AT_LEAST_1, "lr": POSITIVE, "weight_decay": NON_NEGATIVE,
+           "momentum": UNIT_OPEN, "gamma": POSITIVE, "step_size": AT_LEAST_1, "milestones": NON_NEGATIVE,
+           "image_size": (lambda v: v >= 8, ">= 8 (pixels)"), "seed": NON_NEGATIVE, "eval_batch_size": AT_LEAST_1}
 
 
 # --------------------------------------------------------------------------- building blocks
 def resolve_device(name: str) -> torch.device:
-    """``auto`` -> cuda when available, else cpu."""
+    """``auto`` -> cuda when available, else cpu. A malformed name, or CUDA asked for where none is available,
+    raises ValueError naming the setting."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise ValueError(f"TrainConfig.device {name!r} is not a torch device ({str(exc).splitlines()[0]})") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"TrainConfig.device {name!r}: no CUDA device is available on this machine; use 'cpu' or "
+                         "'auto'")
+    return device
 
 
 def seed_everything(seed: int) -> torch.Generator:

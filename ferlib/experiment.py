@@ -17,7 +17,7 @@ import numpy as np
 from . import rundir
 from .backbones import BackboneConfig, create_model
 from .data.cache import data_fingerprint
-from .engine import TrainConfig, fit, seed_everything
+from .engine import TrainConfig, fit, resolve_device, seed_everything
 from .recipes import recipe_method_options, recipe_source, resolve_recipe
 from .results import collect_results, flatten, write_json, write_table
 
@@ -87,6 +87,10 @@ class RunSpec:
         self.method_options = recipe_method_options(self.method, self.recipe, self.method_options,
                                                     self.train.image_size)
         method_config(self.method, **self.method_options)  # a bad option fails here, before any data loads
+        if self.train_subset is not None and (isinstance(self.train_subset, bool)
+                                              or not isinstance(self.train_subset, int) or self.train_subset < 1):
+            raise ValueError(f"RunSpec.train_subset must be a positive number of images or None (all), got "
+                             f"{self.train_subset!r}")
         if not 0 <= self.valid_fraction < 1:
             raise ValueError(f"RunSpec.valid_fraction must lie in [0, 1), got {self.valid_fraction!r}")
         if self.fold is not None:
@@ -173,7 +177,7 @@ def prepare_data(spec: RunSpec):
     data = load_dataset(spec.dataset, spec.data, **spec.dataset_options)
     if spec.valid_fraction and not data.split_counts()["valid"]:
         data = carve_valid(data, spec.valid_fraction)
-    if spec.train_subset:
+    if spec.train_subset is not None:
         is_train = data.split == "train"
         keep = np.ones(len(data), bool)
         keep[np.flatnonzero(is_train)] = False
@@ -234,6 +238,7 @@ def run(spec: RunSpec, *, resume: bool = True) -> dict:
     rebuilt from the runs' own ``result.json`` files and replaced atomically; a corrupted run elsewhere in
     ``spec.out`` is left out of it with a warning naming it, never failing this run.
     """
+    resolve_device(spec.train.device)  # an unavailable device fails here, before any data loads
     rid = run_id(spec)
     run_dir = Path(spec.out) / rid
     with rundir.lock(run_dir):

@@ -17,7 +17,14 @@ import types
 import typing
 
 __all__ = ["field_hints", "option_hints", "parse_value", "parse_literal", "parse_options", "split_options",
-           "check_types"]
+           "check_types", "check_ranges", "AT_LEAST_1", "POSITIVE", "NON_NEGATIVE", "PROBABILITY", "UNIT_OPEN"]
+
+#: Ranges for :func:`check_ranges`: ``(test, what the message says)``.
+AT_LEAST_1 = (lambda v: v >= 1, ">= 1")
+POSITIVE = (lambda v: v > 0, "> 0")
+NON_NEGATIVE = (lambda v: v >= 0, ">= 0")
+PROBABILITY = (lambda v: 0 <= v <= 1, "in [0, 1]")
+UNIT_OPEN = (lambda v: 0 <= v < 1, "in [0, 1)")
 
 _TRUE, _FALSE = ("true", "1", "yes"), ("false", "0", "no")
 
@@ -132,6 +139,15 @@ def _matches(value, hint) -> bool:
     if origin in (tuple, list):
         return isinstance(value, (tuple, list))
     return True  # nested configs and other types check themselves
+
+
+def check_ranges(obj, ranges: dict, *, where: str) -> None:
+    """Raise ValueError naming the first field of ``obj`` outside its range: ``ranges`` maps a field to
+    ``(test, text)`` (e.g. :data:`POSITIVE`), or a tuple field to that of each of its items."""
+    for key, (ok, text) in ranges.items():
+        value = getattr(obj, key)
+        if not all(ok(v) for v in (value if isinstance(value, tuple) else (value,))):
+            raise ValueError(f"{where}.{key} must be {text}, got {value!r}")
 
 
 def check_types(obj, *, where: str) -> None:

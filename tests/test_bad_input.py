@@ -30,6 +30,14 @@ def one_line_error(capsys) -> str:
     (["--augment-opt", "foo=1"], r"--augment-opt: bad option 'foo=1'.*key in flip, crop, pad"),
     (["--method-opt", "label_smoothing=abc"], r"method 'ce': label_smoothing='abc' is not a valid float"),
     (["--noise", "symmetric:2"], r"symmetric:2"),
+    (["--image-size", "0"], r"TrainConfig.image_size must be >= 8 \(pixels\), got 0"),
+    (["--scheduler", "step", "--step-size", "0"], r"TrainConfig.step_size must be >= 1, got 0"),
+    (["--eval-batch-size", "0"], r"TrainConfig.eval_batch_size must be >= 1, got 0"),
+    (["--lr", "-1"], r"TrainConfig.lr must be > 0, got -1.0"),
+    (["--augment-opt", "flip=2"], r"AugmentConfig.flip must be in \[0, 1\], got 2.0"),
+    (["--train-subset", "-5"], r"RunSpec.train_subset must be a positive number of images or None \(all\), got -5"),
+    (["--train-subset", "0"], r"RunSpec.train_subset must be a positive number of images or None \(all\), got 0"),
+    (["--device", "cuda" if not torch.cuda.is_available() else "cuda:99x"], r"TrainConfig.device 'cuda"),
 ])
 def test_a_bad_setting_is_one_line_before_any_data_loads(tmp_path, capsys, extra, says):
     assert main(train_args(tmp_path, *extra)) == 2
