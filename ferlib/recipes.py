@@ -5,7 +5,7 @@
 
 ``paper``: the method's official training recipe (optimiser, learning rate, schedule, batch size, epochs, weight
 decay, augmentation), read from its official code and cited below by file and line, at our input size. What
-no recipe can carry here is said in ``Recipe.unmatched``: all three official codes start from an MS-Celeb
+no recipe can carry here is said in ``Recipe.unmatched``: all the official codes start from an MS-Celeb
 ResNet-18 at 224 px, while ferlib starts from scratch unless weights are given. A method without an
 official recipe (``ce``, the oracle) keeps the shared settings under ``paper``; its ``result.json`` says so
 in ``recipe_source``.
@@ -89,8 +89,39 @@ def _ldlva(image_size: int) -> Recipe:
                "model.losses is never added); src/data_utils.py:125-133 (augmentation)")
 
 
+# SCN's and RUL's augmentation (the same scheme): with p 0.5 either a flip or Gaussian pixel noise sigma^2 = 30 on
+# uint8, then RandomErasing p 0.5 (0.02-0.25) on the normalised tensor; no crop, no jitter. ferlib draws flip and
+# noise independently at 0.25 each (the code never does both; here 1/16 of the images get both).
+_SCN_RUL_AUGMENT = {"flip": 0.25, "crop": "none", "noise_std": math.sqrt(30) / 255, "noise_p": 0.25, "erase": 0.5,
+                    "erase_scale": (0.02, 0.25), "erase_fill": "zero", "brightness": 0.0, "contrast": 0.0}
+
+
+def _scn(image_size: int) -> Recipe:
+    return Recipe(
+        train={"optimizer": "adam", "lr": 1e-3, "weight_decay": 1e-4, "scheduler": "exponential", "gamma": 0.9,
+               "batch_size": 64, "epochs": 70, "augment": dict(_SCN_RUL_AUGMENT)},
+        source="kaiwang960112/Self-Cure-Network@9f4c3ad src/train.py:26, 31 (batch 64, 70 epochs), :193-194 (Adam at "
+               "its default lr 1e-3: --lr only reaches SGD, :28, 196; weight decay 1e-4), :202, 260 (ExponentialLR "
+               "0.9 per epoch); :60, 71-74, 166 and src/image_utils.py:4-11 (augmentation)",
+        unmatched="MS-Celeb-pretrained ResNet-18 (ijba_res18_naive) at 224 px in the official code, here the run's "
+                  "backbone and input size; flip and pixel noise exclusive in the code, independent here")
+
+
+def _rul(image_size: int) -> Recipe:
+    return Recipe(
+        train={"optimizer": "adam", "lr": 2e-4, "weight_decay": 1e-4, "scheduler": "exponential", "gamma": 0.9,
+               "batch_size": 64, "epochs": 60, "augment": dict(_SCN_RUL_AUGMENT)},
+        source="zyh-uaiaaaa/Relative-Uncertainty-Learning@63b73f2 src/main.py:28-29 (batch 64, 60 epochs), :77-80, "
+               "114 (Adam 2e-4, weight decay 1e-4, ExponentialLR 0.9 per epoch); src/dataset.py:27, 45-49, "
+               "src/utils.py:7-15 and src/main.py:40-47 (augmentation)",
+        unmatched="the classifier's 10x learning rate (2e-3, src/main.py:77-79): TrainConfig has one lr, so the "
+                  "classifier trains at 2e-4; MS-Celeb-pretrained ResNet-18 (resnet18_msceleb.pth) at 224 px in "
+                  "the official code, here the run's backbone and input size; flip and pixel noise exclusive in the "
+                  "code, independent here")
+
+
 #: method name -> function of the input size giving its official recipe.
-PAPER_RECIPES = {"nla": _nla, "lanet": _lanet, "ldlva": _ldlva}
+PAPER_RECIPES = {"nla": _nla, "lanet": _lanet, "ldlva": _ldlva, "scn": _scn, "rul": _rul}
 
 
 def paper_recipe(method: str, image_size: int = 48) -> Recipe | None:

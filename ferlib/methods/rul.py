@@ -1,0 +1,216 @@
+"""RUL: Relative Uncertainty Learning (uncertainty-weighted feature mixup, add-up loss), optionally with SCN's
+relabelling.
+
+Zhang, Wang, Deng, "Relative Uncertainty Learning for Facial Expression Recognition", NeurIPS 2021.
+Official code: ``zyh-uaiaaaa/Relative-Uncertainty-Learning`` at 63b73f2 (``src/rul.py``, ``src/utils.py``,
+``src/main.py``), whose effective behaviour we reproduce. Notes: ``docs/methods/rul.md``.
+
+Each sample has a mean feature mu_i (here: the model's own pooled features, so the classifier on mu is the plain
+model) and a log-variance head's output; its uncertainty is u_i = mean_d exp(logvar_i,d). With a random in-batch
+partner j = perm(i)::
+
+    x~_i = u_i / (u_i + u_j) * mu_i + u_j / (u_i + u_j) * mu_j
+    L = 1/2 CE(fc(x~), y) + 1/2 CE(fc(x~), y_perm)                         (the "add-up" loss)
+
+Inference is fc(mu): the plain backbone + classifier. The authors say noisy-label runs need SCN's relabel module
+(RUL issue #4), which their code lacks: ``relabel=True`` adds it (:mod:`ferlib.methods.relabel`, audited), with
+the relabel evidence read off each sample's own mean-path prediction.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .base import Method, Readout, register_method
+from .relabel import RELABEL_GROUPS, RelabelState, relabel_gap, split_groups
+
+__all__ = ["RUL", "RULConfig", "LogVarHead", "mean_path", "uncertainty_value", "uncertainty_mixup", "add_up_loss"]
+
+
+@dataclass(frozen=True)
+class RULConfig:
+    """RUL hyperparameters: the official code's values (63b73f2), with the relabel option of SCN's code.
+
+    logvar_dim : int >= 1
+        Width of the log-variance head (code ``--out_dimension``, ``src/main.py:30``: 64;
+        ``src/rul.py:32-37``). Only its exp-mean u matters, so it need not equal the feature width.
+    logvar_dropout : float in [0, 1)
+        Dropout inside the log-variance head (code ``drop_rate=0.4``, ``src/rul.py:12, 34``).
+    bn_eps : float > 0
+        Epsilon of the head's batch norms (code ``eps=2e-5``, ``src/rul.py:33, 37``).
+    uncertainty : bool
+        Mix with the learnt weights u_i / (u_i + u_j) (default, the code ``src/utils.py:36-38``). False (the
+        ``no_uncertainty`` ablation): equal weights 1/2, plain in-batch feature mixup, and no log-variance head.
+    relabel : bool
+        Add SCN's relabelling (not in RUL's code; the authors require it for noisy labels, RUL issue #4; a user
+        reports overfitting with it from epoch 10, issue #7). Default False: RUL's code.
+    relabel_epoch, margin_2, relabel_group :
+        As :class:`~ferlib.methods.scn.SCNConfig` (SCN ``src/train.py:23, 25``: 10, 0.2, ``all``). With
+        ``relabel_group="low"`` the low group is the batch's ``1 - beta`` share with the highest u (so it needs
+        ``uncertainty=True``).
+    beta : float in (0, 1)
+        High-importance share for ``relabel_group="low"`` (SCN ``src/train.py:22``: 0.7).
+    """
+
+    logvar_dim: int = 64
+    logvar_dropout: float = 0.4
+    bn_eps: float = 2e-5
+    uncertainty: bool = True
+    relabel: bool = False
+    relabel_epoch: int = 10
+    margin_2: float = 0.2
+    relabel_group: str = "all"
+    beta: float = 0.7
+
+    def __post_init__(self) -> None:
+        if self.relabel_group not in RELABEL_GROUPS:
+            raise ValueError(f"RULConfig.relabel_group must be one of {RELABEL_GROUPS}, got {self.relabel_group!r}")
+        checks = {"logvar_dim": self.logvar_dim >= 1, "logvar_dropout": 0 <= self.logvar_dropout < 1,
+                  "bn_eps": self.bn_eps > 0, "relabel_epoch": self.relabel_epoch >= 1, "margin_2": self.margin_2 >= 0,
+                  "beta": 0 < self.beta < 1}
+        bad = [k for k, ok in checks.items() if not ok]
+        if self.relabel_group == "low" and not self.uncertainty:
+            raise ValueError("RULConfig.relabel_group='low' ranks the batch by u: it needs uncertainty=True")
+        if bad:
+            raise ValueError(f"RULConfig.{bad[0]} out of range: {getattr(self, bad[0])!r} (logvar_dim >= 1, "
+                             "0 <= logvar_dropout < 1, bn_eps > 0, relabel_epoch >= 1, margin_2 >= 0, 0 < beta < 1)")
+
+
+class LogVarHead(nn.Sequential):
+    """log sigma^2 from the pooled features: BN (no affine) -> dropout -> linear -> BN, as the code's head
+    (``src/rul.py:32-37``) but on the (B, D) pooled features instead of the flattened 512 x 7 x 7 map."""
+
+    def __init__(self, feature_dim: int, out_dim: int = 64, dropout: float = 0.4, eps: float = 2e-5) -> None:
+        super().__init__(nn.BatchNorm1d(feature_dim, eps=eps, affine=False), nn.Dropout(dropout),
+                         nn.Linear(feature_dim, out_dim), nn.BatchNorm1d(out_dim, eps=eps))
+
+
+# --------------------------------------------------------------------------- the paper's equations
+def mean_path(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """RUL's mean branch as the model's own path: the pooled features f = embed(x) and mu = dropout(f).
+
+    Returns f (B, D), which the log-variance head reads, and mu (B, D). fc(mu) = ``model.head(mu)``; in eval mode
+    it is exactly ``model(x)``, the plain backbone + classifier that ferlib evaluates (the code tests on fc(mu),
+    ``src/main.py:134-135``, and builds mu and log sigma^2 from the same features, ``src/rul.py:42-44``).
+    """
+    features = model.embed(x)
+    return features, model.dropout(features)
+
+
+def uncertainty_value(logvar: torch.Tensor) -> torch.Tensor:
+    """u_i = mean_d exp(logvar_i,d), RUL's scalar relative uncertainty (NeurIPS 2021, uncertainty branch; code
+    ``logvar.exp().mean(dim=1, keepdim=True)``, ``src/rul.py:46``). logvar : (B, d). Returns (B,) u > 0."""
+    return logvar.float().exp().mean(1)
+
+
+def uncertainty_mixup(mu: torch.Tensor, u: torch.Tensor, perm: torch.Tensor
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Uncertainty-weighted feature mixup (RUL, NeurIPS 2021; code ``mixup_data``, ``src/utils.py:30-40``).
+
+    mu : (B, D) mean features; u : (B,) uncertainties; perm : (B,) the partner j = perm[i] of each sample.
+    Returns x~ = w_i mu_i + w_j mu_j (B, D) with w_i = u_i / (u_i + u_j) (B,) and w_j = u_j / (u_i + u_j) (B,).
+    A sample paired with itself keeps mu_i (w = 1/2 each).
+    """
+    u_j = u[perm]
+    w_i, w_j = u / (u + u_j), u_j / (u + u_j)
+    return w_i[:, None] * mu + w_j[:, None] * mu[perm], w_i, w_j
+
+
+def add_up_loss(logits: torch.Tensor, label: torch.Tensor, label_partner: torch.Tensor) -> torch.Tensor:
+    """L = 1/2 CE(fc(x~), y_i) + 1/2 CE(fc(x~), y_j), RUL's add-up loss (NeurIPS 2021; code ``mixup_criterion``,
+    ``src/utils.py:43-44``, batch-mean cross-entropy ``src/main.py:100-102``). logits : (B, K) of the mixed
+    features; label, label_partner : (B,) y_i and y_perm(i)."""
+    return 0.5 * F.cross_entropy(logits, label) + 0.5 * F.cross_entropy(logits, label_partner)
+
+
+# --------------------------------------------------------------------------- the method
+@register_method
+class RUL(Method):
+    """Add-up loss on uncertainty-weighted mixtures of in-batch pairs of mean features; optional relabelling.
+
+    Read-outs: ``score`` = u (the learnt uncertainty, higher = more uncertain; the author calls its mean "the
+    learned uncertainty value", RUL issue #5) and ``uncertainty`` (the same) from each sample's latest visit; with
+    ``relabel``, ``relabel_gap`` and the relabel audit of :class:`~ferlib.methods.relabel.RelabelState`.
+    ``loss``, ``margin`` and ``aum`` are the un-mixed mean-path logits (= the plain model) on the given label.
+    """
+
+    name = "rul"
+    Config = RULConfig
+    ablations = {
+        "no_uncertainty": {"uncertainty": False},  # equal-weight (1/2) feature mixup with the add-up loss
+        "relabel": {"relabel": True},              # RUL + SCN's relabel module, as the authors ask for noisy labels
+    }
+    model_parts = ("embed", "dropout", "head", "feature_dim")
+
+    def __init__(self, config: RULConfig, *, num_classes: int, num_train: int, feature_dim: int) -> None:
+        super().__init__(config, num_classes=num_classes, num_train=num_train, feature_dim=feature_dim)
+        self.logvar = (LogVarHead(feature_dim, config.logvar_dim, config.logvar_dropout, config.bn_eps)
+                       if config.uncertainty else None)
+        self.relabels = RelabelState(num_train) if config.relabel else None
+        self.register_buffer("uncertainty", torch.full((num_train,), float("nan")))
+        self.register_buffer("gap", torch.full((num_train,), float("nan")))
+        self.register_buffer("step", torch.zeros((), dtype=torch.int64))
+        self.seed = 0
+        self.last_perm: torch.Tensor | None = None  # the latest partner permutation (for inspection)
+
+    def bind(self, model: nn.Module, train, config) -> None:
+        if len(train) != self.num_train:
+            raise ValueError(f"rul was built for {self.num_train} samples, bound to {len(train)}")
+        if getattr(model, "feature_dim", self.feature_dim) != self.feature_dim:
+            raise ValueError(f"model.feature_dim = {model.feature_dim} but rul was built with {self.feature_dim}")
+        self.seed = int(config.seed)
+        if self.relabels is not None:
+            self.relabels.bind(train.labels, config.epochs)
+
+    def permutation(self, batch_size: int, device: torch.device) -> torch.Tensor:
+        """The partner permutation of the current step (code ``torch.randperm(batch_size)``, ``src/utils.py:33``),
+        drawn from a generator seeded by the run's seed and the step count, a checkpointed buffer: a resumed run
+        draws the same partners, and no other random stream shifts."""
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + int(self.step))
+        return torch.randperm(batch_size, generator=gen).to(device)
+
+    def relabelling(self) -> bool:
+        """Whether this epoch relabels (SCN's ``i >= args.relabel_epoch``, 1-based epochs)."""
+        return self.relabels is not None and self.epoch + 1 >= self.config.relabel_epoch
+
+    def training_step(self, model, batch):
+        idx = batch["index"]
+        label = self.relabels.label[idx] if self.relabels is not None else batch["label"]
+        features, mu = mean_path(model, batch["image"])
+        perm = self.permutation(len(idx), mu.device)
+        with torch.autocast(mu.device.type, enabled=False):
+            mu = mu.float()
+            u = (uncertainty_value(self.logvar(features.float())) if self.logvar is not None
+                 else torch.ones(len(idx), device=mu.device))
+            mixed, _, _ = uncertainty_mixup(mu, u, perm)
+            loss = add_up_loss(model.head(mixed), label, label[perm])
+            with torch.no_grad():
+                plain = model.head(mu)  # fc(mu): what the plain model predicts for each sample
+        self.record(idx, plain, batch["label"])
+        relabelled = self._remember(idx, u.detach(), plain, label, perm)
+        return {"loss": loss, "u": u.mean().detach(), "relabelled": relabelled.sum().float()}
+
+    @torch.no_grad()
+    def _remember(self, idx, u, plain, label, perm) -> torch.Tensor:
+        self.step += 1
+        self.last_perm = perm
+        self.uncertainty[idx] = u
+        probs = torch.softmax(plain.float(), dim=1)
+        self.gap[idx] = relabel_gap(probs, label)[0]
+        if not self.relabelling():
+            return torch.zeros_like(idx, dtype=torch.bool)
+        eligible = None
+        if self.config.relabel_group == "low":  # low importance = high uncertainty
+            eligible = torch.zeros_like(idx, dtype=torch.bool)
+            eligible[split_groups(-u, self.config.beta)[1]] = True
+        return self.relabels.update(idx, probs, epoch=self.epoch, margin=self.config.margin_2, eligible=eligible)
+
+    def readout(self) -> Readout:
+        extra = {"uncertainty": self.uncertainty.cpu().numpy()}
+        if self.relabels is not None:
+            extra.update(relabel_gap=self.gap.cpu().numpy(), **self.relabels.arrays())
+        return dataclasses.replace(super().readout(), score=self.uncertainty.cpu().numpy(), extra=extra)
