@@ -26,7 +26,7 @@ from torch import nn
 
 from . import rundir
 from .augment import AugmentConfig, augment_batch, make_view, prepare_batch
-from .metrics import classification_metrics
+from .metrics import classification_metrics, health_flags
 from .options import AT_LEAST_1, NON_NEGATIVE, POSITIVE, UNIT_OPEN, check_ranges, check_types
 from .results import atomic_savez, atomic_write, atomic_write_text, flatten, nbytes_of, write_json
 
@@ -379,6 +379,7 @@ def _finish(run_dir: Path, model, method, splits, history, cfg, device, meta) ->
         "last": _scalars(last["test"]), "best": _scalars(best["test"]),
         "last_valid": _scalars(last["valid"]) if "valid" in last else {},
         "train_loss_first": history[0]["train_loss"], "train_loss_last": last["train_loss"],
+        "flags": "; ".join(health_flags(history, train.classes)),
         "files": {rundir.READOUT: (run_dir / rundir.READOUT).stat().st_size},
     }
     write_json(run_dir / rundir.RESULT, summary)

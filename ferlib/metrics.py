@@ -3,7 +3,12 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["confusion_matrix", "classification_metrics"]
+__all__ = ["confusion_matrix", "classification_metrics", "health_flags", "DIVERGED_FACTOR", "COLLAPSED_SHARE"]
+
+#: A run whose last-epoch training loss exceeds this many times its first epoch's has diverged.
+DIVERGED_FACTOR = 10.0
+#: A run whose last-epoch model puts at least this share of a split's predictions in one class has collapsed.
+COLLAPSED_SHARE = 0.9
 
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, *, num_classes: int) -> np.ndarray:
@@ -43,3 +48,30 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, *, num_classe
         "per_class_acc": [float(r) for r in recall],
         "confusion": cm.tolist(),
     }
+
+
+def health_flags(history: list[dict], class_names=None) -> list[str]:
+    """Why a finished run is not an ordinary result: one line per problem, ``[]`` for a healthy run.
+
+    ``history`` : the engine's epoch rows (``train_loss``, and ``valid`` / ``test`` metrics with ``confusion``).
+    A run has *diverged* when its last training loss exceeds :data:`DIVERGED_FACTOR` times the first epoch's,
+    and has *collapsed* on a split when its last-epoch model puts at least :data:`COLLAPSED_SHARE` of the
+    split's predictions in one class (a one-class predictor, whatever its accuracy). ``class_names`` name the
+    class in the message (default: its index).
+    """
+    flags = []
+    first, last = history[0]["train_loss"], history[-1]["train_loss"]
+    if last > DIVERGED_FACTOR * first:
+        flags.append(f"diverged: training loss {last:.3g} at epoch {history[-1]['epoch']} is more than "
+                     f"{DIVERGED_FACTOR:g}x the first epoch's {first:.3g}")
+    for split in ("valid", "test"):
+        if split not in history[-1]:
+            continue
+        predicted = np.asarray(history[-1][split]["confusion"]).sum(0)
+        top = int(predicted.argmax())
+        share = predicted[top] / max(predicted.sum(), 1)
+        if share >= COLLAPSED_SHARE:
+            name = class_names[top] if class_names is not None else str(top)
+            flags.append(f"collapsed: {share:.0%} of the {split} predictions are {name!r} at the last epoch")
+    return flags
+

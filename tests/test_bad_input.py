@@ -96,3 +96,47 @@ def test_a_larger_ferplus_image_keeps_its_whole_face_and_a_box_outside_is_named(
     with pytest.raises(DatasetError, match=r"fer0000000.png .*label.csv, line 1.*face box \(80, 80, 400, 400\) lies "
                                            r"mostly outside the 96x96 image"):
         read_ferplus(root, image_size=48)
+
+
+def _epoch(epoch: int, loss: float, predicted_counts) -> dict:
+    confusion = [[0] * len(predicted_counts) for _ in predicted_counts]
+    for k, n in enumerate(predicted_counts):
+        confusion[k][k] = n  # the column sums are what matters
+    return {"epoch": epoch, "train_loss": loss, "valid": {"confusion": confusion}, "test": {"confusion": confusion}}
+
+
+def test_health_flags_name_divergence_and_collapse():
+    from ferlib.metrics import health_flags
+
+    healthy = [_epoch(1, 2.0, [30, 30, 40]), _epoch(2, 1.2, [30, 35, 35])]
+    assert health_flags(healthy) == []
+    diverged = [_epoch(1, 2.0, [30, 30, 40]), _epoch(2, 1e14, [30, 35, 35])]
+    assert health_flags(diverged) == ["diverged: training loss 1e+14 at epoch 2 is more than 10x the first epoch's 2"]
+    collapsed = [_epoch(1, 2.0, [30, 30, 40]), _epoch(2, 1.9, [1, 0, 99])]
+    assert health_flags(collapsed, ("a", "b", "c")) == [
+        "collapsed: 99% of the valid predictions are 'c' at the last epoch",
+        "collapsed: 99% of the test predictions are 'c' at the last epoch"]
+
+
+def test_a_diverged_run_is_flagged_in_its_result(tmp_path, small_ferplus):
+    from ferlib.experiment import RunSpec, run
+    from ferlib.results import collect_results
+
+    spec = {"noise": "symmetric:0.3", "backbone": {"name": "test_resnet"},
+            "train": {"epochs": 2, "batch_size": 16, "image_size": 32, "progress": False, "scheduler": "none",
+                      "amp": False, "lr": 1e6}}  # finite but absurd: Adam moves every weight by ~1e6 a step
+    wild = run(RunSpec.from_dict(spec, data=str(small_ferplus), out=str(tmp_path)))
+    assert wild["flags"].startswith(("diverged", "collapsed"))
+    assert collect_results(tmp_path)["flags"].tolist() == [wild["flags"]]
+
+
+def test_a_flagged_run_is_never_averaged_with_healthy_ones():
+    import pandas as pd
+
+    from ferlib.analysis import summary_table
+
+    rows = [{"method": "ce", "noise": "symmetric:0.3", "seed": s, "last.acc": acc, "flags": flag}
+            for s, acc, flag in [(0, 0.7, ""), (1, 0.72, ""), (2, 0.125, "collapsed: 100% of the test ...")]]
+    table = summary_table(pd.DataFrame(rows), metrics=("acc",))
+    assert table[["flags", "n_seeds"]].values.tolist() == [["", 2], ["collapsed: 100% of the test ...", 1]]
+    assert table["last.acc_mean"].tolist() == pytest.approx([0.71, 0.125])

@@ -32,7 +32,7 @@ def parse_noise(spec: str) -> tuple[str, float]:
     return text.rsplit(":", 1)[0], float(last.rate)
 
 
-_SUMMARY_KEYS = ("dataset", "method", "variant", "recipe", "oracle", "protocol", "rate", "noise")
+_SUMMARY_KEYS = ("dataset", "method", "variant", "recipe", "oracle", "protocol", "rate", "noise", "flags")
 #: Run settings (``result.json`` fields) that also separate summary rows: runs differing in one are not averaged.
 _SETTING_KEYS = ("train_subset", "epochs", "backbone.name", "image_size", "optimizer", "lr", "batch_size",
                  "selection")
@@ -56,7 +56,9 @@ def summary_table(results, *, metrics: Sequence[str] = ("acc", "mean_acc", "macr
         ``oracle``, ``dataset``, ``best_epoch``, ``noise_rate`` (realised), ``time_per_epoch_s`` and
         ``method_options.<name>`` are used when present.
     metrics : metric names (``acc`` overall accuracy, ``mean_acc`` class-balanced accuracy, ``macro_f1``).
-    keys : grouping columns; default those of ``dataset, method, variant, recipe, oracle, protocol, rate, noise`` and
+    keys : grouping columns; default those of ``dataset, method, variant, recipe, oracle, protocol, rate, noise,
+        flags`` (a diverged or collapsed run, :func:`ferlib.metrics.health_flags`, is never averaged with
+        healthy ones: it gets its own row, with the reason) and
         of the run settings ``train_subset, epochs, backbone.name, image_size, optimizer, lr, batch_size,
         selection`` that exist (runs that differ in a setting are not averaged together). ``variant`` is
         ``"k=v,..."`` of the method options ("" = the method's defaults); ``protocol`` and ``rate`` come from
@@ -83,6 +85,8 @@ def summary_table(results, *, metrics: Sequence[str] = ("acc", "mean_acc", "macr
     df["variant"] = [_variant(r) for r in df.to_dict("records")]
     if "oracle" in df:
         df["oracle"] = [bool(v) and v == v for v in df["oracle"]]  # NaN (missing) -> False
+    if "flags" in df:
+        df["flags"] = df["flags"].fillna("").astype(str)  # runs that predate the flags count as healthy
     keys = [k for k in (keys or _SUMMARY_KEYS + _SETTING_KEYS) if k in df.columns]
     values = [f"{s}.{m}" for s in _STAGES for m in metrics if f"{s}.{m}" in df.columns]
     values += [c for c in ("best_epoch", "noise_rate", "time_per_epoch_s") if c in df.columns]

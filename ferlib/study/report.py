@@ -199,6 +199,8 @@ def _summary_html(summary) -> str:
             method += f" <span class='muted'>({_e(r['variant'])})</span>"
         if "ON TEST" in str(r.get("selection", "")):
             method += " <b>[best epoch selected on test]</b>"
+        if r.get("flags"):
+            method += f" <b class='fail'>[{_e(r['flags'])}]</b>"
         cells = [method, _e(r.get("recipe", "shared")), _e(r.get("noise", "")),
                  _num(r.get("noise_rate_mean"), pct=True), _e(r.get("seeds", "")),
                  _num(r.get("epochs"), digits=0)]
