@@ -10,6 +10,7 @@ import dataclasses
 import json
 import math
 import re
+import time
 from itertools import product
 from pathlib import Path
 
@@ -385,3 +386,18 @@ def test_notebook_parameters_reach_the_notebook(tmp_path):
     assert json.loads((reports / "uncertainty_params.json").read_text()) == \
         {"cleanlab_folds": 5, "cleanlab_epochs": None, "n_faces": 8, "undeclared_given": False}
     assert any("05_uncertainty.ipynb does not declare notebook_parameters undeclared" in line for line in lines)
+
+
+def test_a_hung_notebook_is_stopped_at_its_time_limit_and_the_study_goes_on(tmp_path):
+    nbdir, reports = tmp_path / "notebooks", tmp_path / "reports"
+    write_notebook(nbdir / "04_label_distributions.ipynb", "Hung", COMMON_PARAMS, "import time\ntime.sleep(600)\n")
+    write_notebook(nbdir / "99_summary.ipynb", "Fake summary", COMMON_PARAMS, FAKE_SUMMARY)
+    spec = tiny_spec(tmp_path, notebooks=["04_label_distributions", "99_summary"], view_time_limit=2)
+    t0 = time.perf_counter()
+    outcome = run_study(spec, runs_dir=tmp_path / "runs", reports_dir=reports, notebooks_dir=nbdir,
+                        log=lambda line: None)
+    assert time.perf_counter() - t0 < 120
+    assert outcome.notebooks == {"04_label_distributions": "failed", "99_summary": "done"}
+    assert "timed out" in outcome.failures["notebook:04_label_distributions"]["error"].lower()
+    with pytest.raises(ValueError, match="view_time_limit must be a positive number of seconds or null, got 0"):
+        tiny_spec(tmp_path, view_time_limit=0)

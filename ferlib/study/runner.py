@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import os
 import re
@@ -143,17 +144,19 @@ def ensure_kernel(kernel_name: str | None = None, *, log=print) -> str:
 
 # ----------------------------------------------------------------------------------- one notebook
 def execute_notebook(source: str | os.PathLike, output: str | os.PathLike, parameters: dict, *, kernel_name: str,
-                     cwd: str | os.PathLike | None = None, start_timeout: int = 300) -> Path:
+                     cwd: str | os.PathLike | None = None, start_timeout: int = 300,
+                     time_limit: int | None = None) -> Path:
     """Execute ``source`` with papermill into ``output`` (written even when a cell raises; the error is
     re-raised as ``papermill.PapermillExecutionError``). ``cwd`` defaults to the notebook's folder, as in
-    JupyterLab."""
+    JupyterLab. ``time_limit``: seconds any one code cell may run (None: no limit); past it the kernel is
+    stopped and the notebook fails with a timeout error."""
     import papermill as pm
 
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     pm.execute_notebook(str(source), str(output), parameters=parameters, kernel_name=kernel_name,
                         cwd=str(cwd or Path(source).parent), language="python", progress_bar=False, log_output=False,
-                        start_timeout=start_timeout)
+                        start_timeout=start_timeout, execution_timeout=time_limit)
     return output
 
 
@@ -239,7 +242,7 @@ def run_study(spec: StudySpec | str, *, runs_dir: str | os.PathLike, reports_dir
             declared[name] = _declared_parameters(notebooks_dir / f"{name}.ipynb")
         return declared[name]
 
-    def execute(name: str, output: Path, params: dict) -> None:
+    def execute(name: str, output: Path, params: dict, *, time_limit: int | None) -> None:
         if not kernel:
             kernel.append(ensure_kernel(kernel_name, log=log))
         chosen = spec.notebook_parameters.get(name) or {}
@@ -250,7 +253,8 @@ def run_study(spec: StudySpec | str, *, runs_dir: str | os.PathLike, reports_dir
                 warned.add(name)
                 log(f"warning: {name}.ipynb does not declare notebook_parameters {', '.join(unknown)}: not passed")
             params = {**params, **{k: v for k, v in chosen.items() if k in known}}
-        execute_notebook(notebooks_dir / f"{name}.ipynb", output, _jsonable(params), kernel_name=kernel[0])
+        execute_notebook(notebooks_dir / f"{name}.ipynb", output, _jsonable(params), kernel_name=kernel[0],
+                         time_limit=time_limit)
 
     cells = spec.cells(runs_dir)
     study_params = {"noise": spec.main_noise(), "seed": spec.grid.seeds[0], "train_subset": spec.train_subset}
@@ -258,7 +262,8 @@ def run_study(spec: StudySpec | str, *, runs_dir: str | os.PathLike, reports_dir
         source = notebooks_dir / f"{name}.ipynb"
         role = _declared_role(source)
         if role.get("role") == "cell":
-            outcome.cells = _run_cells(cells, name, source, reports_dir, common, execute, failures, log)
+            outcome.cells = _run_cells(cells, name, source, reports_dir, common,
+                                       functools.partial(execute, time_limit=spec.cell_time_limit), failures, log)
             continue
         if not source.exists():
             log(f"warning: {source} is missing: skipped")
@@ -270,7 +275,8 @@ def run_study(spec: StudySpec | str, *, runs_dir: str | os.PathLike, reports_dir
             outcome.notebooks[name] = "off"
             continue
         params = {**common, **{k: v for k, v in study_params.items() if k in declared_by(name)}}
-        outcome.notebooks[name] = _run_once(name, reports_dir / f"{name}.ipynb", params, execute, failures, log)
+        outcome.notebooks[name] = _run_once(name, reports_dir / f"{name}.ipynb", params,
+                                            functools.partial(execute, time_limit=spec.view_time_limit), failures, log)
 
     log("rendering HTML reports ...")
     render_all(reports_dir, log=log)

@@ -107,6 +107,9 @@ class StudySpec:
         of the grid that flips labels and every seed, K ``ce`` cells each hold one fold of the train split out
         (RunSpec ``fold``) under ``<runs_dir>/cleanlab``; ``05_uncertainty`` reads them.
     cleanlab_train : TrainConfig overrides for those fold runs only (e.g. fewer epochs).
+    cell_time_limit, view_time_limit : seconds a training cell's notebook (``cell`` role), or any code cell of a
+        ``view`` notebook, may run before it is stopped and recorded as failed, so a hung cell never stalls the
+        study (None: no limit). Set from the profile's measured times with a wide margin.
     notebook_parameters : ``{notebook: {parameter: value}}``, profile-specific papermill parameters
         (e.g. ``05_uncertainty: {cleanlab_folds: 5}``). Notebook names must be among :data:`NOTEBOOKS`;
         parameters the runner sets itself (:data:`COMMON`, :data:`STUDY_PARAMETERS`) are refused.
@@ -130,6 +133,8 @@ class StudySpec:
     ablation_train: dict = field(default_factory=dict)
     cleanlab_folds: int = 0
     cleanlab_train: dict = field(default_factory=dict)
+    cell_time_limit: int | None = None
+    view_time_limit: int | None = None
     notebook_parameters: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -174,6 +179,10 @@ class StudySpec:
         if isinstance(self.cleanlab_folds, bool) or not isinstance(self.cleanlab_folds, int) or \
                 self.cleanlab_folds == 1 or self.cleanlab_folds < 0:
             raise ValueError(f"cleanlab_folds must be 0 (none) or an integer >= 2, got {self.cleanlab_folds!r}")
+        for key in ("cell_time_limit", "view_time_limit"):
+            value = getattr(self, key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"{key} must be a positive number of seconds or null, got {value!r}")
         if not isinstance(self.ablations, bool):
             raise ValueError(f"ablations must be true or false, got {self.ablations!r}")
         if self.ablation_noise is not None:
