@@ -120,8 +120,27 @@ def _rul(image_size: int) -> Recipe:
                   "code, independent here")
 
 
+def _eac(image_size: int) -> Recipe:
+    return Recipe(
+        # lr 2e-4: the README's value for a ResNet-18 (ferlib's default backbone); src/main.py:168 has 1e-4 for
+        # its ResNet-50. Augmentation: resize only, Gaussian pixel noise sigma^2 = 30 on uint8 with p 0.5 on the
+        # original view; no flip, crop or jitter. RandomErasing p 0.5 (0.02-0.25) is EAC's own (EACConfig.erase,
+        # erase_scale, one draw per view), so the engine erases nothing.
+        train={"optimizer": "adam", "lr": 2e-4, "weight_decay": 1e-4, "scheduler": "exponential", "gamma": 0.9,
+               "batch_size": 32, "epochs": 60,
+               "augment": {"flip": 0.0, "crop": "none", "erase": 0.0, "brightness": 0.0, "contrast": 0.0,
+                           "noise_std": math.sqrt(30) / 255, "noise_p": 0.5}},
+        source="zyh-uaiaaaa/Erasing-Attention-Consistency@61efdfd src/main.py:31, 36 (batch 32, 60 epochs), "
+               ":168-169, 83 (Adam, weight decay 1e-4, ExponentialLR 0.9 per epoch), README.md:62 (lr 2e-4 for "
+               "ResNet-18; 1e-4 for ResNet-50 at src/main.py:168); src/main.py:128-134, src/dataset.py:49-62 and "
+               "src/utils.py:7-11 (augmentation)",
+        unmatched="ImageNet-normalised ResNet-50 (resnet50_ft_weight.pkl) at 224 px RGB, lr 1e-4, in the official "
+                  "code, here the run's backbone and input size at the README's ResNet-18 lr; the code's flipped "
+                  "view (noisy labels) gets no pixel noise, here it mirrors the original's")
+
+
 #: method name -> function of the input size giving its official recipe.
-PAPER_RECIPES = {"nla": _nla, "lanet": _lanet, "ldlva": _ldlva, "scn": _scn, "rul": _rul}
+PAPER_RECIPES = {"nla": _nla, "lanet": _lanet, "ldlva": _ldlva, "scn": _scn, "rul": _rul, "eac": _eac}
 
 
 def paper_recipe(method: str, image_size: int = 48) -> Recipe | None:
