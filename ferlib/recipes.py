@@ -139,8 +139,33 @@ def _eac(image_size: int) -> Recipe:
                   "view (noisy labels) gets no pixel noise, here it mirrors the original's")
 
 
+def _dmue(image_size: int) -> Recipe:
+    return Recipe(
+        # Backbone lr (lr1): 1e-4 for epochs 0-5, 5e-5 for 6-11, 1e-5 from 12 (0-based). One multistep gamma
+        # cannot give x0.5 then x0.2: sqrt(0.1) keeps both ends (1e-4, then 3.2e-5, then 1e-5 from epoch 12).
+        # Augmentation: Gaussian pixel noise sigma^2 = 30 on uint8 with p 0.25, RandomCrop 224 of the 256-px face
+        # (a window of (224/256)^2 of the area, square), flip 0.5, RandomErasing p 0.5 (0.02-0.25, value 0 on the
+        # normalised image); no jitter.
+        train={"optimizer": "adam", "lr": 1e-4, "weight_decay": 1e-4, "scheduler": "multistep",
+               "milestones": (6, 12), "gamma": math.sqrt(0.1), "batch_size": 72, "epochs": 36,
+               "augment": {"flip": 0.5, "crop": "resized", "scale": ((224 / 256) ** 2, (224 / 256) ** 2),
+                           "ratio": (1.0, 1.0), "erase": 0.5, "erase_scale": (0.02, 0.25), "erase_fill": "zero",
+                           "brightness": 0.0, "contrast": 0.0, "noise_std": math.sqrt(30) / 255, "noise_p": 0.25}},
+        source="JDAI-CV/FaceX-Zoo@16b793a addition_module/DMUE/config.py:31, 34-35, 69-70 (batch 72; lr1 backbone, "
+               "lr2 classifiers; 36 epochs; weight decay 1e-4), train.py:55-57, 83 (Adam, per-epoch lr), "
+               "datasets/make_dataloader.py:12-21, 36-41 and datasets/bases.py:40-42 (augmentation, balanced sampler)",
+        unmatched="the classifiers' own lr (lr2: 1e-3 for epochs 0-3, 5e-4 to 7, 1e-4 to 13, then 1e-5) and both "
+                  "lrs' bump to 5e-5 at epochs 22-24 (config.py:34-35): TrainConfig has one lr and one multistep "
+                  "gamma, so every parameter follows the backbone's lr, 3.2e-5 instead of 5e-5 at epochs 6-11 and no "
+                  "bump; the target branch's dropout 0.5 (BackboneConfig.drop_rate, not a TrainConfig field); the "
+                  "test-time CenterCrop 224 of 256 (ferlib evaluates the whole face); ramp_a is the method's option "
+                  "(default 6, the code's AffectNet value; its comment gives 10/12/14 for FERPlus); MS-Celeb ResNet-18 "
+                  "pretrained by the authors with MV-softmax at 224 px RGB, here the run's backbone and input size"
+                  )
+
+
 #: method name -> function of the input size giving its official recipe.
-PAPER_RECIPES = {"nla": _nla, "lanet": _lanet, "ldlva": _ldlva, "scn": _scn, "rul": _rul, "eac": _eac}
+PAPER_RECIPES = {"nla": _nla, "lanet": _lanet, "ldlva": _ldlva, "scn": _scn, "rul": _rul, "eac": _eac, "dmue": _dmue}
 
 
 def paper_recipe(method: str, image_size: int = 48) -> Recipe | None:

@@ -16,6 +16,7 @@ from ferlib.engine import TrainConfig
 from ferlib.experiment import RunSpec, build, prepare_data, run
 from ferlib.methods import create_method
 from ferlib.methods.dmue import DMUEConfig
+from ferlib.recipes import resolve_recipe
 from ferlib.methods.dmue_parts import (
     batch_standardise, branch_subset, class_balanced_order, class_similarity_stats, cosine_similarity_matrix,
     latent_soft_label, ramp_down, ramp_up, resnet_trunk, sharpen, soft_loss, spkd_term, uncertainty_input,
@@ -423,3 +424,13 @@ def test_ablations_remove_their_modules():
         DMUEConfig(aux_gram="maps")
     with pytest.raises(ValueError, match="ramp_a"):
         DMUEConfig(ramp_a=0)
+
+
+def test_paper_recipe_follows_the_code():
+    r = resolve_recipe("dmue", "paper", TrainConfig(image_size=48))
+    assert (r.optimizer, r.lr, r.weight_decay, r.batch_size, r.epochs) == ("adam", 1e-4, 1e-4, 72, 36)
+    lr = [r.lr * r.gamma ** sum(e >= m for m in r.milestones) for e in range(36)]
+    # config.py:34 lr1: 1e-4 for epochs 0-5, 5e-5 for 6-11, 1e-5 from 12 (one gamma: the middle is 3.2e-5).
+    assert lr[5] == 1e-4 and lr[6] == pytest.approx(10 ** -4.5) and lr[12] == pytest.approx(1e-5)
+    assert r.augment.scale == ((224 / 256) ** 2,) * 2 and r.augment.ratio == (1.0, 1.0)     # RandomCrop 224 of 256
+    assert (r.augment.erase, r.augment.erase_scale, r.augment.noise_p) == (0.5, (0.02, 0.25), 0.25)
