@@ -92,7 +92,7 @@ class DMUEConfig:
         Skip a batch in which a class of the train split has fewer samples (code ``check_batch`` with 2,
         ``train.py:89-91, 188-193``). Default 0 (train on every batch): the registry's contract requires every
         batch to train, and under the class-balanced sampler such batches are rare (about 0.6% at the code's batch
-        72 with 8 classes, 1.5% at 64). With 2 a short batch is skipped exactly: no forward, no read-out, a zero
+        72 with 8 classes, 1.6% at 64). With 2 a short batch is skipped exactly: no forward, no read-out, a zero
         loss that reaches no parameter, so Adam leaves weights and moments untouched (the per-iteration lr
         schedule still counts the step). Classes without a train sample are ignored. With 0, the code's
         guards for short batches are replaced: a branch subset or a class of fewer than 2 samples is left out
