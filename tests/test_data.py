@@ -84,7 +84,6 @@ def test_ferplus_reader_majority_7_classes_and_resize(tiny_ferplus):
 def _write_fer2013(root: Path, votes: dict[str, list[list[int]]], *, faceless: int = 1) -> Path:
     """fer2013.csv + fer2013new.csv for the same images as the tiny FERPlus tree (+ ``faceless`` rows)."""
     usage = {"train": "Training", "valid": "PublicTest", "test": "PrivateTest"}
-    folders = {"train": "FER2013Train", "valid": "FER2013Valid", "test": "FER2013Test"}
     pix, new, k = ["emotion,pixels,Usage"], [
         "Usage,Image name,neutral,happiness,surprise,sadness,anger,disgust,fear,contempt,unknown,NF"], 0
     for split, rows in votes.items():

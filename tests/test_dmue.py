@@ -22,7 +22,8 @@ from ferlib.methods.dmue_parts import (
     latent_soft_label, ramp_down, ramp_up, resnet_trunk, sharpen, soft_loss, spkd_term, uncertainty_input,
 )
 
-TOL = 1e-6
+from stubs import TOL, TrainLabels as Train
+
 TINY = BackboneConfig(model_kwargs={"channels": [8, 16, 32, 64], "stem_width": 8})
 
 
@@ -130,17 +131,6 @@ def ref_project_w(statics: np.ndarray, w1, b1, prelu_a, w2, b2) -> np.ndarray:
 def ref_total(ramp_up_w, ramp_down_w, w, gamma, CEloss, softLoss, spLoss, aux_loss) -> float:
     """official: train.py:111-116 (aux_loss = sum / (num_branches - 1), then the weighted sum)."""
     return ramp_up_w * CEloss + ramp_up_w * (w * softLoss + gamma * spLoss) + ramp_down_w * aux_loss
-
-
-class Train:
-    """What the method's ``bind`` reads of a FERData train split: its labels and length (kept here rather than
-    imported from ``tests/stubs.py``, so this file stands on the committed tree alone)."""
-
-    def __init__(self, labels) -> None:
-        self.labels = np.asarray(labels, dtype=np.int64)
-
-    def __len__(self) -> int:
-        return len(self.labels)
 
 
 def d(x: torch.Tensor) -> np.ndarray:

@@ -20,21 +20,10 @@ from ferlib.methods import create_method
 from ferlib.methods.ce import CE, CEConfig
 from ferlib.results import collect_results, write_json
 
+from stubs import synthetic
+
 SAMPLE = Path(__file__).parents[1] / "data" / "ferplus_sample"
 QUIET = dict(progress=False, device="cpu")
-
-
-def synthetic(n_train=96, n_eval=32, k=4, seed=0) -> FERData:
-    """Images whose class is a bright horizontal band at a class-specific height: learnable in one epoch."""
-    rng = np.random.default_rng(seed)
-    n = n_train + 2 * n_eval
-    labels = rng.integers(0, k, n)
-    images = (rng.random((n, 24, 24, 1)) * 40).astype(np.uint8)
-    for c in range(k):
-        images[labels == c, 6 * c:6 * c + 6] = 230
-    split = np.array(["train"] * n_train + ["valid"] * n_eval + ["test"] * n_eval)
-    return FERData(images=images, labels=labels, split=split, ids=np.arange(n).astype(str),
-                   classes=tuple(f"c{i}" for i in range(k)))
 
 
 def tiny_fit(data: FERData, run_dir: Path, epochs=2, **kw) -> dict:

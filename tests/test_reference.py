@@ -35,21 +35,7 @@ from ferlib.methods.nla import (
     naw_weight,
 )
 
-TOL = 1e-6
-
-
-def to_np(x) -> np.ndarray:
-    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
-
-
-def assert_close(actual, expected, tol: float = TOL) -> None:
-    np.testing.assert_allclose(to_np(actual).astype(np.float64), np.asarray(expected, dtype=np.float64),
-                               rtol=tol, atol=tol)
-
-
-def t64(x) -> torch.Tensor:
-    return torch.as_tensor(np.asarray(x), dtype=torch.float64)
-
+from stubs import TOL, assert_close, t64, to_np
 
 # =========================================================================== numpy helpers (no ferlib)
 def np_softmax(z: np.ndarray, axis: int = -1) -> np.ndarray:

@@ -26,21 +26,9 @@ from ferlib.methods.elr import elr_loss, elr_probabilities, elr_regulariser, elr
 from ferlib.methods.gce import is_pruning_epoch, lq_loss, pruning_weights, truncated_lq_loss
 from ferlib.methods.sce import reverse_cross_entropy, symmetric_cross_entropy
 
-TOL = 1e-6
+from stubs import tiny_run_spec, assert_close, t64, to_np
+
 K = 7
-
-
-def to_np(x) -> np.ndarray:
-    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
-
-
-def assert_close(actual, expected, tol: float = TOL) -> None:
-    np.testing.assert_allclose(to_np(actual).astype(np.float64), np.asarray(expected, dtype=np.float64),
-                               rtol=tol, atol=tol)
-
-
-def t64(x) -> torch.Tensor:
-    return torch.as_tensor(np.asarray(x), dtype=torch.float64)
 
 
 def f32(x: np.ndarray) -> np.ndarray:
@@ -340,16 +328,10 @@ def test_elr_readout_target_and_score():
 def test_gce_truncated_run_prunes_and_resumes_bit_for_bit(small_ferplus, tmp_path, interrupted):
     """Not an ablation, so not in the contract test: the pruning weights (a buffer refreshed at epoch starts)
     survive a crash after epoch 1, and the resumed run equals the uninterrupted one."""
-    from ferlib.backbones import BackboneConfig
-    from ferlib.engine import TrainConfig
-    from ferlib.experiment import RunSpec, run
+    from ferlib.experiment import run
 
     def spec(out):
-        return RunSpec(data=str(small_ferplus), noise="symmetric:0.3", method="gce", out=str(out),
-                       method_options={"truncate": True, "prune_start": 0.5, "prune_every": 0.5},  # epochs 1, 2
-                       backbone=BackboneConfig(model_kwargs={"channels": [8, 16, 32, 64], "stem_width": 8}),
-                       train=TrainConfig(epochs=2, batch_size=16, image_size=32, progress=False, device="cpu",
-                                         eval_batch_size=64))
+        return tiny_run_spec(small_ferplus, "gce", out, truncate=True, prune_start=0.5, prune_every=0.5)  # epochs 1, 2
 
     rid = run(spec(tmp_path / "a"))["run_id"]
     interrupted(lambda: run(spec(tmp_path / "b")))

@@ -9,7 +9,6 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 from ferlib.backbones import BackboneConfig, create_model
 from ferlib.engine import TrainConfig
@@ -19,6 +18,8 @@ from ferlib.methods import relabel as shared_relabel
 from ferlib.methods import rul as rul_module
 from ferlib.methods import scn as scn_module
 from ferlib.methods.rul import RULConfig, add_up_loss, mean_path, uncertainty_mixup, uncertainty_value
+
+from stubs import StubModel as Stub, TrainLabels as Train, RunConfig as Cfg
 
 TOL = 1e-6
 TINY = BackboneConfig(model_kwargs={"channels": [8, 16, 32, 64], "stem_width": 8})
@@ -67,35 +68,6 @@ def ref_logvar_head(f: np.ndarray, w: np.ndarray, b: np.ndarray, gamma, beta, ep
 
 
 # =========================================================================== helpers
-class Stub(nn.Module):
-    """A model whose features are its input (B, D): embed = flatten, no dropout, a linear head."""
-
-    def __init__(self, dim: int, classes: int) -> None:
-        super().__init__()
-        self.feature_dim = dim
-        self.dropout = nn.Identity()
-        self.head = nn.Linear(dim, classes)
-
-    def embed(self, x):
-        return x.flatten(1)
-
-    def forward(self, x):
-        return self.head(self.dropout(self.embed(x)))
-
-
-class Train:
-    def __init__(self, labels) -> None:
-        self.labels = np.asarray(labels, dtype=np.int64)
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-
-class Cfg:
-    def __init__(self, epochs: int = 5, seed: int = 0) -> None:
-        self.epochs, self.seed = epochs, seed
-
-
 def make_rul(num_train: int, dim: int, classes: int, **overrides):
     return create_method("rul", num_classes=classes, num_train=num_train, feature_dim=dim, **overrides)
 

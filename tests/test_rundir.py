@@ -2,7 +2,6 @@
 by path and skipped (never fatal for the others), a disk that is full or a cache that is unwritable."""
 from __future__ import annotations
 
-import dataclasses
 import errno
 import json
 import os
@@ -25,12 +24,13 @@ import torch
 from ferlib import engine, experiment, rundir
 from ferlib.backbones import BackboneConfig, create_model
 from ferlib.data.cache import cached
-from ferlib.data.dataset import FERData
 from ferlib.engine import TrainConfig, fit
 from ferlib.experiment import RunSpec, run, run_id
 from ferlib.methods import create_method
 from ferlib.results import atomic_savez, atomic_write, atomic_write_text, collect_results, write_json
 from ferlib.rundir import CorruptRunError, RunLockedError, RunWarning
+
+from stubs import synthetic
 
 QUIET = dict(progress=False, device="cpu")
 HOLDER = """\
@@ -42,21 +42,8 @@ with rundir.lock(sys.argv[1]):
 """
 
 
-def synthetic(n_train=64, n_eval=16, k=4, seed=0) -> FERData:
-    """Images whose class is a bright band at a class-specific height: learnable, tiny."""
-    rng = np.random.default_rng(seed)
-    n = n_train + 2 * n_eval
-    labels = rng.integers(0, k, n)
-    images = (rng.random((n, 24, 24, 1)) * 40).astype(np.uint8)
-    for c in range(k):
-        images[labels == c, 6 * c:6 * c + 6] = 230
-    split = np.array(["train"] * n_train + ["valid"] * n_eval + ["test"] * n_eval)
-    return FERData(images=images, labels=labels, split=split, ids=np.arange(n).astype(str),
-                   classes=tuple(f"c{i}" for i in range(k)))
-
-
 def tiny_fit(run_dir: Path, *, epochs=2, resume=True, rid="r", **kw) -> dict:
-    data = synthetic()
+    data = synthetic(64, 16)
     torch.manual_seed(0)
     model = create_model(BackboneConfig(), data.num_classes)
     method = create_method("ce", num_classes=data.num_classes, num_train=data.split_counts()["train"],
@@ -400,7 +387,7 @@ def test_a_disk_full_mid_write_keeps_the_old_file_and_removes_the_temporary_one(
 def test_an_unwritable_cache_falls_back_to_no_cache_with_one_warning(tmp_path):
     (tmp_path / "a_file").write_text("")
     cache_dir = tmp_path / "a_file" / "cache"  # cannot be created: its parent is a file
-    data, builds = synthetic(), []
+    data, builds = synthetic(64, 16), []
 
     def build():
         builds.append(1)

@@ -12,6 +12,8 @@ from ferlib.methods import create_method, parse_overrides
 from ferlib.methods.relabel import RelabelState, relabel_events, relabel_mask, relabel_summary, split_groups
 from ferlib.methods.scn import SCNConfig, importance_weight, rank_regularization
 
+from stubs import tiny_run_spec, StubModel as Stub, TrainLabels as Train, RunConfig as Cfg
+
 TOL = 1e-6
 
 
@@ -68,37 +70,6 @@ def ref_low_group(alpha: np.ndarray, beta: float) -> np.ndarray:
 
 
 # =========================================================================== helpers
-class Stub(nn.Module):
-    """A model whose features are its input (B, D): embed = flatten, no dropout, a linear head."""
-
-    def __init__(self, dim: int, classes: int) -> None:
-        super().__init__()
-        self.feature_dim = dim
-        self.dropout = nn.Identity()
-        self.head = nn.Linear(dim, classes)
-
-    def embed(self, x):
-        return x.flatten(1)
-
-    def forward(self, x):
-        return self.head(self.dropout(self.embed(x)))
-
-
-class Train:
-    """What bind reads of a FERData train split."""
-
-    def __init__(self, labels) -> None:
-        self.labels = np.asarray(labels, dtype=np.int64)
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-
-class Cfg:
-    def __init__(self, epochs: int = 5, seed: int = 0) -> None:
-        self.epochs, self.seed = epochs, seed
-
-
 def make_scn(num_train: int, dim: int, classes: int, **overrides):
     return create_method("scn", num_classes=classes, num_train=num_train, feature_dim=dim, **overrides)
 
@@ -320,16 +291,10 @@ def test_config_defaults_follow_the_code_and_bad_values_name_the_field():
 
 # =========================================================================== end to end
 def test_relabelling_run_writes_its_audit_and_resumes_identically(small_ferplus, tmp_path, interrupted):
-    from ferlib.backbones import BackboneConfig
-    from ferlib.engine import TrainConfig
-    from ferlib.experiment import RunSpec, run
+    from ferlib.experiment import run
 
     def spec(out):
-        return RunSpec(data=str(small_ferplus), noise="symmetric:0.3", method="scn", out=str(out),
-                       method_options={"relabel_epoch": 1, "margin_2": 0.0},
-                       backbone=BackboneConfig(model_kwargs={"channels": [8, 16, 32, 64], "stem_width": 8}),
-                       train=TrainConfig(epochs=2, batch_size=16, image_size=32, progress=False, device="cpu",
-                                         eval_batch_size=64))
+        return tiny_run_spec(small_ferplus, "scn", out, relabel_epoch=1, margin_2=0.0)
 
     rid = run(spec(tmp_path / "a"))["run_id"]
     interrupted(lambda: run(spec(tmp_path / "b")))

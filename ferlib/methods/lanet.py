@@ -358,5 +358,6 @@ class LANet(Method):
         out = dataclasses.replace(super().readout(), target=self.history.cpu().numpy(),
                                   extra={"entropy": entropy(self.history).cpu().numpy()})
         if self.config.use_lde:
-            out = dataclasses.replace(out, score=1.0 - self.history.gather(1, self.given[:, None]).squeeze(1).cpu().numpy())
+            kept = self.history.gather(1, self.given[:, None]).squeeze(1)
+            out = dataclasses.replace(out, score=1.0 - kept.cpu().numpy())
         return out
