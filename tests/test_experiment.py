@@ -127,3 +127,14 @@ def test_ablation_table_reads_variants_beside_their_full_run(tmp_path):
     assert table["variant"].tolist() == ["full", "no_naw"]  # full first
     assert table["delta_acc"].tolist() == pytest.approx([0.0, -0.2])
     assert table["method_options"].tolist() == ["{}", '{"lam_b": 0.0}']
+
+
+def test_relabel_table_scores_only_runs_that_relabel(tmp_path):
+    _fake_run(tmp_path, "scn", "", 0.7)
+    np.savez(tmp_path / "scn" / "readout.npz", ids=np.arange(4).astype(str), given=np.array([0, 1, 2, 0]),
+             clean=np.array([0, 2, 2, 1]), method_label=np.array([0, 2, 1, 1]))
+    _fake_run(tmp_path, "ce", "", 0.7)  # no label audit: not a row
+    (row,) = analysis.relabel_table(tmp_path).to_dict("records")
+    # changed: 1 (1->2, fixed), 2 (2->1, broken: its given label was right), 3 (0->1, fixed)
+    assert (row["run_id"], row["relabelled"], row["fixed"], row["broken"]) == ("scn", 3, 2, 1)
+    assert row["precision"] == pytest.approx(2 / 3) and row["recall"] == pytest.approx(1.0)

@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 from ferlib.methods import create_method, parse_overrides
-from ferlib.methods.relabel import RelabelState, relabel_events, relabel_mask, relabel_summary, split_groups
+from ferlib.analysis import relabel_summary
+from ferlib.methods.relabel import RelabelState, relabel_events, relabel_mask, split_groups
 from ferlib.methods.scn import SCNConfig, importance_weight, rank_regularization
 
 from stubs import tiny_run_spec, StubModel as Stub, TrainLabels as Train, RunConfig as Cfg

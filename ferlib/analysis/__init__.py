@@ -14,7 +14,8 @@ The functions live in one sub-module per concept and are all re-exported here (`
                          :func:`distribution_examples`
 ``detection``            :func:`detection_metrics`, :func:`flag_metrics`, :func:`uncertainty_table`,
                          :func:`extreme_samples`, :func:`plot_extremes`, :func:`out_of_sample_probs`,
-                         :func:`cleanlab_issues`, :func:`cleanlab_scores`, :func:`cleanlab_table`
+                         :func:`cleanlab_issues`, :func:`cleanlab_scores`, :func:`cleanlab_table`,
+                         :func:`relabel_summary`, :func:`relabel_table`
 ``tables``               :func:`parse_noise`, :func:`summary_table`, :func:`format_summary`,
                          :func:`timing_table`, :func:`per_class_table`, :func:`per_class_summary`,
                          :func:`ablation_table`
@@ -37,7 +38,8 @@ from __future__ import annotations
 from .dataprep import noise_examples, noise_table, sample_faces, try_landmarks, va_summary, va_values
 from .detection import RANKINGS  # noqa: F401  (module constant, public as before but not in __all__)
 from .detection import (cleanlab_issues, cleanlab_scores, cleanlab_table, detection_metrics, extreme_samples,
-                        flag_metrics, out_of_sample_probs, plot_extremes, uncertainty_table)
+                        flag_metrics, out_of_sample_probs, plot_extremes, relabel_summary, relabel_table,
+                        uncertainty_table)
 from .distributions import (choose_faces, distribution_examples, js_divergence, kl_divergence,
                             label_distribution_metrics, label_distribution_table, recovered_distribution, softmax)
 from .embeddings import embed_umap, run_embeddings, silhouette
@@ -55,7 +57,7 @@ __all__ = [
     "softmax", "kl_divergence", "js_divergence", "recovered_distribution", "label_distribution_metrics",
     "label_distribution_table", "choose_faces", "distribution_examples",
     "detection_metrics", "flag_metrics", "uncertainty_table", "extreme_samples", "plot_extremes", "out_of_sample_probs",
-    "cleanlab_issues", "cleanlab_scores", "cleanlab_table",
+    "cleanlab_issues", "cleanlab_scores", "cleanlab_table", "relabel_summary", "relabel_table",
     "parse_noise", "summary_table", "format_summary", "timing_table", "per_class_table", "per_class_summary",
     "ablation_table", "sample_faces", "noise_table", "noise_examples", "try_landmarks", "va_values", "va_summary",
     "embed_umap", "run_embeddings", "silhouette",

@@ -13,7 +13,7 @@ from .runs import RunRecord, class_names_for, images_by_id, load_runs, run_datas
 
 __all__ = [
     "RANKINGS", "detection_metrics", "flag_metrics", "uncertainty_table", "extreme_samples", "plot_extremes",
-    "out_of_sample_probs", "cleanlab_issues", "cleanlab_scores", "cleanlab_table",
+    "out_of_sample_probs", "cleanlab_issues", "cleanlab_scores", "cleanlab_table", "relabel_summary", "relabel_table",
 ]
 
 
@@ -305,3 +305,32 @@ def cleanlab_table(runs, *, filter_by: str = "prune_by_noise_rate") -> "object":
                      **flag_metrics(cleanlab_issues(given, probs, filter_by=filter_by), flipped),
                      "folds": int(k), "epochs": ref.get("epochs")})
     return pd.DataFrame(rows)
+
+
+def relabel_summary(label, given, clean) -> dict[str, float]:
+    """How good a method's relabelling was (SCN, RUL with relabelling), scored against the clean labels.
+
+    label, given, clean : (N,) int final training labels (read-out ``label``), given (noisy) labels and clean
+    labels. Returns ``relabelled`` (samples whose final label differs from the given one), ``fixed`` (of those,
+    given wrong and final right), ``broken`` (given right, final wrong), ``precision`` (fixed / relabelled;
+    NaN when none) and ``recall`` (fixed / samples with a wrong given label; NaN when none).
+    """
+    label, given, clean = (np.asarray(a) for a in (label, given, clean))
+    changed, wrong = label != given, given != clean
+    fixed = int(np.sum(changed & wrong & (label == clean)))
+    n, n_wrong = int(changed.sum()), int(wrong.sum())
+    return {"relabelled": n, "fixed": fixed, "broken": int(np.sum(changed & ~wrong)),
+            "precision": fixed / n if n else float("nan"), "recall": fixed / n_wrong if n_wrong else float("nan")}
+
+
+def relabel_table(runs) -> "object":
+    """:func:`relabel_summary` of every run whose method relabels (read-out ``method_label``): one row per run
+    with ``run_id, method, noise, seed`` and the summary's columns."""
+    import pandas as pd
+
+    rows = [{"run_id": r.run_id, "method": r.label, "noise": r.result.get("noise"), "seed": r.result.get("seed"),
+             **relabel_summary(r.readout["method_label"], r.readout["given"], r.readout["clean"])}
+            for r in load_runs(runs) if "method_label" in r.readout]
+    return pd.DataFrame(rows, columns=["run_id", "method", "noise", "seed", "relabelled", "fixed", "broken",
+                                       "precision", "recall"])
+

@@ -12,7 +12,8 @@ predicted class as its label, permanently::
 Eligible is every sample of the batch (the code) or only the low-importance group (the paper; the maintainer's
 one-line fix in the SCN issues #33 and #83). Every change is kept: :class:`RelabelState` holds each sample's
 current label and its label after every epoch, from which :func:`relabel_events` lists every relabel as
-(sample, epoch, old label, new label) and :func:`relabel_summary` scores them against the clean labels.
+(sample, epoch, old label, new label) and :func:`ferlib.analysis.relabel_summary` scores them against the
+clean labels.
 """
 from __future__ import annotations
 
@@ -20,8 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["RELABEL_GROUPS", "split_groups", "relabel_gap", "relabel_mask", "RelabelState", "relabel_events",
-           "relabel_summary"]
+__all__ = ["RELABEL_GROUPS", "split_groups", "relabel_gap", "relabel_mask", "RelabelState", "relabel_events"]
 
 #: ``all``: any sample of the batch may be relabelled (SCN's code); ``low``: only its low-importance group
 #: (SCN's paper).
@@ -148,19 +148,3 @@ def relabel_events(history: np.ndarray, given: np.ndarray) -> dict[str, np.ndarr
     index, col = np.nonzero(history != previous)
     return {"index": index.astype(np.int64), "epoch": col.astype(np.int64) + 1,
             "old": previous[index, col], "new": history[index, col]}
-
-
-def relabel_summary(label: np.ndarray, given: np.ndarray, clean: np.ndarray) -> dict[str, float]:
-    """How good the relabelling was, scored against the clean labels.
-
-    label, given, clean : (N,) int final training labels (read-out ``label``), given (noisy) labels and clean
-    labels. Returns ``relabelled`` (samples whose final label differs from the given one), ``fixed`` (of those,
-    given wrong and final right), ``broken`` (given right, final wrong), ``precision`` (fixed / relabelled;
-    NaN when none) and ``recall`` (fixed / samples with a wrong given label; NaN when none).
-    """
-    label, given, clean = (np.asarray(a) for a in (label, given, clean))
-    changed, wrong = label != given, given != clean
-    fixed = int(np.sum(changed & wrong & (label == clean)))
-    n, n_wrong = int(changed.sum()), int(wrong.sum())
-    return {"relabelled": n, "fixed": fixed, "broken": int(np.sum(changed & ~wrong)),
-            "precision": fixed / n if n else float("nan"), "recall": fixed / n_wrong if n_wrong else float("nan")}
