@@ -9,7 +9,8 @@ For each (method, variant), on a 64-image FERPlus tree (``small_ferplus``) with 
 - the read-out is a :class:`~ferlib.methods.Readout` and its ``score`` is (N,) and finite after training;
 - every ablation key is a config field;
 - two epochs interrupted after the first and resumed equal two uninterrupted epochs, bit for bit;
-- two identical runs through the public entry point (:func:`ferlib.experiment.run`) are identical.
+- two identical runs through the public entry point (:func:`ferlib.experiment.run`) are identical;
+- the model a method trains (after ``bind``) has the plain model's weights: inference is backbone + classifier.
 
 Methods that read an external per-sample source get a stub file (:data:`STUB_SOURCES`), so no landmark detector
 runs here.
@@ -113,6 +114,19 @@ def test_declared_model_parts_are_model_parts_and_a_model_without_them_is_refuse
     if lacking:
         with pytest.raises(ValueError, match=rf"method '{name}' uses the model's \{lacking}, which a Identity lacks"):
             method.check_model(torch.nn.Identity())
+
+
+@pytest.mark.parametrize("name", list_methods())
+def test_inference_is_the_plain_model_whatever_the_method(name, stub_dir, tmp_path):
+    """A method's extra modules live in the method, never in the model: the model it trains has ce's weights
+    (names and shapes), so ``model.pt`` of any run loads into a plain backbone + classifier."""
+    spec = spec_of(name, None, stub_dir, tmp_path)
+    data, _ = prepare_data(spec)
+    model, method = build(spec, data)
+    method.bind(model, data.subset("train"), spec.train)
+    plain, _ = build(dataclasses.replace(spec, method="ce", method_options={}), data)
+    shapes = lambda m: {k: tuple(v.shape) for k, v in m.state_dict().items()}  # noqa: E731
+    assert shapes(model) == shapes(plain)
 
 
 @pytest.mark.parametrize("case", cases(), ids=_ids)
