@@ -14,7 +14,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-__all__ = ["BackboneConfig", "FERModel", "create_model", "load_weights", "WeightsError"]
+__all__ = ["BackboneConfig", "FERModel", "create_model", "load_weights", "require_parts", "WeightsError"]
 
 
 class WeightsError(RuntimeError):
@@ -98,6 +98,14 @@ def create_model(config: BackboneConfig, num_classes: int,
     if config.weights:
         load_weights(backbone, config.weights, key_map=key_map)
     return FERModel(backbone, num_classes, config.drop_rate)
+
+
+def require_parts(backbone: nn.Module, parts: tuple[str, ...], needs: str) -> None:
+    """Raise ValueError ``"<needs>; <backbone type> lacks [...]"`` when ``backbone`` lacks one of ``parts``
+    (the stages and hooks a method reads of a timm backbone, e.g. a ResNet's ``layer4``)."""
+    missing = [p for p in parts if not hasattr(backbone, p)]
+    if missing:
+        raise ValueError(f"{needs}; {type(backbone).__name__} lacks {missing}")
 
 
 def load_weights(model: nn.Module, path: str | os.PathLike, *,

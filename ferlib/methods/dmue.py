@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..backbones import require_parts
 from .base import Method, Readout, register_method
 from .dmue_parts import (
     RESNET_PARTS, AuxiliaryBranches, UncertaintyMLP, batch_standardise, branch_subset, class_balanced_order,
@@ -179,10 +180,7 @@ class DMUE(Method):
     # ----------------------------------------------------------------- setup
     def bind(self, model: nn.Module, train, config) -> None:
         """Check the backbone, keep the given labels, build the auxiliary branches from the model's layer4."""
-        missing = [p for p in RESNET_PARTS if not hasattr(model.backbone, p)]
-        if missing:
-            raise ValueError(f"dmue replicates the last stage of a timm ResNet-family backbone; "
-                             f"{type(model.backbone).__name__} lacks {missing}")
+        require_parts(model.backbone, RESNET_PARTS, "dmue replicates the last stage of a timm ResNet-family backbone")
         if len(train) != self.num_train:
             raise ValueError(f"dmue was built for {self.num_train} samples, bound to {len(train)}")
         if getattr(model, "feature_dim", self.feature_dim) != self.feature_dim:

@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..backbones import require_parts
 from .base import Method, Readout, register_method
 from .lanet_parts import (
     REFERENCE_HEATMAP_SIZE, EdgeScorer, KeyQueue, LandmarkBranch, aggregate_neighbours, awing_loss, chunk_ids,
@@ -218,10 +219,7 @@ class LANet(Method):
     def bind(self, model: nn.Module, train, config) -> None:
         """Check the backbone, initialise H, build the branch / scorers / momentum encoder on the model's device."""
         cfg = self.config
-        missing = [p for p in _RESNET_PARTS if not hasattr(model.backbone, p)]
-        if missing:
-            raise ValueError(f"LA-Net needs a timm ResNet-family backbone; {type(model.backbone).__name__} "
-                             f"lacks {missing}")
+        require_parts(model.backbone, _RESNET_PARTS, "LA-Net needs a timm ResNet-family backbone")
         if len(train) != self.num_train:
             raise ValueError(f"train split has {len(train)} samples, the method was built for {self.num_train}")
         device = next(model.parameters()).device
