@@ -131,7 +131,7 @@ class RunSpec:
 
 
 _NOT_IN_ID = {"out", "variant", "train.progress", "train.device", "train.eval_batch_size", "train.save_features",
-              "train.keep_checkpoint"}
+              "train.keep_checkpoint", "train.compile"}
 
 
 def run_id(spec: RunSpec) -> str:

@@ -10,7 +10,8 @@ import torch.nn.functional as F
 
 from ferlib.backbones import BackboneConfig, create_model
 from ferlib.data import FERData
-from ferlib.engine import TrainConfig, _make_batch
+from ferlib.engine import TrainConfig
+from ferlib.engine import make_batch as engine_batch
 from ferlib.methods import create_method, parse_overrides
 from ferlib.methods.lanet import LANetConfig, load_landmarks, parse_flip_permutation
 from ferlib.methods.lanet_parts import (
@@ -54,8 +55,8 @@ def make_batch(train_data, seed: int = 0, size: int = BATCH) -> dict:
     cfg = TrainConfig(image_size=48, batch_size=size)
     gen = torch.Generator().manual_seed(seed)
     idx = torch.randperm(N, generator=gen)[:size]
-    return _make_batch(torch.from_numpy(train_data.images), torch.from_numpy(train_data.labels), None, idx, (),
-                       cfg, torch.device("cpu"), gen)
+    return engine_batch(torch.from_numpy(train_data.images), torch.from_numpy(train_data.labels), None, idx, (),
+                        cfg, torch.device("cpu"), gen)
 
 
 # --------------------------------------------------------------------------- landmarks

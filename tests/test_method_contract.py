@@ -27,7 +27,7 @@ import pytest
 import torch
 
 from ferlib.backbones import BackboneConfig, FERModel
-from ferlib.engine import TrainConfig, _make_batch
+from ferlib.engine import TrainConfig, make_batch
 from ferlib.experiment import RunSpec, build, prepare_data, run
 from ferlib.methods import Readout, create_method, list_methods, method_class
 
@@ -142,7 +142,7 @@ def test_loss_is_finite_and_gradients_reach_exactly_the_trainable_parameters(cas
     gen = torch.Generator().manual_seed(0)
     idx = torch.arange(BATCH)
     votes = None if train.votes is None else torch.from_numpy(train.votes)
-    batch = _make_batch(torch.from_numpy(train.images), torch.from_numpy(train.labels), votes, idx,
+    batch = make_batch(torch.from_numpy(train.images), torch.from_numpy(train.labels), votes, idx,
                         method.views, spec.train, torch.device("cpu"), gen)
     out = method.training_step(PartsOnly(model, method.model_parts), batch)
     loss = out["loss"]
