@@ -15,6 +15,9 @@ Adding a dataset: write ``ferlib/data/<name>.py`` with a reader ``read_<name>(ro
 decorated with ``@register_dataset("<name>")`` (keyword-only options with type hints and the harness's
 defaults), and import it below. ``load_dataset``, ``list_datasets``, the CLI (``--dataset``, typed
 ``--dataset-opt``) and the study pick it up by name; ``tests/test_data.py`` asks for a tiny tree of it.
+
+A large dataset is cached memory-mapped (:mod:`ferlib.data.cache`, ``load_dataset(..., mmap=...)``): its
+``FERData.images`` is a :class:`MappedImages` read from disk when indexed; :func:`batch_images` reads one batch.
 """
 from __future__ import annotations
 
@@ -27,10 +30,11 @@ from .ferplus import read_ferplus, votes_to_labels
 from .folder import read_folder
 from .rafdb import read_rafdb
 from .registry import dataset_reader, list_datasets, load_dataset, register_dataset
+from .storage import MappedImages, batch_images
 
 __all__ = [
     "FERData", "SPLITS", "DatasetError", "load_dataset", "list_datasets", "register_dataset", "dataset_reader",
-    "default_cache_dir", "data_fingerprint",
+    "default_cache_dir", "data_fingerprint", "MappedImages", "batch_images",
     "read_ferplus", "read_fer2013", "read_rafdb", "read_affectnet", "affectnet_va", "read_folder",
     "votes_to_labels",
 ]

@@ -2,11 +2,13 @@
 
 A reader parses its label files into :class:`Sample` records (one per usable sample) and a ``dropped``
 counter (one reason per left-out sample), then hands both to :func:`assemble`, which decodes the images
-and builds the :class:`~ferlib.data.dataset.FERData`.
+(chunk by chunk, into memory or a memory-mapped file: :mod:`ferlib.data.storage`) and builds the
+:class:`~ferlib.data.dataset.FERData`.
 """
 from __future__ import annotations
 
 import csv
+import itertools
 import os
 from collections import Counter, defaultdict
 from dataclasses import dataclass
@@ -17,6 +19,7 @@ import numpy as np
 from PIL import Image
 
 from .dataset import FERData
+from .storage import current_store
 
 __all__ = ["DatasetError", "Sample", "new_drops", "check_choice", "check_image_options", "iter_csv", "decode",
            "assemble"]
@@ -161,35 +164,23 @@ def _fit_box(box, frame, width: int, height: int) -> tuple[int, int, int, int]:
     return inside
 
 
-def _decode_all(samples: Sequence[Sample], dropped, *, image_size, channels, on_missing, progress, name):
-    """Decode every sample's image; returns (images, kept samples)."""
-    if progress:
-        from tqdm.auto import tqdm
-        samples = tqdm(samples, desc=f"reading {name}", unit="img")
-    images, kept = [], []
+def _drop_missing(samples: Sequence[Sample], dropped, on_missing: str) -> list[Sample]:
+    """The samples whose image exists (inline pixels always do); a missing one raises DatasetError naming it and
+    its label file line or, with ``on_missing="drop"``, is counted in ``dropped`` as ``"missing image"``."""
+    kept = []
     for s in samples:
-        try:
-            images.append(decode(s.image, image_size=image_size, channels=channels, box=s.box,
-                                 box_frame=s.box_frame))
-        except FileNotFoundError:
-            if on_missing == "error":
-                raise DatasetError(f"missing image {s.image} (listed in {s.where}); "
-                                   "pass on_missing='drop' to leave such samples out") from None
+        if isinstance(s.image, np.ndarray) or s.image.exists():
+            kept.append(s)
+        elif on_missing == "error":
+            raise DatasetError(f"missing image {s.image} (listed in {s.where}); "
+                               "pass on_missing='drop' to leave such samples out")
+        else:
             dropped[s.split]["missing image"] += 1
-            continue
-        except Exception as e:  # PIL raises several types for corrupt files; re-raise naming the file
-            raise DatasetError(f"cannot read image {s.image} (listed in {s.where}): {e}") from e
-        kept.append(s)
-    return images, kept
+    return kept
 
 
-def _check_consistent(images: list[np.ndarray], kept: Sequence[Sample], splits: Sequence[str], dropped,
-                      source: str) -> None:
-    """Raise DatasetError on mixed image sizes, duplicate ids or a split left without samples."""
-    for img, s in zip(images, kept):
-        if img.shape != images[0].shape:
-            raise DatasetError(f"image {s.image} (listed in {s.where}) has shape {img.shape} but "
-                               f"{kept[0].image} has {images[0].shape}; pass image_size=... to resize all")
+def _check_samples(kept: Sequence[Sample], splits: Sequence[str], dropped, source: str) -> None:
+    """Raise DatasetError on duplicate ids or a split left without samples."""
     counts = Counter(s.split for s in kept)
     for split in splits:
         if counts[split] == 0:
@@ -201,10 +192,53 @@ def _check_consistent(images: list[np.ndarray], kept: Sequence[Sample], splits: 
         raise DatasetError(f"{source}: duplicate sample id(s) {', '.join(dup[:5])}")
 
 
+def _decode_one(s: Sample, *, image_size: int | None, channels: int) -> np.ndarray:
+    try:
+        return decode(s.image, image_size=image_size, channels=channels, box=s.box, box_frame=s.box_frame)
+    except Exception as e:  # PIL raises several types for corrupt files; re-raise naming the file
+        raise DatasetError(f"cannot read image {s.image} (listed in {s.where}): {e}") from e
+
+
+def _decode_chunks(samples: Sequence[Sample], shape: tuple[int, ...], *, chunk_size: int, image_size: int | None,
+                   channels: int, progress: bool, name: str) -> Iterator[np.ndarray]:
+    """The samples' images decoded ``chunk_size`` at a time, in order; each chunk is built in place, so decoding
+    holds one chunk (and one image) at a time.
+
+    Yields
+    ------
+    np.ndarray, shape (c, *shape), uint8
+        c <= ``chunk_size``; ``shape`` (H, W, channels) is the first image's.
+    """
+    if progress:
+        from tqdm.auto import tqdm
+        samples = tqdm(samples, desc=f"reading {name}", unit="img")
+    it = iter(samples)
+    while batch := list(itertools.islice(it, chunk_size)):
+        yield _decode_batch(batch, samples[0], shape, image_size=image_size, channels=channels)
+
+
+def _decode_batch(batch: Sequence[Sample], first: Sample, shape: tuple[int, ...], *, image_size: int | None,
+                  channels: int) -> np.ndarray:
+    """The images of ``batch`` as one array (len(batch), *shape) uint8; an image of another shape raises
+    DatasetError naming it and ``first`` (whose image has ``shape``)."""
+    out = np.empty((len(batch),) + shape, np.uint8)
+    for i, s in enumerate(batch):
+        img = _decode_one(s, image_size=image_size, channels=channels)
+        if img.shape != shape:
+            raise DatasetError(f"image {s.image} (listed in {s.where}) has shape {img.shape} but "
+                               f"{first.image} has {shape}; pass image_size=... to resize all")
+        out[i] = img
+    return out
+
+
 def assemble(samples: Sequence[Sample], dropped, *, name: str, classes: Sequence[str], splits: Sequence[str],
              options: dict, image_size: int | None, channels: int, on_missing: str = "error",
              progress: bool = False, source: str | os.PathLike = "") -> FERData:
     """Decode the samples' images and build the :class:`FERData`.
+
+    Missing images are dropped or reported before anything is decoded; the images are then decoded a chunk at a
+    time into the active :class:`~ferlib.data.storage.ImageStore`: an in-memory array, or (for a large dataset
+    read through the cache) a ``.npy`` file returned memory-mapped, so the build holds one chunk at a time.
 
     Parameters
     ----------
@@ -222,12 +256,16 @@ def assemble(samples: Sequence[Sample], dropped, *, name: str, classes: Sequence
     source : str or PathLike
         The dataset root, for error messages.
     """
-    images, kept = _decode_all(samples, dropped, image_size=image_size, channels=channels,
-                               on_missing=on_missing, progress=progress, name=name)
-    _check_consistent(images, kept, splits, dropped, str(source))
-    votes = None if not kept or kept[0].votes is None else np.stack([s.votes for s in kept]).astype(np.float32)
+    kept = _drop_missing(samples, dropped, on_missing)
+    _check_samples(kept, splits, dropped, str(source))
+    shape = _decode_one(kept[0], image_size=image_size, channels=channels).shape  # decoded again with the rest
+    store = current_store()
+    images = store.collect((len(kept),) + shape, _decode_chunks(
+        kept, shape, chunk_size=store.chunk_size, image_size=image_size, channels=channels, progress=progress,
+        name=name))
+    votes = None if kept[0].votes is None else np.stack([s.votes for s in kept]).astype(np.float32)
     return FERData(
-        images=np.stack(images), labels=np.array([s.label for s in kept], dtype=np.int64),
+        images=images, labels=np.array([s.label for s in kept], dtype=np.int64),
         split=np.array([s.split for s in kept]), ids=np.array([s.id for s in kept]), classes=tuple(classes),
         votes=votes, dropped={s: {r: int(n) for r, n in sorted(dropped.get(s, {}).items())} for s in splits},
         name=name, options=dict(options),

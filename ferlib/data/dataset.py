@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import json
 import os
 from collections import Counter
@@ -15,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from .storage import MappedImages, iter_chunks, select_rows
 
 __all__ = ["FERData", "SPLITS"]
 
@@ -27,8 +30,10 @@ class FERData:
 
     Attributes
     ----------
-    images : np.ndarray, shape (N, H, W, C), uint8
-        Face crops, all resized to one size when read; C is 1 (grayscale) or 3 (RGB).
+    images : np.ndarray or MappedImages, shape (N, H, W, C), uint8
+        Face crops, all resized to one size when read; C is 1 (grayscale) or 3 (RGB). A large dataset read
+        through the cache holds them memory-mapped (:class:`~ferlib.data.storage.MappedImages`: read from disk
+        when indexed, read-only); read batches with :func:`~ferlib.data.storage.batch_images`.
     labels : np.ndarray, shape (N,), int64
         Label in the canonical class order (:mod:`ferlib.classes`). After noise injection these are
         the *given* (possibly noisy) labels and ``clean_labels`` holds the originals.
@@ -106,12 +111,13 @@ class FERData:
         return self.select(self.split == split, dropped={split: self.dropped.get(split, {})})
 
     def select(self, mask_or_index: np.ndarray, **changes) -> "FERData":
-        """A new FERData holding the rows chosen by a boolean mask or an index array."""
+        """A new FERData holding the rows chosen by a boolean mask or an index array (memory-mapped images stay
+        lazy: nothing is read)."""
         idx = np.asarray(mask_or_index)
         take = lambda a: None if a is None else a[idx]  # noqa: E731
         return dataclasses.replace(
-            self, images=self.images[idx], labels=self.labels[idx], split=self.split[idx], ids=self.ids[idx],
-            votes=take(self.votes), clean_labels=take(self.clean_labels), **changes,
+            self, images=select_rows(self.images, idx), labels=self.labels[idx], split=self.split[idx],
+            ids=self.ids[idx], votes=take(self.votes), clean_labels=take(self.clean_labels), **changes,
         )
 
     def with_labels(self, labels: np.ndarray) -> "FERData":
@@ -142,18 +148,21 @@ class FERData:
         return {s: counts.get(s, 0) for s in SPLITS}
 
     def fingerprint(self) -> str:
-        """A short content hash (ids, labels, images): the key for caches derived from this data."""
+        """A short content hash (ids, labels, images): the key for caches derived from this data (images read a
+        chunk at a time)."""
         h = hashlib.sha1()
-        for arr in (self.ids.astype(str), self.labels, self.images):
+        for arr in itertools.chain((self.ids.astype(str), self.labels), iter_chunks(self.images)):
             h.update(np.ascontiguousarray(arr).tobytes())
         return h.hexdigest()[:16]
 
     # ------------------------------------------------------------------ persistence
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write to one uncompressed ``.npz`` atomically (temporary file, then rename)."""
+    def save(self, path: str | os.PathLike, *, images: bool = True) -> Path:
+        """Write to one uncompressed ``.npz`` atomically (temporary file, then rename); ``images=False`` leaves
+        the images out (a memory-mapped cache entry keeps them in their own ``.npy``)."""
         from ..results import atomic_savez
 
-        arrays = dict(images=self.images, labels=self.labels, split=self.split.astype(str), ids=self.ids.astype(str))
+        arrays = dict(images=self.images) if images else {}
+        arrays.update(labels=self.labels, split=self.split.astype(str), ids=self.ids.astype(str))
         for opt in ("votes", "clean_labels"):
             if getattr(self, opt) is not None:
                 arrays[opt] = getattr(self, opt)
@@ -161,11 +170,11 @@ class FERData:
         return atomic_savez(path, meta=np.array(json.dumps(meta)), **arrays)
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "FERData":
-        """Read a file written by :meth:`save`."""
+    def load(cls, path: str | os.PathLike, *, images: np.ndarray | MappedImages | None = None) -> "FERData":
+        """Read a file written by :meth:`save`; ``images`` supplies the images of one saved without them."""
         with np.load(path, allow_pickle=False) as z:
             meta = json.loads(str(z["meta"]))
             opt = {k: z[k] for k in ("votes", "clean_labels") if k in z.files}
-            return cls(images=z["images"], labels=z["labels"], split=z["split"], ids=z["ids"],
-                       classes=tuple(meta["classes"]), dropped=meta["dropped"], name=meta["name"],
+            return cls(images=z["images"] if images is None else images, labels=z["labels"], split=z["split"],
+                       ids=z["ids"], classes=tuple(meta["classes"]), dropped=meta["dropped"], name=meta["name"],
                        options=meta["options"], **opt)
