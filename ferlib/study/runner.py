@@ -6,6 +6,8 @@ Command line (wired as ``python -m ferlib study``; also ``python -m ferlib.study
     python -m ferlib study --profile smoke                       # shipped sample, ~10 min on 2 CPU cores
     python -m ferlib study --profile cpu --data ../shared/data/ferplus --seeds 0 1 2
     python -m ferlib study --profile full --methods ce nla --epochs 20 --dry-run
+    python -m ferlib study --profile cpu --data ../shared/data/ferplus --workers 4   # 4 cells at once
+    python -m ferlib study --profile full --launcher slurm                           # a Slurm job array
 
 Python / JupyterLab::
 
@@ -27,6 +29,13 @@ Order of work: the notebooks of ``spec.notebooks`` in order, each as its metadat
    the check is logged with the reason and run again (the run replaces the corrupted files); ``run_id``
    (:func:`ferlib.experiment.run_id`) hashes the cell's parameters, so a changed setting is a new cell. A
    failed cell is recorded in ``reports_dir/failures.json`` and the others go on. Only this notebook trains.
+   Where the cells run is the launcher's choice (:mod:`ferlib.study.launch`): one after another in this process
+   (the default); ``workers`` N at once on this machine (``--workers N``: N processes, each kernel with
+   ``OMP_NUM_THREADS`` = cores // N, at least 1, and with several GPUs one GPU per worker through
+   ``CUDA_VISIBLE_DEVICES``); or one Slurm job per cell through submitit (``--launcher slurm``, resources from
+   the profile's ``slurm:`` key). Whatever the launcher, only unfinished cells are started, each cell's outcome
+   comes back to this process, which alone logs it (each line names the run id) and writes the failure ledger,
+   and the views below start once every cell has ended.
 3. The other ``view`` notebooks (``03``, ``04``, ``05``, ``06``, ``99``) once each: they read run directories.
    A view declaring ``needs: ablation`` (``03_ablations``) is skipped when the study has no such cell.
 4. HTML of every executed notebook (nbconvert) and ``reports_dir/index.html`` (:mod:`ferlib.study.report`).
@@ -51,11 +60,9 @@ import dataclasses
 import functools
 import json
 import os
-import re
 import shlex
 import sys
 import time
-import traceback
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -63,6 +70,7 @@ from pathlib import Path
 from ferlib import rundir
 from ferlib.results import read_json, write_json
 
+from .launch import LAUNCHERS, CellJob, error_record, execute_notebook, make_launcher
 from .report import render_all, study_record, write_report
 from .spec import COMMON, ROLES, StudySpec, list_profiles, load_profile
 
@@ -142,43 +150,9 @@ def ensure_kernel(kernel_name: str | None = None, *, log=print) -> str:
                        "are shadowed; pass kernel_name (command line: --kernel NAME)")
 
 
-# ----------------------------------------------------------------------------------- one notebook
-def execute_notebook(source: str | os.PathLike, output: str | os.PathLike, parameters: dict, *, kernel_name: str,
-                     cwd: str | os.PathLike | None = None, start_timeout: int = 300,
-                     time_limit: int | None = None) -> Path:
-    """Execute ``source`` with papermill into ``output`` (written even when a cell raises; the error is
-    re-raised as ``papermill.PapermillExecutionError``). ``cwd`` defaults to the notebook's folder, as in
-    JupyterLab. ``time_limit``: seconds any one code cell may run (None: no limit); past it the kernel is
-    stopped and the notebook fails with a timeout error."""
-    import papermill as pm
-
-    output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    pm.execute_notebook(str(source), str(output), parameters=parameters, kernel_name=kernel_name,
-                        cwd=str(cwd or Path(source).parent), language="python", progress_bar=False, log_output=False,
-                        start_timeout=start_timeout, execution_timeout=time_limit)
-    return output
-
-
-_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
-
-
-def _error_record(exc: BaseException) -> dict:
-    """``error`` (one line) and ``traceback`` (text) of a notebook failure."""
-    from papermill.exceptions import PapermillExecutionError
-
-    if isinstance(exc, PapermillExecutionError):
-        error = f"{exc.ename}: {exc.evalue}"
-        trace = _ANSI.sub("", "\n".join(exc.traceback or []))
-    else:
-        error = f"{type(exc).__name__}: {exc}"
-        trace = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    return {"error": error.strip().splitlines()[0] if error.strip() else type(exc).__name__,
-            "traceback": trace[-8000:]}
-
-
 class _Failures:
-    """``failures.json``: ``{key: record}``, rewritten atomically on every change."""
+    """``failures.json``: ``{key: record}``, rewritten atomically on every change. Written by the coordinating
+    thread only: cells running concurrently (workers, Slurm jobs) return their outcome to it, never write here."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -196,7 +170,8 @@ class _Failures:
 # ----------------------------------------------------------------------------------- the study
 def run_study(spec: StudySpec | str, *, runs_dir: str | os.PathLike, reports_dir: str | os.PathLike,
               notebooks_dir: str | os.PathLike = "notebooks", kernel_name: str | None = None, log=print,
-              command: str | None = None) -> StudyOutcome:
+              command: str | None = None, workers: int = 1, launcher: str = "local",
+              executor=None) -> StudyOutcome:
     """Run every cell of ``spec``'s grid (skipping finished ones), the study notebooks, and write the report.
 
     Parameters
@@ -208,10 +183,22 @@ def run_study(spec: StudySpec | str, *, runs_dir: str | os.PathLike, reports_dir
     kernel_name : Jupyter kernel; None = :func:`ensure_kernel` (``python3`` running this interpreter).
     log : called with each progress line.
     command : the command line shown in the report (the CLI passes it).
+    workers : training cells run at once on this machine (``launcher="local"``); 1 = one after another in this
+        process. Each of N > 1 workers is a process with ``OMP_NUM_THREADS`` = cores // N (at least 1) and, with
+        GPUs, its own ``CUDA_VISIBLE_DEVICES`` (:func:`ferlib.study.launch.worker_envs`).
+    launcher : ``local`` (this machine) or ``slurm`` (a job array through submitit, resources from
+        ``spec.slurm``); see :mod:`ferlib.study.launch`.
+    executor : for ``slurm``, a ``submitit.AutoExecutor`` to submit with (None: a Slurm one in
+        ``reports_dir/slurm``); ``AutoExecutor(folder, cluster="local")`` runs the Slurm path on this machine.
 
     Returns
     -------
     :class:`StudyOutcome`. Failures do not raise: they are in ``outcome.failures`` and ``failures.json``.
+
+    Raises
+    ------
+    FileNotFoundError for a missing data folder; ValueError for a bad ``workers`` / ``launcher`` / ``executor``
+    (:func:`ferlib.study.launch.make_launcher`), before any notebook runs.
     """
     if isinstance(spec, str):
         spec = load_profile(spec)
@@ -221,6 +208,8 @@ def run_study(spec: StudySpec | str, *, runs_dir: str | os.PathLike, reports_dir
     if not data.exists():
         raise FileNotFoundError(f"data folder {data} of study {spec.name!r} does not exist; pass data=PATH "
                                 "(command line: --data PATH)")
+    launch = make_launcher(launcher, workers=workers, executor=executor, slurm=spec.slurm,
+                           folder=reports_dir / "slurm", name=f"ferlib-{spec.name}")
     runs_dir.mkdir(parents=True, exist_ok=True)
     reports_dir.mkdir(parents=True, exist_ok=True)
     record = study_record(spec, command)
@@ -242,7 +231,8 @@ def run_study(spec: StudySpec | str, *, runs_dir: str | os.PathLike, reports_dir
             declared[name] = _declared_parameters(notebooks_dir / f"{name}.ipynb")
         return declared[name]
 
-    def execute(name: str, output: Path, params: dict, *, time_limit: int | None) -> None:
+    def prepared(name: str, params: dict) -> dict:
+        """:func:`execute_notebook`'s ``source``, ``parameters`` and ``kernel_name`` for notebook ``name``."""
         if not kernel:
             kernel.append(ensure_kernel(kernel_name, log=log))
         chosen = spec.notebook_parameters.get(name) or {}
@@ -253,8 +243,16 @@ def run_study(spec: StudySpec | str, *, runs_dir: str | os.PathLike, reports_dir
                 warned.add(name)
                 log(f"warning: {name}.ipynb does not declare notebook_parameters {', '.join(unknown)}: not passed")
             params = {**params, **{k: v for k, v in chosen.items() if k in known}}
-        execute_notebook(notebooks_dir / f"{name}.ipynb", output, _jsonable(params), kernel_name=kernel[0],
-                         time_limit=time_limit)
+        return {"source": str(notebooks_dir / f"{name}.ipynb"), "parameters": _jsonable(params),
+                "kernel_name": kernel[0]}
+
+    def execute(name: str, output: Path, params: dict) -> None:
+        execute_notebook(output=output, time_limit=spec.view_time_limit, **prepared(name, params))
+
+    def cell_job(name: str, rid: str, run_spec) -> CellJob:
+        return CellJob(output=str(reports_dir / "runs" / f"{rid}.ipynb"), run_dir=str(Path(run_spec.out) / rid),
+                       time_limit=spec.cell_time_limit,
+                       **prepared(name, {**common, "spec": dataclasses.asdict(run_spec)}))
 
     cells = spec.cells(runs_dir)
     study_params = {"noise": spec.main_noise(), "seed": spec.grid.seeds[0], "train_subset": spec.train_subset}
@@ -262,8 +260,7 @@ def run_study(spec: StudySpec | str, *, runs_dir: str | os.PathLike, reports_dir
         source = notebooks_dir / f"{name}.ipynb"
         role = _declared_role(source)
         if role.get("role") == "cell":
-            outcome.cells = _run_cells(cells, name, source, reports_dir, common,
-                                       functools.partial(execute, time_limit=spec.cell_time_limit), failures, log)
+            outcome.cells = _run_cells(cells, source, functools.partial(cell_job, name), launch, failures, log)
             continue
         if not source.exists():
             log(f"warning: {source} is missing: skipped")
@@ -275,8 +272,7 @@ def run_study(spec: StudySpec | str, *, runs_dir: str | os.PathLike, reports_dir
             outcome.notebooks[name] = "off"
             continue
         params = {**common, **{k: v for k, v in study_params.items() if k in declared_by(name)}}
-        outcome.notebooks[name] = _run_once(name, reports_dir / f"{name}.ipynb", params,
-                                            functools.partial(execute, time_limit=spec.view_time_limit), failures, log)
+        outcome.notebooks[name] = _run_once(name, reports_dir / f"{name}.ipynb", params, execute, failures, log)
 
     log("rendering HTML reports ...")
     render_all(reports_dir, log=log)
@@ -287,9 +283,10 @@ def run_study(spec: StudySpec | str, *, runs_dir: str | os.PathLike, reports_dir
     return outcome
 
 
-def _run_cells(cells: list, notebook: str, source: Path, reports_dir: Path, common: dict, execute,
-               failures: _Failures, log) -> list[dict]:
-    """Execute ``notebook`` once per unfinished ``(kind, RunSpec)`` cell; one status dict per cell."""
+def _run_cells(cells: list, source: Path, cell_job, launcher, failures: _Failures, log) -> list[dict]:
+    """Execute the cell notebook ``source`` once per unfinished ``(kind, RunSpec)`` cell through ``launcher``
+    (:mod:`ferlib.study.launch`); ``cell_job(run_id, run_spec)`` gives the cell's :class:`CellJob`. Returns one
+    status dict per cell, in the order of ``cells``; outcomes are logged and recorded here, as cells end."""
     from ferlib.experiment import run_id
 
     cells = [(kind, run_id(s), s) for kind, s in cells]
@@ -297,47 +294,45 @@ def _run_cells(cells: list, notebook: str, source: Path, reports_dir: Path, comm
     if not source.exists():
         log(f"warning: {source} is missing: the {total} training cell(s) are not run")
         return [{"run_id": rid, "kind": kind, "status": "missing", "seconds": 0.0} for kind, rid, _ in cells]
-    pending = sum(not _finished(s, rid) for _, rid, s in cells)
     for _, rid, s in cells:
         folder = Path(s.out) / rid
         if (folder / rundir.RESULT).is_file() and not rundir.is_finished(folder):
             log(f"warning: {folder}: {rundir.check(folder)}: this cell is run again")
-    log(f"cells: {total} ({_kinds(k for k, _, _ in cells)}), {total - pending} already finished, {pending} to run")
-    out, times = [], []
-    for i, (kind, rid, run_spec) in enumerate(cells, 1):
-        tag = f"cell {i}/{total} {kind} {rid}"
-        if _finished(run_spec, rid):
-            failures.clear(rid)
-            out.append({"run_id": rid, "kind": kind, "status": "skipped", "seconds": 0.0})
-            log(f"{tag} ... skipped (finished: result.json checked)")
-            continue
-        log(f"{tag} ... running (method {run_spec.method}, noise {run_spec.noise}, seed {run_spec.train.seed}"
-            + (f", variant {run_spec.variant}" if run_spec.variant else "")
-            + (f", fold {run_spec.fold[0]} of {run_spec.fold[1]}" if run_spec.fold else "") + ")")
-        t0 = time.perf_counter()
-        error = None
-        try:
-            execute(notebook, reports_dir / "runs" / f"{rid}.ipynb", {**common, "spec": dataclasses.asdict(run_spec)})
-            if not _finished(run_spec, rid):
-                raise RuntimeError(f"{notebook} finished but {Path(run_spec.out) / rid} holds no finished run: "
-                                   f"{rundir.check(Path(run_spec.out) / rid)}")
-        except Exception as exc:  # any failure of one cell is recorded; the others go on
-            error = _error_record(exc)
-        seconds = time.perf_counter() - t0
+    todo = [i for i, (_, rid, s) in enumerate(cells) if not _finished(s, rid)]
+    log(f"cells: {total} ({_kinds(k for k, _, _ in cells)}), {total - len(todo)} already finished, "
+        f"{len(todo)} to run" + (f", {launcher.parallel} at once" if launcher.parallel > 1 else ""))
+    tags = [f"cell {i}/{total} {kind} {rid}" for i, (kind, rid, _) in enumerate(cells, 1)]
+    out = [{"run_id": rid, "kind": kind, "status": "skipped", "seconds": 0.0} for kind, rid, _ in cells]
+    for i in sorted(set(range(total)) - set(todo)):
+        failures.clear(out[i]["run_id"])
+        log(f"{tags[i]} ... skipped (finished: result.json checked)")
+
+    def started(k: int, note: str) -> None:
+        log(f"{tags[todo[k]]} ... {note} ({_describe(cells[todo[k]][2])})")
+
+    times = []
+    for k, error, seconds in launcher.run([cell_job(rid, s) for _, rid, s in (cells[i] for i in todo)], started):
         times.append(seconds)
-        pending -= 1
-        eta = sum(times) / len(times) * pending
+        i = todo[k]
+        kind, rid, run_spec = cells[i]
+        out[i] = {"run_id": rid, "kind": kind, "status": "done" if error is None else "failed", "seconds": seconds}
+        eta = f"ETA {sum(times) / len(times) * (len(todo) - len(times)) / launcher.parallel:.0f}s"
         if error is None:
             failures.clear(rid)
-            out.append({"run_id": rid, "kind": kind, "status": "done", "seconds": seconds})
-            log(f"{tag} ... done in {seconds:.0f}s, ETA {eta:.0f}s")
+            log(f"{tags[i]} ... done in {seconds:.0f}s, {eta}")
         else:
-            failures.add(rid, {"notebook": notebook, "report": f"runs/{rid}.ipynb", "kind": kind,
+            failures.add(rid, {"notebook": source.stem, "report": f"runs/{rid}.ipynb", "kind": kind,
                                "method": run_spec.method, "noise": run_spec.noise, "seed": run_spec.train.seed,
                                **error})
-            out.append({"run_id": rid, "kind": kind, "status": "failed", "seconds": seconds})
-            log(f"{tag} ... FAILED in {seconds:.0f}s ({error['error']}), ETA {eta:.0f}s")
+            log(f"{tags[i]} ... FAILED in {seconds:.0f}s ({error['error']}), {eta}")
     return out
+
+
+def _describe(run_spec) -> str:
+    """``method ce, noise symmetric:0.3, seed 0`` (and the variant or fold) of a cell, for the log."""
+    return (f"method {run_spec.method}, noise {run_spec.noise}, seed {run_spec.train.seed}"
+            + (f", variant {run_spec.variant}" if run_spec.variant else "")
+            + (f", fold {run_spec.fold[0]} of {run_spec.fold[1]}" if run_spec.fold else ""))
 
 
 def _finished(run_spec, rid: str) -> bool:
@@ -358,7 +353,7 @@ def _run_once(name: str, output: Path, params: dict, execute, failures: _Failure
     try:
         execute(name, output, params)
     except Exception as exc:
-        error = _error_record(exc)
+        error = error_record(exc)
         failures.add(key, {"notebook": name, "report": output.name, **error})
         log(f"{name} ... FAILED in {time.perf_counter() - t0:.0f}s ({error['error']})")
         return "failed"
@@ -416,6 +411,12 @@ def add_study_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     parser.add_argument("--ablations", action=argparse.BooleanOptionalAction, default=None,
                         help="run 03_ablations (default: the profile's)")
     parser.add_argument("--kernel", default=None, help="Jupyter kernel name (default: python3 running this python)")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="training cells at once on this machine, each in its own process with cores // N "
+                             "threads and, with GPUs, its own GPU (default: 1, one after another)")
+    parser.add_argument("--launcher", choices=LAUNCHERS, default="local",
+                        help="local: the cells run on this machine; slurm: a Slurm job array through submitit, "
+                             "resources from the profile's slurm: key (default: local)")
     parser.add_argument("--dry-run", action="store_true", help="print the grid (run ids, finished or not) and stop")
     return parser
 
@@ -437,6 +438,7 @@ def study_main(args: argparse.Namespace) -> int:
     log = partial(print, flush=True)
     try:
         spec = spec_from_study_args(args)
+        make_launcher(args.launcher, workers=args.workers, slurm=spec.slurm)  # checked before a dry run too
     except (ValueError, TypeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -458,7 +460,8 @@ def study_main(args: argparse.Namespace) -> int:
     command = "python -m ferlib " + shlex.join(["study", *argv] if argv is not None else sys.argv[1:])
     try:
         outcome = run_study(spec, runs_dir=runs, reports_dir=reports, notebooks_dir=args.notebooks,
-                            kernel_name=args.kernel, log=log, command=command)
+                            kernel_name=args.kernel, log=log, command=command, workers=args.workers,
+                            launcher=args.launcher)
     except (FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -11,6 +11,8 @@ The YAML keys are the fields of :class:`StudySpec`, with the grid nested under `
 raises naming it and listing the valid ones. ``grid.methods: all`` means every registered method at the time
 the grid is expanded (:func:`ferlib.methods.list_methods`), so a newly registered method joins every study
 without an edit here; oracle methods (``method_class(name).oracle``) are included and marked as such.
+The optional ``slurm:`` mapping sets each cell's job resources under ``--launcher slurm`` (keys and defaults:
+:class:`ferlib.study.launch.SlurmOptions`, listed at :class:`StudySpec`).
 """
 from __future__ import annotations
 
@@ -114,6 +116,10 @@ class StudySpec:
         (e.g. ``05_uncertainty: {cleanlab_folds: 5}``). Notebook names must be among :data:`NOTEBOOKS`;
         parameters the runner sets itself (:data:`COMMON`, :data:`STUDY_PARAMETERS`) are refused.
         A parameter the notebook's ``parameters`` cell does not declare is not passed (the runner warns).
+    slurm : resources of each cell's job under ``--launcher slurm`` (:class:`ferlib.study.launch.SlurmOptions`),
+        every key optional: ``partition`` (default: the cluster's), ``timeout_min`` (240), ``cpus_per_task`` (4,
+        also the cell's ``OMP_NUM_THREADS``), ``gpus_per_node`` (0), ``mem_gb`` (16), ``array_parallelism``
+        (32: the most cells running at once). Ignored by the local launcher.
     """
 
     name: str = "custom"
@@ -136,6 +142,7 @@ class StudySpec:
     cell_time_limit: int | None = None
     view_time_limit: int | None = None
     notebook_parameters: dict = field(default_factory=dict)
+    slurm: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         from ferlib.backbones import BackboneConfig
@@ -144,6 +151,8 @@ class StudySpec:
         from ferlib.methods import method_class, method_config
         from ferlib.noise import NoiseSpec
         from ferlib.recipes import RECIPES
+
+        from .launch import SlurmOptions
 
         if self.dataset not in list_datasets():
             raise ValueError(f"unknown dataset {self.dataset!r}; valid: {', '.join(list_datasets())}")
@@ -154,7 +163,7 @@ class StudySpec:
         elif not isinstance(self.grid, Grid):
             raise ValueError(f"grid must be a mapping with keys {_field_names(Grid)}, got {self.grid!r}")
         for key in ("dataset_options", "method_options", "train", "backbone", "ablation_train", "cleanlab_train",
-                    "notebook_parameters"):
+                    "notebook_parameters", "slurm"):
             if not isinstance(getattr(self, key), dict):
                 raise ValueError(f"{key} must be a mapping, got {getattr(self, key)!r}")
         for key in ("train", "ablation_train", "cleanlab_train"):
@@ -164,6 +173,7 @@ class StudySpec:
                 raise ValueError(f"{key}.seed is not a study setting: list the seeds in grid.seeds")
             TrainConfig(**{**self.train, **options})  # validates values (optimizer, scheduler ...)
         BackboneConfig(**_checked_keys(self.backbone, _field_names(BackboneConfig), "backbone"))
+        SlurmOptions(**_checked_keys(self.slurm, _field_names(SlurmOptions), "slurm"))
         for method, options in self.method_options.items():
             valid = [f.name for f in dataclasses.fields(method_class(method).Config)]
             _checked_keys(options or {}, valid, f"method_options.{method}")
@@ -332,10 +342,10 @@ def load_profile(name: str | os.PathLike, *, data: str | os.PathLike | None = No
     name : a shipped profile (:func:`list_profiles`: ``smoke``, ``cpu``, ``full``) or a ``.yaml`` path.
     data : dataset root replacing the profile's ``data``.
     **overrides : :class:`StudySpec` fields, or the grid's ``methods``, ``noise``, ``seeds`` directly.
-        ``train``, ``backbone``, ``ablation_train`` and ``grid`` are merged into the profile's mapping
-        (``train={"epochs": 3}`` keeps the profile's other train settings), ``notebook_parameters`` per
-        notebook (``{"05_uncertainty": {"n_faces": 4}}`` keeps the profile's other 05 parameters); other
-        fields are replaced.
+        ``train``, ``backbone``, ``ablation_train``, ``cleanlab_train``, ``slurm`` and ``grid`` are merged into
+        the profile's mapping (``train={"epochs": 3}`` keeps the profile's other train settings),
+        ``notebook_parameters`` per notebook (``{"05_uncertainty": {"n_faces": 4}}`` keeps the profile's other
+        05 parameters); other fields are replaced.
 
     Raises
     ------
@@ -364,7 +374,7 @@ def load_profile(name: str | os.PathLike, *, data: str | os.PathLike | None = No
             grid[key] = value
         elif key == "grid":
             grid.update(asdict(value) if isinstance(value, Grid) else value)
-        elif key in ("train", "backbone", "ablation_train", "cleanlab_train") and isinstance(value, dict):
+        elif key in ("train", "backbone", "ablation_train", "cleanlab_train", "slurm") and isinstance(value, dict):
             values[key] = {**(values.get(key) or {}), **value}
         elif key == "notebook_parameters" and isinstance(value, dict) and isinstance(values.get(key), dict):
             merged = dict(values[key])
