@@ -18,6 +18,7 @@ from typing import Callable
 from .._registry import Registry, full_options
 from .cache import cached
 from .dataset import FERData
+from .storage import CHUNK_SIZE
 
 __all__ = ["READERS", "register_dataset", "list_datasets", "dataset_reader", "load_dataset"]
 
@@ -43,7 +44,7 @@ def dataset_reader(name: str) -> Callable[..., FERData]:
 
 
 def load_dataset(name: str, root: str | os.PathLike, *, cache_dir: str | os.PathLike | None = None,
-                 cache: bool = True, **options) -> FERData:
+                 cache: bool = True, mmap: bool | None = None, chunk_size: int = CHUNK_SIZE, **options) -> FERData:
     """Read a dataset by name, through the on-disk cache.
 
     Parameters
@@ -55,7 +56,14 @@ def load_dataset(name: str, root: str | os.PathLike, *, cache_dir: str | os.Path
     cache_dir : str or PathLike, optional
         Cache folder; default ``$FERLIB_CACHE`` or ``~/.cache/ferlib`` (:func:`ferlib.data.cache.default_cache_dir`).
     cache : bool
-        False reads the files every time and writes no cache.
+        False reads the files every time and writes no cache (the images then always stay in memory).
+    mmap : bool or None
+        How the cache stores the images (:mod:`ferlib.data.cache`): True memory-maps them (``FERData.images``
+        is then a :class:`~ferlib.data.storage.MappedImages`, read from disk on demand: datasets larger than
+        memory), False keeps them in memory, None (default) memory-maps images of at least
+        ``$FERLIB_MMAP_BYTES`` bytes (default 2 GiB).
+    chunk_size : int
+        Images decoded and held at a time while a memory-mapped entry is built.
     **options
         Keyword options of the reader (e.g. ``mode="plurality"``, ``num_classes=7``, ``image_size=64``).
 
@@ -76,4 +84,5 @@ def load_dataset(name: str, root: str | os.PathLike, *, cache_dir: str | os.Path
     key = {k: v for k, v in full.items() if k not in _NOT_IN_KEY}
     if not cache:
         return reader(root, **options)
-    return cached(name, Path(root), key, lambda: reader(root, **options), cache_dir=cache_dir)
+    return cached(name, Path(root), key, lambda: reader(root, **options), cache_dir=cache_dir, mmap=mmap,
+                  chunk_size=chunk_size)
