@@ -1,4 +1,4 @@
-"""Command line: ``python -m ferlib {train,study,results,methods,datasets} ...`` (``--help`` on each).
+"""Command line: ``python -m ferlib {train,study,results,methods,datasets,bench} ...`` (``--help`` on each).
 
 Bad input (a setting, a path, a file's content) is reported in one line naming it, with exit status 2; the
 traceback only with ``--debug``. Any other exception is a bug and keeps its traceback.
@@ -83,6 +83,11 @@ def build_parser() -> argparse.ArgumentParser:
                          help="collect the result.json of every run under a folder into one table")
     res.add_argument("runs", help="folder holding run directories")
     res.add_argument("--out", default=None, help="write the table to this CSV (atomically)")
+    from .bench import add_bench_arguments
+
+    add_bench_arguments(sub.add_parser("bench", parents=[common], help="training and inference speed and memory of "
+                                                                      "each method next to ce, per device and "
+                                                                      "precision/layout/compile setting"))
     return parser
 
 
@@ -175,6 +180,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         return study_main(args)
     if args.command == "results":
         return _results(args.runs, args.out)
+    if args.command == "bench":
+        from .bench import bench_main
+
+        return bench_main(args)
     from .experiment import run
 
     result = run(spec_from_args(args), resume=not args.no_resume)

@@ -12,8 +12,8 @@ For each (method, variant), on a 64-image FERPlus tree (``small_ferplus``) with 
 - two identical runs through the public entry point (:func:`ferlib.experiment.run`) are identical;
 - the model a method trains (after ``bind``) has the plain model's weights: inference is backbone + classifier.
 
-Methods that read an external per-sample source get a stub file (:data:`STUB_SOURCES`), so no landmark detector
-runs here.
+Methods that read an external per-sample source get a stub file (:data:`ferlib.bench.synthetic.STUB_SOURCES`, which
+the bench uses too), so no landmark detector runs here.
 """
 from __future__ import annotations
 
@@ -27,25 +27,13 @@ import pytest
 import torch
 
 from ferlib.backbones import BackboneConfig, FERModel
+from ferlib.bench.synthetic import STUB_SOURCES
 from ferlib.engine import TrainConfig, make_batch
 from ferlib.experiment import RunSpec, build, prepare_data, run
 from ferlib.methods import Readout, create_method, list_methods, method_class
 
 BATCH = 16
 TINY = BackboneConfig(model_kwargs={"channels": [8, 16, 32, 64], "stem_width": 8})
-
-
-def _stub_landmarks(n: int, rng: np.random.Generator) -> np.ndarray:
-    points = rng.uniform(0.2, 0.8, (n, 5, 2)).astype(np.float32)
-    points[1] = np.nan  # one failed detection
-    return points
-
-
-#: Config fields that name a per-sample source file, and a stub array (rows aligned with the train split).
-STUB_SOURCES = {
-    "landmarks": _stub_landmarks,                                                        # LA-Net
-    "aux": lambda n, rng: rng.normal(size=(n, 2)).astype(np.float32),                    # LDLVA (VA-like)
-}
 
 
 def cases() -> list[tuple[str, str | None]]:
