@@ -1,4 +1,4 @@
-"""Command line: ``python -m ferlib {train,study,results,methods,datasets,bench} ...`` (``--help`` on each).
+"""Command line: ``python -m ferlib {train,evaluate,study,results,methods,datasets,bench} ...`` (``--help`` on each).
 
 Bad input (a setting, a path, a file's content) is reported in one line naming it, with exit status 2; the
 traceback only with ``--debug``. Any other exception is a bug and keeps its traceback.
@@ -9,6 +9,7 @@ import argparse
 import dataclasses
 import json
 import sys
+from pathlib import Path
 
 from .backbones import BackboneConfig, WeightsError
 from .engine import TrainConfig
@@ -73,6 +74,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_dataclass_flags(tr, TrainConfig, skip=("augment", "milestones"))
     tr.add_argument("--milestones", type=int, nargs="*", default=[], metavar="EPOCH",
                     help="epochs at which the multistep schedule multiplies the lr by --gamma")
+    _add_eval_data(tr, required=False, then=" once the run has finished")
+    ev = sub.add_parser("evaluate", parents=[common], help="score finished runs on other datasets over the classes "
+                                                           "they share, without training (cross_eval.json)")
+    ev.add_argument("runs", nargs="+", metavar="RUN_DIR", help="finished run folder(s)")
+    ev.add_argument("--device", default=None, help="torch device (default: the run's train.device setting)")
+    _add_eval_data(ev, required=True)
     from .study.runner import add_study_arguments
 
     add_study_arguments(sub.add_parser("study", parents=[common], help="run a study: a grid of runs through the "
@@ -89,6 +96,16 @@ def build_parser() -> argparse.ArgumentParser:
                                                                       "each method next to ce, per device and "
                                                                       "precision/layout/compile setting"))
     return parser
+
+
+def _add_eval_data(parser: argparse.ArgumentParser, *, required: bool, then: str = "") -> None:
+    from .cross_eval import TARGET_SYNTAX
+
+    parser.add_argument("--eval-data", action="append", default=[], required=required,
+                        metavar="READER:PATH[:K=V,...]",
+                        help=f"score the run{then} on this dataset (repeatable): {TARGET_SYNTAX}, e.g. "
+                             "ferplus:../shared/data/ferplus:mode=majority or folder:exports/no_neutral; "
+                             "predictions are restricted to the classes both share (ferlib.cross_eval)")
 
 
 #: BackboneConfig fields that --backbone-opt does not set, and where they come from instead.
@@ -184,11 +201,22 @@ def _dispatch(args: argparse.Namespace) -> int:
         from .bench import bench_main
 
         return bench_main(args)
+    from .cross_eval import evaluate_run, parse_targets
+
+    targets = parse_targets(args.eval_data)  # a bad target fails before any data loads
+    if args.command == "evaluate":
+        for run_dir in args.runs:
+            print(f"{run_dir}:")
+            evaluate_run(run_dir, targets, device=args.device)
+        return 0
     from .experiment import run
 
-    result = run(spec_from_args(args), resume=not args.no_resume)
+    spec = spec_from_args(args)
+    result = run(spec, resume=not args.no_resume)
     print(json.dumps({k: result[k] for k in ("run_id", "method", "noise", "noise_rate", "best_epoch",
                                              "time_per_epoch_s", "last", "best")}, indent=2))
+    if targets:
+        evaluate_run(Path(spec.out) / result["run_id"], targets)
     return 0
 
 

@@ -22,7 +22,7 @@ from .recipes import recipe_method_options, recipe_source, resolve_recipe
 from .results import collect_results, flatten, write_json, write_table
 
 __all__ = ["RunSpec", "run", "build", "run_id", "prepare_data", "carve_valid", "hold_out_fold", "stratified_subset",
-           "run_features"]
+           "run_features", "load_model"]
 
 
 @dataclass
@@ -282,10 +282,8 @@ def run_features(run_dir, *, splits=("train", "test"), device: str | None = None
     -------
     dict split -> (N, D) float32 features (the ``model.embed`` output the classifier sees).
     """
-    import torch
-
     from .data import load_dataset
-    from .engine import predict, resolve_device
+    from .engine import predict
 
     run_dir = Path(run_dir)
     bad = set(splits) - {"train", "test"}
@@ -297,12 +295,7 @@ def run_features(run_dir, *, splits=("train", "test"), device: str | None = None
     if not todo:
         return saved
     cfg = rundir.read_config(run_dir)
-    train = TrainConfig(**{**cfg["train"], "progress": False})
-    dev = resolve_device(device or train.device)
-    backbone = dataclasses.replace(BackboneConfig(**cfg["backbone"]), weights=None)  # model.pt has them all
-    model = create_model(backbone, int(readout["train_logits"].shape[1]))
-    model.load_state_dict(torch.load(run_dir / rundir.MODEL, map_location="cpu", weights_only=True))
-    model.to(dev)
+    model, train, dev = load_model(run_dir, device=device)
     data = load_dataset(cfg["dataset"], cfg["data"], **(cfg.get("dataset_options") or {}))
     rows = {str(i): k for k, i in enumerate(np.asarray(data.ids).astype(str))}
     for s in todo:
@@ -310,3 +303,27 @@ def run_features(run_dir, *, splits=("train", "test"), device: str | None = None
         _, feats = predict(model, data.images[[rows[i] for i in ids]], train, dev, features=True)
         saved[s] = feats.astype(np.float32)
     return saved
+
+
+def load_model(run_dir, *, device: str | None = None) -> tuple:
+    """The final model of the finished run in ``run_dir``, rebuilt from its ``config.json`` (the backbone of
+    :meth:`RunSpec.from_run`, the recorded class count) with the weights of ``model.pt``, for inference.
+
+    Parameters
+    ----------
+    run_dir : a run directory written by :func:`run` (its ``model.pt`` present).
+    device : torch device; default the run's ``train.device`` setting.
+
+    Returns
+    -------
+    (model on the device, the run's TrainConfig with ``progress`` off, torch.device)
+    """
+    import torch
+
+    spec = RunSpec.from_run(run_dir)
+    train = dataclasses.replace(spec.train, progress=False)
+    dev = resolve_device(device or train.device)
+    backbone = dataclasses.replace(spec.backbone, weights=None)  # model.pt has them all
+    model = create_model(backbone, int(rundir.read_config(run_dir)["classes"]))
+    model.load_state_dict(torch.load(Path(run_dir) / rundir.MODEL, map_location="cpu", weights_only=True))
+    return model.to(dev), train, dev

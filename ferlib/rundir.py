@@ -11,6 +11,8 @@ Every module that writes or reads a run directory goes through these names and f
     model.pt       MODEL         final weights (backbone + head)
     readout.npz    READOUT       per-sample read-outs (train: ids, given, clean, logits, method_*; test: ...)
     result.json    RESULT        the run's summary (:class:`Result`), written last
+    cross_eval.json CROSS_EVAL   scores on other datasets, written after the run finished
+                                 (:func:`ferlib.cross_eval.evaluate_run`; optional)
     .lock          LOCK          present while a process writes the folder (:func:`lock`)
 
 Decisions, so that a study of many hours is never silently wrong:
@@ -44,17 +46,19 @@ from pathlib import Path
 from typing import Iterator, TypedDict
 
 __all__ = ["CONFIG", "NOISE", "CHECKPOINT", "EPOCHS_CSV", "EPOCHS_JSONL", "MODEL", "READOUT", "RESULT", "LOCK",
-           "GENERATION", "REQUIRED", "Result", "RunWarning", "RunLockedError", "CorruptRunError",
+           "CROSS_EVAL", "GENERATION", "REQUIRED", "Result", "RunWarning", "RunLockedError", "CorruptRunError",
            "lock", "retire", "remove_temp_files", "check", "is_finished", "finished_result", "run_folders",
-           "finished_runs", "problems", "read_result", "read_config", "read_readout"]
+           "finished_runs", "problems", "read_result", "read_config", "read_cross_eval", "read_readout"]
 
 CONFIG, NOISE, CHECKPOINT = "config.json", "noise.json", "checkpoint.pt"
 EPOCHS_CSV, EPOCHS_JSONL, MODEL = "epochs.csv", "epochs.jsonl", "model.pt"
 READOUT, RESULT, LOCK = "readout.npz", "result.json", ".lock"
+CROSS_EVAL = "cross_eval.json"
 
 #: The files of one generation of a run, in the order :func:`retire` removes them: ``result.json`` first (the
-#: folder is no longer finished), the resume checkpoint second (nothing resumes the old generation).
-GENERATION = (RESULT, CHECKPOINT, MODEL, READOUT, EPOCHS_CSV, EPOCHS_JSONL, CONFIG, NOISE)
+#: folder is no longer finished), then the scores of its weights on other datasets, the resume checkpoint
+#: (nothing resumes the old generation).
+GENERATION = (RESULT, CROSS_EVAL, CHECKPOINT, MODEL, READOUT, EPOCHS_CSV, EPOCHS_JSONL, CONFIG, NOISE)
 
 #: Keys every ``result.json`` must hold to count as a finished run (``last`` a dict of test metrics).
 REQUIRED = ("method", "last")
@@ -445,13 +449,23 @@ def read_result(run_dir: str | os.PathLike) -> Result:
 
 def read_config(run_dir: str | os.PathLike) -> dict:
     """``config.json`` of a run; ``{}`` when it has none (CorruptRunError naming it when it is not JSON)."""
-    path = Path(run_dir) / CONFIG
+    return _read_optional_json(run_dir, CONFIG)
+
+
+def read_cross_eval(run_dir: str | os.PathLike) -> dict:
+    """``cross_eval.json`` of a run: ``{target key: scores}`` (:func:`ferlib.cross_eval.evaluate_run`); ``{}``
+    when it has none (CorruptRunError naming it when it is not JSON)."""
+    return _read_optional_json(run_dir, CROSS_EVAL)
+
+
+def _read_optional_json(run_dir: str | os.PathLike, name: str) -> dict:
+    path = Path(run_dir) / name
     if not path.is_file():
         return {}
     try:
         return json.loads(path.read_text())
     except ValueError as exc:
-        raise CorruptRunError(run_dir, f"{CONFIG} is not valid JSON ({exc})") from None
+        raise CorruptRunError(run_dir, f"{name} is not valid JSON ({exc})") from None
 
 
 def read_readout(run_dir: str | os.PathLike) -> dict:
