@@ -158,7 +158,12 @@ def test_06_embeddings(trained):
 
 
 def test_99_summary(trained):
+    from ferlib import rundir
+    from ferlib.cross_eval import evaluate_run
+
     folder, trained_metrics = trained
+    (run_dir,) = rundir.finished_runs(folder / "runs")
+    evaluate_run(run_dir, [f"ferplus:{SAMPLE}:mode=majority"])  # the sample's test split under another label rule
     m = execute("99_summary", folder)
     assert m["n_runs"] == 1
     (row,) = m["table"]
@@ -166,3 +171,6 @@ def test_99_summary(trained):
     assert row["last.acc_mean"] == pytest.approx(trained_metrics["last"]["acc"])
     (timing,) = m["timings"]
     assert timing["ratio_to_ce"] == pytest.approx(1.0)
+    (cross,) = m["cross_eval"]
+    assert (cross["method"], cross["target"], cross["n_seeds"]) == ("ce", "ferplus:ferplus_sample:mode=majority", 1)
+    assert 0.0 <= cross["acc_mean"] <= 1.0 and cross["n"] > 200

@@ -18,7 +18,8 @@ The functions live in one sub-module per concept and are all re-exported here (`
                          :func:`relabel_summary`, :func:`relabel_table`
 ``tables``               :func:`parse_noise`, :func:`summary_table`, :func:`format_summary`,
                          :func:`timing_table`, :func:`per_class_table`, :func:`per_class_summary`,
-                         :func:`ablation_table`
+                         :func:`ablation_table`, :func:`cross_eval_table`, :func:`cross_eval_summary`,
+                         :func:`format_cross_eval`
 ``dataprep``             :func:`sample_faces`, :func:`noise_table`, :func:`noise_examples`,
                          :func:`try_landmarks`, :func:`va_values`, :func:`va_summary`
 ``embeddings``           :func:`embed_umap`, :func:`run_embeddings`, :func:`silhouette`
@@ -48,8 +49,8 @@ from .plots import (face_grid, plot_bars, plot_confusion, plot_distributions, pl
                     plot_noise_curve, plot_transition, plot_va)
 from .runs import (RunRecord, class_names_for, images_by_id, list_runs, load_run, load_runs, one_per_method,
                    run_dataset, saved_features)
-from .tables import (ablation_table, format_summary, parse_noise, per_class_summary, per_class_table, summary_table,
-                     timing_table)
+from .tables import (ablation_table, cross_eval_summary, cross_eval_table, format_cross_eval, format_summary,
+                     parse_noise, per_class_summary, per_class_table, summary_table, timing_table)
 
 __all__ = [
     "RunRecord", "list_runs", "load_run", "load_runs", "one_per_method", "run_dataset", "images_by_id",
@@ -59,7 +60,8 @@ __all__ = [
     "detection_metrics", "flag_metrics", "uncertainty_table", "extreme_samples", "plot_extremes", "out_of_sample_probs",
     "cleanlab_issues", "cleanlab_scores", "cleanlab_table", "relabel_summary", "relabel_table",
     "parse_noise", "summary_table", "format_summary", "timing_table", "per_class_table", "per_class_summary",
-    "ablation_table", "sample_faces", "noise_table", "noise_examples", "try_landmarks", "va_values", "va_summary",
+    "ablation_table", "cross_eval_table", "cross_eval_summary", "format_cross_eval",
+    "sample_faces", "noise_table", "noise_examples", "try_landmarks", "va_values", "va_summary",
     "embed_umap", "run_embeddings", "silhouette",
     "plot_confusion", "plot_learning_curves", "plot_transition", "plot_bars", "face_grid", "plot_distributions",
     "plot_noise_curve", "plot_embedding", "plot_va",

@@ -1,17 +1,22 @@
-"""Result tables: mean ± std summaries over seeds, their formatting, timings, per-class accuracy, ablations."""
+"""Result tables: mean ± std summaries over seeds, their formatting, timings, per-class accuracy, ablations, and
+the scores of finished runs on other datasets (cross-dataset evaluation)."""
 from __future__ import annotations
 
 import json
 import math
+import os
+import warnings
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
+from .. import rundir
 from .runs import class_names_for, load_runs
 
 __all__ = [
     "parse_noise", "summary_table", "format_summary", "timing_table", "per_class_table", "per_class_summary",
-    "ablation_table",
+    "ablation_table", "cross_eval_table", "cross_eval_summary", "format_cross_eval",
 ]
 
 
@@ -247,3 +252,86 @@ def ablation_table(runs) -> "object":
     for m in ("acc", "mean_acc"):
         table[f"delta_{m}"] = table[f"last.{m}"].to_numpy(float) - full[f"last.{m}"].reindex(where).to_numpy(float)
     return table
+
+
+_CROSS_METRICS = ("acc", "mean_acc", "macro_f1")
+
+
+def _run_folders(runs) -> list[Path]:
+    """Finished run folders of a runs folder, of one run folder, or of a list of run folders / RunRecords."""
+    if isinstance(runs, (str, os.PathLike)):
+        path = Path(runs)
+        return [path] if (path / rundir.RESULT).is_file() else rundir.finished_runs(path)
+    return [Path(getattr(r, "path", r)) for r in runs]
+
+
+def cross_eval_table(runs) -> "object":
+    """The runs' scores on other datasets (``cross_eval.json``, :func:`ferlib.cross_eval.evaluate_run`), tidy.
+
+    Parameters
+    ----------
+    runs : a runs folder (its finished runs), one run folder, or a list of run folders / RunRecords.
+
+    Returns
+    -------
+    pandas.DataFrame, one row per run and target: ``run_id, dataset, method, oracle, noise, seed`` of the run,
+    ``target`` (label), ``target_key`` (:meth:`ferlib.cross_eval.EvalTarget.key`), ``split``, ``n``
+    (samples scored), ``n_excluded`` (left out: a class the run lacks), ``shared`` and ``masked`` (class names,
+    comma-joined) and ``acc``, ``mean_acc``, ``macro_f1`` over the shared classes. Runs without scores add no row;
+    an unreadable ``cross_eval.json`` is skipped with a :class:`ferlib.rundir.RunWarning` naming it.
+    """
+    import pandas as pd
+
+    columns = ["run_id", "dataset", "method", "oracle", "noise", "seed", "target", "target_key", "split", "n",
+               "n_excluded", "shared", "masked", *_CROSS_METRICS]
+    rows = []
+    for folder in _run_folders(runs):
+        result = rundir.read_result(folder)
+        try:
+            scores = rundir.read_cross_eval(folder)
+        except rundir.CorruptRunError as exc:
+            warnings.warn(f"skipped the cross-dataset scores of {exc}", rundir.RunWarning, stacklevel=2)
+            continue
+        for key, e in scores.items():
+            rows.append({"run_id": result.get("run_id", folder.name), "dataset": result.get("dataset"),
+                         "method": result["method"], "oracle": bool(result.get("oracle")),
+                         "noise": result.get("noise"), "seed": result.get("seed"), "target": e["target"],
+                         "target_key": key, "split": e["split"], "n": e["n"], "n_excluded": e["n_excluded"],
+                         "shared": ",".join(e["mapping"]["shared"]), "masked": ",".join(e["mapping"]["masked"]),
+                         **{m: e[m] for m in _CROSS_METRICS}})
+    return pd.DataFrame(rows, columns=columns)
+
+
+def cross_eval_summary(runs) -> "object":
+    """:func:`cross_eval_table` averaged over seeds: one row per (dataset, method, oracle, noise, target) with
+    ``n_seeds``, ``n``, ``n_excluded``, ``masked`` and ``<metric>_mean`` / ``<metric>_std`` (ddof = 1; NaN for
+    one seed) of ``acc``, ``mean_acc``, ``macro_f1``; oracle rows last."""
+    table = cross_eval_table(runs)
+    if table.empty:
+        return table
+    keys = ["dataset", "method", "oracle", "noise", "target_key"]
+    grouped = table.groupby(keys, dropna=False, sort=True)
+    stats = grouped[list(_CROSS_METRICS)].agg(["mean", "std"])
+    stats.columns = [f"{col}_{stat}" for col, stat in stats.columns]
+    first = grouped[["target", "split", "n", "n_excluded", "masked"]].first()
+    out = first.join(grouped["seed"].nunique().rename("n_seeds")).join(stats).reset_index()
+    return out.sort_values("oracle", kind="stable").reset_index(drop=True)
+
+
+def format_cross_eval(summary, *, metrics: Sequence[str] = ("acc", "mean_acc"), scale: float = 100.0,
+                      digits: int = 1) -> "object":
+    """The cross-dataset table: one row per method and noise, one column per target and metric,
+    ``"mean ± std"`` over seeds (in %), from :func:`cross_eval_summary`; oracle rows marked."""
+    import pandas as pd
+
+    if summary.empty:
+        return pd.DataFrame()
+    df = summary.assign(method=[f"{m} (oracle)" if o else m for m, o in zip(summary["method"], summary["oracle"])])
+    for m in metrics:
+        df[m] = [_mean_std(mu, sd, scale, digits) for mu, sd in zip(df[f"{m}_mean"], df[f"{m}_std"])]
+    wide = df.pivot_table(index=["method", "noise"], columns="target", values=list(metrics), aggfunc="first",
+                          sort=False)
+    order = [(m, t) for t in dict.fromkeys(df["target"]) for m in metrics]
+    wide = wide.reindex(columns=order)
+    wide.columns = [f"{t} · {m}" for m, t in order]
+    return wide.reset_index()

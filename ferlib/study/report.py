@@ -10,6 +10,8 @@ Layout of ``reports_dir``::
     index.html        summary table, failures, skipped (corrupted) runs, links to every rendered notebook
     results.csv       one row per finished run (collect_results), tidy
     summary.csv       one row per configuration: mean and std over seeds (ferlib.analysis.summary_table)
+    cross_eval.csv    the runs' scores on other datasets, mean and std over seeds (ferlib.analysis.cross_eval_summary;
+                      only when a run has them)
     failures.json     {key: {notebook, error, traceback, ...}} of what failed (written by the runner)
     study.json        the resolved study spec of the last invocation
     <notebook>.ipynb / .html          executed analysis notebooks (00, 01, 03, 04, 05, 06, 99)
@@ -132,17 +134,22 @@ def write_report(*, runs_dir: str | os.PathLike, reports_dir: str | os.PathLike,
     """
     import warnings
 
+    from ferlib.analysis import cross_eval_summary
+
     reports_dir = Path(reports_dir)
     with warnings.catch_warnings():  # the skipped runs are listed in the page instead
         warnings.simplefilter("ignore", rundir.RunWarning)
         results = collect_results(runs_dir)
     skipped = rundir.problems(runs_dir, recursive=True)
     summary = _summary(results)
+    cross = cross_eval_summary(runs_dir)
     write_table(reports_dir / "results.csv", results)
     write_table(reports_dir / "summary.csv", summary)
+    if not cross.empty:
+        write_table(reports_dir / "cross_eval.csv", cross)
     failures_path = reports_dir / "failures.json"
     failures = read_json(failures_path) if failures_path.exists() else {}
-    page = _page(results, summary, failures, reports_dir, Path(runs_dir), study, list(order), skipped)
+    page = _page(results, summary, failures, reports_dir, Path(runs_dir), study, list(order), skipped, cross)
     return atomic_write_text(reports_dir / "index.html", page)
 
 
@@ -156,7 +163,8 @@ pre{background:#f6f6f6;padding:.6em;overflow-x:auto;font-size:.85em}.fail{color:
 """
 
 
-def _page(results, summary, failures, reports_dir: Path, runs_dir: Path, study, order, skipped=None) -> str:
+def _page(results, summary, failures, reports_dir: Path, runs_dir: Path, study, order, skipped=None,
+          cross=None) -> str:
     name = (study or {}).get("name", reports_dir.name)
     parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>Study {_e(name)}</title>",
              f"<style>{_CSS}</style></head><body>",
@@ -172,6 +180,8 @@ def _page(results, summary, failures, reports_dir: Path, runs_dir: Path, study, 
                  "<a href='summary.csv'>summary.csv</a>.</p>")
     parts.append("<h2>Results</h2>")
     parts.append(_summary_html(summary) if not summary.empty else "<p>No finished run yet.</p>")
+    if cross is not None and not cross.empty:
+        parts.append(_cross_eval_html(cross))
     parts.append(_failures_html(failures, reports_dir))
     parts.append(_skipped_html(skipped or {}, runs_dir))
     parts.append(_reports_html(reports_dir, results, order))
@@ -214,6 +224,23 @@ def _summary_html(summary) -> str:
             "upper bounds, not competitors.</p>" if has_oracle else "")
     return ("<table class='results'><thead><tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr></thead><tbody>"
             + "".join(rows) + "</tbody></table>" + note)
+
+
+def _cross_eval_html(cross) -> str:
+    """The cross-dataset table (:func:`ferlib.analysis.format_cross_eval`: method x target, ``"mean ± std"`` in
+    %) and what each target masked."""
+    from ferlib.analysis import format_cross_eval
+
+    targets = cross.drop_duplicates("target_key")
+    masked = "".join(f"<li><b>{_e(t)}</b> ({_e(s)} split): {_e(m or 'no class')} masked out of the argmax; "
+                     f"{_num(n, digits=0)} samples scored, {_num(x, digits=0)} excluded (a class the runs lack)</li>"
+                     for t, s, m, n, x in zip(targets["target"], targets["split"], targets["masked"], targets["n"],
+                                             targets["n_excluded"]))
+    return ("<h2>Cross-dataset evaluation</h2><p class='muted'>Each finished run scored on other datasets without "
+            "training, its predictions restricted to the classes the target shares with it "
+            "(<code>ferlib.cross_eval</code>); test accuracy and mean accuracy in %, mean &plusmn; std over seeds. "
+            "Rows: <a href='cross_eval.csv'>cross_eval.csv</a>.</p>"
+            + format_cross_eval(cross).to_html(index=False, classes="cross", border=0) + f"<ul>{masked}</ul>")
 
 
 def _failures_html(failures: dict, reports_dir: Path) -> str:
