@@ -36,6 +36,9 @@ Order of work: the notebooks of ``spec.notebooks`` in order, each as its metadat
    the profile's ``slurm:`` key). Whatever the launcher, only unfinished cells are started, each cell's outcome
    comes back to this process, which alone logs it (each line names the run id) and writes the failure ledger,
    and the views below start once every cell has ended.
+   With the profile's ``eval_data``, every finished grid run is then scored on those datasets without training
+   (:func:`ferlib.cross_eval.evaluate_run`: its ``cross_eval.json``; targets already scored are kept), in this
+   process; a run that cannot be scored is recorded as ``cross_eval:<run_id>`` in ``failures.json``.
 3. The other ``view`` notebooks (``03``, ``04``, ``05``, ``06``, ``99``) once each: they read run directories.
    A view declaring ``needs: ablation`` (``03_ablations``) is skipped when the study has no such cell.
 4. HTML of every executed notebook (nbconvert) and ``reports_dir/index.html`` (:mod:`ferlib.study.report`).
@@ -68,6 +71,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from ferlib import rundir
+from ferlib.cross_eval import evaluate_run, parse_targets
 from ferlib.results import read_json, write_json
 
 from .launch import LAUNCHERS, CellJob, error_record, execute_notebook, make_launcher
@@ -208,6 +212,7 @@ def run_study(spec: StudySpec | str, *, runs_dir: str | os.PathLike, reports_dir
     if not data.exists():
         raise FileNotFoundError(f"data folder {data} of study {spec.name!r} does not exist; pass data=PATH "
                                 "(command line: --data PATH)")
+    targets = parse_targets(spec.eval_data)  # a missing eval root fails before any cell runs
     launch = make_launcher(launcher, workers=workers, executor=executor, slurm=spec.slurm,
                            folder=reports_dir / "slurm", name=f"ferlib-{spec.name}")
     runs_dir.mkdir(parents=True, exist_ok=True)
@@ -261,6 +266,7 @@ def run_study(spec: StudySpec | str, *, runs_dir: str | os.PathLike, reports_dir
         role = _declared_role(source)
         if role.get("role") == "cell":
             outcome.cells = _run_cells(cells, source, functools.partial(cell_job, name), launch, failures, log)
+            _cross_eval(cells, targets, failures, log)
             continue
         if not source.exists():
             log(f"warning: {source} is missing: skipped")
@@ -326,6 +332,28 @@ def _run_cells(cells: list, source: Path, cell_job, launcher, failures: _Failure
                                **error})
             log(f"{tags[i]} ... FAILED in {seconds:.0f}s ({error['error']}), {eta}")
     return out
+
+
+def _cross_eval(cells: list, targets: list, failures: _Failures, log) -> None:
+    """Score every finished ``grid`` cell of ``(kind, RunSpec)`` ``cells`` on ``targets``
+    (:func:`ferlib.cross_eval.evaluate_run`, no training); a run that cannot be scored is recorded as
+    ``cross_eval:<run_id>`` and the others go on."""
+    from ferlib.experiment import run_id
+
+    if not targets:
+        return
+    for kind, run_spec in cells:
+        folder = Path(run_spec.out) / run_id(run_spec)
+        if kind != "grid" or not rundir.is_finished(folder):
+            continue
+        key = f"cross_eval:{folder.name}"
+        try:
+            evaluate_run(folder, targets, log=lambda line: log(f"cross eval {folder.name}: {line}"))
+        except Exception as exc:
+            failures.add(key, {"step": "cross_eval", **error_record(exc)})
+            log(f"cross eval {folder.name} ... FAILED ({failures.items[key]['error']})")
+        else:
+            failures.clear(key)
 
 
 def _describe(run_spec) -> str:

@@ -109,6 +109,10 @@ class StudySpec:
         of the grid that flips labels and every seed, K ``ce`` cells each hold one fold of the train split out
         (RunSpec ``fold``) under ``<runs_dir>/cleanlab``; ``05_uncertainty`` reads them.
     cleanlab_train : TrainConfig overrides for those fold runs only (e.g. fewer epochs).
+    eval_data : datasets every finished grid run is scored on after training, without training
+        (:mod:`ferlib.cross_eval`, ``READER:PATH[:KEY=VALUE,...]``, e.g. ``ferplus:data/ferplus_sample:mode=majority``
+        or ``folder:exports/no_neutral``), its predictions restricted to the classes both share; written to each
+        run's ``cross_eval.json``, shown by ``99_summary`` and the report. [] = none.
     cell_time_limit, view_time_limit : seconds a training cell's notebook (``cell`` role), or any code cell of a
         ``view`` notebook, may run before it is stopped and recorded as failed, so a hung cell never stalls the
         study (None: no limit). Set from the profile's measured times with a wide margin.
@@ -139,6 +143,7 @@ class StudySpec:
     ablation_train: dict = field(default_factory=dict)
     cleanlab_folds: int = 0
     cleanlab_train: dict = field(default_factory=dict)
+    eval_data: list[str] = field(default_factory=list)
     cell_time_limit: int | None = None
     view_time_limit: int | None = None
     notebook_parameters: dict = field(default_factory=dict)
@@ -197,6 +202,12 @@ class StudySpec:
             raise ValueError(f"ablations must be true or false, got {self.ablations!r}")
         if self.ablation_noise is not None:
             self.ablation_noise = str(NoiseSpec.parse(self.ablation_noise))
+        if self.eval_data:
+            from ferlib.cross_eval import EvalTarget
+
+            self.eval_data = _str_list(self.eval_data, "eval_data")
+            for target in self.eval_data:
+                EvalTarget.parse(target)  # syntax, reader and options; the roots are checked when the study runs
         if self.data is not None:
             self.data = os.fspath(self.data)
 
@@ -296,6 +307,7 @@ class StudySpec:
             f"recipe: {self.recipe}; train: {self.train or 'defaults'}; backbone: {self.backbone or 'defaults'}",
             f"ablations: {'on' if self.ablations else 'off'}; cleanlab folds: {self.cleanlab_folds or 'none'}; "
             f"notebooks: {', '.join(self.notebooks)}",
+            *([f"eval data (scored after training): {', '.join(self.eval_data)}"] if self.eval_data else []),
             *(f"  {name}: {params}" for name, params in self.notebook_parameters.items()),
         ])
 
