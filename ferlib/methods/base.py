@@ -30,6 +30,14 @@ model that exposes only those. Parameters a method
 adds (edge scorers, projection heads, landmark branches) are attributes of the method, an ``nn.Module``: the
 engine optimises them with the model and checkpoints them with ``method.state_dict()``. They are used in
 training only; inference is always the plain backbone + classifier.
+
+Several processes (``torchrun``, :mod:`ferlib.distributed`): each process's ``training_step`` gets its shard of
+the global batch. A method that declares ``multi_process = True`` promises the one-process result: its
+batch-level operations (neighbour graphs, rank groups, pairwise terms, in-batch partners) run on tensors
+gathered over the processes (:func:`ferlib.distributed.gather`, with gradient; the identity on one process),
+and every per-sample state update uses the gathered batch, so each process holds the same state. A loss term
+is either a mean over the shard or computed from gathered tensors (never a sum over the shard).
+:meth:`Method.record` gathers its inputs itself.
 """
 from __future__ import annotations
 
@@ -43,6 +51,7 @@ import torch
 from torch import nn
 
 from .._registry import Registry
+from ..distributed import gather
 from ..options import check_types, parse_options
 
 __all__ = ["Method", "Readout", "register_method", "create_method", "method_config", "list_methods",
@@ -127,6 +136,9 @@ class Method(nn.Module):
     model_parts : tuple of str
         The :data:`FERModel.PARTS <ferlib.backbones.FERModel.PARTS>` its training step uses (default:
         ``model(x)`` only).
+    multi_process : bool
+        True when the training step gives the one-process result on a batch sharded over processes (see the
+        module docstring); the engine refuses a method without it under ``torchrun``.
     """
 
     name: ClassVar[str] = ""
@@ -136,6 +148,7 @@ class Method(nn.Module):
     oracle: ClassVar[bool] = False
     ablations: ClassVar[dict[str, dict]] = {}
     model_parts: ClassVar[tuple[str, ...]] = ("forward",)
+    multi_process: ClassVar[bool] = False
 
     def __init__(self, config, *, num_classes: int, num_train: int, feature_dim: int) -> None:
         super().__init__()
@@ -196,7 +209,11 @@ class Method(nn.Module):
     def record(self, index: torch.Tensor, logits: torch.Tensor, label: torch.Tensor) -> None:
         """Store each sample's cross-entropy and margin (given-label logit minus the best other logit), and add
         the margin to the sample's running AUM (Pleiss et al., NeurIPS 2020, eq. 1: the margin averaged over
-        the training visits; a sample visited twice in a batch counts twice)."""
+        the training visits; a sample visited twice in a batch counts twice).
+
+        index, logits, label : this process's shard; they are gathered over the processes first, so every
+        process records the whole batch."""
+        index, logits, label = gather(index), gather(logits), gather(label)
         self.sample_loss[index] = nn.functional.cross_entropy(logits.float(), label, reduction="none")
         given = logits.gather(1, label[:, None]).squeeze(1)
         other = logits.scatter(1, label[:, None], float("-inf")).amax(1)
