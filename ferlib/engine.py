@@ -9,6 +9,11 @@ A run directory describes itself; :mod:`ferlib.rundir` names its files (``config
 of the read-out it belongs to). :func:`fit` holds the folder's lock (:func:`ferlib.rundir.lock`) while it
 writes, so a second process writing the same run is refused; every file is written atomically through a
 temporary file of its own, large ones after a free-space check.
+
+Several processes (``torchrun --nproc_per_node W -m ferlib train ...``) run the same loop on one global batch
+(:mod:`ferlib.distributed`): each process takes its shard of every batch, the gradients are averaged over the
+processes after ``backward``, and only rank 0 evaluates and writes the run folder. Single-process runs are
+unchanged.
 """
 from __future__ import annotations
 
@@ -25,7 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import rundir
+from . import distributed, rundir
 from .augment import AugmentConfig, augment_batch, make_view, prepare_batch
 from .metrics import classification_metrics, health_flags
 from .options import AT_LEAST_1, NON_NEGATIVE, POSITIVE, UNIT_OPEN, check_ranges, check_types
@@ -33,7 +38,7 @@ from .results import atomic_savez, atomic_write, atomic_write_text, flatten, nby
 
 __all__ = ["TrainConfig", "fit", "train_one_epoch", "evaluate", "predict", "seed_everything",
            "build_optimizer", "build_scheduler", "resolve_device", "resolve_precision", "prepare_model", "make_batch",
-           "autocast", "cpu_native_bf16"]
+           "autocast", "cpu_native_bf16", "check_processes"]
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULERS = ("none", "exponential", "step", "multistep", "cosine", "linear")
@@ -48,6 +53,10 @@ class TrainConfig:
         ``multistep`` (lr * gamma^(number of ``milestones`` <= epoch), LDLVA), ``cosine`` (to 0 over the run),
         ``linear`` (to 0 over the run, per iteration, as LA-Net) or ``none``.
         Every schedule is evaluated per iteration, so resuming mid-run is exact.
+    batch_size : the global batch: under ``torchrun`` each of the W processes trains on batch_size / W of its
+        samples (it must divide by W) and the methods' batch-level operations see all of them
+        (:mod:`ferlib.distributed`), so a run gives the one-process result at any W (on CUDA, where BatchNorm
+        is synchronised).
     image_size : side in pixels the network sees (images are resized on the device).
     amp : bfloat16 autocast wherever the device computes it natively (:func:`resolve_precision`): a CUDA device
         with bf16 support, or a CPU with AVX-512 BF16 or AMX (read from ``/proc/cpuinfo``); elsewhere float32.
@@ -207,6 +216,9 @@ def train_one_epoch(model: nn.Module, method, train, optimizer, scheduler, cfg: 
 
     The order is the method's :meth:`~ferlib.methods.Method.epoch_order` (e.g. LA-Net's progressive class
     balancing) or, by default, a seeded random permutation. Every epoch has floor(N / batch_size) steps.
+    Under ``torchrun`` every process draws the same order and augments the same global batch, trains on its
+    shard (:func:`ferlib.distributed.shard`) and averages the gradients; the returned means are over all
+    processes.
     """
     model.train()
     method.train()
@@ -220,11 +232,12 @@ def train_one_epoch(model: nn.Module, method, train, optimizer, scheduler, cfg: 
     elif len(order) < len(train):
         raise ValueError(f"{type(method).__name__}.epoch_order returned {len(order)} indices for a train split "
                          f"of {len(train)}; it must return at least {len(train)}")
+    params = [p for group in optimizer.param_groups for p in group["params"]]
     sums: dict[str, float] = {}
     bar = _progress(range(n_batches), cfg, desc=f"epoch {method.epoch + 1}/{cfg.epochs}")
     for b in bar:
         idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
-        batch = make_batch(images, labels, votes, idx, method.views, cfg, device, gen)
+        batch = distributed.shard(make_batch(images, labels, votes, idx, method.views, cfg, device, gen))
         with autocast(device, cfg):
             out = method.training_step(model, batch)
         loss = out["loss"]
@@ -232,6 +245,7 @@ def train_one_epoch(model: nn.Module, method, train, optimizer, scheduler, cfg: 
             raise FloatingPointError(f"non-finite loss {loss.item()} at epoch {method.epoch + 1}, batch {b + 1}")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        distributed.average_gradients(params)
         optimizer.step()
         scheduler.step()
         method.after_step()
@@ -239,7 +253,7 @@ def train_one_epoch(model: nn.Module, method, train, optimizer, scheduler, cfg: 
             sums[k] = sums.get(k, 0.0) + float(v.detach())
         if hasattr(bar, "set_postfix"):
             bar.set_postfix(loss=f"{sums['loss'] / (b + 1):.3f}")
-    return {k: v / n_batches for k, v in sums.items()}
+    return {k: v / n_batches for k, v in distributed.average(sums).items()}
 
 
 def make_batch(images, labels, votes, idx, views, cfg, device, gen) -> dict:
@@ -301,20 +315,24 @@ def fit(model: nn.Module, method, data, cfg: TrainConfig, run_dir: str | os.Path
         folder (:func:`ferlib.experiment.run` by a hash of every setting).
     meta : extra fields (dataset, noise report, method options ...) copied into ``result.json``.
 
+    Under ``torchrun`` every process calls ``fit`` with the same arguments: rank 0 holds the lock, evaluates
+    and writes ``run_dir``, the others train their shards (:mod:`ferlib.distributed`) and read the folder to
+    resume, so it must be on a file system every process sees (one machine: any local folder).
+
     Returns
     -------
-    The summary written to ``result.json``.
+    The summary written to ``result.json`` (on every process).
     """
-    with rundir.lock(run_dir):
+    with distributed.main_only(rundir.lock(run_dir)):
         return _fit(model, method, data, cfg, Path(run_dir), resume=resume, meta=meta or {})
 
 
 def _fit(model: nn.Module, method, data, cfg: TrainConfig, run_dir: Path, *, resume: bool, meta: dict) -> dict:
     if resume:
-        done = rundir.finished_result(run_dir, keep_checkpoint=cfg.keep_checkpoint)
+        done = distributed.on_main(rundir.finished_result, run_dir, keep_checkpoint=cfg.keep_checkpoint)
         if done is not None:
             return done
-    device = resolve_device(cfg.device)
+    device = distributed.local_device(resolve_device(cfg.device))
     splits = {s: data.subset(s) for s in ("train", "valid", "test") if data.split_counts()[s]}
     _check_data(splits, method, cfg)
     train = splits["train"]
@@ -323,36 +341,75 @@ def _fit(model: nn.Module, method, data, cfg: TrainConfig, run_dir: Path, *, res
     method.to(device)
     method.check_model(model)
     ckpt_path = run_dir / rundir.CHECKPOINT
-    rundir.remove_temp_files(run_dir)  # left by a killed writer; we hold the lock, so none is writing now
-    if not (resume and ckpt_path.exists()):  # from epoch 0, the settings checked: the old generation goes
-        rundir.retire(run_dir, keep=(rundir.NOISE,))
+    resuming = distributed.on_main(_clear_run_dir, run_dir, resume)
     method.bind(model, train, cfg)
+    distributed.prepare_modules(model, method, device=device)
     params = [p for p in list(model.parameters()) + list(method.parameters()) if p.requires_grad]
     optimizer = build_optimizer(params, cfg)
     scheduler = build_scheduler(optimizer, cfg, max(len(train) // cfg.batch_size, 1))
     history: list[dict] = []
     start = 0
-    if resume and ckpt_path.exists():
+    if resuming:
         start, history = _load_checkpoint(ckpt_path, model, method, optimizer, scheduler, gen, device)
-    write_json(run_dir / rundir.CONFIG, {"train": asdict(cfg), "method": method.name,
-                                         "method_config": asdict(method.config),
-                                         "precision": resolve_precision(cfg, device), **meta})
+    distributed.on_main(write_json, run_dir / rundir.CONFIG, {
+        "train": asdict(cfg), "method": method.name, "method_config": asdict(method.config),
+        "precision": resolve_precision(cfg, device), "processes": distributed.world(), **meta})
     for epoch in range(start, cfg.epochs):
         method.on_epoch_start(epoch, cfg.epochs)
         t0 = time.perf_counter()
         losses = train_one_epoch(model, method, train, optimizer, scheduler, cfg, device, gen)
         row = {"epoch": epoch + 1, "epoch_time_s": time.perf_counter() - t0,
                "lr": optimizer.param_groups[0]["lr"], **{f"train_{k}": v for k, v in losses.items()}}
-        for name in ("valid", "test"):
-            if name in splits:
-                row[name] = evaluate(model, splits[name], cfg, device)
-        history.append(row)
-        _write_history(run_dir, history)
-        _save_checkpoint(ckpt_path, epoch + 1, history, model, method, optimizer, scheduler, gen)
-    return _finish(run_dir, model, method, splits, history, cfg, device, meta)
+        history = distributed.on_main(_end_epoch, run_dir, history, row, splits, model, method, optimizer,
+                                      scheduler, gen, cfg, device)
+    return distributed.on_main(_finish, run_dir, model, method, splits, history, cfg, device, meta)
+
+
+def _clear_run_dir(run_dir: Path, resume: bool) -> bool:
+    """Remove what a killed writer left and, unless the run resumes from its checkpoint, the old generation
+    (``noise.json``, written by the caller, is kept). Returns whether the run resumes."""
+    rundir.remove_temp_files(run_dir)  # we hold the lock, so none is writing now
+    resuming = resume and (run_dir / rundir.CHECKPOINT).exists()
+    if not resuming:  # from epoch 0, the settings checked: the old generation goes
+        rundir.retire(run_dir, keep=(rundir.NOISE,))
+    return resuming
+
+
+def _end_epoch(run_dir: Path, history: list[dict], row: dict, splits: dict, model, method, optimizer, scheduler,
+               gen, cfg: TrainConfig, device) -> list[dict]:
+    """Evaluate the epoch on valid and test, write ``epochs.csv`` / ``epochs.jsonl`` and the checkpoint;
+    return the history with the epoch's row."""
+    for name in ("valid", "test"):
+        if name in splits:
+            row[name] = evaluate(model, splits[name], cfg, device)
+    history = history + [row]
+    _write_history(run_dir, history)
+    _save_checkpoint(run_dir / rundir.CHECKPOINT, row["epoch"], history, model, method, optimizer, scheduler, gen)
+    return history
+
+
+def check_processes(cfg: TrainConfig, method_cls) -> None:
+    """Under ``torchrun`` (several processes), raise ValueError naming the setting when the global batch does
+    not split evenly over the processes or when the method (a :class:`~ferlib.methods.Method` class or
+    instance) has not declared its training step exact on a sharded batch (``multi_process``). Nothing to
+    check on one process."""
+    processes = distributed.world()
+    if processes == 1:
+        return
+    if cfg.batch_size % processes:
+        raise ValueError(f"TrainConfig.batch_size={cfg.batch_size} (the global batch) must be divisible by the "
+                         f"number of processes ({processes}, torchrun's WORLD_SIZE)")
+    if not method_cls.multi_process:
+        from .methods import list_methods, method_class
+
+        ready = [name for name in list_methods() if method_class(name).multi_process]
+        raise ValueError(f"method {method_cls.name!r} does not run on several processes (its batch-level "
+                         f"operations and per-sample state are not gathered); run it in one process, or use one "
+                         f"of {ready}")
 
 
 def _check_data(splits: dict, method, cfg: TrainConfig) -> None:
+    check_processes(cfg, method)
     for name in ("train", "test"):
         if name not in splits:
             raise ValueError(f"the data has no {name!r} split (counts: {list(splits)})")
@@ -449,7 +506,7 @@ def _scalars(metrics: dict) -> dict:
 
 
 def _progress(it, cfg: TrainConfig, desc: str):
-    if not cfg.progress:
+    if not (cfg.progress and distributed.is_main()):
         return it
     from tqdm.auto import tqdm
 

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
-from . import rundir
+from . import distributed, rundir
 from .backbones import BackboneConfig, create_model
 from .data.cache import data_fingerprint
-from .engine import TrainConfig, fit, resolve_device, seed_everything
+from .engine import TrainConfig, check_processes, fit, resolve_device, seed_everything
 from .recipes import recipe_method_options, recipe_source, resolve_recipe
 from .results import collect_results, flatten, write_json, write_table
 
@@ -237,15 +237,22 @@ def run(spec: RunSpec, *, resume: bool = True) -> dict:
     Afterwards ``<spec.out>/results.csv`` (one row per finished run in ``spec.out``, all parameters) is
     rebuilt from the runs' own ``result.json`` files and replaced atomically; a corrupted run elsewhere in
     ``spec.out`` is left out of it with a warning naming it, never failing this run.
+
+    Under ``torchrun`` every process calls ``run`` with the same spec and trains its shard; rank 0 holds the
+    lock and writes every file (:func:`ferlib.engine.fit`); each process returns the summary.
     """
+    from .methods import method_class
+
     resolve_device(spec.train.device)  # an unavailable device fails here, before any data loads
+    check_processes(spec.train, method_class(spec.method))  # under torchrun, idem
     rid = run_id(spec)
     run_dir = Path(spec.out) / rid
-    with rundir.lock(run_dir):
-        result = rundir.finished_result(run_dir, keep_checkpoint=spec.train.keep_checkpoint) if resume else None
+    with distributed.main_only(rundir.lock(run_dir)):  # rank 0 writes the folder (fit: the others train too)
+        result = (distributed.on_main(rundir.finished_result, run_dir, keep_checkpoint=spec.train.keep_checkpoint)
+                  if resume else None)
         if result is None:
             result = _train(spec, rid, run_dir, resume=resume)
-    write_table(Path(spec.out) / "results.csv", collect_results(spec.out))
+    distributed.on_main(lambda: write_table(Path(spec.out) / "results.csv", collect_results(spec.out)))
     return result
 
 
@@ -253,8 +260,8 @@ def _train(spec: RunSpec, rid: str, run_dir: Path, *, resume: bool) -> dict:
     data, noise_report = prepare_data(spec)
     model, method = build(spec, data)
     if not resume:  # after the data loaded: a data error leaves the old generation as it was
-        rundir.retire(run_dir)
-    write_json(run_dir / rundir.NOISE, noise_report)
+        distributed.on_main(rundir.retire, run_dir)
+    distributed.on_main(write_json, run_dir / rundir.NOISE, noise_report)
     meta = {
         "run_id": rid, "dataset": spec.dataset, "data": str(spec.data), "dataset_options": spec.dataset_options,
         "classes": data.num_classes, "split_counts": data.split_counts(), "noise": spec.noise,
