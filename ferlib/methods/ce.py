@@ -27,6 +27,7 @@ class CE(Method):
 
     name = "ce"
     Config = CEConfig
+    multi_process = True  # per-sample terms only; record() gathers
 
     def training_step(self, model, batch):
         logits = model(batch["image"])

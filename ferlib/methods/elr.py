@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..distributed import gather
 from .base import Method, Readout, register_method
 
 __all__ = ["ELR", "ELRConfig", "elr_probabilities", "elr_target_update", "elr_regulariser", "elr_loss"]
@@ -103,6 +104,7 @@ class ELR(Method):
 
     name = "elr"
     Config = ELRConfig
+    multi_process = True  # per-sample terms; the targets are written from the gathered batch
     ablations = {"no_elr": {"lam": 0.0}}   # plain cross-entropy (the target is still tracked and read out)
 
     def __init__(self, config: ELRConfig, *, num_classes: int, num_train: int, feature_dim: int) -> None:
@@ -123,7 +125,7 @@ class ELR(Method):
         cfg = self.config
         ce, reg, target = elr_loss(logits.float(), label, self.target[idx], beta=cfg.beta, lam=cfg.lam,
                                    clamp=cfg.clamp)
-        self.target[idx] = target
+        self.target[gather(idx)] = gather(target)  # every process keeps every row (one process: target[idx])
         ce, reg = ce.mean(), reg.mean()
         return {"loss": ce + cfg.lam * reg, "ce": ce, "elr": reg}
 

@@ -115,6 +115,7 @@ class GCE(Method):
 
     name = "gce"
     Config = GCEConfig
+    multi_process = True  # per-sample terms only; the pruning weights come from record()'s gathered losses
 
     def __init__(self, config: GCEConfig, *, num_classes: int, num_train: int, feature_dim: int) -> None:
         super().__init__(config, num_classes=num_classes, num_train=num_train, feature_dim=feature_dim)

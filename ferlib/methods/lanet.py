@@ -19,10 +19,13 @@ Loss: L = CE(z, y) + lam_lm L_lm + lam_kl L_kl + lam_cl L_el. Inference is the p
 
 Differences from the official code, all single-device consequences or documented choices:
 
-* one device: the LDE graph uses the whole batch (the code's gathered 2x64 global batch) unless
+* the global batch: the LDE graph uses the whole batch (the code's gathered 2x64 global batch) unless
   ``graph_batch`` splits it; contrastive positives use ``positive_batch`` chunks (the code: 64 per GPU).
+  Under ``torchrun`` (:mod:`ferlib.distributed`) u, v, z, the indices and the keys are gathered over the
+  processes as the code gathers them over its GPUs, so W processes compute what one does; the gather returns
+  gradients to every process's rows (the code's only to the local slice), as on one device.
   Shuffle-BN is not needed: the code converts the key encoder to SyncBatchNorm, so its statistics are over the
-  global batch, which is what one device computes.
+  global batch, which is what one device computes (and SyncBatchNorm under torchrun on CUDA).
 * the momentum update runs in ``after_step`` (after the optimiser step) instead of at the start of the next
   forward: the key encoder then sees the same parameters.
 * weight decay: the code uses none (``train.py:114``, ``weight_decay=0``), which the paper recipe
@@ -42,6 +45,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..backbones import require_parts
+from ..distributed import gather
 from .base import Method, Readout, register_method
 from .lanet_parts import (
     REFERENCE_HEATMAP_SIZE, EdgeScorer, KeyQueue, LandmarkBranch, aggregate_neighbours, awing_loss, chunk_ids,
@@ -206,6 +210,7 @@ class LANet(Method):
         "no_landmarks": {"use_landmark_branch": False, "use_contrastive": False},
     }
     model_parts = ("backbone", "dropout", "head")  # the stem and stages feed both branches (code extract_base)
+    multi_process = True
 
     def __init__(self, config: LANetConfig, *, num_classes: int, num_train: int, feature_dim: int) -> None:
         super().__init__(config, num_classes=num_classes, num_train=num_train, feature_dim=feature_dim)
@@ -275,6 +280,9 @@ class LANet(Method):
             fmap = self.branch(stem)
             v = fmap.mean((2, 3))
             terms["landmark"] = self._landmark_loss(fmap, batch).mean()
+        # LDE and the EL loss on the global batch: the code gathers u, v, z and the indices over its GPUs
+        # (with gradient) before the graph, the pseudo-labels and the queues; here under torchrun too.
+        u, v, logits, index = gather(u), gather(v), gather(logits), gather(index)
         target = self._estimate_target(u, v, logits, index)
         if cfg.use_lde:
             terms["kl"] = kl_per_sample(logits, target).mean()
@@ -318,12 +326,14 @@ class LANet(Method):
         return lde_target(history, q, cfg.dis_momentum)
 
     def _contrastive_loss(self, x, u, v, target, index) -> torch.Tensor:
-        """(B,) L_el = expression -> landmark keys + landmark -> expression keys; enqueues this batch's keys."""
+        """(B,) L_el = expression -> landmark keys + landmark -> expression keys; enqueues this batch's keys.
+
+        x : this process's images; u, v, target, index : the global batch's."""
         cfg = self.config
         a, b = F.normalize(self.proj_u(u), dim=1), F.normalize(self.proj_v(v), dim=1)
-        a_key, b_key = self._momentum_keys(x)
+        a_key, b_key = map(gather, self._momentum_keys(x))
         labels = pseudo_labels(target, index, cfg.confidence)
-        groups = chunk_ids(len(x), cfg.positive_batch, x.device)
+        groups = chunk_ids(len(index), cfg.positive_batch, x.device)
         with _float32(x.device):
             loss = (supcon_loss(a, b_key, self.queue_v.keys.clone(), labels, self.queue_v.labels, cfg.con_T, groups)
                     + supcon_loss(b, a_key, self.queue_u.keys.clone(), labels, self.queue_u.labels, cfg.con_T, groups))

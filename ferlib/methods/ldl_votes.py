@@ -42,6 +42,7 @@ class LDLVotes(Method):
     Config = LDLVotesConfig
     requires = ("votes",)
     oracle = True
+    multi_process = True  # per-sample terms only; record() gathers
 
     def training_step(self, model, batch):
         logits = model(batch["image"])

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ..distributed import gather
 from .base import Method, Readout, register_method
 
 __all__ = [
@@ -248,6 +249,7 @@ class NLA(Method):
 
     name = "nla"
     Config = NLAConfig
+    multi_process = True
     views = ("flip",)
     ablations = {
         "no_naw": {"lam_b": 0.0},          # 0.5 * CE + consistency
@@ -292,15 +294,17 @@ class NLA(Method):
         # Two forward passes, as the code (BatchNorm statistics per view).
         logits = model(batch["image"]).float()
         logits_flip = model(batch["image_flip"]).float()
-        label = batch["label"]
+        self.record(batch["index"], logits.detach(), batch["label"])
+        # The loss on the whole batch, as the code computes it on its one GPU: gathered over processes under
+        # torchrun (the pairwise NAW form couples the batch, and the JS term can be a sum over it).
+        index, label, logits, logits_flip = map(gather, (batch["index"], batch["label"], logits, logits_flip))
         with torch.autocast(logits.device.type, enabled=False):  # the 2x2 quadratic forms stay in float32
             naw = self.weights(logits, label)
             weight = naw["weight"].detach() if c.detach_weight else naw["weight"]
             ce = F.cross_entropy(logits, label, reduction="none")
             naw_ce = naw_cross_entropy(ce, weight, lam_a=c.lam_a, lam_b=c.lam_b)
             js = logit_mixture_js(logits, logits_flip, reduction=c.js_reduction, code_batch=c.js_code_batch)
-        self.record(batch["index"], logits.detach(), label)
-        self._record_naw(batch["index"], naw)
+        self._record_naw(index, naw)
         return {"loss": naw_ce + c.lam_c * js, "ce": ce.mean(), "naw_ce": naw_ce, "js": js,
                 "weight": naw["weight"].mean()}
 

@@ -100,6 +100,7 @@ class SCE(Method):
 
     name = "sce"
     Config = SCEConfig
+    multi_process = True  # per-sample terms only; record() gathers
     ablations = {"no_rce": {"beta": 0.0}}   # alpha * CE alone (CE scaled by alpha)
 
     def training_step(self, model, batch):

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..distributed import gather
 from .base import Method, Readout, register_method
 from .relabel import RELABEL_GROUPS, RelabelState, relabel_gap, split_groups
 
@@ -129,6 +130,7 @@ class SCN(Method):
         "low_group_relabel": {"relabel_group": "low"},  # the paper's relabelling (low-importance group only)
     }
     model_parts = ("embed", "dropout", "head", "feature_dim")
+    multi_process = True
 
     def __init__(self, config: SCNConfig, *, num_classes: int, num_train: int, feature_dim: int) -> None:
         super().__init__(config, num_classes=num_classes, num_train=num_train, feature_dim=feature_dim)
@@ -158,9 +160,12 @@ class SCN(Method):
             alpha = importance_weight(features, self.attention)
             weighted = alpha[:, None] * logits.float()
             ce = F.cross_entropy(weighted, label)
+            # The rank groups and the relabelling over the whole batch, as the code on its one GPU: gathered
+            # over processes under torchrun.
+            alpha = gather(alpha)
             rr = rank_regularization(alpha, beta=c.beta, margin=c.margin_1)
         self.record(idx, logits.detach(), batch["label"])
-        relabelled = self._relabel(idx, weighted.detach(), label, alpha.detach())
+        relabelled = self._relabel(gather(idx), gather(weighted.detach()), gather(label), alpha.detach())
         return {"loss": ce + rr, "ce": ce, "rr": rr, "alpha": alpha.mean().detach(),
                 "relabelled": relabelled.sum().float()}
 
