@@ -215,8 +215,10 @@ def _dispatch(args: argparse.Namespace) -> int:
     result = run(spec, resume=not args.no_resume)
     print(json.dumps({k: result[k] for k in ("run_id", "method", "noise", "noise_rate", "best_epoch",
                                              "time_per_epoch_s", "last", "best")}, indent=2))
-    if targets:
-        evaluate_run(Path(spec.out) / result["run_id"], targets)
+    if targets:  # under torchrun, rank 0 scores the run (ferlib.distributed)
+        from .distributed import on_main
+
+        on_main(evaluate_run, Path(spec.out) / result["run_id"], targets)
     return 0
 
 
