@@ -32,13 +32,14 @@ from torch import nn
 
 from . import distributed, rundir
 from .augment import AugmentConfig, augment_batch, make_view, prepare_batch
+from .data.storage import batch_images
 from .metrics import classification_metrics, health_flags
 from .options import AT_LEAST_1, NON_NEGATIVE, POSITIVE, UNIT_OPEN, check_ranges, check_types
 from .results import atomic_savez, atomic_write, atomic_write_text, flatten, nbytes_of, write_json
 
 __all__ = ["TrainConfig", "fit", "train_one_epoch", "evaluate", "predict", "seed_everything",
            "build_optimizer", "build_scheduler", "resolve_device", "resolve_precision", "prepare_model", "make_batch",
-           "autocast", "cpu_native_bf16", "check_processes"]
+           "train_arrays", "autocast", "cpu_native_bf16", "check_processes"]
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULERS = ("none", "exponential", "step", "multistep", "cosine", "linear")
@@ -211,20 +212,18 @@ def prepare_model(model: nn.Module, cfg: TrainConfig, device: torch.device) -> n
 
 # --------------------------------------------------------------------------- one epoch, evaluation
 def train_one_epoch(model: nn.Module, method, train, optimizer, scheduler, cfg: TrainConfig,
-                    device: torch.device, gen: torch.Generator) -> dict[str, float]:
+                    device: torch.device, gen: torch.Generator, arrays: dict | None = None) -> dict[str, float]:
     """One pass over the train split; returns the mean of each loss term.
 
     The order is the method's :meth:`~ferlib.methods.Method.epoch_order` (e.g. LA-Net's progressive class
     balancing) or, by default, a seeded random permutation. Every epoch has floor(N / batch_size) steps.
     Under ``torchrun`` every process draws the same order and augments the same global batch, trains on its
     shard (:func:`ferlib.distributed.shard`) and averages the gradients; the returned means are over all
-    processes.
+    processes. ``arrays``: :func:`train_arrays` of ``train`` computed once per run (default: computed here).
     """
     model.train()
     method.train()
-    images = torch.from_numpy(train.images)
-    labels = torch.from_numpy(train.labels)
-    votes = None if train.votes is None else torch.from_numpy(train.votes)
+    images, labels, votes = (arrays or train_arrays(train, device)).values()
     n_batches = len(train) // cfg.batch_size or 1  # drop the last partial batch (BatchNorm, batch graphs)
     order = method.epoch_order(train.labels, gen)
     if order is None:
@@ -256,15 +255,41 @@ def train_one_epoch(model: nn.Module, method, train, optimizer, scheduler, cfg: 
     return {k: v / n_batches for k, v in distributed.average(sums).items()}
 
 
+#: The share of a CUDA device's free memory the uint8 train images may take to be kept resident on it.
+RESIDENT_SHARE = 0.25
+
+
+def train_arrays(train, device: torch.device) -> dict:
+    """The train split's ``images`` (N, H, W, C) uint8, ``labels`` (N,) and ``votes`` (N, K) or None, where the
+    batches are read from: on a CUDA device, tensors resident on it when the images take at most
+    :data:`RESIDENT_SHARE` of its free memory (a batch is then a gather on the device: no host-to-device copy
+    per step); otherwise the host arrays (``images`` possibly memory-mapped, read a batch at a time)."""
+    votes = train.votes
+    if device.type == "cuda" and train.images.nbytes <= RESIDENT_SHARE * torch.cuda.mem_get_info(device)[0]:
+        return {"images": torch.from_numpy(np.asarray(train.images)).to(device),
+                "labels": torch.from_numpy(train.labels).to(device),
+                "votes": None if votes is None else torch.from_numpy(votes).to(device)}
+    return {"images": train.images, "labels": torch.from_numpy(train.labels),
+            "votes": None if votes is None else torch.from_numpy(votes)}
+
+
+def _rows(array, idx: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Rows ``idx`` of a tensor (on any device) or of a host array (possibly memory-mapped), on ``device``."""
+    if isinstance(array, torch.Tensor):
+        return array[idx.to(array.device)].to(device, non_blocking=True)
+    return torch.from_numpy(batch_images(array, idx.numpy())).to(device, non_blocking=True)
+
+
 def make_batch(images, labels, votes, idx, views, cfg, device, gen) -> dict:
-    """The batch dict a method's ``training_step`` gets: rows ``idx`` of the uint8 ``images`` (N, H, W, C)
-    augmented on ``device`` (``image``, ``affine``, ``index``, ``label``, ``votes`` when given, one
-    ``image_<view>`` per view the method asks for), images in the run's memory layout."""
-    raw = images[idx].to(device, non_blocking=True)
+    """The batch dict a method's ``training_step`` gets: rows ``idx`` (a CPU index tensor) of the uint8
+    ``images`` (N, H, W, C; a tensor on any device or a host array, see :func:`train_arrays`) augmented on
+    ``device`` (``image``, ``affine``, ``index``, ``label``, ``votes`` when given, one ``image_<view>`` per
+    view the method asks for), images in the run's memory layout."""
+    raw = _rows(images, idx, device)
     x, affine = augment_batch(raw, cfg.image_size, cfg.augment, gen)
-    batch = {"image": _layout(x, cfg), "affine": affine, "index": idx.to(device), "label": labels[idx].to(device)}
+    batch = {"image": _layout(x, cfg), "affine": affine, "index": idx.to(device), "label": _rows(labels, idx, device)}
     if votes is not None:
-        batch["votes"] = votes[idx].to(device)
+        batch["votes"] = _rows(votes, idx, device)
     for view in views:
         batch[f"image_{view}"] = _layout(make_view(view, x, raw, cfg.image_size, cfg.augment, gen), cfg)
     return batch
@@ -354,10 +379,11 @@ def _fit(model: nn.Module, method, data, cfg: TrainConfig, run_dir: Path, *, res
     distributed.on_main(write_json, run_dir / rundir.CONFIG, {
         "train": asdict(cfg), "method": method.name, "method_config": asdict(method.config),
         "precision": resolve_precision(cfg, device), "processes": distributed.world(), **meta})
+    arrays = train_arrays(train, device)
     for epoch in range(start, cfg.epochs):
         method.on_epoch_start(epoch, cfg.epochs)
         t0 = time.perf_counter()
-        losses = train_one_epoch(model, method, train, optimizer, scheduler, cfg, device, gen)
+        losses = train_one_epoch(model, method, train, optimizer, scheduler, cfg, device, gen, arrays)
         row = {"epoch": epoch + 1, "epoch_time_s": time.perf_counter() - t0,
                "lr": optimizer.param_groups[0]["lr"], **{f"train_{k}": v for k, v in losses.items()}}
         history = distributed.on_main(_end_epoch, run_dir, history, row, splits, model, method, optimizer,

@@ -52,6 +52,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..augment import AugmentConfig, augment_batch, prepare_batch
+from ..data.storage import batch_images
 from ..va import KNN_METRICS, aux_from_array, aux_source_help, knn, parse_aux, resolve_aux
 from .base import Method, Readout, register_method
 from .ldl_votes import soft_cross_entropy
@@ -368,7 +369,7 @@ class LDLVA(Method):
         if config.neighbours == "bank":
             self.register_buffer("bank_feature", torch.zeros(num_train, feature_dim))
             self.register_buffer("bank_prob", torch.full((num_train, num_classes), 1.0 / num_classes))
-        self._images: torch.Tensor | None = None
+        self._images = None   # the train images (N, H, W, C) uint8, in memory or memory-mapped
         self._augment: AugmentConfig | None = None   # the run's, for the neighbours' normalisation
         self._pending: dict | None = None
 
@@ -382,7 +383,7 @@ class LDLVA(Method):
         if getattr(model, "feature_dim", self.feature_dim) != self.feature_dim:
             raise ValueError(f"model.feature_dim = {model.feature_dim} but ldlva was built with {self.feature_dim}")
         self.labels.copy_(torch.from_numpy(train.labels))
-        self._images = torch.from_numpy(train.images)
+        self._images = train.images
         self._augment = config.augment
         if cfg.class_weights:
             self.class_weight.copy_(torch.from_numpy(balanced_class_weights(train.labels, self.num_classes)))
@@ -438,7 +439,7 @@ class LDLVA(Method):
         if self._images is None:
             raise RuntimeError("ldlva: call bind(model, train) before training")
         gen = torch.Generator().manual_seed(self.config.seed * 1_000_003 + int(self.step))
-        raw = self._images[nb.flatten().cpu()].to(nb.device)
+        raw = torch.from_numpy(batch_images(self._images, nb.flatten().cpu())).to(nb.device)
         norm = self._augment
         aug = AugmentConfig(pad=self.config.neighbour_pad, erase=0.0, brightness=0.0, contrast=0.0,
                             mean=norm.mean, std=norm.std)
