@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ferlib.classes import class_index, class_names
 from ferlib.data import (DatasetError, affectnet_va, list_datasets, load_dataset, read_affectnet, read_fer2013,
                          read_ferplus, read_folder, read_rafdb, votes_to_labels)
 from ferlib.data import common
@@ -107,6 +108,24 @@ def test_fer2013_matches_ferplus(tmp_path, tiny_ferplus, tiny_ferplus_votes):
         for attr in ("ids", "labels", "split", "votes", "images"):
             np.testing.assert_array_equal(getattr(a, attr), getattr(b, attr))
     assert a.dropped["train"] == {"no face (empty image name)": 1, "unknown/not-a-face": 1}
+
+
+def test_fer2013_original_labels(tmp_path, tiny_ferplus_votes):
+    """mode="original": the same faces as the vote modes, labelled by FER2013's emotion code mapped by name."""
+    root = _write_fer2013(tmp_path / "fer2013", tiny_ferplus_votes)
+    lines = (root / "fer2013.csv").read_text().splitlines()
+    codes = [(i * 3) % 7 for i in range(len(lines) - 1)]
+    (root / "fer2013.csv").write_text("\n".join([lines[0]] + [f"{c}{line[1:]}" for c, line in zip(codes, lines[1:])])
+                                      + "\n")
+    d = read_fer2013(root, mode="original", num_classes=7)
+    faces = len(lines) - 2  # the last row is faceless
+    assert len(d) == faces and d.dropped["train"] == {"no face (empty image name)": 1}
+    canonical = [class_index(("anger", "disgust", "fear", "happiness", "sadness", "surprise", "neutral")[c], 7)
+                 for c in codes[:faces]]
+    assert d.labels.tolist() == canonical and d.classes == class_names(7)
+    (root / "fer2013.csv").write_text((root / "fer2013.csv").read_text().replace(f"{codes[0]},", "9,", 1))
+    with pytest.raises(DatasetError, match=r"fer2013\.csv, line 2: emotion must be an integer 0-6"):
+        read_fer2013(root, mode="original")
 
 
 def test_fer2013_row_count_mismatch(tmp_path):

@@ -1,8 +1,11 @@
-"""The original Kaggle ``fer2013.csv`` (inline pixels) labelled by FERPlus's ``fer2013new.csv`` votes.
+"""The original Kaggle ``fer2013.csv`` (inline pixels) labelled by FERPlus's ``fer2013new.csv`` votes, or by its
+own original single labels.
 
-The two files are joined row by row (both list the 35,887 FER2013 images in the same order). The labels come
-from the FERPlus votes with the same rules as :func:`~ferlib.data.ferplus.read_ferplus`; the original 7-class
-``emotion`` column is not used.
+The two files are joined row by row (both list the 35,887 FER2013 images in the same order). By default the
+labels come from the FERPlus votes with the same rules as :func:`~ferlib.data.ferplus.read_ferplus`; with
+``mode="original"`` they are FER2013's own ``emotion`` column (one crowd label per face, the labels FERPlus's
+relabelling corrected), on the same faces, so a model can be scored on the labels before and after the
+correction (cross-dataset evaluation, :mod:`ferlib.cross_eval`).
 """
 from __future__ import annotations
 
@@ -10,14 +13,18 @@ from pathlib import Path
 
 import numpy as np
 
-from ..classes import class_names
-from .common import DatasetError, assemble, check_choice, check_image_options, iter_csv, new_drops
-from .ferplus import FERPLUS_DIRS, LABEL_MODES, VOTE_COLUMNS, parse_votes, vote_samples
+from ..classes import class_index, class_names
+from .common import DatasetError, Sample, assemble, check_choice, check_image_options, iter_csv, new_drops
+from .ferplus import BOX_FRAME, FERPLUS_DIRS, LABEL_MODES, VOTE_COLUMNS, parse_votes, vote_samples
 from .registry import register_dataset
 
-__all__ = ["read_fer2013", "USAGE_SPLITS"]
+__all__ = ["read_fer2013", "USAGE_SPLITS", "FER2013_EMOTIONS", "MODES"]
 
 USAGE_SPLITS: dict[str, str] = {"Training": "train", "PublicTest": "valid", "PrivateTest": "test"}
+#: FER2013's ``emotion`` codes 0-6 (Goodfellow et al., 2013; the Kaggle challenge's order).
+FER2013_EMOTIONS: tuple[str, ...] = ("anger", "disgust", "fear", "happiness", "sadness", "surprise", "neutral")
+#: Label rules: FERPlus's vote rules, or FER2013's original single label.
+MODES: tuple[str, ...] = (*LABEL_MODES, "original")
 _SIDE = 48
 
 
@@ -56,7 +63,7 @@ def _joined_rows(pixels_csv: Path, votes_csv: Path) -> dict[str, list[dict]]:
             raise DatasetError(f"{nwhere}: Usage {n['Usage']!r} differs from {p['Usage']!r} at {pwhere}")
         name = n["Image name"].strip()
         rows[split].append(dict(
-            id=f"{FERPLUS_DIRS[split]}/{name}", where=pwhere, image=p["pixels"], box=None,
+            id=f"{FERPLUS_DIRS[split]}/{name}", where=pwhere, image=p["pixels"], box=None, emotion=p["emotion"],
             votes=parse_votes([n[c] for c in VOTE_COLUMNS], nwhere) if name else None))
     return rows
 
@@ -71,10 +78,12 @@ def read_fer2013(root: str | Path, *, mode: str = "plurality", num_classes: int 
     ----------
     root : str or Path
         Folder holding both CSV files.
-    mode : {"plurality", "majority"}
-        Vote-to-label rule, see :func:`~ferlib.data.ferplus.votes_to_labels` (default plurality, as FERPlus).
+    mode : {"plurality", "majority", "original"}
+        Vote-to-label rule, see :func:`~ferlib.data.ferplus.votes_to_labels` (default plurality, as FERPlus), or
+        ``"original"``: FER2013's own ``emotion`` column (:data:`FER2013_EMOTIONS`, mapped by name), on the faces
+        FERPlus kept (a non-empty ``Image name``), whatever their votes; no FER2013 label is contempt.
     num_classes : {7, 8}
-        8 keeps contempt; 7 drops contempt images and the contempt vote column.
+        8 keeps contempt; 7 drops contempt images (vote modes) and the contempt vote column.
     image_size : int or None
         Side of the square output images (bilinear resize); None or 48 keeps 48x48.
     channels : {1, 3}
@@ -98,7 +107,7 @@ def read_fer2013(root: str | Path, *, mode: str = "plurality", num_classes: int 
         Missing file, different row counts, malformed row or pixels (file and line named), empty split.
     """
     root = Path(root)
-    check_choice("mode", mode, LABEL_MODES)
+    check_choice("mode", mode, MODES)
     check_choice("num_classes", num_classes, (7, 8))
     check_image_options(image_size, channels)
     dropped, samples = new_drops(), []
@@ -106,10 +115,26 @@ def read_fer2013(root: str | Path, *, mode: str = "plurality", num_classes: int 
         faces = [r for r in rows if r["votes"] is not None]
         if len(faces) < len(rows):
             dropped[split]["no face (empty image name)"] += len(rows) - len(faces)
-        samples += vote_samples(split, faces, dropped, mode=mode, num_classes=num_classes)
+        samples += (original_samples(split, faces, num_classes) if mode == "original"
+                    else vote_samples(split, faces, dropped, mode=mode, num_classes=num_classes))
     for s in samples:
         s.image = _pixels(s.image, s.where)
     options = dict(mode=mode, num_classes=num_classes, image_size=image_size, channels=channels,
                    pixels_csv=pixels_csv, votes_csv=votes_csv)
     return assemble(samples, dropped, name="fer2013", classes=class_names(num_classes), splits=list(FERPLUS_DIRS),
                     options=options, image_size=image_size, channels=channels, progress=progress, source=root)
+
+
+def original_samples(split: str, rows: list[dict], num_classes: int) -> list[Sample]:
+    """The rows of one split labelled by FER2013's ``emotion`` code (0-6, :data:`FER2013_EMOTIONS`), with their
+    FERPlus votes over ``num_classes`` emotions kept beside (float32). A code outside 0-6 is a DatasetError
+    naming the file and line."""
+    samples = []
+    for row in rows:
+        code = row["emotion"].strip()
+        if code not in {str(i) for i in range(len(FER2013_EMOTIONS))}:
+            raise DatasetError(f"{row['where']}: emotion must be an integer 0-6 (FER2013 codes), got {code!r}")
+        votes = np.asarray(row["votes"][:num_classes], dtype=np.float32)
+        samples.append(Sample(split=split, id=row["id"], label=class_index(FER2013_EMOTIONS[int(code)], num_classes),
+                              where=row["where"], image=row["image"], box=None, box_frame=BOX_FRAME, votes=votes))
+    return samples
