@@ -9,6 +9,7 @@ import torch
 from ferlib.bench import README_MARKERS
 from ferlib.bench.measure import RATIO_KEYS, option_grid
 from ferlib.bench.report import markdown_table
+from ferlib import engine
 from ferlib.cli import main
 from ferlib.engine import TrainConfig, resolve_precision
 from ferlib.methods import list_methods
@@ -93,10 +94,15 @@ def test_an_unknown_method_or_option_is_one_error_line(spec, message, tmp_path, 
     assert list(tmp_path.iterdir()) == []
 
 
-def test_the_option_grid():
+def test_the_option_grid(monkeypatch):
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     default = {"amp": True, "channels_last": True, "compile": False}
+    monkeypatch.setattr(engine, "cpu_native_bf16", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: True)
     assert len(option_grid("ce", cpu, "auto")) == len(option_grid("nla", cuda, "auto")) == 8
     assert option_grid("nla", cpu, "auto") == [default, {**default, "amp": False}]
     assert option_grid("ce", cpu, "default") == [default]
     assert len({tuple(o.values()) for o in option_grid("nla", cpu, "all")}) == 8
+    monkeypatch.setattr(engine, "cpu_native_bf16", lambda: False)  # amp on computes as amp off: measured once
+    assert option_grid("nla", cpu, "auto") == [default]
+    assert [o["amp"] for o in option_grid("ce", cpu, "auto")] == [True] * 4

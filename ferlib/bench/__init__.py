@@ -10,25 +10,26 @@ For each method (``ce`` always, as the baseline), device and option setting ({am
 {compile}, :func:`~ferlib.bench.measure.option_grid`), after ``--warmup`` steps, on batches of synthetic uint8
 images with human votes (:func:`~ferlib.bench.synthetic.synthetic_data`) or of a FERPlus train split (``--data``):
 
-- **training throughput** (images/s) and **step time**: the mean of ``--steps`` engine steps, each
+- **training throughput** (images/s) and **step time**: the median of ``--steps`` engine steps, each
   :func:`ferlib.engine.train_one_epoch` over one batch timed whole (the engine's own loop, its per-step loss
   check and logging included; steady state: the warm-up ran first);
-- the **step split**, means over as many steps timed phase by phase (the device synchronised at each boundary),
+- the **step split**, medians over as many steps timed phase by phase (the device synchronised at each boundary),
   alternating with the engine steps so that both see the same load on the machine: *data*
   (:func:`ferlib.engine.make_batch`: indexing, augmentation, device copy), *forward* (the method's
   ``training_step`` under the run's autocast: the model forward(s) and the method's loss), *backward* (backward,
   optimiser step and the method's ``after_step``), and the *method overhead*: forward minus a plain ``model(x)``
   forward of the same batch under the same autocast, with gradients on, in train mode (what the method adds to
-  the model's own forward; ~0 for ``ce``). data + forward + backward is the step time less the engine's
-  per-step bookkeeping (the loss check, the schedule, the logged terms);
+  the model's own forward; ~0 for ``ce``). data + forward + backward is about the step time, less the engine's
+  per-step bookkeeping (the loss check, the schedule, the logged terms). Medians, not means, so that the stalls
+  of a busy machine do not decide the figures;
 - **peak memory** over the measured steps: CUDA ``torch.cuda.max_memory_allocated`` after a
   reset (everything allocated: model, optimiser state, activations); CPU (Linux) the process's RSS high-water
   mark ``VmHWM`` above the RSS at the start (what the steps add: activations and gradients), after returning
   the C heap's freed pages to the system (glibc ``malloc_trim``) and resetting the mark (writing ``5`` to
   ``/proc/self/clear_refs``); None where ``/proc`` does not allow it;
-- **inference throughput**: :func:`ferlib.engine.predict` on ``eval_batch_size`` (512) images, ``steps // 5``
-  calls (at least one) timed after a warm-up call (the same plain model for every method, so its ratio to ce is
-  ~1 by the method contract);
+- **inference throughput**: ``eval_batch_size`` (512) images over the median time of ``steps // 5`` (at least
+  one) :func:`ferlib.engine.predict` calls on them after a warm-up call (the same plain model for every method,
+  so its ratio to ce is ~1 by the method contract);
 - each as a **ratio to ce** on the same device under the same options, in the same process with the same
   backbone, batch and input size (``ratio_to_ce``; ce's own is 1.0).
 

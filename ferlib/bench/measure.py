@@ -55,13 +55,19 @@ def option_grid(label: str, device: torch.device, grid: str) -> list[dict]:
         compile off); ``auto``: every combination on CUDA and, on CPU, every combination for ``ce`` and the
         defaults plus the defaults with amp off for the other methods (the full grid of every method is too slow
         there).
+
+    A setting that computes like an earlier one (amp on where ``device`` has no native bf16:
+    :func:`ferlib.engine.resolve_precision`) is left out.
     """
     if grid not in GRIDS:
         raise ValueError(f"options grid {grid!r}: valid: {', '.join(GRIDS)}")
     default = {k: getattr(TrainConfig(), k) for k in OPTION_KEYS}
     if grid == "all" or (grid == "auto" and (device.type == "cuda" or label == BASELINE)):
-        return [dict(zip(OPTION_KEYS, v)) for v in itertools.product((True, False), repeat=len(OPTION_KEYS))]
-    return [default] if grid == "default" else [default, {**default, "amp": False}]
+        settings = [dict(zip(OPTION_KEYS, v)) for v in itertools.product((True, False), repeat=len(OPTION_KEYS))]
+    else:
+        settings = [default] if grid == "default" else [default, {**default, "amp": False}]
+    computed = {tuple(resolve_precision(TrainConfig(**s), device).values()): s for s in reversed(settings)}
+    return [s for s in settings if s in computed.values()]
 
 
 def measure(name: str, overrides: dict, train, cfg: TrainConfig, backbone: BackboneConfig, *, warmup: int,
@@ -77,11 +83,13 @@ def measure(name: str, overrides: dict, train, cfg: TrainConfig, backbone: Backb
 
     Returns
     -------
-    ``step_s``, the mean time of ``steps`` engine steps (:func:`ferlib.engine.train_one_epoch` over one batch,
-    timed whole), and ``train_images_per_s`` = batch size / step_s; ``data_s``, ``forward_s``, ``backward_s``,
-    ``plain_forward_s`` and ``overhead_s`` (= forward - plain forward), means over ``steps`` steps timed phase by
-    phase, alternating with the engine steps; ``peak_memory_bytes`` over all those steps (None where
-    unavailable); ``infer_images_per_s`` of :func:`ferlib.engine.predict` on ``cfg.eval_batch_size`` images.
+    ``step_s``, the median time of ``steps`` engine steps (:func:`ferlib.engine.train_one_epoch` over one batch,
+    timed whole), and ``train_images_per_s`` = batch size / step_s; ``data_s``, ``forward_s``, ``backward_s`` and
+    ``plain_forward_s``, medians over ``steps`` steps timed phase by phase, alternating with the engine steps, and
+    ``overhead_s`` = forward_s - plain_forward_s; ``peak_memory_bytes`` over all those steps (None where
+    unavailable); ``infer_images_per_s``: ``cfg.eval_batch_size`` images over the median time of
+    ``max(1, steps // 5)`` :func:`ferlib.engine.predict` calls on them. Medians, so that a busy machine's
+    stalls do not decide the figures.
     """
     device = torch.device(cfg.device)
     if cfg.compile:
@@ -109,19 +117,19 @@ def measure(name: str, overrides: dict, train, cfg: TrainConfig, backbone: Backb
         whole.append(_clock(device) - start)
         phased.append(_timed_step(model, method, optimizer, tensors, idx, cfg, device, gen))
     peak = _peak(device, baseline)
-    step_s, phases = float(np.mean(whole)), np.mean(phased, 0)
     images = train.images[:cfg.eval_batch_size]
     predict(model, images, cfg, device)  # warm-up: eval mode, another batch size (a recompile under compile)
-    repeats = max(1, steps // 5)
-    start = _clock(device)
-    for _ in range(repeats):
+    infer = []
+    for _ in range(max(1, steps // 5)):
+        start = _clock(device)
         predict(model, images, cfg, device)
-    infer_s = _clock(device) - start
-    data_s, forward_s, backward_s, plain_s = map(float, phases)
+        infer.append(_clock(device) - start)
+    step_s = float(np.median(whole))
+    data_s, forward_s, backward_s, plain_s = map(float, np.median(phased, 0))
     return {"train_images_per_s": cfg.batch_size / step_s, "step_s": step_s, "data_s": data_s,
             "forward_s": forward_s, "backward_s": backward_s, "plain_forward_s": plain_s,
             "overhead_s": forward_s - plain_s, "peak_memory_bytes": peak,
-            "infer_images_per_s": repeats * len(images) / infer_s}
+            "infer_images_per_s": len(images) / float(np.median(infer))}
 
 
 def _timed_step(model, method, optimizer, tensors, idx, cfg, device, gen) -> tuple[float, float, float, float]:
