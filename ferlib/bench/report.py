@@ -5,6 +5,7 @@ import datetime
 import os
 import platform
 import re
+import shlex
 from pathlib import Path
 
 import torch
@@ -50,17 +51,21 @@ def _with_ratio(record: dict, key: str, fmt: str, scale: float = 1.0) -> str:
 
 
 def markdown_table(report: dict, *, source: str | os.PathLike | None = None) -> str:
-    """The report as markdown: one line saying what was measured where (and ``source``, the JSON file), then
-    one table row per measurement (ratios to ``ce`` in brackets)."""
-    m, s = report["machine"], report["settings"]
-    backbone = s["backbone"]
+    """The report as markdown: a paragraph saying what was measured where (the command, its note's text shown once,
+    after it; ``source``, the JSON file), then one table row per measurement (ratios to ``ce`` in brackets)."""
+    m, s, note = report["machine"], report["settings"], report.get("note")
+    command = report["command"].replace(shlex.quote(note), "<the note below>") if note else report["command"]
+    cuda = f", {m['cuda_device']}" if m["cuda_device"] else ""
     lines = [
-        f"`{report['command']}` on {m['cpu']} ({m['cores']} cores, {m['threads']} torch threads, native bf16: "
-        f"{'yes' if m['cpu_native_bf16'] else 'no'}{', ' + m['cuda_device'] if m['cuda_device'] else ''}), torch "
-        f"{m['torch']}, {report['date'][:10]}: {backbone['name']} {backbone['model_kwargs'] or ''}, "
-        f"{s['image_size']} px, batch {s['batch_size']}, {s['data']} data, {s['warmup']} warm-up + {s['steps']} "
-        f"measured steps{'; JSON: `' + Path(source).as_posix() + '`' if source else ''}."
-        + (f" {report['note']}" if report.get("note") else ""),
+        f"`{command}`",
+        f"on {m['cpu']} ({m['cores']} cores, {m['threads']} torch threads, native bf16: "
+        f"{'yes' if m['cpu_native_bf16'] else 'no'}{cuda}), torch {m['torch']}, {report['date'][:10]}:",
+        f"{s['backbone']['name']} {s['backbone']['model_kwargs'] or ''}, {s['image_size']} px, batch "
+        f"{s['batch_size']}, {s['data']} data, {s['warmup']} warm-up + {s['steps']} measured steps"
+        + (f"; JSON: `{Path(source).as_posix()}`." if source else "."),
+        "In brackets: the figure over ce's on the same device under the same settings (throughput below 1: slower "
+        "than ce).",
+        *([note] if note else []),
         "",
         "| method | device | autocast | channels-last | compile | train img/s (x ce) | step ms: data / forward / "
         "backward / overhead | peak MiB (x ce) | inference img/s (x ce) |",
