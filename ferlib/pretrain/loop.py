@@ -1,0 +1,145 @@
+"""The pretraining loop: one readable epoch function and a resumable :func:`fit_ssl` around it.
+
+It is given the train split's images and nothing else (no labels, no other split), so what it learns cannot
+depend on them. A checkpoint is written after every epoch (model with heads and momentum copies, MoCo's queue,
+optimiser, schedule, generator and RNG states); resuming from it gives the same weights as an uninterrupted
+run, bit for bit on CPU at the same thread count.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..backbones import BackboneConfig, create_model
+from ..engine import TrainConfig, autocast, prepare_model, resolve_device, seed_everything
+from ..results import atomic_write, nbytes_of
+from .config import PretrainConfig
+from .methods import create_ssl
+from .views import two_views
+
+__all__ = ["fit_ssl", "train_one_epoch", "engine_config", "CHECKPOINT"]
+
+CHECKPOINT = "checkpoint.pt"
+
+
+def engine_config(cfg: PretrainConfig) -> TrainConfig:
+    """The :class:`ferlib.engine.TrainConfig` whose precision, layout, input size and device are ``cfg``'s: what
+    the engine's helpers (``autocast``, ``prepare_model``, ``predict``, ``resolve_precision``) read."""
+    return TrainConfig(image_size=cfg.image_size, amp=cfg.amp, channels_last=cfg.channels_last, compile=cfg.compile,
+                       device=cfg.device, progress=False)
+
+
+def train_one_epoch(ssl: nn.Module, images, optimizer, scheduler, cfg: PretrainConfig, device: torch.device,
+                    gen: torch.Generator, epoch: int) -> float:
+    """One pass over ``images`` (N, H, W, C) uint8 in a seeded order; returns the mean loss of its steps.
+
+    Every epoch has floor(N / batch_size) steps; each augments its faces twice on ``device``
+    (:func:`~ferlib.pretrain.views.two_views`), runs the networks under the configured autocast and the loss
+    in float32, then steps the optimiser, the per-step schedule and the momentum update.
+    """
+    ssl.train()
+    steps = len(images) // cfg.batch_size
+    order = torch.randperm(len(images), generator=gen)
+    ecfg = engine_config(cfg)
+    total = 0.0
+    bar = _progress(range(steps), cfg, desc=f"pretrain epoch {epoch + 1}/{cfg.epochs}")
+    for b in bar:
+        idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size].numpy()
+        raw = torch.from_numpy(np.asarray(images[idx])).to(device, non_blocking=True)
+        x0, x1 = (_layout(v, cfg) for v in two_views(raw, cfg.image_size, cfg.views, gen))
+        with autocast(device, ecfg):
+            outputs = ssl(x0, x1)
+        loss = ssl.loss(*(o.float() for o in outputs))
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"non-finite pretraining loss {loss.item()} at epoch {epoch + 1}, step {b + 1}")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        ssl.after_step(epoch * steps + b, cfg.epochs * steps)
+        total += float(loss.detach())
+        if hasattr(bar, "set_postfix"):
+            bar.set_postfix(loss=f"{total / (b + 1):.3f}")
+    return total / steps
+
+
+def fit_ssl(images, backbone: BackboneConfig, cfg: PretrainConfig, folder: str | Path, *,
+            resume: bool = True) -> tuple[nn.Module, list[dict]]:
+    """Pretrain a ``backbone`` on ``images`` (N, H, W, C) uint8 with ``cfg``; checkpoint in ``folder`` each epoch.
+
+    Parameters
+    ----------
+    images : the train split's images (an array, or memory-mapped images), nothing else.
+    backbone : built with :func:`ferlib.backbones.create_model` (``in_chans`` must be the images' channels).
+    folder : holds ``checkpoint.pt`` while the run is unfinished; the caller holds its lock.
+    resume : continue from ``folder/checkpoint.pt`` when there is one (the same result as an uninterrupted run).
+
+    Returns
+    -------
+    (the pretrained timm backbone on the device, the history: one ``{"epoch", "loss", "lr", "time_s"}`` per epoch).
+    """
+    if len(images) < cfg.batch_size:
+        raise ValueError(f"the train split has {len(images)} images, fewer than PretrainConfig.batch_size="
+                         f"{cfg.batch_size}")
+    device = resolve_device(cfg.device)
+    gen = seed_everything(cfg.seed)
+    ssl = create_ssl(create_model(backbone, num_classes=1).backbone, cfg)
+    prepare_model(ssl, engine_config(cfg), device)
+    steps = len(images) // cfg.batch_size
+    optimizer, scheduler = _optimizer(ssl, cfg, steps)
+    path = Path(folder) / CHECKPOINT
+    start, history = _load(path, ssl, optimizer, scheduler, gen) if resume and path.exists() else (0, [])
+    for epoch in range(start, cfg.epochs):
+        t0 = time.perf_counter()
+        loss = train_one_epoch(ssl, images, optimizer, scheduler, cfg, device, gen, epoch)
+        history.append({"epoch": epoch + 1, "loss": loss, "lr": optimizer.param_groups[0]["lr"],
+                        "time_s": time.perf_counter() - t0})
+        _save(path, epoch + 1, history, ssl, optimizer, scheduler, gen)
+    return ssl.backbone, history
+
+
+def _optimizer(ssl: nn.Module, cfg: PretrainConfig, steps: int):
+    """SGD over the trainable parameters and lightly's per-step cosine schedule with linear warm-up."""
+    from lightly.utils.scheduler import CosineWarmupScheduler
+
+    params = [p for p in ssl.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    scheduler = CosineWarmupScheduler(optimizer, warmup_epochs=cfg.warmup_epochs * steps,
+                                      max_epochs=cfg.epochs * steps)
+    return optimizer, scheduler
+
+
+def _save(path: Path, epoch: int, history: list[dict], ssl, optimizer, scheduler, gen) -> None:
+    state = {"epoch": epoch, "history": history, "model": ssl.state_dict(), "optimizer": optimizer.state_dict(),
+             "scheduler": scheduler.state_dict(), "gen": gen.get_state(), "torch_rng": torch.get_rng_state()}
+    atomic_write(path, lambda f: torch.save(state, f), nbytes=nbytes_of(state))
+
+
+def _load(path: Path, ssl, optimizer, scheduler, gen) -> tuple[int, list[dict]]:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated or not a checkpoint: name the file and the way out
+        raise ValueError(f"{path} cannot be read to resume ({type(exc).__name__}); start afresh with --no-resume "
+                         "(resume=False), which replaces it") from exc
+    ssl.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    gen.set_state(state["gen"])
+    torch.set_rng_state(state["torch_rng"])
+    return state["epoch"], state["history"]
+
+
+def _layout(x: torch.Tensor, cfg: PretrainConfig) -> torch.Tensor:
+    return x.contiguous(memory_format=torch.channels_last) if cfg.channels_last else x
+
+
+def _progress(it, cfg: PretrainConfig, desc: str):
+    if not cfg.progress:
+        return it
+    from tqdm.auto import tqdm
+
+    return tqdm(it, desc=desc, leave=False, mininterval=2.0)
