@@ -1,4 +1,5 @@
-"""Command line: ``python -m ferlib {train,evaluate,study,results,methods,datasets,bench} ...`` (``--help`` on each).
+"""Command line: ``python -m ferlib {train,pretrain,evaluate,study,results,methods,datasets,bench} ...``
+(``--help`` on each).
 
 Bad input (a setting, a path, a file's content) is reported in one line naming it, with exit status 2; the
 traceback only with ``--debug``. Any other exception is a bug and keeps its traceback.
@@ -42,12 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     tr = sub.add_parser("train", help="train one method on one dataset / noise setting", parents=[common],
                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    tr.add_argument("--data", required=True, help="dataset root folder (e.g. ../shared/data/ferplus)")
-    tr.add_argument("--dataset", default="ferplus", help="reader name (python -m ferlib datasets)")
-    tr.add_argument("--mode", default=None, help="FERPlus label mode: plurality (default) or majority")
-    tr.add_argument("--classes", type=int, default=None, help="7 or 8 (default: the reader's)")
-    tr.add_argument("--dataset-opt", action="append", default=[], metavar="KEY=VALUE",
-                    help="reader option (repeatable), typed from the reader's signature, e.g. image_size=64")
+    _add_data_arguments(tr)
     tr.add_argument("--noise", default="none", help=f"noise spec, steps joined with '+': {protocol_help()}")
     tr.add_argument("--train-subset", type=int, default=None, help="stratified number of train images")
     tr.add_argument("--method", default="ce", help="method name (python -m ferlib methods)")
@@ -59,22 +55,22 @@ def build_parser() -> argparse.ArgumentParser:
                          "schedule, batch size, epochs, weight decay, augmentation)")
     tr.add_argument("--noise-seed", type=int, default=None,
                     help="seed of the noise draw (default: --seed), to vary training with the labels held fixed")
-    tr.add_argument("--backbone", default=BackboneConfig.name, help="timm model name")
-    tr.add_argument("--backbone-opt", action="append", default=[], metavar="KEY=VALUE",
-                    help="backbone option (repeatable): a BackboneConfig field (drop_rate, typed), else a "
-                         "timm.create_model keyword (JSON values), e.g. channels=[32,64,128,256] stem_width=32 "
-                         "(half-width ResNet-18)")
+    _add_backbone_arguments(tr)
     tr.add_argument("--augment-opt", action="append", default=[], metavar="KEY=VALUE",
                     help="augmentation option of ferlib.augment.AugmentConfig (repeatable), e.g. erase=0")
-    tr.add_argument("--weights", default=None, help="local pretrained weights file (state dict)")
-    tr.add_argument("--small-input", action=argparse.BooleanOptionalAction, default=False,
-                    help="drop the ResNet stem max-pool (better for 48 px faces, ~4x compute)")
+    tr.add_argument("--weights", default=None,
+                    help="local pretrained weights file (state dict), or 'ssl': the self-supervised checkpoint "
+                         "of this dataset's train images and this backbone (python -m ferlib pretrain)")
+    tr.add_argument("--pretrain-opt", action="append", default=[], metavar="KEY=VALUE",
+                    help="with --weights ssl: the pretraining config whose checkpoint to use, as the overrides "
+                         "given to pretrain (repeatable; ferlib.pretrain.PretrainConfig), e.g. method=byol")
     tr.add_argument("--out", default="runs", help="parent folder of run directories")
     tr.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint of this run")
     _add_dataclass_flags(tr, TrainConfig, skip=("augment", "milestones"))
     tr.add_argument("--milestones", type=int, nargs="*", default=[], metavar="EPOCH",
                     help="epochs at which the multistep schedule multiplies the lr by --gamma")
     _add_eval_data(tr, required=False, then=" once the run has finished")
+    _add_pretrain_parser(sub, common)
     ev = sub.add_parser("evaluate", parents=[common], help="score finished runs on other datasets over the classes "
                                                            "they share, without training (cross_eval.json)")
     ev.add_argument("runs", nargs="+", metavar="RUN_DIR", help="finished run folder(s)")
@@ -106,6 +102,44 @@ def _add_eval_data(parser: argparse.ArgumentParser, *, required: bool, then: str
                         help=f"score the run{then} on this dataset (repeatable): {TARGET_SYNTAX}, e.g. "
                              "ferplus:../shared/data/ferplus:mode=majority or folder:exports/no_neutral; "
                              "predictions are restricted to the classes both share (ferlib.cross_eval)")
+
+
+def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", required=True, help="dataset root folder (e.g. ../shared/data/ferplus)")
+    parser.add_argument("--dataset", default="ferplus", help="reader name (python -m ferlib datasets)")
+    parser.add_argument("--mode", default=None, help="FERPlus label mode: plurality (default) or majority")
+    parser.add_argument("--classes", type=int, default=None, help="7 or 8 (default: the reader's)")
+    parser.add_argument("--dataset-opt", action="append", default=[], metavar="KEY=VALUE",
+                        help="reader option (repeatable), typed from the reader's signature, e.g. image_size=64")
+
+
+def _add_backbone_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--backbone", default=BackboneConfig.name, help="timm model name")
+    parser.add_argument("--backbone-opt", action="append", default=[], metavar="KEY=VALUE",
+                        help="backbone option (repeatable): a BackboneConfig field (drop_rate, typed), else a "
+                             "timm.create_model keyword (JSON values), e.g. channels=[32,64,128,256] stem_width=32 "
+                             "(half-width ResNet-18)")
+    parser.add_argument("--small-input", action=argparse.BooleanOptionalAction, default=False,
+                        help="drop the ResNet stem max-pool (better for 48 px faces, ~4x compute)")
+
+
+def _add_pretrain_parser(sub, common: argparse.ArgumentParser) -> None:
+    from .pretrain import PretrainConfig
+
+    pre = sub.add_parser("pretrain", parents=[common], formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                         help="self-supervised pretraining of a backbone on the train split's images (labels "
+                              "never read), cached; the checkpoint of train --weights ssl")
+    _add_data_arguments(pre)
+    _add_backbone_arguments(pre)
+    _add_dataclass_flags(pre, PretrainConfig, skip=("temperature",))
+    pre.add_argument("--temperature", type=float, default=None,
+                     help="NT-Xent / InfoNCE temperature (default: the method's, SimCLR 0.5, MoCo v2 0.2)")
+    pre.add_argument("--view-opt", action="append", default=[], metavar="KEY=VALUE",
+                     help="view option of ferlib.pretrain.ViewConfig (repeatable), e.g. scale=[0.3,1] blur=0")
+    pre.add_argument("--no-resume", action="store_true",
+                     help="pretrain from the start, replacing a cached or partial checkpoint of these settings")
+    pre.add_argument("--eval", action=argparse.BooleanOptionalAction, default=True,
+                     help="report linear-probe and k-NN accuracy on the clean labels of valid and test")
 
 
 #: BackboneConfig fields that --backbone-opt does not set, and where they come from instead.
@@ -141,28 +175,56 @@ def backbone_options(pairs: list[str], *, where: str = "--backbone-opt") -> tupl
 def spec_from_args(args: argparse.Namespace):
     """Turn parsed ``train`` arguments into a :class:`ferlib.experiment.RunSpec`."""
     from .augment import AugmentConfig
-    from .data import dataset_reader
     from .experiment import RunSpec
     from .methods import parse_overrides
     from .options import parse_options
+    from .pretrain import PretrainConfig
 
-    options = {}  # the reader's defaults, unless given
+    train = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
+                           if f.name != "augment"}, augment=parse_options(AugmentConfig, args.augment_opt,
+                                                                  where="--augment-opt"))
+    return RunSpec(data=args.data, dataset=args.dataset, dataset_options=_dataset_options(args), noise=args.noise,
+                   train_subset=args.train_subset, method=args.method,
+                   method_options=parse_overrides(args.method, args.method_opt),
+                   recipe=args.recipe, noise_seed=args.noise_seed, backbone=_backbone_config(args, args.weights),
+                   train=train, pretrain=parse_options(PretrainConfig, args.pretrain_opt, where="--pretrain-opt"),
+                   out=args.out)
+
+
+def _dataset_options(args: argparse.Namespace) -> dict:
+    """The reader options of ``--mode``, ``--classes`` and ``--dataset-opt`` (the reader's defaults otherwise)."""
+    from .data import dataset_reader
+    from .options import parse_options
+
+    options = {}
     if args.mode is not None:
         options["mode"] = args.mode
     if args.classes is not None:
         options["num_classes"] = args.classes
     options.update(parse_options(dataset_reader(args.dataset), args.dataset_opt,
                                  where=f"--dataset-opt (dataset {args.dataset!r})"))
-    train = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
-                           if f.name != "augment"}, augment=parse_options(AugmentConfig, args.augment_opt,
-                                                                  where="--augment-opt"))
+    return options
+
+
+def _backbone_config(args: argparse.Namespace, weights: str | None = None) -> BackboneConfig:
     fields, model_kwargs = backbone_options(args.backbone_opt)
-    backbone = BackboneConfig(name=args.backbone, weights=args.weights, small_input=args.small_input,
-                              model_kwargs=model_kwargs, **fields)
-    return RunSpec(data=args.data, dataset=args.dataset, dataset_options=options, noise=args.noise,
-                   train_subset=args.train_subset, method=args.method,
-                   method_options=parse_overrides(args.method, args.method_opt),
-                   recipe=args.recipe, noise_seed=args.noise_seed, backbone=backbone, train=train, out=args.out)
+    return BackboneConfig(name=args.backbone, weights=weights, small_input=args.small_input,
+                          model_kwargs=model_kwargs, **fields)
+
+
+def _pretrain(args: argparse.Namespace) -> int:
+    """``python -m ferlib pretrain``: pretrain (or find cached) and print the checkpoint and its scores."""
+    from .options import parse_options
+    from .pretrain import PretrainConfig, ViewConfig, pretrain
+
+    config = PretrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(PretrainConfig)
+                               if f.name != "views"},
+                            views=parse_options(ViewConfig, args.view_opt, where="--view-opt"))
+    result = pretrain(args.data, dataset=args.dataset, dataset_options=_dataset_options(args),
+                      backbone=_backbone_config(args), config=config, resume=not args.no_resume, evaluate=args.eval)
+    print(json.dumps({k: result.get(k) for k in ("key", "weights", "epochs", "train_time_s", "loss_first",
+                                                 "loss_last", "evaluation")}, indent=2))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -197,6 +259,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return study_main(args)
     if args.command == "results":
         return _results(args.runs, args.out)
+    if args.command == "pretrain":
+        return _pretrain(args)
     if args.command == "bench":
         from .bench import bench_main
 

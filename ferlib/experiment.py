@@ -18,6 +18,7 @@ from . import distributed, rundir
 from .backbones import BackboneConfig, create_model
 from .data.cache import data_fingerprint
 from .engine import TrainConfig, check_processes, fit, resolve_device, seed_everything
+from .pretrain.store import SSL
 from .recipes import recipe_method_options, recipe_source, resolve_recipe
 from .results import collect_results, flatten, write_json, write_table
 
@@ -55,6 +56,10 @@ class RunSpec:
     variant : the name of the ablation variant this run is (``"full"`` or a key of the method's
         ``ablations``), recorded in ``result.json`` for the ablation table; a label, not in the run id (its
         ``method_options`` already hold what the variant changes). ``""`` = not an ablation cell.
+    pretrain : :class:`ferlib.pretrain.PretrainConfig` overrides ({} = its defaults) of the self-supervised
+        checkpoint that ``backbone.weights: ssl`` names (:func:`ferlib.pretrain.ssl_weights`: the cached
+        pretraining of this dataset's train images, this backbone and this config; a clear error naming the
+        ``python -m ferlib pretrain`` command when there is none). In the run id only with ``weights: ssl``.
     out : parent folder of run directories.
     """
 
@@ -72,6 +77,7 @@ class RunSpec:
     train: TrainConfig = field(default_factory=TrainConfig)
     fold: list[int] | None = None
     variant: str = ""
+    pretrain: dict = field(default_factory=dict)
     out: str = "runs"
 
     def __post_init__(self) -> None:
@@ -87,6 +93,7 @@ class RunSpec:
         self.method_options = recipe_method_options(self.method, self.recipe, self.method_options,
                                                     self.train.image_size)
         method_config(self.method, **self.method_options)  # a bad option fails here, before any data loads
+        _pretrain_config(self)  # idem
         if self.train_subset is not None and (isinstance(self.train_subset, bool)
                                               or not isinstance(self.train_subset, int) or self.train_subset < 1):
             raise ValueError(f"RunSpec.train_subset must be a positive number of images or None (all), got "
@@ -123,7 +130,7 @@ class RunSpec:
         if missing:
             raise ValueError(f"{run_dir}/config.json lacks {missing}; it was not written by ferlib.experiment.run")
         keys = ("data", "dataset", "dataset_options", "noise", "train_subset", "valid_fraction", "method",
-                "method_options", "recipe", "backbone", "train", "fold", "variant")
+                "method_options", "recipe", "backbone", "train", "fold", "variant", "pretrain")
         values = {k: cfg[k] for k in keys if cfg.get(k) is not None}
         if cfg.get("noise_seed") not in (None, cfg["train"].get("seed")):  # recorded resolved; None = train seed
             values["noise_seed"] = cfg["noise_seed"]
@@ -139,7 +146,9 @@ def run_id(spec: RunSpec) -> str:
 
     The data enter as their :func:`ferlib.data.data_fingerprint` (file names and sizes under the root), so the
     same data named relatively or absolutely, or a checkout moved elsewhere, keep their run ids."""
-    flat = flatten(asdict(spec))
+    flat = {k: v for k, v in flatten(asdict(spec)).items() if not k.startswith("pretrain.")}
+    if spec.backbone.weights == SSL:  # the pretraining decides the start: all its settings, defaults filled in
+        flat.update(flatten({"pretrain": _pretrain_config(spec).key_fields()}))
     flat["data"] = data_fingerprint(spec.data)  # what the data holds, not where: a moved checkout keeps its ids
     key = json.dumps({k: v for k, v in sorted(flat.items()) if k not in _NOT_IN_ID}, sort_keys=True, default=str)
     digest = hashlib.sha1(key.encode()).hexdigest()[:8]
@@ -212,7 +221,7 @@ def build(spec: RunSpec, data):
     from .methods import create_method
 
     seed_everything(spec.train.seed)
-    model = create_model(_backbone(spec, data), data.num_classes)
+    model = create_model(_resolved_weights(spec, _backbone(spec, data)), data.num_classes)
     method = create_method(spec.method, num_classes=data.num_classes, num_train=data.split_counts()["train"],
                            feature_dim=model.feature_dim, **spec.method_options)
     return model, method
@@ -220,6 +229,23 @@ def build(spec: RunSpec, data):
 
 def _backbone(spec: RunSpec, data) -> BackboneConfig:
     return dataclasses.replace(spec.backbone, in_chans=data.image_shape[2])
+
+
+def _pretrain_config(spec: RunSpec):
+    from .pretrain import PretrainConfig
+
+    return PretrainConfig(**spec.pretrain)
+
+
+def _resolved_weights(spec: RunSpec, backbone: BackboneConfig) -> BackboneConfig:
+    """``backbone`` with ``weights: ssl`` replaced by the path of its cached self-supervised checkpoint."""
+    if backbone.weights != SSL:
+        return backbone
+    from .pretrain import ssl_weights
+
+    return dataclasses.replace(backbone, weights=ssl_weights(
+        spec.data, dataset=spec.dataset, dataset_options=spec.dataset_options, backbone=backbone,
+        config=_pretrain_config(spec)))
 
 
 def run(spec: RunSpec, *, resume: bool = True) -> dict:
@@ -271,7 +297,7 @@ def _train(spec: RunSpec, rid: str, run_dir: Path, *, resume: bool) -> dict:
         "method_options": spec.method_options, "backbone": asdict(_backbone(spec, data)),
         "optimizer": spec.train.optimizer, "lr": spec.train.lr, "batch_size": spec.train.batch_size,
         "image_size": spec.train.image_size, "valid_fraction": spec.valid_fraction, "fold": spec.fold,
-        "variant": spec.variant,
+        "variant": spec.variant, "pretrain": spec.pretrain,
     }
     return fit(model, method, data, spec.train, run_dir, resume=resume, meta=meta)
 
