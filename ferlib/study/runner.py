@@ -28,7 +28,11 @@ Order of work: the notebooks of ``spec.notebooks`` in order, each as its metadat
    skipped, so a study resumes where it stopped and a rerun does no work; a cell whose ``result.json`` fails
    the check is logged with the reason and run again (the run replaces the corrupted files); ``run_id``
    (:func:`ferlib.experiment.run_id`) hashes the cell's parameters, so a changed setting is a new cell. A
-   failed cell is recorded in ``reports_dir/failures.json`` and the others go on. Only this notebook trains.
+   failed cell is recorded in ``reports_dir/failures.json`` and the others go on. Only this notebook trains,
+   after one step: cells that start from ``backbone: {weights: ssl}`` need a self-supervised checkpoint, so
+   before the first cell :func:`ferlib.pretrain.pretrain` runs once per distinct checkpoint, in this process
+   (cached: a finished one is reused; under ``--launcher slurm`` the cache, ``$FERLIB_CACHE``, must be one the
+   jobs see); one that fails is recorded as ``pretrain:<name>`` and its cells fail naming the command.
    Where the cells run is the launcher's choice (:mod:`ferlib.study.launch`): one after another in this process
    (the default); ``workers`` N at once on this machine (``--workers N``: N processes, each kernel with
    ``OMP_NUM_THREADS`` = cores // N, at least 1, and with several GPUs one GPU per worker through
@@ -265,6 +269,7 @@ def run_study(spec: StudySpec | str, *, runs_dir: str | os.PathLike, reports_dir
         source = notebooks_dir / f"{name}.ipynb"
         role = _declared_role(source)
         if role.get("role") == "cell":
+            _pretrain(cells, failures, log)
             outcome.cells = _run_cells(cells, source, functools.partial(cell_job, name), launch, failures, log)
             _cross_eval(cells, targets, failures, log)
             continue
@@ -332,6 +337,26 @@ def _run_cells(cells: list, source: Path, cell_job, launcher, failures: _Failure
                                **error})
             log(f"{tags[i]} ... FAILED in {seconds:.0f}s ({error['error']}), {eta}")
     return out
+
+
+def _pretrain(cells: list, failures: _Failures, log) -> None:
+    """Pretrain, once and before any cell, each self-supervised backbone that cells of ``(kind, RunSpec)``
+    ``cells`` start from (``backbone.weights: ssl``; :func:`ferlib.pretrain.pretrain` in this process, cached:
+    a finished one is reused). One that fails is recorded as ``pretrain:<name>`` and its cells then fail naming
+    the command that creates it."""
+    from ferlib.pretrain import pretrain, pretrain_jobs
+
+    for name, job in pretrain_jobs([s for _, s in cells]).items():
+        key = f"pretrain:{name}"
+        log(f"{key} ... running (self-supervised pretraining for the cells with weights: ssl)")
+        try:
+            result = pretrain(**job)
+        except Exception as exc:
+            failures.add(key, {"step": "pretrain", **error_record(exc)})
+            log(f"{key} ... FAILED ({failures.items[key]['error']})")
+        else:
+            failures.clear(key)
+            log(f"{key} ... done: {result['weights']}")
 
 
 def _cross_eval(cells: list, targets: list, failures: _Failures, log) -> None:

@@ -97,7 +97,11 @@ class StudySpec:
         does not, e.g. the input size).
     train : :class:`ferlib.engine.TrainConfig` fields shared by every cell (not ``seed``: that is
         ``grid.seeds``). ``progress`` defaults to False in a study (no progress bars inside notebooks).
-    backbone : :class:`ferlib.backbones.BackboneConfig` fields.
+    backbone : :class:`ferlib.backbones.BackboneConfig` fields. ``weights: ssl`` starts every cell from the
+        self-supervised checkpoint of the train images (:mod:`ferlib.pretrain`), which the runner pretrains once
+        before the cells.
+    pretrain : :class:`ferlib.pretrain.PretrainConfig` overrides of that checkpoint ({} = the defaults); used
+        only with ``backbone: {weights: ssl}``.
     train_subset : stratified number of train images kept before noise (None: all).
     notebooks : names (without ``.ipynb``) of the notebooks to execute, in order; see :data:`NOTEBOOKS` and
         :data:`ROLES`.
@@ -148,6 +152,7 @@ class StudySpec:
     view_time_limit: int | None = None
     notebook_parameters: dict = field(default_factory=dict)
     slurm: dict = field(default_factory=dict)
+    pretrain: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         from ferlib.backbones import BackboneConfig
@@ -155,6 +160,7 @@ class StudySpec:
         from ferlib.engine import TrainConfig
         from ferlib.methods import method_class, method_config
         from ferlib.noise import NoiseSpec
+        from ferlib.pretrain import PretrainConfig
         from ferlib.recipes import RECIPES
 
         from .launch import SlurmOptions
@@ -168,7 +174,7 @@ class StudySpec:
         elif not isinstance(self.grid, Grid):
             raise ValueError(f"grid must be a mapping with keys {_field_names(Grid)}, got {self.grid!r}")
         for key in ("dataset_options", "method_options", "train", "backbone", "ablation_train", "cleanlab_train",
-                    "notebook_parameters", "slurm"):
+                    "notebook_parameters", "slurm", "pretrain"):
             if not isinstance(getattr(self, key), dict):
                 raise ValueError(f"{key} must be a mapping, got {getattr(self, key)!r}")
         for key in ("train", "ablation_train", "cleanlab_train"):
@@ -179,6 +185,7 @@ class StudySpec:
             TrainConfig(**{**self.train, **options})  # validates values (optimizer, scheduler ...)
         BackboneConfig(**_checked_keys(self.backbone, _field_names(BackboneConfig), "backbone"))
         SlurmOptions(**_checked_keys(self.slurm, _field_names(SlurmOptions), "slurm"))
+        PretrainConfig(**_checked_keys(self.pretrain, _field_names(PretrainConfig), "pretrain"))
         for method, options in self.method_options.items():
             valid = [f.name for f in dataclasses.fields(method_class(method).Config)]
             _checked_keys(options or {}, valid, f"method_options.{method}")
@@ -229,6 +236,7 @@ class StudySpec:
         return RunSpec(data=str(self.data_path()), dataset=self.dataset, dataset_options=dict(self.dataset_options),
                        noise=noise, train_subset=self.train_subset, method=method, recipe=self.recipe,
                        backbone=BackboneConfig(**self.backbone), train=self.train_config(seed, train_extra),
+                       pretrain=dict(self.pretrain),
                        out=str(Path(runs_dir).absolute()), **fields)
 
     def run_specs(self, runs_dir: str | os.PathLike) -> list:
