@@ -106,12 +106,13 @@ def small_ferplus(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def interrupted(monkeypatch):
-    """``interrupted(train)``: call ``train()`` with the engine's second epoch raising KeyboardInterrupt (a
-    simulated crash after the first epoch's checkpoint), then restore the engine."""
+    """``interrupted(train, loop=ferlib.engine)``: call ``train()`` with the second call of ``loop``'s
+    ``train_one_epoch`` raising KeyboardInterrupt (a simulated crash after the first epoch's checkpoint), then
+    restore it. ``loop``: any module whose training loop calls its own ``train_one_epoch`` once per epoch."""
     from ferlib import engine
 
-    def run_until_crash(train) -> None:
-        real_epoch, calls = engine.train_one_epoch, {"n": 0}
+    def run_until_crash(train, loop=engine) -> None:
+        real_epoch, calls = loop.train_one_epoch, {"n": 0}
 
         def crash_in_second_epoch(*args, **kwargs):
             calls["n"] += 1
@@ -119,12 +120,12 @@ def interrupted(monkeypatch):
                 raise KeyboardInterrupt("simulated crash")
             return real_epoch(*args, **kwargs)
 
-        monkeypatch.setattr(engine, "train_one_epoch", crash_in_second_epoch)
+        monkeypatch.setattr(loop, "train_one_epoch", crash_in_second_epoch)
         try:
             with pytest.raises(KeyboardInterrupt):
                 train()
         finally:
-            monkeypatch.setattr(engine, "train_one_epoch", real_epoch)
+            monkeypatch.setattr(loop, "train_one_epoch", real_epoch)
 
     return run_until_crash
 
