@@ -37,13 +37,20 @@ class PretrainConfig:
 
     The defaults are the CPU budget: the half-width ResNet-18 of ``cpu_full`` (channels 32-64-128-256, stem 32)
     at 48 px on the 28,150 FERPlus train images within 60 minutes on 2 CPU cores. Measured on this machine's
-    2-core EPYC (AVX-512 BF16, so bfloat16 autocast) while another training shared the cores, hence as a ratio
-    to the reference the ``cpu_full`` profile documents (a CE epoch over the same images, float32, batch 64:
-    31.5 s on the 2 cores), interleaved over 16 repetitions: a SimCLR step at batch 256 costs 1.13-1.24x a CE
-    step per image (15.2 vs 13.4 ms per image under load), so an epoch (109 steps) takes ~36-39 s and 60 epochs
-    ~36-39 min; the evaluation adds ~1 min (features of the 35,198 faces, five linear probes, k-NN) and loading
-    ~1 s: ~40 min expected, a 1.5x margin on the budget for the extrapolation. Per step, MoCo v2 costs ~0.6x
-    SimCLR (one view back-propagated) and BYOL ~1.3x (two momentum forwards). On a GPU the run takes minutes.
+    2-core EPYC (AVX-512 BF16, so bfloat16 autocast) beside a training that held the cores, so as ratios to a CE
+    step measured in the same process, interleaved, and the reference the ``cpu_full`` profile documents (a CE
+    epoch over the same images, float32, batch 64, 2 threads: 31.5 s, i.e. 894 img/s):
+
+    - 2 threads, 16 repetitions: a SimCLR step at batch 256 costs 1.13x the CE step per image (15.2 vs 13.4 ms
+      per image under load); 1 thread, 6 repetitions: 1.17x (2.62 vs 2.23 ms), i.e. ~380 img/s on one core.
+    - So an epoch (109 steps) takes 1.13-1.17 x 31.5 = 36-37 s; at the 1-thread speed with the 1.7-2.0x gain of
+      a second thread CE shows, 37-43 s. 60 epochs: 36-43 min.
+    - The evaluation (features of the 35,198 faces, five linear probes, k-NN) took 39 s on one thread; loading
+      and fingerprinting the cached dataset < 1 s. In all ~37-44 min: a 1.4-1.6x margin on the 60 minutes for
+      the extrapolation.
+
+    Per step MoCo v2 costs ~0.64x SimCLR (one view back-propagated) and BYOL ~1.3x (two momentum forwards):
+    scale their epochs for the same budget. On a GPU the run takes minutes.
     """
 
     method: str = "simclr"
