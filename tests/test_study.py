@@ -103,7 +103,7 @@ def tiny_spec(tmp_path: Path, **overrides) -> StudySpec:
     (tmp_path / "data").mkdir(exist_ok=True)
     values = dict(methods=["ce", "ldl_votes"], noise=["symmetric:0.3"], seeds=[0, 1], train={"epochs": 2},
                   notebooks=["00_prepare_data", "01_inject_noise", "02_train", "03_ablations", "05_uncertainty",
-                             "99_summary"], cleanlab_folds=0)
+                             "99_summary"], cleanlab_folds=0, eval_data=[])  # fake runs: nothing to score
     values.update(overrides)
     return load_profile("smoke", data=tmp_path / "data", **values)
 
