@@ -14,7 +14,10 @@ from typing import Callable
 import torch
 from torch import nn
 
-__all__ = ["BackboneConfig", "FERModel", "create_model", "load_weights", "require_parts", "WeightsError"]
+from .options import field_hints, parse_literal, parse_value
+
+__all__ = ["BackboneConfig", "FERModel", "create_model", "load_weights", "require_parts", "WeightsError",
+           "backbone_options"]
 
 
 class WeightsError(RuntimeError):
@@ -157,3 +160,31 @@ def _find_state_dict(obj, path: Path) -> dict:
             return obj
     raise WeightsError(f"weights file {path} holds no state dict (expected a dict of tensors, "
                        "optionally under 'state_dict', 'model' or 'net')")
+
+
+#: BackboneConfig fields that --backbone-opt does not set, and where they come from instead.
+_BACKBONE_ELSEWHERE = {"name": "use --backbone", "weights": "use --weights", "small_input": "use --small-input",
+                       "in_chans": "it is set from the data's channels",
+                       "model_kwargs": "give each timm keyword as its own KEY=VALUE"}
+
+
+def backbone_options(pairs: list[str], *, where: str = "--backbone-opt") -> tuple[dict, dict]:
+    """``["key=value", ...]`` -> (typed BackboneConfig fields, ``model_kwargs``).
+
+    A key naming a BackboneConfig field (``drop_rate``) is typed from its hint (:func:`ferlib.options.parse_value`);
+    any other key is a ``timm.create_model`` keyword whose value is a JSON literal, else a string
+    (:func:`ferlib.options.parse_literal`). Raises ValueError naming ``where``, the key and the expected type.
+    """
+    hints = field_hints(BackboneConfig)
+    fields, kwargs = {}, {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"{where}: bad option {pair!r}: expected KEY=VALUE")
+        if key in _BACKBONE_ELSEWHERE:
+            raise ValueError(f"{where}: {key} is not set here: {_BACKBONE_ELSEWHERE[key]}")
+        if key in hints:
+            fields[key] = parse_value(text, hints[key], key=key, where=where)
+        else:
+            kwargs[key] = parse_literal(text)
+    return fields, kwargs

@@ -12,11 +12,11 @@ import json
 import sys
 from pathlib import Path
 
-from .backbones import BackboneConfig, WeightsError
+from .backbones import BackboneConfig, WeightsError, backbone_options
 from .engine import TrainConfig
 from .noise import protocol_help
 
-__all__ = ["main", "build_parser", "spec_from_args", "backbone_options", "USER_ERRORS"]
+__all__ = ["main", "build_parser", "spec_from_args", "USER_ERRORS"]
 
 #: Exceptions that mean bad input: ValueError and TypeError (settings; also a file's undecodable content),
 #: OSError (missing, unreadable or unwritable paths, a full disk), WeightsError (a weights file that does not fit).
@@ -140,36 +140,6 @@ def _add_pretrain_parser(sub, common: argparse.ArgumentParser) -> None:
                      help="pretrain from the start, replacing a cached or partial checkpoint of these settings")
     pre.add_argument("--eval", action=argparse.BooleanOptionalAction, default=True,
                      help="report linear-probe and k-NN accuracy on the clean labels of valid and test")
-
-
-#: BackboneConfig fields that --backbone-opt does not set, and where they come from instead.
-_BACKBONE_ELSEWHERE = {"name": "use --backbone", "weights": "use --weights", "small_input": "use --small-input",
-                       "in_chans": "it is set from the data's channels",
-                       "model_kwargs": "give each timm keyword as its own KEY=VALUE"}
-
-
-def backbone_options(pairs: list[str], *, where: str = "--backbone-opt") -> tuple[dict, dict]:
-    """``["key=value", ...]`` -> (typed BackboneConfig fields, ``model_kwargs``).
-
-    A key naming a BackboneConfig field (``drop_rate``) is typed from its hint (:func:`ferlib.options.parse_value`);
-    any other key is a ``timm.create_model`` keyword whose value is a JSON literal, else a string
-    (:func:`ferlib.options.parse_literal`). Raises ValueError naming ``where``, the key and the expected type.
-    """
-    from .options import field_hints, parse_literal, parse_value
-
-    hints = field_hints(BackboneConfig)
-    fields, kwargs = {}, {}
-    for pair in pairs:
-        key, sep, text = pair.partition("=")
-        if not sep or not key:
-            raise ValueError(f"{where}: bad option {pair!r}: expected KEY=VALUE")
-        if key in _BACKBONE_ELSEWHERE:
-            raise ValueError(f"{where}: {key} is not set here: {_BACKBONE_ELSEWHERE[key]}")
-        if key in hints:
-            fields[key] = parse_value(text, hints[key], key=key, where=where)
-        else:
-            kwargs[key] = parse_literal(text)
-    return fields, kwargs
 
 
 def spec_from_args(args: argparse.Namespace):

@@ -98,7 +98,7 @@ def bench_main(args: argparse.Namespace) -> int:
     import torch
 
     from ..backbones import BackboneConfig
-    from ..cli import backbone_options
+    from ..backbones import backbone_options
     from ..engine import resolve_device
     from ..methods import list_methods
     from .measure import run_bench
