@@ -17,7 +17,7 @@ import numpy as np
 from . import distributed, rundir
 from .backbones import BackboneConfig, create_model
 from .data.cache import data_fingerprint
-from .engine import TrainConfig, check_processes, fit, resolve_device, seed_everything
+from .engine import TrainConfig, check_processes, fit, prepare_model, resolve_device, seed_everything
 from .pretrain.store import SSL
 from .recipes import recipe_method_options, recipe_source, resolve_recipe
 from .results import collect_results, flatten, write_json, write_table
@@ -349,14 +349,20 @@ def load_model(run_dir, *, device: str | None = None) -> tuple:
 
     Returns
     -------
-    (model on the device, the run's TrainConfig with ``progress`` off, torch.device)
+    (model on the device, the run's TrainConfig with ``progress`` off, torch.device). The model computes as the
+    run did: the autocast dtype and layout its ``config.json`` records (``precision``); a run written before that
+    record computed in float32, channels-first, on CPU (bfloat16 only on CUDA).
     """
     import torch
 
     spec = RunSpec.from_run(run_dir)
-    train = dataclasses.replace(spec.train, progress=False)
-    dev = resolve_device(device or train.device)
+    config = rundir.read_config(run_dir)
+    dev = resolve_device(device or spec.train.device)
+    recorded = config.get("precision") or {"autocast": "bfloat16" if dev.type == "cuda" and spec.train.amp
+                                           else "float32", "channels_last": False}
+    train = dataclasses.replace(spec.train, progress=False, amp=recorded["autocast"] == "bfloat16",
+                                channels_last=recorded["channels_last"])
     backbone = dataclasses.replace(spec.backbone, weights=None)  # model.pt has them all
-    model = create_model(backbone, int(rundir.read_config(run_dir)["classes"]))
+    model = create_model(backbone, int(config["classes"]))
     model.load_state_dict(torch.load(Path(run_dir) / rundir.MODEL, map_location="cpu", weights_only=True))
-    return model.to(dev), train, dev
+    return prepare_model(model, train, dev), train, dev
