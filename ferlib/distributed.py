@@ -59,7 +59,16 @@ def _init() -> None:
     if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     dist.init_process_group("cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo")
-    atexit.register(dist.destroy_process_group)
+    atexit.register(_shutdown)
+
+
+def _shutdown() -> None:
+    """At exit: wait for every process, then tear the group down. A process that destroyed its group while
+    another still used the connection could abort in gloo's threads ("terminate called without an active
+    exception") after a finished run."""
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def rank() -> int:
