@@ -39,7 +39,7 @@ from .results import atomic_savez, atomic_write, atomic_write_text, flatten, nby
 
 __all__ = ["TrainConfig", "fit", "train_one_epoch", "evaluate", "predict", "seed_everything",
            "build_optimizer", "build_scheduler", "resolve_device", "resolve_precision", "prepare_model", "make_batch",
-           "train_arrays", "autocast", "cpu_native_bf16", "check_processes"]
+           "train_arrays", "autocast", "layout", "progress_bar", "cpu_native_bf16", "check_processes"]
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULERS = ("none", "exponential", "step", "multistep", "cosine", "linear")
@@ -195,8 +195,9 @@ def autocast(device: torch.device, cfg: TrainConfig):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
 
 
-def _layout(x: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
-    """An image batch (B, C, H, W) in the run's memory layout."""
+def layout(x: torch.Tensor, cfg) -> torch.Tensor:
+    """An image batch (B, C, H, W) in the run's memory layout (``cfg.channels_last``: a TrainConfig, or any
+    config with that field, e.g. pretraining's)."""
     return x.contiguous(memory_format=torch.channels_last) if cfg.channels_last and x.dim() == 4 else x
 
 
@@ -233,7 +234,7 @@ def train_one_epoch(model: nn.Module, method, train, optimizer, scheduler, cfg: 
                          f"of {len(train)}; it must return at least {len(train)}")
     params = [p for group in optimizer.param_groups for p in group["params"]]
     sums: dict[str, float] = {}
-    bar = _progress(range(n_batches), cfg, desc=f"epoch {method.epoch + 1}/{cfg.epochs}")
+    bar = progress_bar(range(n_batches), cfg, desc=f"epoch {method.epoch + 1}/{cfg.epochs}")
     for b in bar:
         idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
         batch = distributed.shard(make_batch(images, labels, votes, idx, method.views, cfg, device, gen))
@@ -287,11 +288,11 @@ def make_batch(images, labels, votes, idx, views, cfg, device, gen) -> dict:
     view the method asks for), images in the run's memory layout."""
     raw = _rows(images, idx, device)
     x, affine = augment_batch(raw, cfg.image_size, cfg.augment, gen)
-    batch = {"image": _layout(x, cfg), "affine": affine, "index": idx.to(device), "label": _rows(labels, idx, device)}
+    batch = {"image": layout(x, cfg), "affine": affine, "index": idx.to(device), "label": _rows(labels, idx, device)}
     if votes is not None:
         batch["votes"] = _rows(votes, idx, device)
     for view in views:
-        batch[f"image_{view}"] = _layout(make_view(view, x, raw, cfg.image_size, cfg.augment, gen), cfg)
+        batch[f"image_{view}"] = layout(make_view(view, x, raw, cfg.image_size, cfg.augment, gen), cfg)
     return batch
 
 
@@ -302,7 +303,7 @@ def predict(model: nn.Module, images: np.ndarray, cfg: TrainConfig, device: torc
     model.eval()
     logits, feats = [], []
     for start in range(0, len(images), cfg.eval_batch_size):
-        x = _layout(prepare_batch(torch.from_numpy(images[start:start + cfg.eval_batch_size]).to(device),
+        x = layout(prepare_batch(torch.from_numpy(images[start:start + cfg.eval_batch_size]).to(device),
                                   cfg.image_size, cfg.augment), cfg)
         with autocast(device, cfg):
             f = model.embed(x)
@@ -531,7 +532,9 @@ def _scalars(metrics: dict) -> dict:
     return {k: v for k, v in metrics.items() if not isinstance(v, list)}
 
 
-def _progress(it, cfg: TrainConfig, desc: str):
+def progress_bar(it, cfg, desc: str):
+    """``it`` wrapped in a tqdm bar when ``cfg.progress`` (any config with that field) and this is the main
+    process; else ``it``."""
     if not (cfg.progress and distributed.is_main()):
         return it
     from tqdm.auto import tqdm

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ..backbones import BackboneConfig, create_model
-from ..engine import TrainConfig, autocast, prepare_model, resolve_device, seed_everything
+from ..engine import TrainConfig, autocast, layout, prepare_model, progress_bar, resolve_device, seed_everything
 from ..results import atomic_write, nbytes_of
 from .config import PretrainConfig
 from .methods import create_ssl
@@ -46,11 +46,11 @@ def train_one_epoch(ssl: nn.Module, images, optimizer, scheduler, cfg: PretrainC
     order = torch.randperm(len(images), generator=gen)
     ecfg = engine_config(cfg)
     total = 0.0
-    bar = _progress(range(steps), cfg, desc=f"pretrain epoch {epoch + 1}/{cfg.epochs}")
+    bar = progress_bar(range(steps), cfg, desc=f"pretrain epoch {epoch + 1}/{cfg.epochs}")
     for b in bar:
         idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size].numpy()
         raw = torch.from_numpy(np.asarray(images[idx])).to(device, non_blocking=True)
-        x0, x1 = (_layout(v, cfg) for v in two_views(raw, cfg.image_size, cfg.views, gen))
+        x0, x1 = (layout(v, cfg) for v in two_views(raw, cfg.image_size, cfg.views, gen))
         with autocast(device, ecfg):
             outputs = ssl(x0, x1)
         loss = ssl.loss(*(o.float() for o in outputs))
@@ -132,14 +132,3 @@ def _load(path: Path, ssl, optimizer, scheduler, gen) -> tuple[int, list[dict]]:
     torch.set_rng_state(state["torch_rng"])
     return state["epoch"], state["history"]
 
-
-def _layout(x: torch.Tensor, cfg: PretrainConfig) -> torch.Tensor:
-    return x.contiguous(memory_format=torch.channels_last) if cfg.channels_last else x
-
-
-def _progress(it, cfg: PretrainConfig, desc: str):
-    if not cfg.progress:
-        return it
-    from tqdm.auto import tqdm
-
-    return tqdm(it, desc=desc, leave=False, mininterval=2.0)
