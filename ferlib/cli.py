@@ -55,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "schedule, batch size, epochs, weight decay, augmentation)")
     tr.add_argument("--noise-seed", type=int, default=None,
                     help="seed of the noise draw (default: --seed), to vary training with the labels held fixed")
+    tr.add_argument("--fold", type=_fold, default=None, metavar="I/K",
+                    help="a cross-fitting cell: train on the other folds of K (stratified by given label, seeded by "
+                         "--seed) and predict fold I as the test split (cleanlab's out-of-sample input)")
     _add_backbone_arguments(tr)
     tr.add_argument("--augment-opt", action="append", default=[], metavar="KEY=VALUE",
                     help="augmentation option of ferlib.augment.AugmentConfig (repeatable), e.g. erase=0")
@@ -158,7 +161,16 @@ def spec_from_args(args: argparse.Namespace):
                    method_options=parse_overrides(args.method, args.method_opt),
                    recipe=args.recipe, noise_seed=args.noise_seed, backbone=_backbone_config(args, args.weights),
                    train=train, pretrain=parse_options(PretrainConfig, args.pretrain_opt, where="--pretrain-opt"),
-                   out=args.out)
+                   fold=args.fold, out=args.out)
+
+
+def _fold(text: str) -> list[int]:
+    """``--fold I/K`` as RunSpec's ``[i, k]``."""
+    try:
+        i, k = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--fold takes I/K (e.g. 0/2), got {text!r}") from None
+    return [i, k]
 
 
 def _dataset_options(args: argparse.Namespace) -> dict:

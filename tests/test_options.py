@@ -106,3 +106,14 @@ def test_split_options_keeps_commas_inside_brackets_and_quotes():
     assert split_options("") == [] and split_options("neighbours=bank") == ["neighbours=bank"]
     assert parse_options(AugmentConfig, split_options("erase=0,scale=[0.5,1]"), where="bench") == {
         "erase": 0.0, "scale": (0.5, 1)}
+
+
+def test_fold_flag_makes_a_cross_fitting_cell_and_names_a_bad_value():
+    from ferlib.cli import spec_from_args
+
+    assert spec_from_args(_train_args("--fold", "1/2")).fold == [1, 2]
+    assert spec_from_args(_train_args()).fold is None
+    with pytest.raises(SystemExit):
+        _train_args("--fold", "1-2")
+    with pytest.raises(ValueError, match=r"RunSpec.fold must be \[i, k\]"):
+        spec_from_args(_train_args("--fold", "2/2"))
