@@ -31,7 +31,10 @@ images with human votes (:func:`~ferlib.bench.synthetic.synthetic_data`) or of a
   one) :func:`ferlib.engine.predict` calls on them after a warm-up call (the same plain model for every method,
   so its ratio to ce is ~1 by the method contract);
 - each as a **ratio to ce** on the same device under the same options, in the same process with the same
-  backbone, batch and input size (``ratio_to_ce``; ce's own is 1.0).
+  backbone, batch and input size (``ratio_to_ce``; ce's own is 1.0). The training throughput and step-time
+  ratios are **paired**: after its measurement, each method takes ``--steps`` more engine steps in turn with a
+  ``ce`` model built alike, on the same batches (``paired_step_s``, ``paired_ce_step_s``), so that both see the
+  same load even on a machine whose load drifts between one measurement and the next.
 
 Each measurement records :func:`ferlib.engine.resolve_precision` (what was used: bf16 autocast only where the
 device computes it natively). ``bind`` (kNN graphs, banks) runs once per run and is not timed; a source file a

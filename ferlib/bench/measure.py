@@ -21,7 +21,8 @@ from ..options import split_options
 from . import BASELINE, GRIDS
 from .synthetic import stub_source_options, synthetic_data
 
-__all__ = ["OPTION_KEYS", "RATIO_KEYS", "parse_methods", "option_grid", "measure", "add_ratios", "run_bench"]
+__all__ = ["OPTION_KEYS", "RATIO_KEYS", "parse_methods", "option_grid", "measure", "paired_steps", "add_ratios",
+           "run_bench"]
 
 #: The TrainConfig switches measured on and off.
 OPTION_KEYS = ("amp", "channels_last", "compile")
@@ -88,33 +89,21 @@ def measure(name: str, overrides: dict, train, cfg: TrainConfig, backbone: Backb
     ``plain_forward_s``, medians over ``steps`` steps timed phase by phase, alternating with the engine steps, and
     ``overhead_s`` = forward_s - plain_forward_s; ``peak_memory_bytes`` over all those steps (None where
     unavailable); ``infer_images_per_s``: ``cfg.eval_batch_size`` images over the median time of
-    ``max(1, steps // 5)`` :func:`ferlib.engine.predict` calls on them. Medians, so that a busy machine's
-    stalls do not decide the figures.
+    ``max(1, steps // 5)`` :func:`ferlib.engine.predict` calls on them. For a method other than ``ce`` also
+    ``paired_step_s`` and ``paired_ce_step_s``: medians of ``steps`` engine steps of the method and of a ``ce``
+    model built alike, taken in turn on the same batches after the rest (:func:`paired_steps`), the ratio that a
+    busy machine's changing load does not skew. Medians, so that a busy machine's stalls do not decide the figures.
     """
     device = torch.device(cfg.device)
-    if cfg.compile:
-        torch.compiler.reset()  # a fresh compile per model, never a cache-limit fallback to eager
-    gen = seed_everything(cfg.seed)
-    model = prepare_model(create_model(backbone, train.num_classes), cfg, device)
-    method = create_method(name, num_classes=train.num_classes, num_train=len(train),
-                           feature_dim=model.feature_dim, **overrides).to(device)
-    method.check_model(model)
-    method.bind(model, train, cfg)
-    optimizer = build_optimizer([p for p in (*model.parameters(), *method.parameters()) if p.requires_grad], cfg)
-    scheduler = build_scheduler(optimizer, cfg, steps)
-    method.on_epoch_start(0, cfg.epochs)
-
+    model, method, optimizer, scheduler, gen = _warm(name, overrides, train, cfg, backbone, warmup)
     size = cfg.batch_size
-    train_one_epoch(model, method, train.select(np.arange(warmup * size)), optimizer, scheduler, cfg, device, gen)
     batches = [train.select(np.arange(i * size, (i + 1) * size)) for i in range(steps)]
     tensors = [None if a is None else torch.from_numpy(a) for a in (train.images, train.labels, train.votes)]
     order = torch.randperm(len(train), generator=gen)[:steps * size].view(steps, size)
     whole, phased = [], []
     baseline = _reset_peak(device)
     for rows, idx in zip(batches, order):  # alternating, so that both see the same load on the machine
-        start = _clock(device)
-        train_one_epoch(model, method, rows, optimizer, scheduler, cfg, device, gen)  # one step of the engine
-        whole.append(_clock(device) - start)
+        whole.append(_engine_step(model, method, rows, optimizer, scheduler, cfg, device, gen))
         phased.append(_timed_step(model, method, optimizer, tensors, idx, cfg, device, gen))
     peak = _peak(device, baseline)
     images = train.images[:cfg.eval_batch_size]
@@ -126,10 +115,53 @@ def measure(name: str, overrides: dict, train, cfg: TrainConfig, backbone: Backb
         infer.append(_clock(device) - start)
     step_s = float(np.median(whole))
     data_s, forward_s, backward_s, plain_s = map(float, np.median(phased, 0))
-    return {"train_images_per_s": cfg.batch_size / step_s, "step_s": step_s, "data_s": data_s,
-            "forward_s": forward_s, "backward_s": backward_s, "plain_forward_s": plain_s,
-            "overhead_s": forward_s - plain_s, "peak_memory_bytes": peak,
-            "infer_images_per_s": len(images) / float(np.median(infer))}
+    out = {"train_images_per_s": cfg.batch_size / step_s, "step_s": step_s, "data_s": data_s,
+           "forward_s": forward_s, "backward_s": backward_s, "plain_forward_s": plain_s,
+           "overhead_s": forward_s - plain_s, "peak_memory_bytes": peak,
+           "infer_images_per_s": len(images) / float(np.median(infer))}
+    if name != BASELINE:
+        out["paired_step_s"], out["paired_ce_step_s"] = paired_steps(
+            (model, method, optimizer, scheduler, gen), _warm(BASELINE, {}, train, cfg, backbone, warmup),
+            batches, cfg, device)
+    return out
+
+
+def paired_steps(run, ce_run, batches, cfg: TrainConfig, device: torch.device) -> tuple[float, float]:
+    """Median engine-step times (s) of a method and of ``ce``, one step of each in turn on the same batches.
+
+    run, ce_run : ``(model, method, optimizer, scheduler, gen)`` as :func:`_warm` builds them. Taking the steps in
+    turn puts both under the same load, so their ratio holds on a machine whose load changes between one
+    measurement and the next (where ce's own measurement, taken minutes earlier, would not)."""
+    times = [(_engine_step(*run[:2], rows, *run[2:4], cfg, device, run[4]),
+              _engine_step(*ce_run[:2], rows, *ce_run[2:4], cfg, device, ce_run[4])) for rows in batches]
+    step, ce_step = np.median(times, 0)
+    return float(step), float(ce_step)
+
+
+def _warm(name: str, overrides: dict, train, cfg: TrainConfig, backbone: BackboneConfig, warmup: int):
+    """Method ``name``'s model, method, optimiser, schedule and generator, after ``warmup`` engine steps."""
+    device = torch.device(cfg.device)
+    if cfg.compile:
+        torch.compiler.reset()  # a fresh compile per model, never a cache-limit fallback to eager
+    gen = seed_everything(cfg.seed)
+    model = prepare_model(create_model(backbone, train.num_classes), cfg, device)
+    method = create_method(name, num_classes=train.num_classes, num_train=len(train),
+                           feature_dim=model.feature_dim, **overrides).to(device)
+    method.check_model(model)
+    method.bind(model, train, cfg)
+    optimizer = build_optimizer([p for p in (*model.parameters(), *method.parameters()) if p.requires_grad], cfg)
+    scheduler = build_scheduler(optimizer, cfg, 10 ** 6)  # a near-constant lr: the timing does not depend on it
+    method.on_epoch_start(0, cfg.epochs)
+    train_one_epoch(model, method, train.select(np.arange(warmup * cfg.batch_size)), optimizer, scheduler, cfg,
+                    device, gen)
+    return model, method, optimizer, scheduler, gen
+
+
+def _engine_step(model, method, rows, optimizer, scheduler, cfg, device, gen) -> float:
+    """Seconds of one engine step: :func:`ferlib.engine.train_one_epoch` over the one batch ``rows``."""
+    start = _clock(device)
+    train_one_epoch(model, method, rows, optimizer, scheduler, cfg, device, gen)
+    return _clock(device) - start
 
 
 def _timed_step(model, method, optimizer, tensors, idx, cfg, device, gen) -> tuple[float, float, float, float]:
@@ -194,14 +226,20 @@ def _peak(device: torch.device, baseline: int | None) -> int | None:
 
 def add_ratios(records: list[dict]) -> list[dict]:
     """Give each measured record ``ratio_to_ce``: each of :data:`RATIO_KEYS` over ``ce``'s on the same device
-    under the same options (ce's own: 1.0); None where ce's is missing, failed or not positive."""
+    under the same options (ce's own: 1.0); None where ce's is missing, failed or not positive. The training
+    throughput and step time of a method measured with ``paired_ce_step_s`` are over that ce, taken in turn with
+    it (:func:`paired_steps`), instead."""
     base = {(r["device"], tuple(r["options"].values())): r["metrics"] for r in records
             if r["method"] == BASELINE and "metrics" in r}
     for r in records:
         if "metrics" in r:
+            x = r["metrics"]
             ce = base.get((r["device"], tuple(r["options"].values())), {})
-            r["ratio_to_ce"] = {k: r["metrics"][k] / ce[k] if r["metrics"][k] is not None and (ce.get(k) or 0) > 0
-                                else None for k in RATIO_KEYS}
+            r["ratio_to_ce"] = {k: x[k] / ce[k] if x[k] is not None and (ce.get(k) or 0) > 0 else None
+                                for k in RATIO_KEYS}
+            if x.get("paired_ce_step_s"):
+                r["ratio_to_ce"]["step_s"] = x["paired_step_s"] / x["paired_ce_step_s"]
+                r["ratio_to_ce"]["train_images_per_s"] = x["paired_ce_step_s"] / x["paired_step_s"]
     return records
 
 
