@@ -39,7 +39,8 @@ from .results import atomic_savez, atomic_write, atomic_write_text, flatten, nby
 
 __all__ = ["TrainConfig", "fit", "train_one_epoch", "evaluate", "predict", "seed_everything",
            "build_optimizer", "build_scheduler", "resolve_device", "resolve_precision", "prepare_model", "make_batch",
-           "train_arrays", "autocast", "layout", "progress_bar", "cpu_native_bf16", "check_processes"]
+           "train_arrays", "autocast", "layout", "progress_bar", "cpu_native_bf16", "cuda_bf16",
+           "check_processes"]
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULERS = ("none", "exponential", "step", "multistep", "cosine", "linear")
@@ -181,12 +182,18 @@ def resolve_precision(cfg: TrainConfig, device: torch.device) -> dict:
     """What a run on ``device`` computes in: ``{"autocast": "bfloat16" | "float32", "channels_last": bool,
     "compile": bool, "cpu_native_bf16": bool | None}`` (the last None on CUDA). Recorded in ``config.json``."""
     if device.type == "cuda":
-        native, bf16 = None, cfg.amp and torch.cuda.is_bf16_supported()
+        native, bf16 = None, cfg.amp and cuda_bf16()
     else:
         native = cpu_native_bf16() if device.type == "cpu" else False
         bf16 = cfg.amp and native
     return {"autocast": "bfloat16" if bf16 else "float32", "channels_last": cfg.channels_last,
             "compile": cfg.compile, "cpu_native_bf16": native}
+
+
+@functools.lru_cache(maxsize=None)
+def cuda_bf16() -> bool:
+    """``torch.cuda.is_bf16_supported()``, asked once per process (autocast asks every step)."""
+    return torch.cuda.is_bf16_supported()
 
 
 def autocast(device: torch.device, cfg: TrainConfig):

@@ -100,7 +100,7 @@ def test_the_option_grid(monkeypatch):
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     default = {"amp": True, "channels_last": True, "compile": False}
     monkeypatch.setattr(engine, "cpu_native_bf16", lambda: True)
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: True)
+    monkeypatch.setattr(engine, "cuda_bf16", lambda: True)
     assert len(option_grid("ce", cpu, "auto")) == len(option_grid("nla", cuda, "auto")) == 8
     assert option_grid("nla", cpu, "auto") == [default, {**default, "amp": False}]
     assert option_grid("ce", cpu, "default") == [default]

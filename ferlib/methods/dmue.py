@@ -66,7 +66,9 @@ class DMUEConfig:
     w : float >= 0
         Weight of the latent-distribution (soft) loss (code ``config.py:27``: 0.5).
     gamma : float >= 0
-        Weight of SP-KD (code ``config.py:28``: 1000).
+        Weight of SP-KD (code ``config.py:28``: 1000, for its face-pretrained start). From a random start this
+        weight collapses training once the ramp reaches it (its gradient is ~12x the CE's on the trunk;
+        ``docs/methods/dmue.md``, "From scratch"): use ``use_spkd=False`` or a smaller gamma there.
     ramp_a : float > 0
         Epoch a of the ramps r_up / r_down (0-based epochs, ``train.py:80``). Code ``config.py:29``: 6, with the
         comment "affectnet 4/6; ferplus 10/12/14; raf 9/10" (for its 36 epochs).
