@@ -514,7 +514,7 @@ def _finish(run_dir: Path, model, method, splits, history, cfg, device, meta) ->
                    test_given=splits["test"].labels)
     if cfg.save_features:
         readout.update(train_features=train_feats.astype(np.float16), test_features=test_feats.astype(np.float16))
-    atomic_savez(run_dir / rundir.READOUT, **readout)
+    atomic_savez(run_dir / rundir.READOUT, compress=True, **readout)  # committed with the evidence: deflated
     last, best = history[-1], _select_best(history, cfg)
     summary = {
         **meta, "method": method.name, "oracle": method.oracle, "epochs": cfg.epochs, "seed": cfg.seed,

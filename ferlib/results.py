@@ -116,12 +116,14 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write(path, lambda f: f.write(data))
 
 
-def atomic_savez(path: str | os.PathLike, **arrays) -> Path:
-    """``numpy.savez`` (uncompressed) to ``path`` via a temporary file and an atomic rename, the free space
-    checked first."""
+def atomic_savez(path: str | os.PathLike, *, compress: bool = False, **arrays) -> Path:
+    """``numpy.savez`` to ``path`` via a temporary file and an atomic rename, the free space checked first.
+    ``compress``: ``numpy.savez_compressed`` (deflate; for files that are committed, such as read-outs; a cache
+    that is memory-mapped must stay uncompressed)."""
     import numpy as np
 
-    return atomic_write(path, lambda f: np.savez(f, **arrays), nbytes=nbytes_of(arrays))
+    save = np.savez_compressed if compress else np.savez
+    return atomic_write(path, lambda f: save(f, **arrays), nbytes=nbytes_of(arrays))
 
 
 def write_json(path: str | os.PathLike, obj) -> Path:

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import warnings
+import zipfile
 from collections import namedtuple
 from pathlib import Path
 
@@ -191,6 +192,8 @@ def test_a_finished_run_drops_its_checkpoint_unless_kept_and_a_rerun_does_not_tr
                                                           "readout.npz", "result.json"]
     result = json.loads((finished / "result.json").read_text())
     assert result["files"] == {"readout.npz": (finished / "readout.npz").stat().st_size}
+    with zipfile.ZipFile(finished / "readout.npz") as z:  # deflated: read-outs are committed with the evidence
+        assert {i.compress_type for i in z.infolist()} == {zipfile.ZIP_DEFLATED}
 
     def no_training(*_, **__):
         raise AssertionError("a finished run was trained again")
