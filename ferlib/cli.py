@@ -28,12 +28,12 @@ def _add_dataclass_flags(parser: argparse.ArgumentParser, cls, skip: tuple[str, 
     for f in dataclasses.fields(cls):
         if f.name in skip or not isinstance(f.default, (int, float, str, bool, type(None))):
             continue
-        flag = "--" + f.name.replace("_", "-")
+        flag, doc = "--" + f.name.replace("_", "-"), f"{cls.__name__}.{f.name}"  # the formatter adds the default
         if isinstance(f.default, bool):
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default)
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=doc)
         else:
             typ = type(f.default) if f.default is not None else str
-            parser.add_argument(flag, type=typ, default=f.default, metavar=typ.__name__.upper())
+            parser.add_argument(flag, type=typ, default=f.default, metavar=typ.__name__.upper(), help=doc)
 
 
 def build_parser() -> argparse.ArgumentParser:
