@@ -15,6 +15,8 @@ from ferlib.engine import TrainConfig, resolve_precision
 from ferlib.methods import list_methods
 from ferlib.results import read_json
 
+NOWHERE = "/nonexistent/data"  # never read: the estimate takes the data sizes as given
+
 TINY = ["bench", "--devices", "cpu", "--options", "default", "--backbone", "resnet18", "--backbone-opt",
         "channels=[8,16,32,64]", "--backbone-opt", "stem_width=8", "--warmup", "1"]
 
@@ -108,3 +110,51 @@ def test_the_option_grid(monkeypatch):
     monkeypatch.setattr(engine, "cpu_native_bf16", lambda: False)  # amp on computes as amp off: measured once
     assert option_grid("nla", cpu, "auto") == [default]
     assert [o["amp"] for o in option_grid("ce", cpu, "auto")] == [True] * 4
+
+
+def _report(records, **settings):
+    """A bench report with the smoke profile's model, batch and input size, and ``records``."""
+    base = {"backbone": {"name": "resnet18", "model_kwargs": {}}, "batch_size": 64, "image_size": 48, "threads": 2}
+    return {"settings": {**base, **settings}, "measurements": records}
+
+
+def _measured(label, train, infer, *, amp=True):
+    cfg = TrainConfig(amp=amp)
+    return {"method": label, "device": "cpu", "precision": resolve_precision(cfg, torch.device("cpu")),
+            "metrics": {"train_images_per_s": train, "infer_images_per_s": infer}}
+
+
+def test_the_grid_estimate_is_cells_times_epochs_times_images_over_measured_throughput(monkeypatch):
+    from ferlib.bench.estimate import cell_seconds, format_estimate, grid_estimate
+    from ferlib.study import load_profile
+
+    monkeypatch.setattr(engine, "cpu_native_bf16", lambda: True)
+    spec = load_profile("smoke", data=NOWHERE, methods=["ce", "ldlva", "nla"], noise=["symmetric:0.3"],
+                        seeds=[0, 1], method_options={"ldlva": {"neighbours": "bank"}})
+    cells = spec.cells("runs")
+    report = _report([_measured("ce", 400.0, 2000.0), _measured("ce", 250.0, 900.0, amp=False),
+                      _measured("ldlva", 50.0, 1000.0), _measured("ldlva:neighbours=bank", 300.0, 1000.0)])
+    sizes = {"train": 1000, "valid": 100, "test": 200}
+    est = grid_estimate(spec, cells, report, sizes=sizes)
+    rows = {(r["kind"], r["method"]): r for r in est["rows"]}
+    assert est["missing"] == ["nla"]  # not measured: left out, and said
+    epochs = spec.train["epochs"]
+    ce = cell_seconds(epochs, 1000, 300, 1200, 400.0, 2000.0)
+    assert ce == pytest.approx(epochs * (1000 / 400 + 300 / 2000) + 1200 / 2000)
+    assert rows["grid", "ce"]["cells"] == 2 and rows["grid", "ce"]["seconds"] == pytest.approx(2 * ce)
+    assert rows["grid", "ldlva:neighbours=bank"]["seconds"] == pytest.approx(  # the profile's options' figure
+        2 * cell_seconds(epochs, 1000, 300, 1200, 300.0, 1000.0))
+    k, fold_epochs = spec.cleanlab_folds, spec.cleanlab_train["epochs"]  # a fold trains on (k-1)/k, predicts 1/k
+    assert rows["fold", "ce"]["seconds"] == pytest.approx(
+        2 * k * cell_seconds(fold_epochs, 1000 - 1000 // k, 100 + 1000 // k, 1000, 400.0, 2000.0))
+    assert est["seconds"] == pytest.approx(sum(r["seconds"] for r in est["rows"]))
+    assert f"total: {est['seconds'] / 3600:.2f} h" in format_estimate(est, sizes)
+    with pytest.raises(ValueError, match=r"the bench report measured .*'image_size': 32.* the study trains"):
+        grid_estimate(spec, cells, _report([], image_size=32), sizes=sizes)
+
+
+def test_a_missing_bench_report_for_the_estimate_is_one_error_line(tmp_path, capsys):
+    missing = tmp_path / "none.json"
+    assert main(["study", "--profile", "smoke", "--estimate", str(missing)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"error: --estimate {missing}: FileNotFoundError")

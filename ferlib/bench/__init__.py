@@ -1,10 +1,11 @@
 """``python -m ferlib bench``: what each registered method costs through the one engine, next to ``ce``.
 The measuring is in :mod:`ferlib.bench.measure`, the report in :mod:`ferlib.bench.report`, the data in
-:mod:`ferlib.bench.synthetic`; importing this package (the command line's parser does) loads none of them.
+:mod:`ferlib.bench.synthetic`, a grid's cost from a report in :mod:`ferlib.bench.estimate`; importing this package (the command line's parser does) loads none of them.
 
     python -m ferlib bench                                  # every method, every available device
     python -m ferlib bench --methods nla ldlva:neighbours=bank --devices cpu --warmup 3 --steps 15
     python -m ferlib bench --readme reports/bench/<file>.json   # rewrite README.md's bench table from a report
+    python -m ferlib study --profile full --estimate reports/bench/<file>.json   # the grid's hours there
 
 For each method (``ce`` always, as the baseline), device and option setting ({amp} x {channels-last} x
 {compile}, :func:`~ferlib.bench.measure.option_grid`), after ``--warmup`` steps, on batches of synthetic uint8

@@ -471,6 +471,9 @@ def add_study_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
                         help="local: the cells run on this machine; slurm: a Slurm job array through submitit, "
                              "resources from the profile's slurm: key (default: local)")
     parser.add_argument("--dry-run", action="store_true", help="print the grid (run ids, finished or not) and stop")
+    parser.add_argument("--estimate", metavar="BENCH_JSON", default=None,
+                        help="print what the grid costs on the machine a python -m ferlib bench report measured "
+                             "(per method: cells x epochs x images / measured throughput) and stop")
     return parser
 
 
@@ -497,6 +500,8 @@ def study_main(args: argparse.Namespace) -> int:
         return 2
     runs = Path(args.runs or Path("runs") / spec.name)
     reports = Path(args.reports or Path("reports") / spec.name)
+    if args.estimate:
+        return _print_estimate(spec, runs, args.estimate, log)
     if args.dry_run:
         from ferlib.experiment import run_id
 
@@ -519,6 +524,26 @@ def study_main(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0 if outcome.ok else 1
+
+
+def _print_estimate(spec: StudySpec, runs: Path, report_path: str, log) -> int:
+    """``--estimate``: the grid's cost from a bench report (:func:`ferlib.bench.estimate.grid_estimate`)."""
+    from ferlib.bench.estimate import format_estimate, grid_estimate
+    from ferlib.experiment import prepare_data
+    from ferlib.results import read_json
+
+    try:
+        report = read_json(report_path)
+        cells = spec.cells(runs)
+        data, _ = prepare_data(cells[0][1])
+        sizes = data.split_counts()
+        estimate = grid_estimate(spec, cells, report, sizes=sizes)
+    except (OSError, ValueError, KeyError) as exc:
+        print(f"error: --estimate {report_path}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
+    log(spec.describe())
+    log(format_estimate(estimate, sizes))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
