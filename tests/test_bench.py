@@ -135,7 +135,7 @@ def test_the_grid_estimate_is_cells_times_epochs_times_images_over_measured_thro
     report = _report([_measured("ce", 400.0, 2000.0), _measured("ce", 250.0, 900.0, amp=False),
                       _measured("ldlva", 50.0, 1000.0), _measured("ldlva:neighbours=bank", 300.0, 1000.0)])
     sizes = {"train": 1000, "valid": 100, "test": 200}
-    est = grid_estimate(spec, cells, report, sizes=sizes)
+    est = grid_estimate(cells, report, sizes=sizes)
     rows = {(r["kind"], r["method"]): r for r in est["rows"]}
     assert est["missing"] == ["nla"]  # not measured: left out, and said
     epochs = spec.train["epochs"]
@@ -150,7 +150,7 @@ def test_the_grid_estimate_is_cells_times_epochs_times_images_over_measured_thro
     assert est["seconds"] == pytest.approx(sum(r["seconds"] for r in est["rows"]))
     assert f"total: {est['seconds'] / 3600:.2f} h" in format_estimate(est, sizes)
     with pytest.raises(ValueError, match=r"the bench report measured .*'image_size': 32.* the study trains"):
-        grid_estimate(spec, cells, _report([], image_size=32), sizes=sizes)
+        grid_estimate(cells, _report([], image_size=32), sizes=sizes)
 
 
 def test_a_missing_bench_report_for_the_estimate_is_one_error_line(tmp_path, capsys):

@@ -36,11 +36,11 @@ def _record(report: dict, method: str, options: dict, cfg, device: str) -> tuple
     return (exact or plain or [None])[0], bool(exact)
 
 
-def _check_settings(report: dict, spec) -> None:
-    """Refuse a report measured on another model, batch or input size than the study trains."""
+def _check_settings(report: dict, run) -> None:
+    """Refuse a report measured on another model, batch or input size than the cell ``run`` (a RunSpec) trains."""
     s = report["settings"]
-    ours = {"backbone": spec.backbone.get("name", "resnet18"), "model_kwargs": spec.backbone.get("model_kwargs", {}),
-            "batch_size": spec.train.get("batch_size", 64), "image_size": spec.train.get("image_size", 48)}
+    ours = {"backbone": run.backbone.name, "model_kwargs": run.backbone.model_kwargs or {},
+            "batch_size": run.train.batch_size, "image_size": run.train.image_size}
     theirs = {"backbone": s["backbone"]["name"], "model_kwargs": s["backbone"].get("model_kwargs") or {},
               "batch_size": s["batch_size"], "image_size": s["image_size"]}
     if ours != theirs:
@@ -48,17 +48,16 @@ def _check_settings(report: dict, spec) -> None:
                          "--backbone/--backbone-opt/--batch-size/--image-size as the profile's")
 
 
-def grid_estimate(spec, cells: list, report: dict, *, sizes: dict[str, int], device: str | None = None) -> dict:
+def grid_estimate(cells: list, report: dict, *, sizes: dict[str, int], device: str | None = None) -> dict:
     """The cost of ``cells`` (:meth:`ferlib.study.StudySpec.cells`) on the machine of ``report``.
 
     Parameters
     ----------
-    spec : the StudySpec (its backbone, batch and image size must be the report's).
-    cells : ``[(kind, RunSpec), ...]``.
+    cells : ``[(kind, RunSpec), ...]``; each cell's backbone, batch and image size must be the report's.
     report : a ``python -m ferlib bench`` JSON (``reports/bench/``).
     sizes : ``{"train", "valid", "test"}`` image counts of the study's data (after ``train_subset``); a fold cell
         trains on (k - 1) / k of the train split and predicts the other k-th as its test.
-    device : ``cpu`` | ``cuda``; default the report's first device.
+    device : ``cpu`` | ``cuda``; default the report's first device (``cpu`` for an empty report).
 
     Returns
     -------
@@ -66,11 +65,11 @@ def grid_estimate(spec, cells: list, report: dict, *, sizes: dict[str, int], dev
     "missing": [method, ...] (not measured under the cells' settings: left out), "seconds": total}``. A row's
     method says when the cells' method options were not measured and the defaults' figure stands in.
     """
-    _check_settings(report, spec)
-    device = device or report["measurements"][0]["device"]
+    device = device or next((r["device"] for r in report["measurements"]), "cpu")
     rows: dict[tuple, dict] = {}
     missing = []
     for kind, run in cells:
+        _check_settings(report, run)
         record, exact = _record(report, run.method, run.method_options, run.train, device)
         if record is None:
             missing.append(run.method)

@@ -537,7 +537,7 @@ def _print_estimate(spec: StudySpec, runs: Path, report_path: str, log) -> int:
         cells = spec.cells(runs)
         data, _ = prepare_data(cells[0][1])
         sizes = data.split_counts()
-        estimate = grid_estimate(spec, cells, report, sizes=sizes)
+        estimate = grid_estimate(cells, report, sizes=sizes)
     except (OSError, ValueError, KeyError) as exc:
         print(f"error: --estimate {report_path}: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
