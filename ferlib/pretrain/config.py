@@ -49,6 +49,8 @@ class PretrainConfig:
     - The evaluation (features of the 35,198 faces, five linear probes, k-NN) took 39 s on one thread; loading
       and fingerprinting the cached dataset < 1 s. In all ~37-44 min: a 1.4-1.6x margin on the 60 minutes for
       the extrapolation.
+    - The real run (``reports/evidence/pretrain/``, alone on the machine, 2 threads, bf16): 48-54 s per epoch,
+      48.0 min of training, 48.4 min with the evaluation; within the budget, 1.1-1.3x the extrapolation.
 
     Per step MoCo v2 costs ~0.64x SimCLR (one view back-propagated) and BYOL ~1.3x (two momentum forwards):
     scale their epochs for the same budget. On a GPU the run takes minutes.
