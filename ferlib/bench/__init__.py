@@ -1,6 +1,7 @@
 """``python -m ferlib bench``: what each registered method costs through the one engine, next to ``ce``.
 The measuring is in :mod:`ferlib.bench.measure`, the report in :mod:`ferlib.bench.report`, the data in
-:mod:`ferlib.bench.synthetic`, a grid's cost from a report in :mod:`ferlib.bench.estimate`; importing this package (the command line's parser does) loads none of them.
+:mod:`ferlib.bench.synthetic`, a grid's cost from a report in :mod:`ferlib.bench.estimate`; importing this
+package (the command line's parser does) loads none of them.
 
     python -m ferlib bench                                  # every method, every available device
     python -m ferlib bench --methods nla ldlva:neighbours=bank --devices cpu --warmup 3 --steps 15

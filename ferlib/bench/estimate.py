@@ -5,7 +5,10 @@ steady-state throughput: start-up, data loading and checkpoints are left out, so
 """
 from __future__ import annotations
 
+import torch
+
 from ..engine import resolve_precision
+from .measure import parse_methods
 
 __all__ = ["cell_seconds", "grid_estimate", "format_estimate"]
 
@@ -20,18 +23,15 @@ def cell_seconds(epochs: int, n_train: int, n_eval: int, n_final: int, train_img
     return epochs * (n_train / train_img_s + n_eval / infer_img_s) + n_final / infer_img_s
 
 
-def _record(report: dict, method: str, options: dict, cfg, device: str) -> tuple[dict | None, bool]:
+def _record(report: dict, options_of: dict[str, dict], method: str, options: dict, cfg,
+            device: str) -> tuple[dict | None, bool]:
     """The bench record of ``method`` measured on ``device`` under the precision ``cfg`` computes in there: the
     one measured with the cell's method options (a ``NAME:KEY=VALUE`` label), else the one with its defaults;
-    and whether it is the former."""
-    import torch
-
-    from .measure import parse_methods
-
+    and whether it is the former. ``options_of``: each record label's typed options."""
     want = resolve_precision(cfg, torch.device(device))
     found = [r for r in report["measurements"] if "metrics" in r and r["device"] == device
              and r["precision"] == want and r["method"].partition(":")[0] == method]
-    exact = [r for r in found if parse_methods([r["method"]])[-1][2] == dict(options)]
+    exact = [r for r in found if options_of[r["method"]] == dict(options)]
     plain = [r for r in found if r["method"] == method]
     return (exact or plain or [None])[0], bool(exact)
 
@@ -66,11 +66,12 @@ def grid_estimate(cells: list, report: dict, *, sizes: dict[str, int], device: s
     method says when the cells' method options were not measured and the defaults' figure stands in.
     """
     device = device or next((r["device"] for r in report["measurements"]), "cpu")
+    options_of = {r["method"]: parse_methods([r["method"]])[-1][2] for r in report["measurements"]}
     rows: dict[tuple, dict] = {}
     missing = []
     for kind, run in cells:
         _check_settings(report, run)
-        record, exact = _record(report, run.method, run.method_options, run.train, device)
+        record, exact = _record(report, options_of, run.method, run.method_options, run.train, device)
         if record is None:
             missing.append(run.method)
             continue
@@ -95,8 +96,9 @@ def grid_estimate(cells: list, report: dict, *, sizes: dict[str, int], device: s
 
 def format_estimate(estimate: dict, sizes: dict[str, int]) -> str:
     """The estimate as lines of text, each row with its arithmetic."""
-    lines = [f"on {estimate['device']} ({estimate['threads']} torch threads), train / valid / test images {sizes['train']} / {sizes['valid']} / "
-             f"{sizes['test']} (steady-state throughput from the bench; start-up and I/O not counted):"]
+    lines = [f"on {estimate['device']} ({estimate['threads']} torch threads), train / valid / test images "
+             f"{sizes['train']} / {sizes['valid']} / {sizes['test']} (steady-state throughput from the bench; "
+             "start-up and I/O not counted):"]
     for r in estimate["rows"]:
         lines.append(f"  {r['kind']:8s} {r['method']:24s} {r['cells']:3d} cells x {r['epochs']} epochs at "
                      f"{r['train_img_s']:.0f} train / {r['infer_img_s']:.0f} inference img/s = "

@@ -95,7 +95,8 @@ def measure(name: str, overrides: dict, train, cfg: TrainConfig, backbone: Backb
     busy machine's changing load does not skew. Medians, so that a busy machine's stalls do not decide the figures.
     """
     device = torch.device(cfg.device)
-    model, method, optimizer, scheduler, gen = _warm(name, overrides, train, cfg, backbone, warmup)
+    run = _warm(name, overrides, train, cfg, backbone, warmup)
+    model, method, optimizer, _, gen = run
     size = cfg.batch_size
     batches = [train.select(np.arange(i * size, (i + 1) * size)) for i in range(steps)]
     tensors = [None if a is None else torch.from_numpy(a) for a in (train.images, train.labels, train.votes)]
@@ -103,7 +104,7 @@ def measure(name: str, overrides: dict, train, cfg: TrainConfig, backbone: Backb
     whole, phased = [], []
     baseline = _reset_peak(device)
     for rows, idx in zip(batches, order):  # alternating, so that both see the same load on the machine
-        whole.append(_engine_step(model, method, rows, optimizer, scheduler, cfg, device, gen))
+        whole.append(_engine_step(run, rows, cfg, device))
         phased.append(_timed_step(model, method, optimizer, tensors, idx, cfg, device, gen))
     peak = _peak(device, baseline)
     images = train.images[:cfg.eval_batch_size]
@@ -121,8 +122,7 @@ def measure(name: str, overrides: dict, train, cfg: TrainConfig, backbone: Backb
            "infer_images_per_s": len(images) / float(np.median(infer))}
     if name != BASELINE:
         out["paired_step_s"], out["paired_ce_step_s"] = paired_steps(
-            (model, method, optimizer, scheduler, gen),
-            _warm(BASELINE, {}, train, cfg, backbone, warmup, fresh_compile=False), batches, cfg, device)
+            run, _warm(BASELINE, {}, train, cfg, backbone, warmup, fresh_compile=False), batches, cfg, device)
     return out
 
 
@@ -132,8 +132,7 @@ def paired_steps(run, ce_run, batches, cfg: TrainConfig, device: torch.device) -
     run, ce_run : ``(model, method, optimizer, scheduler, gen)`` as :func:`_warm` builds them. Taking the steps in
     turn puts both under the same load, so their ratio holds on a machine whose load changes between one
     measurement and the next (where ce's own measurement, taken minutes earlier, would not)."""
-    times = [(_engine_step(*run[:2], rows, *run[2:4], cfg, device, run[4]),
-              _engine_step(*ce_run[:2], rows, *ce_run[2:4], cfg, device, ce_run[4])) for rows in batches]
+    times = [(_engine_step(run, rows, cfg, device), _engine_step(ce_run, rows, cfg, device)) for rows in batches]
     step, ce_step = np.median(times, 0)
     return float(step), float(ce_step)
 
@@ -159,8 +158,10 @@ def _warm(name: str, overrides: dict, train, cfg: TrainConfig, backbone: Backbon
     return model, method, optimizer, scheduler, gen
 
 
-def _engine_step(model, method, rows, optimizer, scheduler, cfg, device, gen) -> float:
-    """Seconds of one engine step: :func:`ferlib.engine.train_one_epoch` over the one batch ``rows``."""
+def _engine_step(run, rows, cfg: TrainConfig, device: torch.device) -> float:
+    """Seconds of one engine step of ``run`` (as :func:`_warm` returns it): :func:`ferlib.engine.train_one_epoch`
+    over the one batch ``rows``."""
+    model, method, optimizer, scheduler, gen = run
     start = _clock(device)
     train_one_epoch(model, method, rows, optimizer, scheduler, cfg, device, gen)
     return _clock(device) - start
