@@ -17,6 +17,12 @@ Protocols
     (:data:`DEFAULT_PAIR_MAP`, the LA-Net ``_add_class_dependent_noise`` map extended with contempt).
 ``annotator``
     FERPlus only: each image takes the label of ONE of its annotators, drawn from its vote counts.
+``annotator_matched``
+    FERPlus only: the synthetic twin of ``annotator`` (CIFAR-N's comparison, Wei et al., "Learning with Noisy
+    Labels Revisited: A Study Using Real-World Human Annotations", ICLR 2022): each label of class ``c`` is
+    redrawn from row ``c`` of the transition matrix that ``annotator`` has in expectation
+    (:func:`annotator_transition`), independently of the image. Same amount and same class pairs as the
+    annotators' noise, but spread over faces at random instead of on the ambiguous ones.
 ``imbalance``
     Long-tailed subsampling with an exponential profile (Cui et al., CVPR 2019; Cao et al., LDAM,
     NeurIPS 2019): see :func:`imbalance_indices`.
@@ -52,6 +58,8 @@ __all__ = [
     "symmetric_noise",
     "class_dependent_noise",
     "annotator_noise",
+    "annotator_transition",
+    "annotator_matched_noise",
     "imbalance_indices",
     "transition_matrix",
     "noise_report",
@@ -344,6 +352,66 @@ def _annotator(votes: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     label = (u[:, None] >= cum).sum(axis=1)  # first k with cum[k] > u: skips zero-vote classes
     last_voted = k - 1 - np.argmax(votes[:, ::-1] > 0, axis=1)  # guard against u rounding up to the total
     return np.minimum(label, last_voted).astype(np.int64)
+
+
+def annotator_transition(votes, labels, *, num_classes: int) -> np.ndarray:
+    """The transition matrix of :func:`annotator_noise` in expectation, given the images' labels.
+
+    ``T[c, k]`` = mean, over the images labelled ``c``, of the share of their votes for ``k``: the
+    probability that one annotator drawn at random labels ``k`` an image whose label is ``c``.
+
+    Parameters
+    ----------
+    votes : array_like, shape (N, K), non-negative
+        Vote counts over the K = ``num_classes`` emotion classes; every row has at least one vote.
+    labels : array_like of int, shape (N,)
+        The images' labels in ``[0, K)`` (the clean, e.g. plurality, labels).
+    num_classes : int >= 2
+
+    Returns
+    -------
+    np.ndarray of float64, shape (K, K)
+        Row = label, column = annotator's class; rows sum to 1. A class no image has keeps its label
+        (its row is the identity's).
+    """
+    num_classes = _check_num_classes(num_classes)
+    votes = _check_votes(votes)
+    labels = _check_labels(labels, num_classes)
+    if votes.shape != (labels.shape[0], num_classes):
+        raise ValueError(f"votes must have shape ({labels.shape[0]}, {num_classes}) to match labels, "
+                         f"got {votes.shape}")
+    return _annotator_transition(votes, labels, num_classes)
+
+
+def _annotator_transition(votes: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
+    share = votes / votes.sum(axis=1, keepdims=True)
+    total = np.zeros((num_classes, num_classes))
+    np.add.at(total, labels, share)
+    count = np.bincount(labels, minlength=num_classes)[:, None]
+    return np.where(count > 0, total / np.maximum(count, 1), np.eye(num_classes))
+
+
+def annotator_matched_noise(labels, votes, *, seed: int) -> np.ndarray:
+    """Synthetic noise matched to annotator noise: label ``c`` is redrawn from row ``c`` of
+    :func:`annotator_transition` (estimated on these ``votes`` and ``labels``), independently per image.
+
+    Parameters
+    ----------
+    labels : array_like of int, shape (N,)
+        The clean labels, in ``[0, K)``.
+    votes : array_like, shape (N, K)
+        The images' vote counts (only their class-wise averages are used).
+    seed : int >= 0
+
+    Returns
+    -------
+    np.ndarray of int64, shape (N,)
+        Noisy labels; their expected transition matrix equals :func:`annotator_noise`'s.
+    """
+    votes = _check_votes(votes)
+    transition = annotator_transition(votes, labels, num_classes=votes.shape[1])
+    _check_seed(seed)
+    return _annotator(transition[np.asarray(labels)], np.random.default_rng(seed))
 
 
 def imbalance_indices(labels, *, factor: float, num_classes: int, seed: int) -> np.ndarray:
@@ -724,6 +792,12 @@ def _prepare_annotator(data: FERData, pair_map: Mapping[str, str]) -> dict:
 @register_noise("annotator", prepare=_prepare_annotator)
 def _annotator_step(given: np.ndarray, value, rng: np.random.Generator, context: NoiseContext) -> np.ndarray:
     return _annotator(np.asarray(context.votes, dtype=np.float64), rng)
+
+
+@register_noise("annotator_matched", prepare=_prepare_annotator)
+def _annotator_matched_step(given: np.ndarray, value, rng: np.random.Generator, context: NoiseContext) -> np.ndarray:
+    votes = np.asarray(context.votes, dtype=np.float64)
+    return _annotator(_annotator_transition(votes, given, context.num_classes)[given], rng)
 
 
 @register_noise("imbalance", param="factor", kind="subset")

@@ -11,7 +11,9 @@ from ferlib.data.dataset import FERData
 from ferlib.noise import (
     DEFAULT_PAIR_MAP,
     NoiseSpec,
+    annotator_matched_noise,
     annotator_noise,
+    annotator_transition,
     apply_noise,
     class_dependent_noise,
     imbalance_indices,
@@ -340,6 +342,46 @@ def test_apply_noise_annotator():
     assert np.all(voted > 0)
     assert np.array_equal(out.labels[~train], data.labels[~train])
     assert 0 < rep["train"]["overall_rate"] < 0.8
+
+
+# ------------------------------------------------------------------ annotator_matched
+def test_annotator_transition_is_the_class_average_of_vote_shares():
+    votes = np.array([[8, 2, 0], [6, 0, 4], [0, 10, 0], [1, 0, 1]], dtype=float)
+    labels = np.array([0, 0, 1, 0])
+    t = annotator_transition(votes, labels, num_classes=3)
+    assert np.allclose(t[0], [(0.8 + 0.6 + 0.5) / 3, 0.2 / 3, (0.4 + 0.5) / 3])
+    assert np.allclose(t[1], [0, 1, 0])
+    assert np.allclose(t[2], [0, 0, 1])  # no image labelled 2: the label is kept
+    with pytest.raises(ValueError, match="shape"):
+        annotator_transition(votes, labels[:3], num_classes=3)
+
+
+def test_annotator_matched_has_the_annotators_transition_but_ignores_the_image():
+    data = make_data(n_train=20000)
+    train = data.split == "train"
+    clean, votes = data.labels[train], data.votes[train]
+    real = annotator_noise(votes, seed=0)
+    matched = annotator_matched_noise(clean, votes, seed=0)
+    expected = annotator_transition(votes, clean, num_classes=8)
+    assert np.abs(transition_matrix(clean, matched, num_classes=8) - expected).max() < 0.02
+    assert np.abs(transition_matrix(clean, real, num_classes=8) - expected).max() < 0.02
+    # within a class, the real noise follows each image's own votes; the matched noise does not
+    share = votes[np.arange(len(clean)), clean] / votes.sum(axis=1)
+    ambiguous = share < np.quantile(share, 0.2)
+    assert (real != clean)[ambiguous].mean() > (matched != clean)[ambiguous].mean() + 0.1
+    assert np.array_equal(annotator_matched_noise(clean, votes, seed=3), annotator_matched_noise(clean, votes, seed=3))
+
+
+def test_apply_noise_annotator_matched():
+    data = make_data()
+    out, rep = apply_noise(data, "annotator_matched", seed=0)
+    train = data.split == "train"
+    assert np.array_equal(out.labels[~train], data.labels[~train])
+    assert np.array_equal(out.clean_labels, data.labels)
+    real = apply_noise(data, "annotator", seed=0)[1]["train"]["overall_rate"]
+    assert abs(rep["train"]["overall_rate"] - real) < 0.05
+    with pytest.raises(ValueError, match="annotator_matched.*needs human vote counts"):
+        apply_noise(make_data(votes=False), "annotator_matched", seed=0)
 
 
 def test_apply_noise_errors():
