@@ -109,17 +109,22 @@ def tiny_spec(tmp_path: Path, **overrides) -> StudySpec:
 
 
 # ----------------------------------------------------------------------------------- profiles
-@pytest.mark.parametrize("name", ["smoke", "cpu", "cpu_full", "full"])
+def test_the_brief_profiles_are_shipped():
+    assert {"smoke", "cpu", "cpu_full", "cpu_memorise", "full"} <= set(list_profiles())
+
+
+@pytest.mark.parametrize("name", list_profiles())
 def test_shipped_profiles_load_and_validate(name):
-    assert name in list_profiles()
     spec = load_profile(name, data="somewhere")
     assert spec.name == name and spec.data == "somewhere"
-    assert spec.grid.resolved_methods() == list_methods()  # "all" follows the registry
-    oracles = [m for m in list_methods() if method_class(m).oracle]
-    assert oracles, "the registry has an oracle (ldl_votes) to mark"
+    methods = spec.grid.resolved_methods()
+    if spec.grid.methods == "all":
+        assert methods == list_methods()  # "all" follows the registry
+    oracles = [m for m in methods if method_class(m).oracle]
+    assert oracles, "every shipped study has an oracle (ldl_votes) as its ceiling"
     for m in oracles:
         assert f"{m} [oracle]" in spec.describe()
-    assert len(spec.run_specs("runs")) == len(list_methods()) * len(spec.grid.noise) * len(spec.grid.seeds)
+    assert len(spec.run_specs("runs")) == len(methods) * len(spec.grid.noise) * len(spec.grid.seeds)
 
 
 def test_profile_sizes_follow_the_brief():
@@ -133,6 +138,16 @@ def test_profile_sizes_follow_the_brief():
     for spec in (cpu, full):  # landmarks / VA of every train face (None: all)
         assert spec.notebook_parameters["00_prepare_data"] == {"extract_limit": None}
     assert smoke.notebook_parameters == {}
+
+
+def test_the_memorisation_profile_follows_issue_14():
+    spec = load_profile("cpu_memorise")
+    assert {"ce", "lanet", "ldlva", "nla"} < set(spec.grid.methods) and len(spec.grid.methods) >= 7
+    assert method_class("ldl_votes").oracle and "ldl_votes" in spec.grid.methods
+    assert spec.grid.noise == ["symmetric:0.3", "annotator", "annotator_matched"] and spec.grid.seeds == [0, 1, 2]
+    assert spec.backbone["weights"] == "ssl"  # the start issue 13 measured best; random init as the contrast
+    assert spec.init_contrast["weights"] is None and spec.init_contrast["methods"] == ["ce", "lanet", "ldlva", "nla"]
+    assert spec.cleanlab_folds == 2 and spec.notebook_parameters["00_prepare_data"] == {"extract_limit": None}
 
 
 def test_cpu_full_profile_trains_every_image_with_a_half_width_resnet():
@@ -175,7 +190,7 @@ def test_notebook_parameters_are_validated():
 
 
 def test_unknown_profile_lists_profiles():
-    with pytest.raises(ValueError, match=r"unknown study profile 'nope'; valid: cpu, cpu_full, full, smoke"):
+    with pytest.raises(ValueError, match=r"unknown study profile 'nope'; valid: cpu, cpu_full, cpu_memorise, full, smoke"):
         load_profile("nope")
 
 
@@ -242,6 +257,31 @@ def test_ablation_cells_merge_the_profiles_options_and_fold_cells_cover_relabell
     assert tiny_spec(tmp_path, ablations=False).ablation_specs(runs) == []
     with pytest.raises(ValueError, match="cleanlab_folds must be 0 .none. or an integer >= 2"):
         tiny_spec(tmp_path, cleanlab_folds=1)
+
+
+def test_init_contrast_cells_start_the_listed_methods_from_the_other_weights(tmp_path):
+    spec = tiny_spec(tmp_path, noise=["symmetric:0.3", "annotator"], backbone={"weights": "ssl"},
+                     init_contrast={"weights": None, "methods": ["ce"]})
+    runs = tmp_path / "runs"
+    contrast = spec.init_specs(runs)
+    assert [(s.method, s.noise, s.train.seed) for s in contrast] == \
+        [("ce", n, seed) for seed in (0, 1) for n in ("symmetric:0.3", "annotator")]
+    assert {(s.backbone.weights, Path(s.out)) for s in contrast} == {(None, runs / "init")}
+    assert {s.backbone.weights for s in spec.run_specs(runs)} == {"ssl"}
+    grid_ce = {(s.noise, s.train.seed): run_id(s) for s in spec.run_specs(runs) if s.method == "ce"}
+    assert all(run_id(s) != grid_ce[(s.noise, s.train.seed)] for s in contrast)  # the start is in the run id
+    assert [kind for kind, _ in spec.cells(runs)][-4:] == ["init"] * 4
+    assert "init contrast: ce also from weights none (random init) at symmetric:0.3, annotator" in spec.describe()
+    assert tiny_spec(tmp_path).init_specs(runs) == []
+    one = tiny_spec(tmp_path, noise=["symmetric:0.3", "annotator"], backbone={"weights": "ssl"},
+                    init_contrast={"weights": None, "methods": ["ce"], "noise": ["symmetric:0.30"]})
+    assert [(s.noise, s.train.seed) for s in one.init_specs(runs)] == [("symmetric:0.3", 0), ("symmetric:0.3", 1)]
+    for bad, match in [({"weights": None}, "needs both"), ({"weights": None, "methods": ["cee"]}, "cee"),
+                       ({"weights": "ssl", "methods": ["ce"]}, "the grid's own backbone.weights"),
+                       ({"weights": None, "methods": ["ce"], "seeds": [0]}, "unknown key.*seeds"),
+                       ({"weights": None, "methods": ["ce"], "noise": ["annotator"]}, "not in grid.noise")]:
+        with pytest.raises(ValueError, match=match):
+            tiny_spec(tmp_path, backbone={"weights": "ssl"}, init_contrast=bad)
 
 
 def test_kernel_runs_this_interpreter():

@@ -92,7 +92,7 @@ FALLBACK_KERNEL = "ferlib"
 class StudyOutcome:
     """What :func:`run_study` did.
 
-    cells : one dict per training cell: ``run_id``, ``kind`` (``grid`` / ``ablation`` / ``fold``), ``status``
+    cells : one dict per training cell: ``run_id``, ``kind`` (``grid`` / ``ablation`` / ``fold`` / ``init``), ``status``
         (``done`` / ``skipped`` / ``failed`` / ``missing`` when the cell notebook is absent), ``seconds`` (0 when
         not executed).
     notebooks : ``{name: status}`` of the other notebooks (``done`` / ``failed`` / ``missing`` / ``off``).

@@ -31,7 +31,7 @@ NOTEBOOKS: tuple[str, ...] = ("00_prepare_data", "01_inject_noise", "02_train", 
 #: What a notebook declares in its metadata (``"ferlib": {"role": ...}``); the runner acts on the role, never
 #: on the notebook's name. A notebook without the key is a ``view``.
 ROLES: dict[str, str] = {
-    "cell": "executed once per training cell (grid, ablation, fold) with the cell's ``spec``",
+    "cell": "executed once per training cell (grid, ablation, fold, init) with the cell's ``spec``",
     "view": "executed once, in the order of ``notebooks``, over the runs folder; ``needs: <kind>`` skips it "
             "when the study has no cell of that kind (``ablation``, ``fold``)",
 }
@@ -113,6 +113,11 @@ class StudySpec:
         of the grid that flips labels and every seed, K ``ce`` cells each hold one fold of the train split out
         (RunSpec ``fold``) under ``<runs_dir>/cleanlab``; ``05_uncertainty`` reads them.
     cleanlab_train : TrainConfig overrides for those fold runs only (e.g. fewer epochs).
+    init_contrast : the grid's other start for some methods, ``{weights: W, methods: [...], noise: [...]}``
+        ({} = none): every listed method, at every listed noise (default: all the grid's; each must be one of
+        them) and every seed, also starts from ``W`` (``null``: random init, ``ssl``, or a weights file) in place
+        of ``backbone.weights``, under ``<runs_dir>/init`` (cell kind ``init``), so the summary shows what the
+        start changes (:meth:`init_specs`).
     eval_data : datasets every finished grid run is scored on after training, without training
         (:mod:`ferlib.cross_eval`, ``READER:PATH[:KEY=VALUE,...]``, e.g. ``ferplus:data/ferplus_sample:mode=majority``
         or ``folder:exports/no_neutral``), its predictions restricted to the classes both share; written to each
@@ -147,6 +152,7 @@ class StudySpec:
     ablation_train: dict = field(default_factory=dict)
     cleanlab_folds: int = 0
     cleanlab_train: dict = field(default_factory=dict)
+    init_contrast: dict = field(default_factory=dict)
     eval_data: list[str] = field(default_factory=list)
     cell_time_limit: int | None = None
     view_time_limit: int | None = None
@@ -174,7 +180,7 @@ class StudySpec:
         elif not isinstance(self.grid, Grid):
             raise ValueError(f"grid must be a mapping with keys {_field_names(Grid)}, got {self.grid!r}")
         for key in ("dataset_options", "method_options", "train", "backbone", "ablation_train", "cleanlab_train",
-                    "notebook_parameters", "slurm", "pretrain"):
+                    "notebook_parameters", "slurm", "pretrain", "init_contrast"):
             if not isinstance(getattr(self, key), dict):
                 raise ValueError(f"{key} must be a mapping, got {getattr(self, key)!r}")
         for key in ("train", "ablation_train", "cleanlab_train"):
@@ -184,6 +190,7 @@ class StudySpec:
                 raise ValueError(f"{key}.seed is not a study setting: list the seeds in grid.seeds")
             TrainConfig(**{**self.train, **options})  # validates values (optimizer, scheduler ...)
         BackboneConfig(**_checked_keys(self.backbone, _field_names(BackboneConfig), "backbone"))
+        self._check_init_contrast()
         SlurmOptions(**_checked_keys(self.slurm, _field_names(SlurmOptions), "slurm"))
         PretrainConfig(**_checked_keys(self.pretrain, _field_names(PretrainConfig), "pretrain"))
         for method, options in self.method_options.items():
@@ -218,6 +225,32 @@ class StudySpec:
         if self.data is not None:
             self.data = os.fspath(self.data)
 
+    def _check_init_contrast(self) -> None:
+        from ferlib.methods import method_class
+
+        if not self.init_contrast:
+            return
+        from ferlib.noise import NoiseSpec
+
+        _checked_keys(self.init_contrast, ["weights", "methods", "noise"], "init_contrast")
+        if "weights" not in self.init_contrast or "methods" not in self.init_contrast:
+            raise ValueError("init_contrast needs both 'weights' (null: random init, ssl, or a file) and 'methods'")
+        methods = _str_list(self.init_contrast["methods"], "init_contrast.methods")
+        for name in methods:
+            method_class(name)  # raises listing the valid names
+        _no_duplicates(methods, "init_contrast.methods")
+        noise = [str(NoiseSpec.parse(n)) for n in _str_list(self.init_contrast.get("noise", self.grid.noise),
+                                                            "init_contrast.noise")]
+        _no_duplicates(noise, "init_contrast.noise")
+        outside = [n for n in noise if n not in self.grid.noise]
+        if outside:
+            raise ValueError(f"init_contrast.noise {outside} is not in grid.noise {self.grid.noise}: the contrast "
+                             "pairs each cell with the grid's")
+        if self.init_contrast["weights"] == self.backbone.get("weights"):
+            raise ValueError(f"init_contrast.weights is the grid's own backbone.weights "
+                             f"({self.init_contrast['weights']!r}): the contrast needs the other start")
+        self.init_contrast = {"weights": self.init_contrast["weights"], "methods": methods, "noise": noise}
+
     # ------------------------------------------------------------------------------- the grid
     def train_config(self, seed: int, extra: dict | None = None):
         """The :class:`~ferlib.engine.TrainConfig` of one cell (``progress`` off unless set)."""
@@ -228,14 +261,16 @@ class StudySpec:
     def run_spec(self, method: str, noise: str, seed: int, runs_dir: str | os.PathLike, *,
                  train_extra: dict | None = None, **fields):
         """The :class:`~ferlib.experiment.RunSpec` of one cell; ``data`` made absolute (it enters the run id).
-        ``fields`` are further RunSpec fields (``method_options`` replaces the profile's, ``fold``, ...)."""
+        ``fields`` are further RunSpec fields (``method_options`` replaces the profile's, ``fold``, ...);
+        ``backbone`` is merged into the profile's."""
         from ferlib.backbones import BackboneConfig
         from ferlib.experiment import RunSpec
 
         fields.setdefault("method_options", dict(self.method_options.get(method) or {}))
+        backbone = BackboneConfig(**{**self.backbone, **fields.pop("backbone", {})})
         return RunSpec(data=str(self.data_path()), dataset=self.dataset, dataset_options=dict(self.dataset_options),
                        noise=noise, train_subset=self.train_subset, method=method, recipe=self.recipe,
-                       backbone=BackboneConfig(**self.backbone), train=self.train_config(seed, train_extra),
+                       backbone=backbone, train=self.train_config(seed, train_extra),
                        pretrain=dict(self.pretrain),
                        out=str(Path(runs_dir).absolute()), **fields)
 
@@ -285,12 +320,22 @@ class StudySpec:
                 for s in self.grid.seeds for n in self.grid.noise if k and NoiseSpec.parse(n).relabels
                 for i in range(k)]
 
+    def init_specs(self, runs_dir: str | os.PathLike) -> list:
+        """The init-contrast cells (none unless ``init_contrast`` is set), under ``<runs_dir>/init``: each of its
+        methods at each of its noises and every seed from ``init_contrast.weights``, seed-major like the grid."""
+        if not self.init_contrast:
+            return []
+        weights, methods, noise = (self.init_contrast[k] for k in ("weights", "methods", "noise"))
+        return [self.run_spec(m, n, s, Path(runs_dir) / "init", backbone={"weights": weights})
+                for s in self.grid.seeds for n in noise for m in methods]
+
     def cells(self, runs_dir: str | os.PathLike) -> list[tuple[str, object]]:
         """Everything the study trains, in order: ``(kind, RunSpec)`` with kind ``grid`` (:meth:`run_specs`),
-        ``ablation`` (:meth:`ablation_specs`) or ``fold`` (:meth:`fold_specs`)."""
+        ``ablation`` (:meth:`ablation_specs`), ``fold`` (:meth:`fold_specs`) or ``init`` (:meth:`init_specs`)."""
         return [*(("grid", s) for s in self.run_specs(runs_dir)),
                 *(("ablation", s) for s in self.ablation_specs(runs_dir)),
-                *(("fold", s) for s in self.fold_specs(runs_dir))]
+                *(("fold", s) for s in self.fold_specs(runs_dir)),
+                *(("init", s) for s in self.init_specs(runs_dir))]
 
     def data_path(self) -> Path:
         if self.data is None:
@@ -315,6 +360,9 @@ class StudySpec:
             f"recipe: {self.recipe}; train: {self.train or 'defaults'}; backbone: {self.backbone or 'defaults'}",
             f"ablations: {'on' if self.ablations else 'off'}; cleanlab folds: {self.cleanlab_folds or 'none'}; "
             f"notebooks: {', '.join(self.notebooks)}",
+            *([f"init contrast: {', '.join(self.init_contrast['methods'])} also from weights "
+               f"{self.init_contrast['weights'] or 'none (random init)'} at "
+               f"{', '.join(self.init_contrast['noise'])}"] if self.init_contrast else []),
             *([f"eval data (scored after training): {', '.join(self.eval_data)}"] if self.eval_data else []),
             *(f"  {name}: {params}" for name, params in self.notebook_parameters.items()),
         ])
