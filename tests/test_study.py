@@ -324,7 +324,8 @@ def test_report_summary_means_and_stds_over_seeds(tmp_path):
     assert summary.iloc[1]["last.acc_mean"] == pytest.approx(0.7) and math.isnan(summary.iloc[2]["last.acc_std"])
 
     # the index's table: one row per configuration, mean ± std over the two seeds in %, the oracle marked and last
-    rows = re.findall(r"<tr(?: class='(oracle)')?>(.*?)</tr>", index.split("<tbody>", 1)[1].split("</tbody>", 1)[0])
+    body = index.split("<table class='results'>", 1)[1].split("<tbody>", 1)[1].split("</tbody>", 1)[0]
+    rows = re.findall(r"<tr(?: class='(oracle)')?>(.*?)</tr>", body)
     cells = [(oracle, re.findall(r"<td[^>]*>(.*?)</td>", row)) for oracle, row in rows]
     assert [(oracle, c[0], c[1], c[4], c[5]) for oracle, c in cells] == \
         [("", "ce", "shared", "0,1", "2"), ("", "ce", "shared", "0", "4"),
@@ -332,6 +333,52 @@ def test_report_summary_means_and_stds_over_seeds(tmp_path):
     assert cells[0][1][6:10] == ["55.0 ± 7.1", "40.0 ± 0.0", "65.0 ± 7.1", "50.0 ± 0.0"]  # last acc, mean acc; best
     assert cells[2][1][6] == "80.0"  # a single seed: no std
     assert "(oracle) rows see information" in index
+
+
+def test_report_opens_with_the_answer(tmp_path):
+    from scipy import stats
+
+    runs, reports = tmp_path / "runs", tmp_path / "reports"
+    for method, gains in [("ce", [0.0] * 3), ("nla", [0.04, 0.06, 0.05])]:
+        for seed, (base, gain) in enumerate(zip([0.50, 0.60, 0.55], gains)):
+            rid = f"{method}{seed}"
+            (runs / rid).mkdir(parents=True)
+            (runs / rid / "result.json").write_text(json.dumps({
+                "run_id": rid, "method": method, "noise": "symmetric:0.3", "seed": seed, "epochs": 3,
+                "backbone": {"name": "resnet18", "weights": "ssl"},
+                "last": {"acc": base + gain, "mean_acc": base}}))
+            accs = [base - 0.1, base + 0.04, base + gain]
+            pd.DataFrame({"epoch": [1, 2, 3], "test_acc": accs, "train_loss": [2.0, 1.0, 0.5]}).to_csv(
+                runs / rid / "epochs.csv", index=False)
+    (reports / "figures" / "99_summary").mkdir(parents=True)
+    (reports / "figures" / "99_summary" / "last.acc_by_noise.png").write_bytes(b"\x89PNG")  # 99_summary's figure
+    index = write_report(runs_dir=runs, reports_dir=reports).read_text()
+
+    answer = index.split("<h2>Answer</h2>", 1)[1].split("<h2>Results</h2>", 1)[0]  # before the results table
+    assert "<img src='figures/99_summary/last.acc_by_noise.png'" in answer
+    assert "last.mean_acc_by_noise" not in answer  # a figure the notebook did not write is not linked
+    p = stats.ttest_rel([0.54, 0.66, 0.60], [0.50, 0.60, 0.55]).pvalue
+    assert "ce&#x27;s test accuracy peaks at 59.0% at epoch 2 and ends at 55.0% at the last epoch" in answer
+    assert f"supported gains: nla at symmetric:0.3: +5.0 points, higher in 3 of 3 seeds, p = {p:.3f}" in answer
+    rows = [re.findall(r"<td[^>]*>(.*?)</td>", row) for row in re.findall(r"<tr>(.*?)</tr>", answer)][1:]
+    assert rows == [["nla", "symmetric:0.3", "ssl", "last.acc", "3", "+5.0 &plusmn; 1.0", "3 of 3", f"{p:.2g}",
+                     "supported gain"],
+                    ["nla", "symmetric:0.3", "ssl", "last.mean_acc", "3", "+0.0 &plusmn; 0.0", "0 of 3", "",
+                     "no consistent difference"]]
+    assert pd.read_csv(reports / "paired.csv")["verdict"].tolist() == ["supported gain", "no consistent difference"]
+
+
+def test_rendered_notebooks_show_outputs_not_code(tmp_path):
+    from ferlib.study.report import render_html
+
+    nb = nbformat.v4.new_notebook()
+    cell = nbformat.v4.new_code_cell("secret_source_line = 41 + 1\nprint(secret_source_line)")
+    cell.outputs = [nbformat.v4.new_output("stream", name="stdout", text="the printed answer 42\n")]
+    nb.cells = [nbformat.v4.new_markdown_cell("# A title"), cell]
+    nbformat.write(nb, tmp_path / "nb.ipynb")
+    page = render_html(tmp_path / "nb.ipynb").read_text()
+    assert "A title" in page and "the printed answer 42" in page
+    assert "secret_source_line" not in page
 
 
 # ----------------------------------------------------------------------------------- the runner

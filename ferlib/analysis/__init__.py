@@ -9,17 +9,21 @@ The functions live in one sub-module per concept and are all re-exported here (`
                          :func:`run_dataset`, :func:`images_by_id`, :func:`saved_features`,
                          :func:`class_names_for`
 ``distributions``        :func:`softmax`, :func:`kl_divergence`, :func:`js_divergence`,
+                         :func:`chebyshev_distance`, :func:`clark_distance`, :func:`canberra_distance`,
+                         :func:`cosine_similarity`, :func:`intersection_similarity`, :data:`LDL_MEASURES`,
                          :func:`recovered_distribution`, :func:`label_distribution_metrics`,
-                         :func:`label_distribution_table`, :func:`choose_faces`,
-                         :func:`distribution_examples`
+                         :func:`label_distribution_table`, :func:`label_distribution_summary`,
+                         :func:`choose_faces`, :func:`distribution_examples`
 ``detection``            :func:`detection_metrics`, :func:`flag_metrics`, :func:`uncertainty_table`,
                          :func:`extreme_samples`, :func:`plot_extremes`, :func:`out_of_sample_probs`,
                          :func:`cleanlab_issues`, :func:`cleanlab_scores`, :func:`cleanlab_table`,
-                         :func:`relabel_summary`, :func:`relabel_table`
+                         :func:`detection_summary`, :func:`relabel_summary`, :func:`relabel_table`
 ``tables``               :func:`parse_noise`, :func:`summary_table`, :func:`format_summary`,
                          :func:`timing_table`, :func:`per_class_table`, :func:`per_class_summary`,
                          :func:`ablation_table`, :func:`cross_eval_table`, :func:`cross_eval_summary`,
-                         :func:`format_cross_eval`
+                         :func:`format_cross_eval`, :func:`paired_comparison`,
+                         :func:`init_contrast_table`, :func:`memorisation_table`,
+                         :func:`memorisation_summary`, :func:`class_gains`, :func:`findings_text`
 ``dataprep``             :func:`sample_faces`, :func:`noise_table`, :func:`noise_examples`,
                          :func:`try_landmarks`, :func:`va_values`, :func:`va_summary`
 ``embeddings``           :func:`embed_umap`, :func:`run_embeddings`, :func:`silhouette`
@@ -38,29 +42,36 @@ from __future__ import annotations
 
 from .dataprep import noise_examples, noise_table, sample_faces, try_landmarks, va_summary, va_values
 from .detection import RANKINGS  # noqa: F401  (module constant, public as before but not in __all__)
-from .detection import (cleanlab_issues, cleanlab_scores, cleanlab_table, detection_metrics, extreme_samples,
-                        flag_metrics, out_of_sample_probs, plot_extremes, relabel_summary, relabel_table,
-                        uncertainty_table)
-from .distributions import (choose_faces, distribution_examples, js_divergence, kl_divergence,
-                            label_distribution_metrics, label_distribution_table, recovered_distribution, softmax)
+from .detection import (cleanlab_issues, cleanlab_scores, cleanlab_table, detection_metrics, detection_summary,
+                        extreme_samples, flag_metrics, out_of_sample_probs, plot_extremes, relabel_summary,
+                        relabel_table, uncertainty_table)
+from .distributions import (LDL_MEASURES, canberra_distance, chebyshev_distance, choose_faces, clark_distance,
+                            cosine_similarity, distribution_examples, intersection_similarity, js_divergence,
+                            kl_divergence, label_distribution_metrics, label_distribution_summary,
+                            label_distribution_table, recovered_distribution, softmax)
 from .embeddings import embed_umap, run_embeddings, silhouette
 from .notebook import chdir_repo_root, record_metrics, save_figure, setup_notebook
 from .plots import (face_grid, plot_bars, plot_confusion, plot_distributions, plot_embedding, plot_learning_curves,
                     plot_noise_curve, plot_transition, plot_va)
 from .runs import (RunRecord, class_names_for, images_by_id, list_runs, load_run, load_runs, one_per_method,
                    run_dataset, saved_features)
-from .tables import (ablation_table, cross_eval_summary, cross_eval_table, format_cross_eval, format_summary,
-                     parse_noise, per_class_summary, per_class_table, summary_table, timing_table)
+from .tables import (ablation_table, class_gains, cross_eval_summary, cross_eval_table, findings_text,
+                     format_cross_eval, format_summary, init_contrast_table, memorisation_summary, memorisation_table,
+                     paired_comparison, parse_noise, per_class_summary, per_class_table, summary_table, timing_table)
 
 __all__ = [
     "RunRecord", "list_runs", "load_run", "load_runs", "one_per_method", "run_dataset", "images_by_id",
     "saved_features", "class_names_for",
-    "softmax", "kl_divergence", "js_divergence", "recovered_distribution", "label_distribution_metrics",
-    "label_distribution_table", "choose_faces", "distribution_examples",
+    "softmax", "kl_divergence", "js_divergence", "chebyshev_distance", "clark_distance", "canberra_distance",
+    "cosine_similarity", "intersection_similarity", "LDL_MEASURES", "recovered_distribution",
+    "label_distribution_metrics", "label_distribution_table", "label_distribution_summary", "choose_faces",
+    "distribution_examples",
     "detection_metrics", "flag_metrics", "uncertainty_table", "extreme_samples", "plot_extremes", "out_of_sample_probs",
-    "cleanlab_issues", "cleanlab_scores", "cleanlab_table", "relabel_summary", "relabel_table",
+    "cleanlab_issues", "cleanlab_scores", "cleanlab_table", "detection_summary", "relabel_summary", "relabel_table",
     "parse_noise", "summary_table", "format_summary", "timing_table", "per_class_table", "per_class_summary",
     "ablation_table", "cross_eval_table", "cross_eval_summary", "format_cross_eval",
+    "paired_comparison", "init_contrast_table", "memorisation_table", "memorisation_summary", "class_gains",
+    "findings_text",
     "sample_faces", "noise_table", "noise_examples", "try_landmarks", "va_values", "va_summary",
     "embed_umap", "run_embeddings", "silhouette",
     "plot_confusion", "plot_learning_curves", "plot_transition", "plot_bars", "face_grid", "plot_distributions",

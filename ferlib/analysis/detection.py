@@ -1,4 +1,5 @@
-"""Mislabel detection: per-sample uncertainty rankings, AUROC / AP, cross-fitted CE probabilities and cleanlab."""
+"""Mislabel detection: per-sample uncertainty rankings, AUROC / AP / FNR at the noise rate, cross-fitted CE
+probabilities and cleanlab, and their mean ± std over seeds."""
 from __future__ import annotations
 
 import json
@@ -7,13 +8,14 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from .distributions import softmax
+from .distributions import _run_start, _seed_summary, softmax
 from .plots import face_grid
 from .runs import RunRecord, class_names_for, images_by_id, load_runs, run_dataset
 
 __all__ = [
     "RANKINGS", "detection_metrics", "flag_metrics", "uncertainty_table", "extreme_samples", "plot_extremes",
-    "out_of_sample_probs", "cleanlab_issues", "cleanlab_scores", "cleanlab_table", "relabel_summary", "relabel_table",
+    "out_of_sample_probs", "cleanlab_issues", "cleanlab_scores", "cleanlab_table", "detection_summary",
+    "relabel_summary", "relabel_table",
 ]
 
 
@@ -51,8 +53,11 @@ def detection_metrics(score, is_flipped) -> dict[str, float]:
     dict
         ``auroc`` : area under the ROC curve (1 = perfect ranking, 0.5 = random; NaN when all or no sample
         is flipped), ``ap`` : average precision (its chance level is ``rate``), ``p_at_n`` : precision among
-        the ``n_flipped`` highest scores, ``rate`` : fraction flipped, ``n``, ``n_flipped``, ``n_missing``
-        (NaN scores filled).
+        the ``n_flipped`` highest scores, ``fnr_at_n`` : false-negative rate when those ``n_flipped`` samples are
+        flagged (flagging as many as the noise rate flips): the share of flipped labels not among them (0 =
+        all found, 1 = none; flagging exactly ``n_flipped``, precision equals recall, so this is
+        ``1 - p_at_n``), ``rate`` : fraction flipped, ``n``, ``n_flipped``, ``n_missing`` (NaN scores filled).
+        The ranking metrics are NaN when all or no sample is flipped.
     """
     from sklearn.metrics import average_precision_score, roc_auc_score
 
@@ -63,12 +68,12 @@ def detection_metrics(score, is_flipped) -> dict[str, float]:
     elif missing.any():
         score = np.where(missing, np.median(score[~missing]), score)
     n, n_flip = len(score), int(flipped.sum())
-    out = {"auroc": float("nan"), "ap": float("nan"), "p_at_n": float("nan"),
+    out = {"auroc": float("nan"), "ap": float("nan"), "p_at_n": float("nan"), "fnr_at_n": float("nan"),
            "rate": n_flip / n if n else float("nan"), "n": n, "n_flipped": n_flip, "n_missing": int(missing.sum())}
     if 0 < n_flip < n:
-        top = np.argsort(-score, kind="stable")[:n_flip]
+        found = int(flipped[np.argsort(-score, kind="stable")[:n_flip]].sum())
         out.update(auroc=float(roc_auc_score(flipped, score)), ap=float(average_precision_score(flipped, score)),
-                   p_at_n=float(flipped[top].mean()))
+                   p_at_n=found / n_flip, fnr_at_n=(n_flip - found) / n_flip)
     return out
 
 
@@ -114,8 +119,9 @@ def uncertainty_table(runs, *, rankings: Sequence[str] = ("score", "loss", "neg_
 
     Returns
     -------
-    pandas.DataFrame, one row per run and ranking: ``run_id, method, oracle, noise, noise_rate, seed, ranking``
-    and :func:`detection_metrics` (``auroc, ap, p_at_n, rate, n, n_flipped, n_missing``).
+    pandas.DataFrame, one row per run and ranking: ``run_id, method, oracle, noise, noise_rate, seed,
+    backbone.weights`` (the start: None, ``"ssl"`` or a weights file), ``ranking`` and :func:`detection_metrics`
+    (``auroc, ap, p_at_n, fnr_at_n, rate, n, n_flipped, n_missing``).
     """
     import pandas as pd
 
@@ -127,7 +133,7 @@ def uncertainty_table(runs, *, rankings: Sequence[str] = ("score", "loss", "neg_
                 continue
             rows.append({"run_id": run.run_id, "method": run.label, "oracle": bool(run.result.get("oracle")),
                          "noise": run.result.get("noise"), "noise_rate": run.result.get("noise_rate"),
-                         "seed": run.result.get("seed"), "ranking": name,
+                         "seed": run.result.get("seed"), "backbone.weights": _run_start(run), "ranking": name,
                          **detection_metrics(score, run.flipped)})
     return pd.DataFrame(rows)
 
@@ -276,8 +282,8 @@ def cleanlab_table(runs, *, filter_by: str = "prune_by_noise_rate") -> "object":
     Returns
     -------
     pandas.DataFrame with the columns of :func:`uncertainty_table` (``method = "cleanlab"``, ``ranking =
-    "1 - self_confidence"``) plus :func:`flag_metrics` of the flagged set (``precision, recall, f1,
-    n_flagged``) and ``folds``, ``epochs``.
+    "1 - self_confidence"``: ``auroc, ap, p_at_n, fnr_at_n`` ... of cleanlab's ranking) plus :func:`flag_metrics`
+    of the flagged set (``precision, recall, f1, n_flagged``) and ``folds``, ``epochs``.
     """
     import pandas as pd
 
@@ -300,11 +306,28 @@ def cleanlab_table(runs, *, filter_by: str = "prune_by_noise_rate") -> "object":
         ref = members[0].result
         rows.append({"run_id": "cleanlab-" + ref["run_id"].rsplit("-", 1)[0], "method": "cleanlab",
                      "oracle": False, "noise": ref.get("noise"), "noise_rate": float(flipped.mean()),
-                     "seed": ref.get("seed"), "ranking": "1 - self_confidence",
+                     "seed": ref.get("seed"), "backbone.weights": _run_start(members[0]),
+                     "ranking": "1 - self_confidence",
                      **detection_metrics(cleanlab_scores(given, probs), flipped),
                      **flag_metrics(cleanlab_issues(given, probs, filter_by=filter_by), flipped),
                      "folds": int(k), "epochs": ref.get("epochs")})
     return pd.DataFrame(rows)
+
+
+def detection_summary(table) -> "object":
+    """Detection quality averaged over seeds: one row per ``method, noise, backbone.weights, ranking``.
+
+    Parameters
+    ----------
+    table : pandas.DataFrame, one row per run and ranking: :func:`uncertainty_table`, with the rows of
+        :func:`cleanlab_table` concatenated or not.
+
+    Returns
+    -------
+    pandas.DataFrame: those keys (``backbone.weights`` where the table has it), ``n_seeds``, and
+    ``<metric>_mean``, ``<metric>_std`` (ddof = 1; NaN for one seed) for ``auroc, ap, fnr_at_n``.
+    """
+    return _seed_summary(table, ("method", "noise", "backbone.weights", "ranking"), ("auroc", "ap", "fnr_at_n"))
 
 
 def relabel_summary(label, given, clean) -> dict[str, float]:

@@ -1,16 +1,19 @@
-"""Label distributions: KL / JS divergence, a run's recovered distribution against the human votes, top-1."""
+"""Label distributions: the label-distribution-learning measures (Chebyshev, Clark, Canberra, KL, cosine,
+intersection, JS), a run's recovered distribution against the human votes, top-1, and their mean ± std over seeds."""
 from __future__ import annotations
 
 import math
-from typing import Mapping
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
 from .runs import RunRecord, class_names_for, images_by_id, load_runs, run_dataset
 
 __all__ = [
-    "softmax", "kl_divergence", "js_divergence", "recovered_distribution", "label_distribution_metrics",
-    "label_distribution_table", "choose_faces", "distribution_examples",
+    "softmax", "kl_divergence", "js_divergence", "chebyshev_distance", "clark_distance", "canberra_distance",
+    "cosine_similarity", "intersection_similarity", "LDL_MEASURES", "recovered_distribution",
+    "label_distribution_metrics", "label_distribution_table", "label_distribution_summary", "choose_faces",
+    "distribution_examples",
 ]
 
 
@@ -32,6 +35,19 @@ def _as_distribution(x, name: str) -> np.ndarray:
     return np.divide(arr, total, out=np.zeros_like(arr), where=total > 0)
 
 
+def _pair(p, q) -> tuple[np.ndarray, np.ndarray]:
+    """``p`` and ``q`` as (N, K) distributions of the same shape (rows normalised)."""
+    p, q = _as_distribution(p, "p"), _as_distribution(q, "q")
+    if p.shape != q.shape:
+        raise ValueError(f"p and q must have the same shape, got {p.shape} and {q.shape}")
+    return p, q
+
+
+def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    """``num / den`` elementwise, 0 where ``den`` is 0 (a class neither distribution gives mass to)."""
+    return np.divide(num, den, out=np.zeros_like(num), where=den > 0)
+
+
 def kl_divergence(p, q, *, eps: float = 1e-12) -> np.ndarray:
     """Row-wise Kullback-Leibler divergence ``KL(p || q) = sum_k p_k log(p_k / q_k)`` in nats.
 
@@ -44,9 +60,7 @@ def kl_divergence(p, q, *, eps: float = 1e-12) -> np.ndarray:
     -------
     (N,) float64, >= 0; 0 iff the rows are equal. Terms with p_k = 0 contribute 0.
     """
-    p, q = _as_distribution(p, "p"), _as_distribution(q, "q")
-    if p.shape != q.shape:
-        raise ValueError(f"p and q must have the same shape, got {p.shape} and {q.shape}")
+    p, q = _pair(p, q)
     ratio = np.log(np.maximum(p, eps)) - np.log(np.maximum(q, eps))
     return np.maximum(np.where(p > 0, p * ratio, 0.0).sum(1), 0.0)
 
@@ -64,11 +78,66 @@ def js_divergence(p, q) -> np.ndarray:
     -------
     (N,) float64 in [0, log 2].
     """
-    p, q = _as_distribution(p, "p"), _as_distribution(q, "q")
-    if p.shape != q.shape:
-        raise ValueError(f"p and q must have the same shape, got {p.shape} and {q.shape}")
+    p, q = _pair(p, q)
     m = (p + q) / 2
     return np.clip((kl_divergence(p, m) + kl_divergence(q, m)) / 2, 0.0, math.log(2))
+
+
+# The measures of Geng, "Label Distribution Learning", IEEE TKDE 28(7), 2016, Table 2: P = p (the real, human
+# distribution), Q = q (the prediction), j = k (the class). Each takes (N, K) non-negative arrays whose rows are
+# normalised to sum to 1 (counts are fine) and returns (N,) float64.
+def chebyshev_distance(p, q) -> np.ndarray:
+    """Chebyshev distance ``max_k |p_k - q_k|`` (Geng 2016, Table 2): in [0, 1], lower is better, 0 iff equal."""
+    p, q = _pair(p, q)
+    return np.abs(p - q).max(1)
+
+
+def clark_distance(p, q) -> np.ndarray:
+    """Clark distance ``sqrt(sum_k (p_k - q_k)^2 / (p_k + q_k)^2)`` (Geng 2016, Table 2).
+
+    In [0, sqrt(K)], lower is better, 0 iff equal; classes with ``p_k + q_k = 0`` contribute 0.
+    """
+    p, q = _pair(p, q)
+    return np.sqrt(_ratio((p - q) ** 2, (p + q) ** 2).sum(1))
+
+
+def canberra_distance(p, q) -> np.ndarray:
+    """Canberra distance ``sum_k |p_k - q_k| / (p_k + q_k)`` (Geng 2016, Table 2).
+
+    In [0, K], lower is better, 0 iff equal; classes with ``p_k + q_k = 0`` contribute 0.
+    """
+    p, q = _pair(p, q)
+    return _ratio(np.abs(p - q), p + q).sum(1)
+
+
+def cosine_similarity(p, q) -> np.ndarray:
+    """Cosine similarity ``sum_k p_k q_k / (||p|| ||q||)`` (Geng 2016, Table 2): in [0, 1], higher is better, 1 iff
+    equal (0 for an all-zero row)."""
+    p, q = _pair(p, q)
+    return _ratio((p * q).sum(1), np.linalg.norm(p, axis=1) * np.linalg.norm(q, axis=1))
+
+
+def intersection_similarity(p, q) -> np.ndarray:
+    """Intersection similarity ``sum_k min(p_k, q_k)`` (Geng 2016, Table 2): in [0, 1], higher is better, 1 iff
+    equal."""
+    p, q = _pair(p, q)
+    return np.minimum(p, q).sum(1)
+
+
+#: The label-distribution measures reported, in Geng's (2016, Table 2) order and then JS: name ->
+#: (function of (human, predicted) (N, K) distributions returning (N,), ``"lower"`` or ``"higher"`` is better).
+LDL_MEASURES: Mapping[str, tuple[Callable[..., np.ndarray], str]] = {
+    "chebyshev": (chebyshev_distance, "lower"),
+    "clark": (clark_distance, "lower"),
+    "canberra": (canberra_distance, "lower"),
+    "kl": (kl_divergence, "lower"),
+    "cosine": (cosine_similarity, "higher"),
+    "intersection": (intersection_similarity, "higher"),
+    "js": (js_divergence, "lower"),
+}
+#: The measures also given for the one-hot given labels: all but KL, which is infinite against a one-hot label
+#: wherever the votes disagree (the ``eps`` floor would decide its value).
+_GIVEN_MEASURES = tuple(m for m in LDL_MEASURES if m != "kl") + ("top1",)
 
 
 def recovered_distribution(readout: Mapping[str, np.ndarray]) -> tuple[np.ndarray, str]:
@@ -100,9 +169,11 @@ def label_distribution_metrics(pred_dist, votes, majority) -> dict[str, float]:
 
     Returns
     -------
-    dict
-        ``kl`` : mean KL(votes || pred) in nats (>= 0; the human distribution is the reference),
-        ``js`` : mean Jensen-Shannon divergence in nats (in [0, log 2]),
+    dict, each measure of :data:`LDL_MEASURES` averaged over the samples, the human distribution as the
+    reference (``measure(votes, pred)``; NaN when no sample has a vote):
+        ``chebyshev`` (lower is better, in [0, 1]), ``clark`` (lower), ``canberra`` (lower), ``kl`` (KL(votes ||
+        pred) in nats, lower), ``cosine`` (higher, in [0, 1]), ``intersection`` (higher, in [0, 1]), ``js``
+        (Jensen-Shannon divergence in nats, lower, in [0, log 2]);
         ``top1`` : fraction of samples whose argmax of ``pred_dist`` equals ``majority``,
         ``n`` : number of samples used.
     """
@@ -112,10 +183,15 @@ def label_distribution_metrics(pred_dist, votes, majority) -> dict[str, float]:
         raise ValueError(f"shapes disagree: pred_dist {pred.shape}, votes {hum.shape}, majority {majority.shape}")
     keep = hum.sum(1) > 0
     if not keep.any():
-        return {"kl": float("nan"), "js": float("nan"), "top1": float("nan"), "n": 0}
+        return {**dict.fromkeys(LDL_MEASURES, float("nan")), "top1": float("nan"), "n": 0}
     pred, hum, majority = pred[keep], hum[keep], majority[keep]
-    return {"kl": float(kl_divergence(hum, pred).mean()), "js": float(js_divergence(hum, pred).mean()),
+    return {**{name: float(measure(hum, pred).mean()) for name, (measure, _) in LDL_MEASURES.items()},
             "top1": float((pred.argmax(1) == majority).mean()), "n": int(keep.sum())}
+
+
+def _run_start(run: RunRecord) -> str | None:
+    """The run's start, ``result.json``'s ``backbone.weights`` (None: the backbone's own initialisation)."""
+    return (run.result.get("backbone") or {}).get("weights")
 
 
 def _run_votes(run: RunRecord) -> np.ndarray | None:
@@ -134,11 +210,12 @@ def label_distribution_table(runs) -> "object":
 
     Returns
     -------
-    pandas.DataFrame, one row per run: ``run_id, method, oracle, noise, seed, source`` (see
-    :func:`recovered_distribution`), ``kl, js, top1, n`` (:func:`label_distribution_metrics`, reference label =
-    the clean label, i.e. the dataset's majority / plurality of the votes), and the same for the one-hot GIVEN
-    labels as a floor: ``js_given``, ``top1_given`` (= 1 - realised noise rate). Runs on data without votes
-    get NaN.
+    pandas.DataFrame, one row per run: ``run_id, method, oracle, noise, seed, backbone.weights`` (the start:
+    None, ``"ssl"`` or a weights file), ``source`` (see :func:`recovered_distribution`), ``chebyshev, clark,
+    canberra, kl, cosine, intersection, js, top1, n`` (:func:`label_distribution_metrics`, reference label = the
+    clean label, i.e. the dataset's majority / plurality of the votes), and the same but KL for the one-hot GIVEN
+    labels as a floor: ``<measure>_given`` and ``top1_given`` (= 1 - realised noise rate). Runs on data without
+    votes get NaN and ``n = 0``.
     """
     import pandas as pd
 
@@ -146,18 +223,51 @@ def label_distribution_table(runs) -> "object":
     for run in load_runs(runs):
         dist, source = recovered_distribution(run.readout)
         votes = _run_votes(run)
-        row = {"run_id": run.run_id, "method": run.label, "oracle": bool(run.result.get("oracle")),
-               "noise": run.result.get("noise"), "seed": run.result.get("seed"), "source": source}
-        if votes is None:
-            row.update(kl=np.nan, js=np.nan, top1=np.nan, n=0, js_given=np.nan, top1_given=np.nan)
-        else:
-            clean = run.readout["clean"]
-            row.update(label_distribution_metrics(dist, votes, clean))
-            given = np.eye(dist.shape[1])[run.readout["given"]]
-            ref = label_distribution_metrics(given, votes, clean)
-            row.update(js_given=ref["js"], top1_given=ref["top1"])
-        rows.append(row)
+        votes = np.zeros_like(dist) if votes is None else votes  # no vote anywhere: every measure NaN, n = 0
+        clean, given = run.readout["clean"], np.eye(dist.shape[1])[run.readout["given"]]
+        floor = label_distribution_metrics(given, votes, clean)
+        rows.append({"run_id": run.run_id, "method": run.label, "oracle": bool(run.result.get("oracle")),
+                     "noise": run.result.get("noise"), "seed": run.result.get("seed"),
+                     "backbone.weights": _run_start(run), "source": source,
+                     **label_distribution_metrics(dist, votes, clean),
+                     **{f"{name}_given": floor[name] for name in _GIVEN_MEASURES}})
     return pd.DataFrame(rows)
+
+
+def _seed_summary(table, keys: Sequence[str], metrics: Sequence[str]) -> "object":
+    """Mean and standard deviation over seeds of per-run ``metrics``, one row per setting.
+
+    Parameters
+    ----------
+    table : pandas.DataFrame, one row per run (and ranking ...), with a ``seed`` column.
+    keys : the columns that define a setting; those the table lacks are skipped (rows differing in one are
+        never averaged together; a missing value, e.g. ``backbone.weights`` None, is a value of its own).
+    metrics : the columns to average; those the table lacks are skipped.
+
+    Returns
+    -------
+    pandas.DataFrame sorted by the keys: the keys, ``n_seeds`` (distinct seeds), and ``<metric>_mean``,
+    ``<metric>_std`` (sample standard deviation, ddof = 1; NaN for one seed) per metric.
+    """
+    import pandas as pd
+
+    keys = [k for k in keys if k in table.columns]
+    metrics = [m for m in metrics if m in table.columns]
+    columns = [*keys, "n_seeds", *(f"{m}_{stat}" for m in metrics for stat in ("mean", "std"))]
+    if not len(table) or not keys:
+        return pd.DataFrame(columns=columns)
+    grouped = table.groupby(keys, dropna=False, sort=True)
+    stats = grouped[metrics].agg(["mean", "std"])
+    stats.columns = [f"{m}_{stat}" for m, stat in stats.columns]
+    return pd.concat([grouped["seed"].nunique().rename("n_seeds"), stats], axis=1).reset_index()[columns]
+
+
+def label_distribution_summary(table) -> "object":
+    """:func:`label_distribution_table` averaged over seeds: one row per ``method, noise, backbone.weights,
+    source``, with ``n_seeds`` and ``<measure>_mean``, ``<measure>_std`` (ddof = 1; NaN for one seed) of every
+    measure (:data:`LDL_MEASURES`), ``top1`` and the given labels' ``<measure>_given``, ``top1_given``."""
+    metrics = [*LDL_MEASURES, "top1", *(f"{name}_given" for name in _GIVEN_MEASURES)]
+    return _seed_summary(table, ("method", "noise", "backbone.weights", "source"), metrics)
 
 
 def choose_faces(readout: Mapping[str, np.ndarray], n: int, *, seed: int = 0) -> np.ndarray:

@@ -162,8 +162,9 @@ def plot_noise_curve(summary, *, metric: str = "last.acc", title: str = ""):
     """Accuracy vs noise level per method, one panel per protocol, error bars = std over seeds.
 
     ``summary`` is :func:`summary_table`'s output. Rows with ``noise == "none"`` are drawn at level 0 of every
-    single-step flip protocol (``symmetric``, ``class_dependent``); only default-configuration rows
-    (``variant == ""``) are drawn.
+    single-step flip protocol (``symmetric``, ``class_dependent``); a protocol without a level (``annotator``,
+    ``annotator_matched``) is drawn at its realised noise rate (``noise_rate_mean``); only default-configuration
+    rows (``variant == ""``) are drawn.
     """
     import pandas as pd
 
@@ -175,6 +176,8 @@ def plot_noise_curve(summary, *, metric: str = "last.acc", title: str = ""):
         sub = df[df["protocol"] == proto]
         if proto in ("symmetric", "class_dependent"):
             sub = pd.concat([sub, clean])
+        if "noise_rate_mean" in sub:
+            sub = sub.assign(rate=sub["rate"].fillna(sub["noise_rate_mean"]))
         for method, rows in sub.groupby("method", sort=True):
             rows = rows.sort_values("rate")
             oracle = bool(rows["oracle"].iloc[0]) if "oracle" in rows else False

@@ -7,9 +7,11 @@ Everything here reads files and writes files atomically; nothing trains. :func:`
 
 Layout of ``reports_dir``::
 
-    index.html        summary table, failures, skipped (corrupted) runs, links to every rendered notebook
+    index.html        the answer (findings in words, each method against CE seed by seed), summary table,
+                      failures, skipped (corrupted) runs, links to every rendered notebook (outputs only)
     results.csv       one row per finished run (collect_results), tidy
     summary.csv       one row per configuration: mean and std over seeds (ferlib.analysis.summary_table)
+    paired.csv        each method against CE, seed by seed (ferlib.analysis.paired_comparison)
     cross_eval.csv    the runs' scores on other datasets, mean and std over seeds (ferlib.analysis.cross_eval_summary;
                       only when a run has them)
     failures.json     {key: {notebook, error, traceback, ...}} of what failed (written by the runner)
@@ -44,6 +46,8 @@ NOTEBOOK_DESCRIPTIONS = {
 
 #: Test metrics the index shows (``<stage>.<metric>``, mean ± std over seeds), as :func:`format_summary` writes them.
 _SHOWN_METRICS = ("acc", "mean_acc")
+#: The method the answer compares every other one with, seed by seed.
+_BASELINE = "ce"
 
 
 # ----------------------------------------------------------------------------------- tables
@@ -60,9 +64,23 @@ def _summary(results):
     return summary_table(results, metrics=metrics or ("acc",))
 
 
+def _comparison(results):
+    """:func:`ferlib.analysis.paired_comparison` against :data:`_BASELINE` on the last-epoch accuracy and mean
+    accuracy the results have (empty when there is no run): the same table ``99_summary`` writes."""
+    import pandas as pd
+
+    from ferlib.analysis import paired_comparison
+
+    metrics = [m for m in ("last.acc", "last.mean_acc") if m in results]
+    if results.empty or not metrics:
+        return pd.DataFrame()
+    return paired_comparison(results, baseline=_BASELINE, metrics=metrics)
+
+
 # ----------------------------------------------------------------------------------- HTML of notebooks
 def render_html(notebook: str | os.PathLike, html_path: str | os.PathLike | None = None, *, exporter=None) -> Path:
-    """Render an executed notebook to HTML (nbconvert ``HTMLExporter``, no In/Out prompts); atomic write.
+    """Render an executed notebook to HTML (nbconvert ``HTMLExporter``: markdown and outputs, no code cells, no
+    In/Out prompts; the code stays in the ``.ipynb`` beside it); atomic write.
 
     The default output is the notebook's path with ``.html``.
     """
@@ -78,7 +96,7 @@ def render_html(notebook: str | os.PathLike, html_path: str | os.PathLike | None
 def _exporter():
     from nbconvert import HTMLExporter
 
-    return HTMLExporter(exclude_input_prompt=True, exclude_output_prompt=True)
+    return HTMLExporter(exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True)
 
 
 def render_all(reports_dir: str | os.PathLike, *, force: bool = False, log=print) -> list[Path]:
@@ -134,22 +152,26 @@ def write_report(*, runs_dir: str | os.PathLike, reports_dir: str | os.PathLike,
     """
     import warnings
 
-    from ferlib.analysis import cross_eval_summary
+    from ferlib.analysis import cross_eval_summary, findings_text, memorisation_summary, memorisation_table
 
     reports_dir = Path(reports_dir)
     with warnings.catch_warnings():  # the skipped runs are listed in the page instead
         warnings.simplefilter("ignore", rundir.RunWarning)
         results = collect_results(runs_dir)
+        memorisation = memorisation_summary(memorisation_table(runs_dir))
     skipped = rundir.problems(runs_dir, recursive=True)
-    summary = _summary(results)
+    summary, comparison = _summary(results), _comparison(results)
+    findings = findings_text(summary, comparison, memorisation, baseline=_BASELINE) if len(results) else []
     cross = cross_eval_summary(runs_dir)
     write_table(reports_dir / "results.csv", results)
     write_table(reports_dir / "summary.csv", summary)
+    write_table(reports_dir / "paired.csv", comparison)
     if not cross.empty:
         write_table(reports_dir / "cross_eval.csv", cross)
     failures_path = reports_dir / "failures.json"
     failures = read_json(failures_path) if failures_path.exists() else {}
-    page = _page(results, summary, failures, reports_dir, Path(runs_dir), study, list(order), skipped, cross)
+    page = _page(results, summary, failures, reports_dir, Path(runs_dir), study, list(order), skipped, cross,
+                 _answer_html(findings, comparison, reports_dir))
     return atomic_write_text(reports_dir / "index.html", page)
 
 
@@ -164,7 +186,7 @@ pre{background:#f6f6f6;padding:.6em;overflow-x:auto;font-size:.85em}.fail{color:
 
 
 def _page(results, summary, failures, reports_dir: Path, runs_dir: Path, study, order, skipped=None,
-          cross=None) -> str:
+          cross=None, answer: str = "") -> str:
     name = (study or {}).get("name", reports_dir.name)
     parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>Study {_e(name)}</title>",
              f"<style>{_CSS}</style></head><body>",
@@ -178,6 +200,7 @@ def _page(results, summary, failures, reports_dir: Path, runs_dir: Path, study, 
                  "Mean &plusmn; std over seeds where there are several. "
                  "Per-run rows: <a href='results.csv'>results.csv</a>; this table: "
                  "<a href='summary.csv'>summary.csv</a>.</p>")
+    parts.append(answer)
     parts.append("<h2>Results</h2>")
     parts.append(_summary_html(summary) if not summary.empty else "<p>No finished run yet.</p>")
     if cross is not None and not cross.empty:
@@ -191,6 +214,39 @@ def _page(results, summary, failures, reports_dir: Path, runs_dir: Path, study, 
             parts.append(f"<p class='muted'>Command: <code>{_e(study['command'])}</code></p>")
     parts.append("</body></html>\n")
     return "\n".join(parts)
+
+
+#: The figures of ``99_summary`` the answer shows when they exist (paths relative to the reports folder).
+_ANSWER_FIGURES = ("figures/99_summary/last.acc_by_noise.png", "figures/99_summary/last.mean_acc_by_noise.png")
+
+
+def _answer_html(findings: list[str], comparison, reports_dir: Path) -> str:
+    """The answer the page opens with: :func:`ferlib.analysis.findings_text`'s sentences, ``99_summary``'s
+    accuracy-by-noise figures (seed spread as error bars) and the seed-paired comparison with the baseline
+    (:func:`ferlib.analysis.paired_comparison`), differences in points."""
+    if not findings:
+        return ""
+    sentences = "<h2>Answer</h2><ul class='answer'>" + "".join(f"<li>{_e(line)}</li>" for line in findings) + "</ul>"
+    sentences += "".join(f"<img src='{_e(f)}' alt='{_e(Path(f).stem)}' style='max-width:49%'>"
+                         for f in _ANSWER_FIGURES if (reports_dir / f).is_file())
+    if comparison.empty:
+        return sentences
+    head = ["method", "noise", "start", "metric", "n pairs", "mean diff &plusmn; std (points)", "wins", "p", "verdict"]
+    rows = [[_e(r["method"]) + (f" <span class='muted'>({_e(r['variant'])})</span>" if r.get("variant") else ""),
+             _e(r["noise"]), _e(r["start"]), _e(r["metric"]), str(r["n_pairs"]),
+             f"{100 * r['mean_diff']:+.1f}"
+             + ("" if math.isnan(r["std_diff"]) else f" &plusmn; {100 * r['std_diff']:.1f}"),
+             f"{r['wins']} of {r['n_pairs']}", "" if math.isnan(r["p_value"]) else f"{r['p_value']:.2g}",
+             _e(r["verdict"])]
+            for r in comparison.to_dict("records")]
+    note = (f"<p class='muted'>Each method minus {_BASELINE} on the same seed (the seed also draws the noise, so "
+            "both saw the same flipped labels), test accuracy in percentage points; wins: seeds where the method is "
+            "higher; p: paired t-test over seeds. Rows: <a href='paired.csv'>paired.csv</a>.</p>")
+    table = ("<table class='paired'><thead><tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr></thead><tbody>"
+             + "".join("<tr>" + "".join(f"<td class='num'>{c}</td>" if 4 <= i <= 7 else f"<td>{c}</td>"
+                                        for i, c in enumerate(cells)) + "</tr>" for cells in rows)
+             + "</tbody></table>")
+    return "\n".join([sentences, note, table])
 
 
 def _summary_html(summary) -> str:
@@ -207,6 +263,8 @@ def _summary_html(summary) -> str:
         method = _e(f["method"])
         if r.get("variant"):
             method += f" <span class='muted'>({_e(r['variant'])})</span>"
+        if "start" in f:
+            method += f" <span class='muted'>[{_e(f['start'])} start]</span>"
         if "ON TEST" in str(r.get("selection", "")):
             method += " <b>[best epoch selected on test]</b>"
         if r.get("flags"):
