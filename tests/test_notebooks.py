@@ -157,6 +157,17 @@ def test_06_embeddings(trained):
     assert {p.name for p in figures.glob("*.png")} == {f"{row['run_id']}_test.png", f"{row['run_id']}_train.png"}
 
 
+def test_06_embeddings_skips_runs_without_weights_or_features(trained, tmp_path):
+    import shutil
+
+    from ferlib import rundir
+
+    folder, trained_metrics = trained
+    shutil.copytree(folder / "runs" / trained_metrics["run_id"], tmp_path / "runs" / trained_metrics["run_id"])
+    (tmp_path / "runs" / trained_metrics["run_id"] / rundir.MODEL).unlink()  # as a study's committed cell
+    assert execute("06_embeddings", tmp_path, umap_max_points=200)["runs"] == []
+
+
 def test_99_summary(trained):
     from ferlib import rundir
     from ferlib.cross_eval import evaluate_run
