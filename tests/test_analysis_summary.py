@@ -184,3 +184,9 @@ def test_findings_state_the_drop_the_supported_and_the_unsupported_differences(t
     nothing = analysis.findings_text(summary.iloc[:0], analysis.paired_comparison(results.iloc[:3]),
                                      memorisation.iloc[:0])
     assert nothing == ["No method has runs paired with ce's on the same seed: nothing is compared."]
+
+
+def test_record_metrics_writes_the_file_and_prints_one_line(tmp_path, capsys):
+    path = analysis.record_metrics(tmp_path, "99_summary", {"n_runs": 3, "table": [{"acc": 0.5}]})
+    assert json.loads(path.read_text()) == {"n_runs": 3, "table": [{"acc": 0.5}]}
+    assert capsys.readouterr().out == f"metrics (n_runs, table) written to {path}\n"  # values stay in the tables

@@ -1,7 +1,6 @@
 """Notebook plumbing: one setup call, work from the repository root, save figures, record key metrics."""
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Mapping
@@ -59,17 +58,11 @@ def save_figure(fig, path: str | os.PathLike, *, dpi: int = 110):
 
 
 def record_metrics(study_dir: str | os.PathLike, name: str, metrics: Mapping) -> Path:
-    """Write a notebook's key metrics to ``<study_dir>/<name>.json`` (atomically) and print them.
+    """Write a notebook's key metrics to ``<study_dir>/<name>.json`` (atomically) and print one line naming
+    the file and its keys (the tables above already show the values; the rendered report stays readable).
 
     The notebooks' last cell calls this; the test suite and the study runner read the file back.
     """
     path = write_json(Path(study_dir) / f"{name}.json", dict(metrics))
-    print(json.dumps(dict(metrics), indent=2, default=_jsonable))
-    print(f"metrics written to {path}")
+    print(f"metrics ({', '.join(map(str, metrics))}) written to {path}")
     return path
-
-
-def _jsonable(obj):
-    if hasattr(obj, "tolist"):
-        return obj.tolist()
-    return str(obj)
