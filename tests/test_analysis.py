@@ -241,6 +241,9 @@ def test_plots_return_figures():
     assert isinstance(fig, Figure) and len(fig.axes) == 6
     table = analysis.summary_table(_results_frame(), metrics=("acc",))
     assert isinstance(analysis.plot_noise_curve(table), Figure)
+    fig = analysis.plot_distributions(faces[:2], {"votes": np.full((2, 3), 1 / 3), "ce": np.eye(3)[:2]}, names)
+    for ax in fig.axes[1::2]:  # every face's bar panel names the classes, not only the last one
+        assert [t.get_text() for t in ax.get_xticklabels()] == names
 
 
 # ----------------------------------------------------------------------------------- data helpers

@@ -135,10 +135,11 @@ def face_grid(images, titles: Sequence[str] | None = None, *, ncols: int = 8, si
 
 def plot_distributions(images, distributions: Mapping[str, np.ndarray], class_names: Sequence[str],
                        titles: Sequence[str] | None = None):
-    """For each face: the image and grouped bars of several (n, K) label distributions (e.g. votes vs methods)."""
+    """For each face: the image and grouped bars of several (n, K) label distributions (e.g. votes vs methods),
+    every panel's classes named on its x axis."""
     images = np.asarray(images)
     n = len(images)
-    fig, axes = _figure(max(n, 1), 2, size=(3.2, 2.0), gridspec_kw={"width_ratios": [1, 3]})
+    fig, axes = _figure(max(n, 1), 2, size=(3.2, 2.4), gridspec_kw={"width_ratios": [1, 3]})
     names = list(distributions)
     width = 0.8 / max(len(names), 1)
     for i in range(n):
@@ -151,8 +152,7 @@ def plot_distributions(images, distributions: Mapping[str, np.ndarray], class_na
             pos = np.arange(len(class_names)) - 0.4 + width * (j + 0.5)
             axes[i, 1].bar(pos, np.asarray(distributions[name])[i], width, label=name)
         axes[i, 1].set_ylim(0, 1)
-        axes[i, 1].set_xticks(range(len(class_names)), class_names if i == n - 1 else [], rotation=30, ha="right",
-                              fontsize=7)
+        axes[i, 1].set_xticks(range(len(class_names)), class_names, rotation=30, ha="right", fontsize=7)
     if n:
         axes[0, 1].legend(fontsize=6, ncols=2)
     return fig
