@@ -368,6 +368,18 @@ def test_report_opens_with_the_answer(tmp_path):
     assert pd.read_csv(reports / "paired.csv")["verdict"].tolist() == ["supported gain", "no consistent difference"]
 
 
+def test_a_folder_the_comparison_refuses_still_gets_its_report(tmp_path):
+    runs = tmp_path / "runs"
+    for rid, method, options in [("ce0", "ce", {}), ("ce1", "ce", {"label_smoothing": 0.1}), ("nla", "nla", {})]:
+        (runs / rid).mkdir(parents=True)
+        (runs / rid / "result.json").write_text(json.dumps({
+            "run_id": rid, "method": method, "method_options": options, "noise": "symmetric:0.3", "seed": 0,
+            "last": {"acc": 0.5, "mean_acc": 0.4}}))
+    index = write_report(runs_dir=runs, reports_dir=tmp_path / "reports").read_text()
+    assert "No seed-paired comparison with ce: baseline &#x27;ce&#x27; has runs of several variants" in index
+    assert "<h2>Results</h2>" in index
+
+
 def test_rendered_notebooks_show_outputs_not_code(tmp_path):
     from ferlib.study.report import render_html
 

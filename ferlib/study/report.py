@@ -66,15 +66,20 @@ def _summary(results):
 
 def _comparison(results):
     """:func:`ferlib.analysis.paired_comparison` against :data:`_BASELINE` on the last-epoch accuracy and mean
-    accuracy the results have (empty when there is no run): the same table ``99_summary`` writes."""
+    accuracy the results have, and the reason when there is none (no run, or runs it cannot pair: e.g. the
+    baseline trained with several option sets): the same table ``99_summary`` writes. A folder the comparison
+    refuses still gets its report."""
     import pandas as pd
 
     from ferlib.analysis import paired_comparison
 
     metrics = [m for m in ("last.acc", "last.mean_acc") if m in results]
     if results.empty or not metrics:
-        return pd.DataFrame()
-    return paired_comparison(results, baseline=_BASELINE, metrics=metrics)
+        return pd.DataFrame(), None
+    try:
+        return paired_comparison(results, baseline=_BASELINE, metrics=metrics), None
+    except ValueError as exc:
+        return pd.DataFrame(), f"No seed-paired comparison with {_BASELINE}: {exc}."
 
 
 # ----------------------------------------------------------------------------------- HTML of notebooks
@@ -160,8 +165,9 @@ def write_report(*, runs_dir: str | os.PathLike, reports_dir: str | os.PathLike,
         results = collect_results(runs_dir)
         memorisation = memorisation_summary(memorisation_table(runs_dir))
     skipped = rundir.problems(runs_dir, recursive=True)
-    summary, comparison = _summary(results), _comparison(results)
+    summary, (comparison, refused) = _summary(results), _comparison(results)
     findings = findings_text(summary, comparison, memorisation, baseline=_BASELINE) if len(results) else []
+    findings += [refused] if refused else []
     cross = cross_eval_summary(runs_dir)
     write_table(reports_dir / "results.csv", results)
     write_table(reports_dir / "summary.csv", summary)
