@@ -190,3 +190,15 @@ def test_record_metrics_writes_the_file_and_prints_one_line(tmp_path, capsys):
     path = analysis.record_metrics(tmp_path, "99_summary", {"n_runs": 3, "table": [{"acc": 0.5}]})
     assert json.loads(path.read_text()) == {"n_runs": 3, "table": [{"acc": 0.5}]}
     assert capsys.readouterr().out == f"metrics (n_runs, table) written to {path}\n"  # values stay in the tables
+
+
+def test_setup_notebook_silences_only_the_widget_warning(tmp_path, monkeypatch):
+    import warnings
+
+    monkeypatch.chdir(tmp_path)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        analysis.setup_notebook("99_summary", tmp_path)
+        warnings.warn("IProgress not found. Please update jupyter and ipywidgets.", UserWarning)
+        warnings.warn("a warning a reader must see", UserWarning)
+    assert [str(w.message) for w in caught] == ["a warning a reader must see"]

@@ -14,10 +14,15 @@ __all__ = [
 
 def setup_notebook(name: str, study_dir: str | os.PathLike) -> tuple[Path, Path]:
     """The one setup every study notebook runs first: work from the repository root (:func:`chdir_repo_root`),
-    widen pandas' display, print the root. Returns ``(root, figures)`` with ``figures = <study_dir>/figures/<name>``,
-    where the notebook saves its figures."""
+    widen pandas' display, silence tqdm's "IProgress not found" warning (libraries such as cleanlab and umap
+    import ``tqdm.auto``; without ipywidgets it would print into every rendered report), print the root.
+    Returns ``(root, figures)`` with ``figures = <study_dir>/figures/<name>``, where the notebook saves its
+    figures."""
+    import warnings
+
     import pandas as pd
 
+    warnings.filterwarnings("ignore", message="IProgress not found")
     root = chdir_repo_root()
     pd.set_option("display.width", 160, "display.max_columns", 30)
     print("repository root:", root)
