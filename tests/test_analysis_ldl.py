@@ -125,7 +125,7 @@ def _cleanlab_rows() -> pd.DataFrame:
 
 def test_cleanlab_table_reports_the_detection_columns():
     (row,) = _cleanlab_rows().to_dict("records")
-    assert row["method"] == "cleanlab" and row["backbone.weights"] is None
+    assert row["method"] == "cleanlab" and row["start"] == "random"
     assert row["auroc"] > 0.9 and 0.0 <= row["ap"] <= 1.0
     assert row["fnr_at_n"] == pytest.approx(1 - row["p_at_n"]) and row["fnr_at_n"] < 0.2
 
@@ -153,10 +153,10 @@ def test_detection_summary_mean_std_over_seeds_and_separate_settings():
     per_run = analysis.uncertainty_table(runs, rankings=("score", "loss"))
     summary = analysis.detection_summary(per_run)
     assert len(summary) == 6  # (two noises + a second start) x two rankings: never averaged together
-    assert list(summary.columns[:5]) == ["method", "noise", "backbone.weights", "ranking", "n_seeds"]
-    pair = per_run[(per_run["noise"] == "symmetric:0.3") & per_run["backbone.weights"].isna()
+    assert list(summary.columns[:5]) == ["method", "noise", "start", "ranking", "n_seeds"]
+    pair = per_run[(per_run["noise"] == "symmetric:0.3") & (per_run["start"] == "random")
                    & (per_run["ranking"] == "score")]
-    (row,) = summary[(summary["noise"] == "symmetric:0.3") & summary["backbone.weights"].isna()
+    (row,) = summary[(summary["noise"] == "symmetric:0.3") & (summary["start"] == "random")
                      & (summary["ranking"] == "score")].to_dict("records")
     assert row["n_seeds"] == 2 and len(pair) == 2
     for metric in ("auroc", "ap", "fnr_at_n"):
@@ -205,11 +205,11 @@ def _ldl_runs(tiny_ferplus) -> list[RunRecord]:
 def test_label_distribution_table_and_summary(tiny_ferplus, tmp_path):
     table = analysis.label_distribution_table(_ldl_runs(tiny_ferplus))
     given_cols = [f"{m}_given" for m in LDL_MEASURES if m != "kl"] + ["top1_given"]
-    assert set(LDL_MEASURES) | {"top1", "n", "source", "backbone.weights"} | set(given_cols) <= set(table.columns)
+    assert set(LDL_MEASURES) | {"top1", "n", "source", "start"} | set(given_cols) <= set(table.columns)
     assert (table["top1_given"] == 1 - 1 / table["n"]).all()  # one flipped label per run
     assert (table["chebyshev_given"] > 0).all() and (table["intersection_given"] < 1).all()
     summary = analysis.label_distribution_summary(table)
-    assert list(summary.columns[:5]) == ["method", "noise", "backbone.weights", "source", "n_seeds"]
+    assert list(summary.columns[:5]) == ["method", "noise", "start", "source", "n_seeds"]
     assert summary["noise"].tolist() == ["symmetric:0.3", "symmetric:0.6"] and summary["n_seeds"].tolist() == [2, 1]
     pair = table[table["noise"] == "symmetric:0.3"]
     for name in [*LDL_MEASURES, "top1", *given_cols]:

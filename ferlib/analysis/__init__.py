@@ -7,7 +7,7 @@ The functions live in one sub-module per concept and are all re-exported here (`
 =======================  ===============================================================================
 ``runs``                 :func:`list_runs`, :func:`load_run`, :func:`load_runs`, :func:`one_per_method`,
                          :func:`run_dataset`, :func:`images_by_id`, :func:`saved_features`,
-                         :func:`class_names_for`
+                         :func:`class_names_for`, :func:`start_name`, :func:`run_start`
 ``distributions``        :func:`softmax`, :func:`kl_divergence`, :func:`js_divergence`,
                          :func:`chebyshev_distance`, :func:`clark_distance`, :func:`canberra_distance`,
                          :func:`cosine_similarity`, :func:`intersection_similarity`, :data:`LDL_MEASURES`,
@@ -54,14 +54,14 @@ from .notebook import chdir_repo_root, record_metrics, save_figure, setup_notebo
 from .plots import (face_grid, plot_bars, plot_confusion, plot_distributions, plot_embedding, plot_learning_curves,
                     plot_noise_curve, plot_transition, plot_va)
 from .runs import (RunRecord, class_names_for, images_by_id, list_runs, load_run, load_runs, one_per_method,
-                   run_dataset, saved_features)
+                   run_dataset, run_start, saved_features, start_name)
 from .tables import (ablation_table, class_gains, cross_eval_summary, cross_eval_table, findings_text,
                      format_cross_eval, format_summary, init_contrast_table, memorisation_summary, memorisation_table,
                      paired_comparison, parse_noise, per_class_summary, per_class_table, summary_table, timing_table)
 
 __all__ = [
     "RunRecord", "list_runs", "load_run", "load_runs", "one_per_method", "run_dataset", "images_by_id",
-    "saved_features", "class_names_for",
+    "saved_features", "class_names_for", "start_name", "run_start",
     "softmax", "kl_divergence", "js_divergence", "chebyshev_distance", "clark_distance", "canberra_distance",
     "cosine_similarity", "intersection_similarity", "LDL_MEASURES", "recovered_distribution",
     "label_distribution_metrics", "label_distribution_table", "label_distribution_summary", "choose_faces",

@@ -8,9 +8,9 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from .distributions import _run_start, _seed_summary, softmax
+from .distributions import _seed_summary, softmax
 from .plots import face_grid
-from .runs import RunRecord, class_names_for, images_by_id, load_runs, run_dataset
+from .runs import RunRecord, class_names_for, images_by_id, load_runs, run_dataset, run_start
 
 __all__ = [
     "RANKINGS", "detection_metrics", "flag_metrics", "uncertainty_table", "extreme_samples", "plot_extremes",
@@ -120,7 +120,7 @@ def uncertainty_table(runs, *, rankings: Sequence[str] = ("score", "loss", "neg_
     Returns
     -------
     pandas.DataFrame, one row per run and ranking: ``run_id, method, oracle, noise, noise_rate, seed,
-    backbone.weights`` (the start: None, ``"ssl"`` or a weights file), ``ranking`` and :func:`detection_metrics`
+    start`` (:func:`~ferlib.analysis.runs.run_start`: ``"random"``, ``"ssl"`` or a weights file), ``ranking`` and :func:`detection_metrics`
     (``auroc, ap, p_at_n, fnr_at_n, rate, n, n_flipped, n_missing``).
     """
     import pandas as pd
@@ -133,7 +133,7 @@ def uncertainty_table(runs, *, rankings: Sequence[str] = ("score", "loss", "neg_
                 continue
             rows.append({"run_id": run.run_id, "method": run.label, "oracle": bool(run.result.get("oracle")),
                          "noise": run.result.get("noise"), "noise_rate": run.result.get("noise_rate"),
-                         "seed": run.result.get("seed"), "backbone.weights": _run_start(run), "ranking": name,
+                         "seed": run.result.get("seed"), "start": run_start(run), "ranking": name,
                          **detection_metrics(score, run.flipped)})
     return pd.DataFrame(rows)
 
@@ -306,7 +306,7 @@ def cleanlab_table(runs, *, filter_by: str = "prune_by_noise_rate") -> "object":
         ref = members[0].result
         rows.append({"run_id": "cleanlab-" + ref["run_id"].rsplit("-", 1)[0], "method": "cleanlab",
                      "oracle": False, "noise": ref.get("noise"), "noise_rate": float(flipped.mean()),
-                     "seed": ref.get("seed"), "backbone.weights": _run_start(members[0]),
+                     "seed": ref.get("seed"), "start": run_start(members[0]),
                      "ranking": "1 - self_confidence",
                      **detection_metrics(cleanlab_scores(given, probs), flipped),
                      **flag_metrics(cleanlab_issues(given, probs, filter_by=filter_by), flipped),
@@ -315,7 +315,7 @@ def cleanlab_table(runs, *, filter_by: str = "prune_by_noise_rate") -> "object":
 
 
 def detection_summary(table) -> "object":
-    """Detection quality averaged over seeds: one row per ``method, noise, backbone.weights, ranking``.
+    """Detection quality averaged over seeds: one row per ``method, noise, start, ranking``.
 
     Parameters
     ----------
@@ -324,10 +324,10 @@ def detection_summary(table) -> "object":
 
     Returns
     -------
-    pandas.DataFrame: those keys (``backbone.weights`` where the table has it), ``n_seeds``, and
+    pandas.DataFrame: those keys (``start`` where the table has it), ``n_seeds``, and
     ``<metric>_mean``, ``<metric>_std`` (ddof = 1; NaN for one seed) for ``auroc, ap, fnr_at_n``.
     """
-    return _seed_summary(table, ("method", "noise", "backbone.weights", "ranking"), ("auroc", "ap", "fnr_at_n"))
+    return _seed_summary(table, ("method", "noise", "start", "ranking"), ("auroc", "ap", "fnr_at_n"))
 
 
 def relabel_summary(label, given, clean) -> dict[str, float]:

@@ -7,7 +7,7 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-from .runs import RunRecord, class_names_for, images_by_id, load_runs, run_dataset
+from .runs import RunRecord, class_names_for, images_by_id, load_runs, run_dataset, run_start
 
 __all__ = [
     "softmax", "kl_divergence", "js_divergence", "chebyshev_distance", "clark_distance", "canberra_distance",
@@ -189,11 +189,6 @@ def label_distribution_metrics(pred_dist, votes, majority) -> dict[str, float]:
             "top1": float((pred.argmax(1) == majority).mean()), "n": int(keep.sum())}
 
 
-def _run_start(run: RunRecord) -> str | None:
-    """The run's start, ``result.json``'s ``backbone.weights`` (None: the backbone's own initialisation)."""
-    return (run.result.get("backbone") or {}).get("weights")
-
-
 def _run_votes(run: RunRecord) -> np.ndarray | None:
     data = run_dataset(run)
     if data.votes is None:
@@ -210,8 +205,8 @@ def label_distribution_table(runs) -> "object":
 
     Returns
     -------
-    pandas.DataFrame, one row per run: ``run_id, method, oracle, noise, seed, backbone.weights`` (the start:
-    None, ``"ssl"`` or a weights file), ``source`` (see :func:`recovered_distribution`), ``chebyshev, clark,
+    pandas.DataFrame, one row per run: ``run_id, method, oracle, noise, seed, start`` (:func:`run_start`:
+    ``"random"``, ``"ssl"`` or a weights file), ``source`` (see :func:`recovered_distribution`), ``chebyshev, clark,
     canberra, kl, cosine, intersection, js, top1, n`` (:func:`label_distribution_metrics`, reference label = the
     clean label, i.e. the dataset's majority / plurality of the votes), and the same but KL for the one-hot GIVEN
     labels as a floor: ``<measure>_given`` and ``top1_given`` (= 1 - realised noise rate). Runs on data without
@@ -228,7 +223,7 @@ def label_distribution_table(runs) -> "object":
         floor = label_distribution_metrics(given, votes, clean)
         rows.append({"run_id": run.run_id, "method": run.label, "oracle": bool(run.result.get("oracle")),
                      "noise": run.result.get("noise"), "seed": run.result.get("seed"),
-                     "backbone.weights": _run_start(run), "source": source,
+                     "start": run_start(run), "source": source,
                      **label_distribution_metrics(dist, votes, clean),
                      **{f"{name}_given": floor[name] for name in _GIVEN_MEASURES}})
     return pd.DataFrame(rows)
@@ -241,7 +236,7 @@ def _seed_summary(table, keys: Sequence[str], metrics: Sequence[str]) -> "object
     ----------
     table : pandas.DataFrame, one row per run (and ranking ...), with a ``seed`` column.
     keys : the columns that define a setting; those the table lacks are skipped (rows differing in one are
-        never averaged together; a missing value, e.g. ``backbone.weights`` None, is a value of its own).
+        never averaged together; a missing value is a value of its own).
     metrics : the columns to average; those the table lacks are skipped.
 
     Returns
@@ -263,11 +258,11 @@ def _seed_summary(table, keys: Sequence[str], metrics: Sequence[str]) -> "object
 
 
 def label_distribution_summary(table) -> "object":
-    """:func:`label_distribution_table` averaged over seeds: one row per ``method, noise, backbone.weights,
+    """:func:`label_distribution_table` averaged over seeds: one row per ``method, noise, start,
     source``, with ``n_seeds`` and ``<measure>_mean``, ``<measure>_std`` (ddof = 1; NaN for one seed) of every
     measure (:data:`LDL_MEASURES`), ``top1`` and the given labels' ``<measure>_given``, ``top1_given``."""
     metrics = [*LDL_MEASURES, "top1", *(f"{name}_given" for name in _GIVEN_MEASURES)]
-    return _seed_summary(table, ("method", "noise", "backbone.weights", "source"), metrics)
+    return _seed_summary(table, ("method", "noise", "start", "source"), metrics)
 
 
 def choose_faces(readout: Mapping[str, np.ndarray], n: int, *, seed: int = 0) -> np.ndarray:

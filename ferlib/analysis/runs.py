@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import os
 import warnings
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ from ..results import read_json
 
 __all__ = [
     "RunRecord", "list_runs", "load_run", "load_runs", "one_per_method", "run_dataset", "images_by_id",
-    "saved_features", "class_names_for",
+    "saved_features", "class_names_for", "start_name", "run_start",
 ]
 
 
@@ -219,3 +220,16 @@ def saved_features(run) -> dict[str, np.ndarray]:
     run = load_runs(run)[0]
     return {s: run.readout[f"{s}_features"].astype(np.float32) for s in ("train", "test")
             if f"{s}_features" in run.readout}
+
+
+def start_name(weights) -> str:
+    """A start as the tables name it: ``"random"`` for ``backbone.weights`` None (NaN in a DataFrame), else the
+    weights (``"ssl"``, a file)."""
+    return "random" if weights is None or (isinstance(weights, float) and math.isnan(weights)) else str(weights)
+
+
+def run_start(run) -> str:
+    """The start of a run (:class:`RunRecord` or its ``result.json`` dict): :func:`start_name` of its
+    ``backbone.weights``."""
+    result = run.result if isinstance(run, RunRecord) else run
+    return start_name((result.get("backbone") or {}).get("weights"))

@@ -13,7 +13,7 @@ from typing import Sequence
 import numpy as np
 
 from .. import rundir
-from .runs import class_names_for, load_runs
+from .runs import class_names_for, load_runs, run_start, start_name
 
 __all__ = [
     "parse_noise", "summary_table", "format_summary", "timing_table", "per_class_table", "per_class_summary",
@@ -131,7 +131,7 @@ def format_summary(table, *, metrics: Sequence[str] = ("acc", "mean_acc"), stage
     for k in ("dataset", "method", "variant", "noise"):
         if k in table:
             out[k] = table[k]
-    starts = [_start_name(w) for w in table["backbone.weights"]] if "backbone.weights" in table else []
+    starts = [start_name(w) for w in table["backbone.weights"]] if "backbone.weights" in table else []
     if len(set(starts)) > 1:
         out["start"] = starts
     if "oracle" in table:
@@ -144,12 +144,6 @@ def format_summary(table, *, metrics: Sequence[str] = ("acc", "mean_acc"), stage
                 continue
             out[col] = [_mean_std(mu, sd, scale, digits) for mu, sd in zip(table[f"{col}_mean"], table[f"{col}_std"])]
     return out
-
-
-def _start_name(weights) -> str:
-    """A run's start as the tables name it: ``"random"`` for ``backbone.weights`` None (NaN in a DataFrame),
-    else the weights (``"ssl"``, a file)."""
-    return "random" if weights is None or (isinstance(weights, float) and math.isnan(weights)) else str(weights)
 
 
 def _mean_std(mu: float, sd: float, scale: float, digits: int) -> str:
@@ -209,7 +203,7 @@ def per_class_table(runs, *, stage: str = "last", split: str = "test") -> "objec
         for name, acc in zip(names, epoch[split]["per_class_acc"]):
             rows.append({"run_id": run.run_id, "method": run.label, "oracle": bool(run.result.get("oracle")),
                          "noise": run.result.get("noise"),
-                         "start": _start_name((run.result.get("backbone") or {}).get("weights")),
+                         "start": run_start(run),
                          "seed": run.result.get("seed"), "class": name,
                          "acc": float("nan") if acc is None else float(acc)})
     return pd.DataFrame(rows)
@@ -371,7 +365,7 @@ def _comparable(results):
     missing)."""
     weights = results["backbone.weights"] if "backbone.weights" in results else [None] * len(results)
     oracle = results["oracle"] if "oracle" in results else [False] * len(results)
-    return results.assign(start=[_start_name(w) for w in weights],
+    return results.assign(start=[start_name(w) for w in weights],
                           variant=[_variant(r) for r in results.to_dict("records")],
                           oracle=np.array([bool(v) and v == v for v in oracle], dtype=bool))  # NaN -> False
 
@@ -565,7 +559,7 @@ def memorisation_table(runs_dir: str | os.PathLike) -> "object":
         rows.append({"run_id": result.get("run_id", folder.name), "method": result["method"],
                      "variant": _variant(flatten({"method_options": result.get("method_options") or {}})),
                      "oracle": bool(result.get("oracle")), "noise": result.get("noise"), "seed": result.get("seed"),
-                     "start": _start_name((result.get("backbone") or {}).get("weights")),
+                     "start": run_start(result),
                      "peak_test_acc": float(epochs.at[peak, "test_acc"]), "peak_epoch": int(epochs.at[peak, "epoch"]),
                      "last_test_acc": float(last["test_acc"]),
                      "drop": float(epochs.at[peak, "test_acc"] - last["test_acc"]),
