@@ -10,6 +10,7 @@ from ferlib.classes import CLASSES_7, CLASSES_8
 from ferlib.data.dataset import FERData
 from ferlib.noise import (
     DEFAULT_PAIR_MAP,
+    PROTOCOLS,
     NoiseSpec,
     annotator_matched_noise,
     annotator_noise,
@@ -372,12 +373,18 @@ def test_annotator_matched_has_the_annotators_transition_but_ignores_the_image()
     assert np.array_equal(annotator_matched_noise(clean, votes, seed=3), annotator_matched_noise(clean, votes, seed=3))
 
 
-def test_apply_noise_annotator_matched():
+@pytest.mark.parametrize("name", [n for n, param in PROTOCOLS.items() if param in (None, "rate")])
+def test_every_label_protocol_relabels_only_the_train_split_and_keeps_the_clean_labels(name):
     data = make_data()
-    out, rep = apply_noise(data, "annotator_matched", seed=0)
+    out, _ = apply_noise(data, name if PROTOCOLS[name] is None else f"{name}:0.3", seed=0)
     train = data.split == "train"
     assert np.array_equal(out.labels[~train], data.labels[~train])
-    assert np.array_equal(out.clean_labels, data.labels)
+    assert np.array_equal(out.clean_labels, data.labels) and data.clean_labels is None
+
+
+def test_apply_noise_annotator_matched():
+    data = make_data()
+    _, rep = apply_noise(data, "annotator_matched", seed=0)
     real = apply_noise(data, "annotator", seed=0)[1]["train"]["overall_rate"]
     assert abs(rep["train"]["overall_rate"] - real) < 0.05
     with pytest.raises(ValueError, match="annotator_matched.*needs human vote counts"):
