@@ -202,3 +202,20 @@ def test_setup_notebook_silences_only_the_widget_warning(tmp_path, monkeypatch):
         warnings.warn("IProgress not found. Please update jupyter and ipywidgets.", UserWarning)
         warnings.warn("a warning a reader must see", UserWarning)
     assert [str(w.message) for w in caught] == ["a warning a reader must see"]
+
+
+def test_seed_summary_averages_over_seeds_within_a_setting_only():
+    from ferlib.analysis.seeds import seed_summary
+
+    table = pd.DataFrame({"method": ["ce", "ce", "ce", "ce", "nla", None],
+                          "seed": [0, 1, 2, 2, 0, 0],
+                          "acc": [0.5, 0.6, 0.7, 0.8, 0.4, 0.3]})
+    out = seed_summary(table, ["method", "absent_key"], ["acc", "absent_metric"])
+    assert list(out.columns) == ["method", "n_seeds", "seeds", "n_runs", "acc_mean", "acc_std"]
+    ce = out[out["method"] == "ce"].iloc[0]
+    assert (ce["n_seeds"], ce["seeds"], ce["n_runs"]) == (3, "0,1,2", 4)  # two runs of seed 2 both count
+    assert ce["acc_mean"] == pytest.approx(0.65) and ce["acc_std"] == pytest.approx(np.std([.5, .6, .7, .8], ddof=1))
+    nla = out[out["method"] == "nla"].iloc[0]
+    assert nla["acc_mean"] == pytest.approx(0.4) and math.isnan(nla["acc_std"])  # one run: no spread
+    assert len(out) == 3 and out["method"].isna().sum() == 1  # a missing key is a setting of its own
+    assert seed_summary(table.iloc[:0], ["method"], ["acc"]).columns.tolist() == list(out.columns)

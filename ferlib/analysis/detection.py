@@ -8,9 +8,10 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from .distributions import _seed_summary, softmax
+from .distributions import softmax
 from .plots import face_grid
 from .runs import RunRecord, class_names_for, images_by_id, load_runs, run_dataset, run_start
+from .seeds import seed_summary
 
 __all__ = [
     "RANKINGS", "detection_metrics", "flag_metrics", "uncertainty_table", "extreme_samples", "plot_extremes",
@@ -324,10 +325,10 @@ def detection_summary(table) -> "object":
 
     Returns
     -------
-    pandas.DataFrame: those keys (``start`` where the table has it), ``n_seeds``, and
+    pandas.DataFrame: those keys (``start`` where the table has it), ``n_seeds, seeds, n_runs``, and
     ``<metric>_mean``, ``<metric>_std`` (ddof = 1; NaN for one seed) for ``auroc, ap, fnr_at_n``.
     """
-    return _seed_summary(table, ("method", "noise", "start", "ranking"), ("auroc", "ap", "fnr_at_n"))
+    return seed_summary(table, ("method", "noise", "start", "ranking"), ("auroc", "ap", "fnr_at_n"))
 
 
 def relabel_summary(label, given, clean) -> dict[str, float]:

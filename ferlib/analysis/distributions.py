@@ -3,11 +3,12 @@ intersection, JS), a run's recovered distribution against the human votes, top-1
 from __future__ import annotations
 
 import math
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Mapping
 
 import numpy as np
 
 from .runs import RunRecord, class_names_for, images_by_id, load_runs, run_dataset, run_start
+from .seeds import seed_summary
 
 __all__ = [
     "softmax", "kl_divergence", "js_divergence", "chebyshev_distance", "clark_distance", "canberra_distance",
@@ -229,40 +230,12 @@ def label_distribution_table(runs) -> "object":
     return pd.DataFrame(rows)
 
 
-def _seed_summary(table, keys: Sequence[str], metrics: Sequence[str]) -> "object":
-    """Mean and standard deviation over seeds of per-run ``metrics``, one row per setting.
-
-    Parameters
-    ----------
-    table : pandas.DataFrame, one row per run (and ranking ...), with a ``seed`` column.
-    keys : the columns that define a setting; those the table lacks are skipped (rows differing in one are
-        never averaged together; a missing value is a value of its own).
-    metrics : the columns to average; those the table lacks are skipped.
-
-    Returns
-    -------
-    pandas.DataFrame sorted by the keys: the keys, ``n_seeds`` (distinct seeds), and ``<metric>_mean``,
-    ``<metric>_std`` (sample standard deviation, ddof = 1; NaN for one seed) per metric.
-    """
-    import pandas as pd
-
-    keys = [k for k in keys if k in table.columns]
-    metrics = [m for m in metrics if m in table.columns]
-    columns = [*keys, "n_seeds", *(f"{m}_{stat}" for m in metrics for stat in ("mean", "std"))]
-    if not len(table) or not keys:
-        return pd.DataFrame(columns=columns)
-    grouped = table.groupby(keys, dropna=False, sort=True)
-    stats = grouped[metrics].agg(["mean", "std"])
-    stats.columns = [f"{m}_{stat}" for m, stat in stats.columns]
-    return pd.concat([grouped["seed"].nunique().rename("n_seeds"), stats], axis=1).reset_index()[columns]
-
-
 def label_distribution_summary(table) -> "object":
     """:func:`label_distribution_table` averaged over seeds: one row per ``method, noise, start,
-    source``, with ``n_seeds`` and ``<measure>_mean``, ``<measure>_std`` (ddof = 1; NaN for one seed) of every
+    source``, with ``n_seeds, seeds, n_runs`` and ``<measure>_mean``, ``<measure>_std`` (ddof = 1; NaN for one seed) of every
     measure (:data:`LDL_MEASURES`), ``top1`` and the given labels' ``<measure>_given``, ``top1_given``."""
     metrics = [*LDL_MEASURES, "top1", *(f"{name}_given" for name in _GIVEN_MEASURES)]
-    return _seed_summary(table, ("method", "noise", "start", "source"), metrics)
+    return seed_summary(table, ("method", "noise", "start", "source"), metrics)
 
 
 def choose_faces(readout: Mapping[str, np.ndarray], n: int, *, seed: int = 0) -> np.ndarray:

@@ -14,6 +14,7 @@ import numpy as np
 
 from .. import rundir
 from .runs import class_names_for, load_runs, run_start, start_name
+from .seeds import seed_summary
 
 __all__ = [
     "parse_noise", "summary_table", "format_summary", "timing_table", "per_class_table", "per_class_summary",
@@ -80,7 +81,6 @@ def summary_table(results, *, metrics: Sequence[str] = ("acc", "mean_acc", "macr
     ``<column>_mean`` and ``<column>_std`` (sample standard deviation over seeds, ddof = 1; NaN for a single
     seed). This is the table of ``summary.csv`` in a study's report (:mod:`ferlib.study.report`).
     """
-    import pandas as pd
 
     need = ["method", "noise", "seed"] + [f"last.{m}" for m in metrics]
     missing = [c for c in need if c not in results.columns]
@@ -97,22 +97,10 @@ def summary_table(results, *, metrics: Sequence[str] = ("acc", "mean_acc", "macr
         df["flags"] = df["flags"].fillna("").astype(str)  # runs that predate the flags count as healthy
     keys = [k for k in (keys or _SUMMARY_KEYS + _SETTING_KEYS) if k in df.columns]
     values = [f"{s}.{m}" for s in _STAGES for m in metrics if f"{s}.{m}" in df.columns]
-    values += [c for c in ("best_epoch", "noise_rate", "time_per_epoch_s") if c in df.columns]
-    grouped = df.groupby(keys, dropna=False, sort=True)
-    stats = grouped[values].agg(["mean", "std"])
-    stats.columns = [f"{col}_{stat}" for col, stat in stats.columns]
-    out = pd.concat([grouped["seed"].nunique().rename("n_seeds"),
-                     grouped["seed"].agg(_seeds_text).rename("seeds"),
-                     grouped.size().rename("n_runs"), stats], axis=1).reset_index()
+    out = seed_summary(df, keys, values + ["best_epoch", "noise_rate", "time_per_epoch_s"])
     if "oracle" in out:  # oracle rows (upper bounds, not competitors) after the others, order kept
         out = out.sort_values("oracle", kind="stable").reset_index(drop=True)
     return out
-
-
-def _seeds_text(seeds) -> str:
-    """``"0,1,2"``: the distinct seeds of a group, sorted (integral floats written as integers)."""
-    values = sorted({float(x) for x in seeds if x == x})
-    return ",".join(str(int(x)) if x.is_integer() else str(x) for x in values)
 
 
 def format_summary(table, *, metrics: Sequence[str] = ("acc", "mean_acc"), stages: Sequence[str] = _STAGES,
@@ -210,14 +198,13 @@ def per_class_table(runs, *, stage: str = "last", split: str = "test") -> "objec
 
 
 def per_class_summary(runs, *, stage: str = "last", split: str = "test") -> "object":
-    """:func:`per_class_table` averaged over seeds: one row per (method, noise, start, class) with ``acc_mean``,
-    ``acc_std`` (ddof = 1) and ``n_seeds``; classes keep their canonical order."""
+    """:func:`per_class_table` averaged over seeds: one row per (method, noise, start, class) with ``n_seeds``,
+    ``seeds``, ``n_runs``, ``acc_mean`` and ``acc_std`` (ddof = 1); classes keep their canonical order."""
     table = per_class_table(runs, stage=stage, split=split)
     if table.empty:
         return table
     order = list(dict.fromkeys(table["class"]))
-    out = (table.groupby(["method", "noise", "start", "class"], sort=False)["acc"]
-           .agg(acc_mean="mean", acc_std="std", n_seeds="count").reset_index())
+    out = seed_summary(table, ["method", "noise", "start", "class"], ["acc"])
     out["_order"] = out["class"].map(order.index)
     return out.sort_values(["noise", "start", "method", "_order"]).drop(columns="_order").reset_index(drop=True)
 
@@ -320,11 +307,8 @@ def cross_eval_summary(runs) -> "object":
     if table.empty:
         return table
     keys = ["dataset", "method", "oracle", "noise", "target_key"]
-    grouped = table.groupby(keys, dropna=False, sort=True)
-    stats = grouped[list(_CROSS_METRICS)].agg(["mean", "std"])
-    stats.columns = [f"{col}_{stat}" for col, stat in stats.columns]
-    first = grouped[["target", "split", "n", "n_excluded", "masked"]].first()
-    out = first.join(grouped["seed"].nunique().rename("n_seeds")).join(stats).reset_index()
+    first = table.groupby(keys, dropna=False, sort=True)[["target", "split", "n", "n_excluded", "masked"]].first()
+    out = first.reset_index().merge(seed_summary(table, keys, _CROSS_METRICS), on=keys, how="left")
     return out.sort_values("oracle", kind="stable").reset_index(drop=True)
 
 
@@ -529,10 +513,10 @@ def memorisation_table(runs_dir: str | os.PathLike) -> "object":
 
     Parameters
     ----------
-    runs_dir : a runs folder; the finished run folders directly under it are read
-        (:func:`ferlib.rundir.finished_runs`; nested folders such as ``init/`` and ``cleanlab/`` are runs folders
-        of their own). A run whose ``epochs.csv`` is missing or unreadable is skipped with a
-        :class:`ferlib.rundir.RunWarning` naming it.
+    runs_dir : a runs folder; the finished run folders directly under it are read (those whose ``result.json``
+        passes :func:`ferlib.rundir.read_result`, as in :func:`ferlib.rundir.finished_runs`; nested folders such
+        as ``init/`` and ``cleanlab/`` are runs folders of their own). A run whose ``epochs.csv`` is missing or
+        unreadable is skipped with a :class:`ferlib.rundir.RunWarning` naming it.
 
     Returns
     -------
@@ -547,7 +531,11 @@ def memorisation_table(runs_dir: str | os.PathLike) -> "object":
     from ..results import flatten
 
     rows = []
-    for folder in rundir.finished_runs(runs_dir):
+    for folder in rundir.run_folders(runs_dir):
+        try:
+            result = rundir.read_result(folder)
+        except rundir.CorruptRunError:  # left out, as rundir.finished_runs does; rundir.problems lists it
+            continue
         try:
             epochs = pd.read_csv(folder / rundir.EPOCHS_CSV).sort_values("epoch")
             peak = epochs["test_acc"].idxmax()
@@ -555,7 +543,7 @@ def memorisation_table(runs_dir: str | os.PathLike) -> "object":
             warnings.warn(f"skipped {folder / rundir.EPOCHS_CSV}: {type(exc).__name__}: {exc}", rundir.RunWarning,
                           stacklevel=2)
             continue
-        result, last = rundir.read_result(folder), epochs.iloc[-1]
+        last = epochs.iloc[-1]
         rows.append({"run_id": result.get("run_id", folder.name), "method": result["method"],
                      "variant": _variant(flatten({"method_options": result.get("method_options") or {}})),
                      "oracle": bool(result.get("oracle")), "noise": result.get("noise"), "seed": result.get("seed"),
@@ -572,13 +560,8 @@ def memorisation_summary(table) -> "object":
     ``n_runs`` (more runs than seeds: runs of other settings share the folder and are averaged too) and the
     ``<column>_mean`` / ``<column>_std`` (ddof 1; NaN for one run) of ``peak_test_acc``, ``peak_epoch``,
     ``last_test_acc``, ``drop`` and ``last_train_loss``; oracle rows last."""
-    keys = ["method", "variant", "oracle", "noise", "start"]
-    values = ["peak_test_acc", "peak_epoch", "last_test_acc", "drop", "last_train_loss"]
-    grouped = table.groupby(keys, dropna=False, sort=True)
-    stats = grouped[values].agg(["mean", "std"])
-    stats.columns = [f"{col}_{stat}" for col, stat in stats.columns]
-    out = stats.join(grouped["seed"].nunique().rename("n_seeds")).join(grouped.size().rename("n_runs")).reset_index()
-    out = out[[*keys, "n_seeds", "n_runs", *stats.columns]]
+    out = seed_summary(table, ["method", "variant", "oracle", "noise", "start"],
+                       ["peak_test_acc", "peak_epoch", "last_test_acc", "drop", "last_train_loss"])
     return out.sort_values("oracle", kind="stable").reset_index(drop=True)
 
 
