@@ -84,7 +84,7 @@ def test_fewer_than_three_pairs_are_never_supported():
     two = pd.DataFrame([_row("ce", 0, 0.5), _row("ce", 1, 0.6), _row("nla", 0, 0.55), _row("nla", 1, 0.6501)])
     (row,) = analysis.paired_comparison(two, metrics=("last.acc",)).to_dict("records")
     assert row["n_pairs"] == 2 and row["p_value"] < 0.05  # t of about 1000 with one degree of freedom ...
-    assert row["verdict"] == "same sign in every seed, not significant"  # ... but two seeds are not enough
+    assert row["verdict"] == "same sign in every seed, too few seeds (2 < 3)"  # ... but two seeds are not enough
     (one,) = analysis.paired_comparison(two.iloc[[0, 2]], metrics=("last.acc",)).to_dict("records")
     assert one["n_pairs"] == 1 and math.isnan(one["p_value"]) and math.isnan(one["std_diff"])
     with pytest.raises(ValueError, match="last.mean_acc"):

@@ -360,12 +360,34 @@ def test_report_opens_with_the_answer(tmp_path):
     p = stats.ttest_rel([0.54, 0.66, 0.60], [0.50, 0.60, 0.55]).pvalue
     assert "ce&#x27;s test accuracy peaks at 59.0% at epoch 2 and ends at 55.0% at the last epoch" in answer
     assert f"supported gains: nla at symmetric:0.3: +5.0 points, higher in 3 of 3 seeds, p = {p:.3f}" in answer
-    rows = [re.findall(r"<td[^>]*>(.*?)</td>", row) for row in re.findall(r"<tr>(.*?)</tr>", answer)][1:]
-    assert rows == [["nla", "symmetric:0.3", "ssl", "last.acc", "3", "+5.0 &plusmn; 1.0", "3 of 3", f"{p:.2g}",
-                     "supported gain"],
-                    ["nla", "symmetric:0.3", "ssl", "last.mean_acc", "3", "+0.0 &plusmn; 0.0", "0 of 3", "",
-                     "no consistent difference"]]
+    assert rows_of(answer, "paired") == [
+        ["nla", "symmetric:0.3", "ssl", "last.acc", "3", "+5.0 &plusmn; 1.0", "3 of 3", f"{p:.2g}", "supported gain"],
+        ["nla", "symmetric:0.3", "ssl", "last.mean_acc", "3", "+0.0 &plusmn; 0.0", "0 of 3", "",
+         "no consistent difference"]]
     assert pd.read_csv(reports / "paired.csv")["verdict"].tolist() == ["supported gain", "no consistent difference"]
+    # the memorisation drop of every setting, mean ± std over the seeds: ce peaks at epoch 2 and falls 4 points
+    assert rows_of(answer, "memorisation") == [["ce", "symmetric:0.3", "ssl", "0,1,2", "59.0 ± 5.0", "2.0 ± 0.0",
+                                                "55.0 ± 5.0", "4.0 ± 0.0"],
+                                               ["nla", "symmetric:0.3", "ssl", "0,1,2", "60.0 ± 6.0", "2.7 ± 0.6",
+                                                "60.0 ± 6.0", "0.0 ± 0.0"]]
+    assert "Rare classes" not in answer  # no per-epoch history with per-class accuracy: no gains table
+
+
+def rows_of(page: str, table_class: str) -> list[list[str]]:
+    """The body cells of ``<table class='table_class'>`` in ``page``."""
+    body = page.split(f"<table class='{table_class}'>", 1)[1].split("</table>", 1)[0].split("<tbody>", 1)[1]
+    return [re.findall(r"<td[^>]*>(.*?)</td>", row) for row in re.findall(r"<tr>(.*?)</tr>", body)]
+
+
+def test_the_rare_classes_gains_table_lists_each_method_against_ce():
+    from ferlib.study.report import _rare_gains_html
+
+    gains = pd.DataFrame({"method": ["nla"] * 3, "noise": ["annotator"] * 3, "start": ["ssl"] * 3,
+                          "class": ["happiness", "disgust", "fear"], "rare": [False, True, True],
+                          "gain": [0.01, -0.15, 0.052], "baseline_acc_mean": [0.8, 0.15, 0.24]})
+    assert rows_of(_rare_gains_html(gains), "gains") == [["nla", "annotator", "ssl", "-15.0 (15.0)", "+5.2 (24.0)"]]
+    assert "<th>disgust</th><th>fear</th>" in _rare_gains_html(gains)
+    assert _rare_gains_html(gains[~gains["rare"]]) == ""  # no rare class in the table: no section
 
 
 def test_a_folder_the_comparison_refuses_still_gets_its_report(tmp_path):

@@ -121,8 +121,8 @@ def uncertainty_table(runs, *, rankings: Sequence[str] = ("score", "loss", "neg_
     Returns
     -------
     pandas.DataFrame, one row per run and ranking: ``run_id, method, oracle, noise, noise_rate, seed,
-    start`` (:func:`~ferlib.analysis.runs.run_start`: ``"random"``, ``"ssl"`` or a weights file), ``ranking`` and :func:`detection_metrics`
-    (``auroc, ap, p_at_n, fnr_at_n, rate, n, n_flipped, n_missing``).
+    start`` (:func:`~ferlib.analysis.runs.run_start`: ``"random"``, ``"ssl"`` or a weights file), ``ranking``
+    and :func:`detection_metrics` (``auroc, ap, p_at_n, fnr_at_n, rate, n, n_flipped, n_missing``).
     """
     import pandas as pd
 

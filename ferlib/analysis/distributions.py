@@ -231,8 +231,8 @@ def label_distribution_table(runs) -> "object":
 
 
 def label_distribution_summary(table) -> "object":
-    """:func:`label_distribution_table` averaged over seeds: one row per ``method, noise, start,
-    source``, with ``n_seeds, seeds, n_runs`` and ``<measure>_mean``, ``<measure>_std`` (ddof = 1; NaN for one seed) of every
+    """:func:`label_distribution_table` averaged over seeds: one row per ``method, noise, start, source``, with
+    ``n_seeds, seeds, n_runs`` and ``<measure>_mean``, ``<measure>_std`` (ddof = 1; NaN for one seed) of every
     measure (:data:`LDL_MEASURES`), ``top1`` and the given labels' ``<measure>_given``, ``top1_given``."""
     metrics = [*LDL_MEASURES, "top1", *(f"{name}_given" for name in _GIVEN_MEASURES)]
     return seed_summary(table, ("method", "noise", "start", "source"), metrics)

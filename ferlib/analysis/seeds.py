@@ -1,15 +1,26 @@
 """Mean ± std over seeds: the one aggregation behind every summary table of :mod:`ferlib.analysis`."""
 from __future__ import annotations
 
+import math
+
 from typing import Sequence
 
-__all__ = ["seed_summary", "seeds_text"]
+__all__ = ["seed_summary", "seeds_text", "mean_std_text"]
 
 
 def seeds_text(seeds) -> str:
     """``"0,1,2"``: the distinct seeds of a group, sorted (integral floats written as integers)."""
     values = sorted({float(x) for x in seeds if x == x})
     return ",".join(str(int(x)) if x.is_integer() else str(x) for x in values)
+
+
+def mean_std_text(mean, std, *, scale: float = 100.0, digits: int = 1) -> str:
+    """``"63.2 ± 1.4"``: a mean over seeds and its std, both times ``scale`` (100: fractions as %); the std left
+    out when missing or NaN (one seed), ``"–"`` for a missing mean."""
+    if mean is None or not math.isfinite(mean):
+        return "–"
+    text = f"{mean * scale:.{digits}f}"
+    return text if std is None or not math.isfinite(std) else f"{text} ± {std * scale:.{digits}f}"
 
 
 def seed_summary(table, keys: Sequence[str], metrics: Sequence[str]) -> "object":

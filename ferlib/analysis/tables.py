@@ -14,7 +14,7 @@ import numpy as np
 
 from .. import rundir
 from .runs import class_names_for, load_runs, run_start, start_name
-from .seeds import seed_summary
+from .seeds import mean_std_text, seed_summary
 
 __all__ = [
     "parse_noise", "summary_table", "format_summary", "timing_table", "per_class_table", "per_class_summary",
@@ -130,15 +130,9 @@ def format_summary(table, *, metrics: Sequence[str] = ("acc", "mean_acc"), stage
             col = f"{stage}.{m}"
             if f"{col}_mean" not in table:
                 continue
-            out[col] = [_mean_std(mu, sd, scale, digits) for mu, sd in zip(table[f"{col}_mean"], table[f"{col}_std"])]
+            out[col] = [mean_std_text(mu, sd, scale=scale, digits=digits)
+                        for mu, sd in zip(table[f"{col}_mean"], table[f"{col}_std"])]
     return out
-
-
-def _mean_std(mu: float, sd: float, scale: float, digits: int) -> str:
-    if mu is None or not np.isfinite(mu):
-        return "–"
-    text = f"{mu * scale:.{digits}f}"
-    return text if sd is None or not np.isfinite(sd) else f"{text} ± {sd * scale:.{digits}f}"
 
 
 def timing_table(results, *, baseline: str = "ce") -> "object":
@@ -322,7 +316,7 @@ def format_cross_eval(summary, *, metrics: Sequence[str] = ("acc", "mean_acc"), 
         return pd.DataFrame()
     df = summary.assign(method=[f"{m} (oracle)" if o else m for m, o in zip(summary["method"], summary["oracle"])])
     for m in metrics:
-        df[m] = [_mean_std(mu, sd, scale, digits) for mu, sd in zip(df[f"{m}_mean"], df[f"{m}_std"])]
+        df[m] = [mean_std_text(mu, sd, scale=scale, digits=digits) for mu, sd in zip(df[f"{m}_mean"], df[f"{m}_std"])]
     wide = df.pivot_table(index=["method", "noise"], columns="target", values=list(metrics), aggfunc="first",
                           sort=False)
     order = [(m, t) for t in dict.fromkeys(df["target"]) for m in metrics]
@@ -366,6 +360,8 @@ def _pair_stats(x: np.ndarray, y: np.ndarray) -> dict:
     same_sign = n > 0 and (bool(np.all(d > 0)) or bool(np.all(d < 0)))
     if same_sign and n >= 3 and p < 0.05:
         verdict = "supported gain" if d[0] > 0 else "supported loss"
+    elif same_sign and n < 3:
+        verdict = f"same sign in every seed, too few seeds ({n} < 3)"
     elif same_sign:
         verdict = "same sign in every seed, not significant"
     else:
@@ -444,8 +440,9 @@ def paired_comparison(results, *, baseline: str = "ce",
     - ``verdict``: ``"supported gain"`` / ``"supported loss"`` when every pair has the same sign, there are at
       least 3 pairs and p < 0.05 (with 3 seeds that needs |t| > 4.30, the 97.5% quantile of Student's t with 2
       degrees of freedom: the mean difference over four times its standard error);
-      ``"same sign in every seed, not significant"`` when every pair has the same sign but p >= 0.05 or there
-      are fewer than 3 pairs; ``"no consistent difference"`` otherwise (signs differ, or a difference is 0).
+      ``"same sign in every seed, too few seeds (n < 3)"`` when every pair has the same sign but there are
+      fewer than 3; ``"same sign in every seed, not significant"`` when they do but p >= 0.05;
+      ``"no consistent difference"`` otherwise (signs differ, or a difference is 0).
     """
     for col in ("method", "noise", "seed", *metrics):
         if col not in results.columns:
@@ -631,7 +628,7 @@ def findings_text(summary, comparison, memorisation, *, baseline: str = "ce") ->
         lines.append(f"At {r['noise']}{_start_words(r['start'], memorisation)}, {baseline}'s test accuracy peaks at "
                      f"{100 * r['peak_test_acc_mean']:.1f}% at epoch {r['peak_epoch_mean']:.0f} and ends at "
                      f"{100 * r['last_test_acc_mean']:.1f}% at the last epoch (means over "
-                     f"{_count(r['n_runs'], 'run')}): a drop of {_points(r['drop_mean'], r['drop_std'])} points.")
+                     f"{_count(r['n_runs'], 'run')}): a drop of {mean_std_text(r['drop_mean'], r['drop_std'])} points.")
     if comparison.empty:
         lines.append(f"No method has runs paired with {baseline}'s on the same seed: nothing is compared.")
         return lines
@@ -662,10 +659,6 @@ def _listing(values) -> str:
 def _start_words(start: str, table) -> str:
     """``" (random start)"`` when ``table`` holds more than one start, else nothing."""
     return f" ({start} start)" if table["start"].nunique() > 1 else ""
-
-
-def _points(mean: float, std: float) -> str:
-    return f"{100 * mean:.1f}" + ("" if not np.isfinite(std) else f" ± {100 * std:.1f}")
 
 
 def _p_text(p: float) -> str:

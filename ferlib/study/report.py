@@ -7,11 +7,15 @@ Everything here reads files and writes files atomically; nothing trains. :func:`
 
 Layout of ``reports_dir``::
 
-    index.html        the answer (findings in words, each method against CE seed by seed), summary table,
-                      failures, skipped (corrupted) runs, links to every rendered notebook (outputs only)
+    index.html        the answer (findings in words, accuracy against noise, each method against CE seed by seed,
+                      the memorisation drop, the rare classes' gains), summary table, failures, skipped
+                      (corrupted) runs, links to every rendered notebook (outputs only)
     results.csv       one row per finished run (collect_results), tidy
     summary.csv       one row per configuration: mean and std over seeds (ferlib.analysis.summary_table)
     paired.csv        each method against CE, seed by seed (ferlib.analysis.paired_comparison)
+    memorisation.csv  peak and last test epoch per setting, mean and std over seeds
+                      (ferlib.analysis.memorisation_summary)
+    class_gains.csv   each method's per-class accuracy minus CE's (ferlib.analysis.class_gains)
     cross_eval.csv    the runs' scores on other datasets, mean and std over seeds (ferlib.analysis.cross_eval_summary;
                       only when a run has them)
     failures.json     {key: {notebook, error, traceback, ...}} of what failed (written by the runner)
@@ -157,13 +161,15 @@ def write_report(*, runs_dir: str | os.PathLike, reports_dir: str | os.PathLike,
     """
     import warnings
 
-    from ferlib.analysis import cross_eval_summary, findings_text, memorisation_summary, memorisation_table
+    from ferlib.analysis import (class_gains, cross_eval_summary, findings_text, memorisation_summary,
+                                 memorisation_table, per_class_summary)
 
     reports_dir = Path(reports_dir)
     with warnings.catch_warnings():  # the skipped runs are listed in the page instead
         warnings.simplefilter("ignore", rundir.RunWarning)
         results = collect_results(runs_dir)
         memorisation = memorisation_summary(memorisation_table(runs_dir))
+        gains = class_gains(per_class_summary(runs_dir), baseline=_BASELINE)
     skipped = rundir.problems(runs_dir, recursive=True)
     summary, (comparison, refused) = _summary(results), _comparison(results)
     findings = findings_text(summary, comparison, memorisation, baseline=_BASELINE) if len(results) else []
@@ -172,12 +178,15 @@ def write_report(*, runs_dir: str | os.PathLike, reports_dir: str | os.PathLike,
     write_table(reports_dir / "results.csv", results)
     write_table(reports_dir / "summary.csv", summary)
     write_table(reports_dir / "paired.csv", comparison)
+    write_table(reports_dir / "memorisation.csv", memorisation)
+    write_table(reports_dir / "class_gains.csv", gains)
     if not cross.empty:
         write_table(reports_dir / "cross_eval.csv", cross)
     failures_path = reports_dir / "failures.json"
     failures = read_json(failures_path) if failures_path.exists() else {}
     page = _page(results, summary, failures, reports_dir, Path(runs_dir), study, list(order), skipped, cross,
-                 _answer_html(findings, comparison, reports_dir))
+                 _answer_html(findings, comparison, reports_dir) + _memorisation_html(memorisation)
+                 + _rare_gains_html(gains))
     return atomic_write_text(reports_dir / "index.html", page)
 
 
@@ -253,6 +262,53 @@ def _answer_html(findings: list[str], comparison, reports_dir: Path) -> str:
                                         for i, c in enumerate(cells)) + "</tr>" for cells in rows)
              + "</tbody></table>")
     return "\n".join([sentences, note, table])
+
+
+def _memorisation_html(memorisation) -> str:
+    """Each setting's memorisation drop (:func:`ferlib.analysis.memorisation_summary`): peak test epoch and
+    accuracy, last-epoch accuracy and the drop between them, mean ± std over seeds, in %."""
+    from ferlib.analysis.seeds import mean_std_text
+
+    if memorisation.empty:
+        return ""
+    rows = [{"method": r["method"] + (f" ({r['variant']})" if r["variant"] else "") + (" [oracle]" if r["oracle"]
+                                                                                      else ""),
+             "noise": r["noise"], "start": r["start"], "seeds": r["seeds"],
+             "peak test acc": mean_std_text(r["peak_test_acc_mean"], r["peak_test_acc_std"]),
+             "peak epoch": mean_std_text(r["peak_epoch_mean"], r["peak_epoch_std"], scale=1),
+             "last test acc": mean_std_text(r["last_test_acc_mean"], r["last_test_acc_std"]),
+             "drop": mean_std_text(r["drop_mean"], r["drop_std"])} for r in memorisation.to_dict("records")]
+    return ("<h3>Memorisation: peak against last epoch</h3><p class='muted'>Test accuracy (%) at each run's best "
+            "test epoch and at its last; the drop between them is what memorising the flipped labels costs. The "
+            "peak is read off the per-epoch curves after training, for this diagnosis only: no number above is "
+            "selected on test. Mean &plusmn; std over seeds. Rows: <a href='memorisation.csv'>memorisation.csv</a>."
+            "</p>" + _table(rows, "memorisation"))
+
+
+def _rare_gains_html(gains) -> str:
+    """The rare classes' last-epoch test accuracy gains over :data:`_BASELINE` (:func:`ferlib.analysis.class_gains`),
+    in points, one row per method, noise and start, one column per rare class (baseline's accuracy in brackets)."""
+    rare = gains[gains["rare"]] if not gains.empty else gains
+    if rare.empty:
+        return ""
+    rows = []
+    for (method, noise, start), group in rare.groupby(["method", "noise", "start"], sort=False):
+        row = {"method": method, "noise": noise, "start": start}
+        row.update({c: f"{100 * g:+.1f} ({100 * b:.1f})" for c, g, b in
+                    zip(group["class"], group["gain"], group["baseline_acc_mean"])})
+        rows.append(row)
+    return (f"<h3>Rare classes: gain over {_BASELINE}</h3><p class='muted'>Last-epoch test accuracy of each rare "
+            f"class minus {_BASELINE}'s at the same noise and start, in points ({_BASELINE}'s accuracy in brackets); "
+            "means over seeds, not paired. Every class: <a href='class_gains.csv'>class_gains.csv</a>.</p>"
+            + _table(sorted(rows, key=lambda r: (r["noise"], r["start"], r["method"])), "gains"))
+
+
+def _table(rows: list[dict], cls: str) -> str:
+    """An HTML table of ``rows`` (dicts with the same keys, already formatted), the keys as its head."""
+    head = list(rows[0])
+    return (f"<table class='{cls}'><thead><tr>" + "".join(f"<th>{_e(h)}</th>" for h in head) + "</tr></thead><tbody>"
+            + "".join("<tr>" + "".join(f"<td>{_e(r.get(h, ''))}</td>" for h in head) + "</tr>" for r in rows)
+            + "</tbody></table>")
 
 
 def _summary_html(summary) -> str:
