@@ -280,3 +280,15 @@ def test_landmarks_and_va_sources_can_be_skipped():
     assert analysis.va_summary(va, labels, data.classes)["n"].tolist() == [3, 3, 3]
     with pytest.raises(ValueError, match="unknown va source"):
         analysis.va_values(data, "magic")
+
+
+def test_try_landmarks_counts_failed_faces_in_its_message_not_in_a_warning(tmp_path):
+    import warnings
+
+    data = _tiny_data()
+    data.images[:2] = 0  # blank images: no face
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a warning would print in the rendered 00_prepare_data
+        lm, images, message = analysis.try_landmarks(data, backend="dlib", limit=4, cache_dir=tmp_path)
+    assert lm.ok.tolist() == [False, False, True, True]
+    assert message == "dlib: 2/4 faces with a plausible shape; the other 2 failed and hold the mean shape (ok=False)"

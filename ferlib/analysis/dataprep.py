@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -76,10 +77,14 @@ def try_landmarks(data, *, backend: str = "dlib", limit: int | None = 64,
         return None, images, f"ferlib.landmarks unavailable: {exc}"
     subset = train if limit is None else train.select(np.arange(min(int(limit), len(train))))
     try:
-        lm = extract_landmarks(subset, backend=backend, cache_dir=cache_dir, progress=False)
+        with warnings.catch_warnings():  # the failed faces' warning: the message below counts them
+            warnings.filterwarnings("ignore", message=r"landmarks \(", category=RuntimeWarning)
+            lm = extract_landmarks(subset, backend=backend, cache_dir=cache_dir, progress=False)
     except (ImportError, OSError, RuntimeError) as exc:  # dependency or model file missing
         return None, images, f"landmarks backend {backend!r} unavailable: {type(exc).__name__}: {exc}"
-    return lm, images, f"{backend}: {int(np.sum(lm.ok))}/{len(lm.ok)} faces with a plausible shape"
+    ok, n = int(np.sum(lm.ok)), len(lm.ok)
+    failed = f"; the other {n - ok} failed and hold the mean shape (ok=False)" if ok < n else ""
+    return lm, images, f"{backend}: {ok}/{n} faces with a plausible shape{failed}"
 
 
 def va_values(data, source: str = "auto", *, root: str | os.PathLike | None = None,
