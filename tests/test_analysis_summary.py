@@ -158,6 +158,8 @@ def test_init_contrast_pairs_each_grid_run_with_its_init_twin(tmp_path):
     assert row["n_pairs"] == 3 and row["wins"] == 3
     assert (row["grid_mean"], row["init_mean"]) == pytest.approx((0.60, 0.5166667))
     assert row["mean_diff"] == pytest.approx(0.25 / 3) and row["verdict"] == "supported gain"
+    shown = analysis.format_paired(table).iloc[0]  # the readable copy the summary notebook shows
+    assert (shown["start"], shown["mean diff ± std"], shown["wins"]) == ("ssl vs random", "+8.3 ± 1.5", "3 of 3")
 
 
 # ----------------------------------------------------------------------------------- findings
@@ -219,3 +221,14 @@ def test_seed_summary_averages_over_seeds_within_a_setting_only():
     assert nla["acc_mean"] == pytest.approx(0.4) and math.isnan(nla["acc_std"])  # one run: no spread
     assert len(out) == 3 and out["method"].isna().sum() == 1  # a missing key is a setting of its own
     assert seed_summary(table.iloc[:0], ["method"], ["acc"]).columns.tolist() == list(out.columns)
+
+
+def test_format_seed_summary_writes_mean_and_std_per_metric_and_keeps_the_keys():
+    from ferlib.analysis.seeds import seed_summary
+
+    table = pd.DataFrame({"method": ["ce", "ce", "nla"], "seed": [0, 1, 0], "acc": [0.5, 0.6, 0.7],
+                          "epoch": [5, 7, 20]})
+    shown = analysis.format_seed_summary(seed_summary(table, ["method"], ["acc", "epoch"]), ["epoch", "acc", "f1"],
+                                         scale={"acc": 100}, digits=1)
+    assert shown.columns.tolist() == ["method", "n_seeds", "epoch", "acc"]  # metrics in the asked order, f1 absent
+    assert shown.values.tolist() == [["ce", 2, "6.0 ± 1.4", "55.0 ± 7.1"], ["nla", 1, "20.0", "70.0"]]

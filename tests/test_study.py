@@ -361,9 +361,8 @@ def test_report_opens_with_the_answer(tmp_path):
     assert "ce&#x27;s test accuracy peaks at 59.0% at epoch 2 and ends at 55.0% at the last epoch" in answer
     assert f"supported gains: nla at symmetric:0.3: +5.0 points, higher in 3 of 3 seeds, p = {p:.3f}" in answer
     assert rows_of(answer, "paired") == [
-        ["nla", "symmetric:0.3", "ssl", "last.acc", "3", "+5.0 &plusmn; 1.0", "3 of 3", f"{p:.2g}", "supported gain"],
-        ["nla", "symmetric:0.3", "ssl", "last.mean_acc", "3", "+0.0 &plusmn; 0.0", "0 of 3", "",
-         "no consistent difference"]]
+        ["nla", "symmetric:0.3", "ssl", "last.acc", "3", "+5.0 ± 1.0", "3 of 3", f"{p:.2g}", "supported gain"],
+        ["nla", "symmetric:0.3", "ssl", "last.mean_acc", "3", "+0.0 ± 0.0", "0 of 3", "", "no consistent difference"]]
     assert pd.read_csv(reports / "paired.csv")["verdict"].tolist() == ["supported gain", "no consistent difference"]
     # the memorisation drop of every setting, mean ± std over the seeds: ce peaks at epoch 2 and falls 4 points
     assert rows_of(answer, "memorisation") == [["ce", "symmetric:0.3", "ssl", "0,1,2", "59.0 ± 5.0", "2.0 ± 0.0",

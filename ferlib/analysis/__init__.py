@@ -21,9 +21,11 @@ The functions live in one sub-module per concept and are all re-exported here (`
 ``tables``               :func:`parse_noise`, :func:`summary_table`, :func:`format_summary`,
                          :func:`timing_table`, :func:`per_class_table`, :func:`per_class_summary`,
                          :func:`ablation_table`, :func:`cross_eval_table`, :func:`cross_eval_summary`,
-                         :func:`format_cross_eval`, :func:`paired_comparison`,
+                         :func:`format_cross_eval`, :func:`paired_comparison`, :func:`format_paired`,
                          :func:`init_contrast_table`, :func:`memorisation_table`,
                          :func:`memorisation_summary`, :func:`class_gains`, :func:`findings_text`
+``seeds``                :func:`seed_summary`, :func:`format_seed_summary`, :func:`mean_std_text`,
+                         :func:`mean_std_column`, :func:`seeds_text`
 ``dataprep``             :func:`sample_faces`, :func:`noise_table`, :func:`noise_examples`,
                          :func:`try_landmarks`, :func:`va_values`, :func:`va_summary`
 ``embeddings``           :func:`embed_umap`, :func:`run_embeddings`, :func:`silhouette`
@@ -55,8 +57,9 @@ from .plots import (face_grid, plot_bars, plot_confusion, plot_distributions, pl
                     plot_noise_curve, plot_transition, plot_va)
 from .runs import (RunRecord, class_names_for, images_by_id, list_runs, load_run, load_runs, one_per_method,
                    run_dataset, run_start, saved_features, start_name)
+from .seeds import format_seed_summary, mean_std_column, mean_std_text, seed_summary, seeds_text
 from .tables import (ablation_table, class_gains, cross_eval_summary, cross_eval_table, findings_text,
-                     format_cross_eval, format_summary, init_contrast_table, memorisation_summary, memorisation_table,
+                     format_cross_eval, format_paired, format_summary, init_contrast_table, memorisation_summary, memorisation_table,
                      paired_comparison, parse_noise, per_class_summary, per_class_table, summary_table, timing_table)
 
 __all__ = [
@@ -70,8 +73,9 @@ __all__ = [
     "cleanlab_issues", "cleanlab_scores", "cleanlab_table", "detection_summary", "relabel_summary", "relabel_table",
     "parse_noise", "summary_table", "format_summary", "timing_table", "per_class_table", "per_class_summary",
     "ablation_table", "cross_eval_table", "cross_eval_summary", "format_cross_eval",
-    "paired_comparison", "init_contrast_table", "memorisation_table", "memorisation_summary", "class_gains",
+    "paired_comparison", "format_paired", "init_contrast_table", "memorisation_table", "memorisation_summary", "class_gains",
     "findings_text",
+    "seed_summary", "format_seed_summary", "mean_std_text", "mean_std_column", "seeds_text",
     "sample_faces", "noise_table", "noise_examples", "try_landmarks", "va_values", "va_summary",
     "embed_umap", "run_embeddings", "silhouette",
     "plot_confusion", "plot_learning_curves", "plot_transition", "plot_bars", "face_grid", "plot_distributions",

@@ -14,8 +14,9 @@ __all__ = [
 
 def setup_notebook(name: str, study_dir: str | os.PathLike) -> tuple[Path, Path]:
     """The one setup every study notebook runs first: work from the repository root (:func:`chdir_repo_root`),
-    widen pandas' display, silence tqdm's "IProgress not found" warning (libraries such as cleanlab and umap
-    import ``tqdm.auto``; without ipywidgets it would print into every rendered report), print the root.
+    widen pandas' display (tables of up to 500 rows shown whole), silence tqdm's "IProgress not found" warning
+    (libraries such as cleanlab and umap import ``tqdm.auto``; without ipywidgets it would print into every
+    rendered report), print the root.
     Returns ``(root, figures)`` with ``figures = <study_dir>/figures/<name>``, where the notebook saves its
     figures."""
     import warnings
@@ -24,7 +25,7 @@ def setup_notebook(name: str, study_dir: str | os.PathLike) -> tuple[Path, Path]
 
     warnings.filterwarnings("ignore", message="IProgress not found")
     root = chdir_repo_root()
-    pd.set_option("display.width", 160, "display.max_columns", 30)
+    pd.set_option("display.width", 160, "display.max_columns", 30, "display.max_rows", 500)
     print("repository root:", root)
     return root, Path(study_dir) / "figures" / name
 

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import math
 
-from typing import Sequence
+from typing import Mapping, Sequence
 
-__all__ = ["seed_summary", "seeds_text", "mean_std_text"]
+__all__ = ["seed_summary", "seeds_text", "mean_std_text", "mean_std_column", "format_seed_summary"]
 
 
 def seeds_text(seeds) -> str:
@@ -52,3 +52,35 @@ def seed_summary(table, keys: Sequence[str], metrics: Sequence[str]) -> "object"
     counts = [grouped["seed"].nunique().rename("n_seeds"), grouped["seed"].agg(seeds_text).rename("seeds"),
               grouped.size().rename("n_runs")]
     return pd.concat([*counts, stats], axis=1).reset_index()[columns]
+
+
+def mean_std_column(table, metric: str, *, scale: float = 100.0, digits: int = 1) -> list[str]:
+    """:func:`mean_std_text` of every row of a :func:`seed_summary` table for ``metric`` (its ``<metric>_mean``
+    and ``<metric>_std`` columns)."""
+    return [mean_std_text(mu, sd, scale=scale, digits=digits)
+            for mu, sd in zip(table[f"{metric}_mean"], table[f"{metric}_std"])]
+
+
+def format_seed_summary(table, metrics: Sequence[str], *, scale: float | Mapping[str, float] = 1.0,
+                        digits: int = 3) -> "object":
+    """A readable copy of a :func:`seed_summary` table, to show in full (the CSV keeps the numbers).
+
+    Parameters
+    ----------
+    table : a :func:`seed_summary` output (or one with the same ``<metric>_mean`` / ``<metric>_std`` columns).
+    metrics : the metrics to show, in this order; those the table lacks are skipped.
+    scale : one factor for every metric, or ``{metric: factor}`` (missing metrics: 1), e.g. 100 for %.
+    digits : decimals.
+
+    Returns
+    -------
+    pandas.DataFrame: the key columns (every column that is neither a statistic nor ``seeds`` / ``n_runs``),
+    ``n_seeds``, then one ``"mean ± std"`` string column per metric.
+    """
+    keys = [c for c in table.columns if c not in ("seeds", "n_runs") and not c.endswith(("_mean", "_std"))]
+    out = table[keys].copy()
+    for m in metrics:
+        if f"{m}_mean" in table:
+            factor = scale.get(m, 1.0) if isinstance(scale, Mapping) else scale
+            out[m] = mean_std_column(table, m, scale=factor, digits=digits)
+    return out

@@ -14,11 +14,11 @@ import numpy as np
 
 from .. import rundir
 from .runs import class_names_for, load_runs, run_start, start_name
-from .seeds import mean_std_text, seed_summary
+from .seeds import mean_std_column, mean_std_text, seed_summary
 
 __all__ = [
     "parse_noise", "summary_table", "format_summary", "timing_table", "per_class_table", "per_class_summary",
-    "ablation_table", "cross_eval_table", "cross_eval_summary", "format_cross_eval", "paired_comparison",
+    "ablation_table", "cross_eval_table", "cross_eval_summary", "format_cross_eval", "paired_comparison", "format_paired",
     "init_contrast_table", "memorisation_table", "memorisation_summary", "class_gains", "findings_text",
 ]
 
@@ -130,8 +130,7 @@ def format_summary(table, *, metrics: Sequence[str] = ("acc", "mean_acc"), stage
             col = f"{stage}.{m}"
             if f"{col}_mean" not in table:
                 continue
-            out[col] = [mean_std_text(mu, sd, scale=scale, digits=digits)
-                        for mu, sd in zip(table[f"{col}_mean"], table[f"{col}_std"])]
+            out[col] = mean_std_column(table, col, scale=scale, digits=digits)
     return out
 
 
@@ -316,7 +315,7 @@ def format_cross_eval(summary, *, metrics: Sequence[str] = ("acc", "mean_acc"), 
         return pd.DataFrame()
     df = summary.assign(method=[f"{m} (oracle)" if o else m for m, o in zip(summary["method"], summary["oracle"])])
     for m in metrics:
-        df[m] = [mean_std_text(mu, sd, scale=scale, digits=digits) for mu, sd in zip(df[f"{m}_mean"], df[f"{m}_std"])]
+        df[m] = mean_std_column(df, m, scale=scale, digits=digits)
     wide = df.pivot_table(index=["method", "noise"], columns="target", values=list(metrics), aggfunc="first",
                           sort=False)
     order = [(m, t) for t in dict.fromkeys(df["target"]) for m in metrics]
@@ -457,6 +456,26 @@ def paired_comparison(results, *, baseline: str = "ce",
     others = df[(df["method"] != baseline) & ~df["oracle"]]
     return _paired(others, base, by=["method", "variant", *keys], match=keys, metrics=metrics,
                    names=("method", "baseline"))
+
+
+def format_paired(comparison, *, scale: float = 100.0) -> "object":
+    """A readable copy of :func:`paired_comparison` (or :func:`init_contrast_table`): ``method`` (its variant in
+    brackets), ``noise``, ``start`` (``"<grid start> vs <init start>"`` for the init contrast), ``metric``, ``n pairs``, ``mean diff ± std`` (in points: times ``scale``,
+    signed), ``wins`` (``"2 of 3"``), ``p`` (two significant digits; blank for one pair) and ``verdict``; the run
+    settings that were only pairing keys are left out."""
+    import pandas as pd
+
+    def diff(mean, std):
+        return f"{scale * mean:+.1f}" + ("" if not np.isfinite(std) else f" ± {scale * std:.1f}")
+
+    rows = [{"method": r.get("method", "") + (f" ({r['variant']})" if r.get("variant") else ""),
+             "noise": r.get("noise"), "metric": r["metric"], "n pairs": r["n_pairs"],
+             "start": r.get("start", "") + (f" vs {r['init_start']}" if r.get("init_start") else ""),
+             "mean diff ± std": diff(r["mean_diff"], r["std_diff"]), "wins": f"{r['wins']} of {r['n_pairs']}",
+             "p": "" if not np.isfinite(r["p_value"]) else f"{r['p_value']:.2g}", "verdict": r["verdict"]}
+            for r in comparison.to_dict("records")]
+    return pd.DataFrame(rows, columns=["method", "noise", "start", "metric", "n pairs", "mean diff ± std", "wins",
+                                       "p", "verdict"])
 
 
 def init_contrast_table(runs_dir: str | os.PathLike, *,

@@ -239,6 +239,8 @@ def _answer_html(findings: list[str], comparison, reports_dir: Path) -> str:
     """The answer the page opens with: :func:`ferlib.analysis.findings_text`'s sentences, ``99_summary``'s
     accuracy-by-noise figures (seed spread as error bars) and the seed-paired comparison with the baseline
     (:func:`ferlib.analysis.paired_comparison`), differences in points."""
+    from ferlib.analysis import format_paired
+
     if not findings:
         return ""
     sentences = "<h2>Answer</h2><ul class='answer'>" + "".join(f"<li>{_e(line)}</li>" for line in findings) + "</ul>"
@@ -246,22 +248,10 @@ def _answer_html(findings: list[str], comparison, reports_dir: Path) -> str:
                          for f in _ANSWER_FIGURES if (reports_dir / f).is_file())
     if comparison.empty:
         return sentences
-    head = ["method", "noise", "start", "metric", "n pairs", "mean diff &plusmn; std (points)", "wins", "p", "verdict"]
-    rows = [[_e(r["method"]) + (f" <span class='muted'>({_e(r['variant'])})</span>" if r.get("variant") else ""),
-             _e(r["noise"]), _e(r["start"]), _e(r["metric"]), str(r["n_pairs"]),
-             f"{100 * r['mean_diff']:+.1f}"
-             + ("" if math.isnan(r["std_diff"]) else f" &plusmn; {100 * r['std_diff']:.1f}"),
-             f"{r['wins']} of {r['n_pairs']}", "" if math.isnan(r["p_value"]) else f"{r['p_value']:.2g}",
-             _e(r["verdict"])]
-            for r in comparison.to_dict("records")]
     note = (f"<p class='muted'>Each method minus {_BASELINE} on the same seed (the seed also draws the noise, so "
-            "both saw the same flipped labels), test accuracy in percentage points; wins: seeds where the method is "
-            "higher; p: paired t-test over seeds. Rows: <a href='paired.csv'>paired.csv</a>.</p>")
-    table = ("<table class='paired'><thead><tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr></thead><tbody>"
-             + "".join("<tr>" + "".join(f"<td class='num'>{c}</td>" if 4 <= i <= 7 else f"<td>{c}</td>"
-                                        for i, c in enumerate(cells)) + "</tr>" for cells in rows)
-             + "</tbody></table>")
-    return "\n".join([sentences, note, table])
+            "both saw the same flipped labels): test accuracy differences in percentage points; wins: seeds where "
+            "the method is higher; p: paired t-test over seeds. Rows: <a href='paired.csv'>paired.csv</a>.</p>")
+    return "\n".join([sentences, note, _table(format_paired(comparison).to_dict("records"), "paired")])
 
 
 def _memorisation_html(memorisation) -> str:
