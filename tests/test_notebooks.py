@@ -36,11 +36,19 @@ def train_cells(folder: Path, *changes: dict) -> list[dict]:
 
 
 def execute(name: str, folder: Path, **parameters) -> dict:
-    """Run notebooks/<name>.ipynb with the common parameters pointing into ``folder``; return its metrics."""
+    """Run notebooks/<name>.ipynb with the common parameters pointing into ``folder``; return its metrics.
+
+    What a rendered report would show is checked too: nothing written to stderr (a stray warning) in any cell,
+    and the last cell shows only record_metrics' one printed line."""
     common = {"data": str(SAMPLE), "runs_dir": str(folder / "runs"), "study_dir": str(folder / "study")}
-    pm.execute_notebook(str(NOTEBOOKS / f"{name}.ipynb"), str(folder / f"{name}.ipynb"),
-                        parameters={**common, **parameters}, kernel_name="python3", cwd=str(ROOT),
-                        progress_bar=False)
+    executed = pm.execute_notebook(str(NOTEBOOKS / f"{name}.ipynb"), str(folder / f"{name}.ipynb"),
+                                   parameters={**common, **parameters}, kernel_name="python3", cwd=str(ROOT),
+                                   progress_bar=False)
+    code = [c for c in executed.cells if c.cell_type == "code"]
+    stderr = [o.text for c in code for o in c.outputs if o.get("name") == "stderr"]
+    assert not stderr, f"{name} writes to stderr: {stderr}"
+    assert [(o.output_type, o.text.startswith("metrics (")) for o in code[-1].outputs] == [("stream", True)], \
+        f"{name}: the last cell shows more than the metrics line: {code[-1].outputs}"
     return json.loads((folder / "study" / f"{name}.json").read_text())
 
 
