@@ -59,8 +59,9 @@ from .runs import (RunRecord, class_names_for, images_by_id, list_runs, load_run
                    run_dataset, run_start, saved_features, start_name)
 from .seeds import format_seed_summary, mean_std_column, mean_std_text, seed_summary, seeds_text
 from .tables import (ablation_table, class_gains, cross_eval_summary, cross_eval_table, findings_text,
-                     format_cross_eval, format_paired, format_summary, init_contrast_table, memorisation_summary, memorisation_table,
-                     paired_comparison, parse_noise, per_class_summary, per_class_table, summary_table, timing_table)
+                     format_cross_eval, format_paired, format_summary, init_contrast_table, memorisation_summary,
+                     memorisation_table, paired_comparison, parse_noise, per_class_summary, per_class_table,
+                     summary_table, timing_table)
 
 __all__ = [
     "RunRecord", "list_runs", "load_run", "load_runs", "one_per_method", "run_dataset", "images_by_id",
@@ -73,8 +74,8 @@ __all__ = [
     "cleanlab_issues", "cleanlab_scores", "cleanlab_table", "detection_summary", "relabel_summary", "relabel_table",
     "parse_noise", "summary_table", "format_summary", "timing_table", "per_class_table", "per_class_summary",
     "ablation_table", "cross_eval_table", "cross_eval_summary", "format_cross_eval",
-    "paired_comparison", "format_paired", "init_contrast_table", "memorisation_table", "memorisation_summary", "class_gains",
-    "findings_text",
+    "paired_comparison", "format_paired", "init_contrast_table", "memorisation_table", "memorisation_summary",
+    "class_gains", "findings_text",
     "seed_summary", "format_seed_summary", "mean_std_text", "mean_std_column", "seeds_text",
     "sample_faces", "noise_table", "noise_examples", "try_landmarks", "va_values", "va_summary",
     "embed_umap", "run_embeddings", "silhouette",

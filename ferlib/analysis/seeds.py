@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import math
-
 from typing import Mapping, Sequence
 
 __all__ = ["seed_summary", "seeds_text", "mean_std_text", "mean_std_column", "format_seed_summary"]

@@ -18,8 +18,9 @@ from .seeds import mean_std_column, mean_std_text, seed_summary
 
 __all__ = [
     "parse_noise", "summary_table", "format_summary", "timing_table", "per_class_table", "per_class_summary",
-    "ablation_table", "cross_eval_table", "cross_eval_summary", "format_cross_eval", "paired_comparison", "format_paired",
-    "init_contrast_table", "memorisation_table", "memorisation_summary", "class_gains", "findings_text",
+    "ablation_table", "cross_eval_table", "cross_eval_summary", "format_cross_eval", "paired_comparison",
+    "format_paired", "init_contrast_table", "memorisation_table", "memorisation_summary", "class_gains",
+    "findings_text",
 ]
 
 
@@ -81,7 +82,6 @@ def summary_table(results, *, metrics: Sequence[str] = ("acc", "mean_acc", "macr
     ``<column>_mean`` and ``<column>_std`` (sample standard deviation over seeds, ddof = 1; NaN for a single
     seed). This is the table of ``summary.csv`` in a study's report (:mod:`ferlib.study.report`).
     """
-
     need = ["method", "noise", "seed"] + [f"last.{m}" for m in metrics]
     missing = [c for c in need if c not in results.columns]
     if missing:
@@ -459,10 +459,15 @@ def paired_comparison(results, *, baseline: str = "ce",
 
 
 def format_paired(comparison, *, scale: float = 100.0) -> "object":
-    """A readable copy of :func:`paired_comparison` (or :func:`init_contrast_table`): ``method`` (its variant in
-    brackets), ``noise``, ``start`` (``"<grid start> vs <init start>"`` for the init contrast), ``metric``, ``n pairs``, ``mean diff ± std`` (in points: times ``scale``,
-    signed), ``wins`` (``"2 of 3"``), ``p`` (two significant digits; blank for one pair) and ``verdict``; the run
-    settings that were only pairing keys are left out."""
+    """A readable copy of :func:`paired_comparison` (or :func:`init_contrast_table`).
+
+    Returns
+    -------
+    pandas.DataFrame, one row per row of ``comparison``: ``method`` (its variant in brackets), ``noise``,
+    ``start`` (``"<grid start> vs <init start>"`` for the init contrast), ``metric``, ``n pairs``,
+    ``mean diff ± std`` (in points: times ``scale``, signed), ``wins`` (``"2 of 3"``), ``p`` (two significant
+    digits; blank for one pair) and ``verdict``; the run settings that were only pairing keys are left out.
+    """
     import pandas as pd
 
     def diff(mean, std):
