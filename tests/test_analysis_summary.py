@@ -161,6 +161,14 @@ def test_init_contrast_pairs_each_grid_run_with_its_init_twin(tmp_path):
     shown = analysis.format_paired(table).iloc[0]  # the readable copy the summary notebook shows
     assert (shown["start"], shown["mean diff ± std"], shown["wins"]) == ("ssl vs random", "+8.3 ± 1.5", "3 of 3")
 
+    from ferlib.study import write_report  # the study's index shows the contrast in its answer, and writes it
+
+    index = write_report(runs_dir=tmp_path, reports_dir=tmp_path / "report").read_text()
+    body = index.split("<table class='init'>", 1)[1].split("</table>", 1)[0]
+    assert "<td>ce</td><td>symmetric:0.3</td><td>ssl vs random</td><td>last.acc</td><td>3</td><td>+8.3 ± 1.5</td>" \
+        in body
+    assert pd.read_csv(tmp_path / "report" / "init_contrast.csv")["verdict"].iloc[0] == "supported gain"
+
 
 # ----------------------------------------------------------------------------------- findings
 def test_findings_state_the_drop_the_supported_and_the_unsupported_differences(tmp_path):

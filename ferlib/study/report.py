@@ -8,7 +8,7 @@ Everything here reads files and writes files atomically; nothing trains. :func:`
 Layout of ``reports_dir``::
 
     index.html        the answer (findings in words, accuracy against noise, each method against CE seed by seed,
-                      the memorisation drop, the rare classes' gains), summary table, failures, skipped
+                      the memorisation drop, the rare classes' gains, the two starts), summary table, failures, skipped
                       (corrupted) runs, links to every rendered notebook (outputs only)
     results.csv       one row per finished run (collect_results), tidy
     summary.csv       one row per configuration: mean and std over seeds (ferlib.analysis.summary_table)
@@ -16,6 +16,8 @@ Layout of ``reports_dir``::
     memorisation.csv  peak and last test epoch per setting, mean and std over seeds
                       (ferlib.analysis.memorisation_summary)
     class_gains.csv   each method's per-class accuracy minus CE's (ferlib.analysis.class_gains)
+    init_contrast.csv the grid's start against the other, seed by seed (ferlib.analysis.init_contrast_table; only
+                      when the runs folder has an init/ folder)
     cross_eval.csv    the runs' scores on other datasets, mean and std over seeds (ferlib.analysis.cross_eval_summary;
                       only when a run has them)
     failures.json     {key: {notebook, error, traceback, ...}} of what failed (written by the runner)
@@ -161,8 +163,8 @@ def write_report(*, runs_dir: str | os.PathLike, reports_dir: str | os.PathLike,
     """
     import warnings
 
-    from ferlib.analysis import (class_gains, cross_eval_summary, findings_text, memorisation_summary,
-                                 memorisation_table, per_class_summary)
+    from ferlib.analysis import (class_gains, cross_eval_summary, findings_text, init_contrast_table,
+                                 memorisation_summary, memorisation_table, per_class_summary)
 
     reports_dir = Path(reports_dir)
     with warnings.catch_warnings():  # the skipped runs are listed in the page instead
@@ -170,6 +172,7 @@ def write_report(*, runs_dir: str | os.PathLike, reports_dir: str | os.PathLike,
         results = collect_results(runs_dir)
         memorisation = memorisation_summary(memorisation_table(runs_dir))
         gains = class_gains(per_class_summary(runs_dir), baseline=_BASELINE)
+        init = init_contrast_table(runs_dir)
     skipped = rundir.problems(runs_dir, recursive=True)
     summary, (comparison, refused) = _summary(results), _comparison(results)
     findings = findings_text(summary, comparison, memorisation, baseline=_BASELINE) if len(results) else []
@@ -182,11 +185,13 @@ def write_report(*, runs_dir: str | os.PathLike, reports_dir: str | os.PathLike,
     write_table(reports_dir / "class_gains.csv", gains)
     if not cross.empty:
         write_table(reports_dir / "cross_eval.csv", cross)
+    if not init.empty:
+        write_table(reports_dir / "init_contrast.csv", init)
     failures_path = reports_dir / "failures.json"
     failures = read_json(failures_path) if failures_path.exists() else {}
     page = _page(results, summary, failures, reports_dir, Path(runs_dir), study, list(order), skipped, cross,
                  _answer_html(findings, comparison, reports_dir) + _memorisation_html(memorisation)
-                 + _rare_gains_html(gains))
+                 + _rare_gains_html(gains) + _init_html(init))
     return atomic_write_text(reports_dir / "index.html", page)
 
 
@@ -291,6 +296,20 @@ def _rare_gains_html(gains) -> str:
             f"class minus {_BASELINE}'s at the same noise and start, in points ({_BASELINE}'s accuracy in brackets); "
             "means over seeds, not paired. Every class: <a href='class_gains.csv'>class_gains.csv</a>.</p>"
             + _table(sorted(rows, key=lambda r: (r["noise"], r["start"], r["method"])), "gains"))
+
+
+def _init_html(init) -> str:
+    """The init contrast (:func:`ferlib.analysis.init_contrast_table`): each method from the grid's start minus
+    the same method from the other start, seed by seed, in points."""
+    from ferlib.analysis import format_paired
+
+    if init.empty:
+        return ""
+    return ("<h3>Start: the grid's weights against the other start</h3><p class='muted'>The same method, noise "
+            "and seed trained from the grid's start and from the other one (<code>init/</code>); test accuracy "
+            "differences (grid minus other) in percentage points, paired t-test over seeds. Rows: "
+            "<a href='init_contrast.csv'>init_contrast.csv</a>.</p>"
+            + _table(format_paired(init).to_dict("records"), "init"))
 
 
 def _table(rows: list[dict], cls: str) -> str:
