@@ -1,4 +1,4 @@
-"""Tests of the study's answer tables (ferlib.analysis.tables): starts kept apart, seed-paired comparisons and
+"""Tests of the study's answer tables (ferlib.analysis.answer): starts kept apart, seed-paired comparisons and
 their verdicts, the memorisation drop, per-class gains, the init contrast and the findings in words."""
 from __future__ import annotations
 

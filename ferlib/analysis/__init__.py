@@ -21,9 +21,10 @@ The functions live in one sub-module per concept and are all re-exported here (`
 ``tables``               :func:`parse_noise`, :func:`summary_table`, :func:`format_summary`,
                          :func:`timing_table`, :func:`per_class_table`, :func:`per_class_summary`,
                          :func:`ablation_table`, :func:`cross_eval_table`, :func:`cross_eval_summary`,
-                         :func:`format_cross_eval`, :func:`paired_comparison`, :func:`format_paired`,
-                         :func:`init_contrast_table`, :func:`memorisation_table`,
-                         :func:`memorisation_summary`, :func:`class_gains`, :func:`findings_text`
+                         :func:`format_cross_eval`
+``answer``               :func:`paired_comparison`, :func:`format_paired`, :func:`init_contrast_table`,
+                         :func:`memorisation_table`, :func:`memorisation_summary`, :func:`class_gains`,
+                         :func:`findings_text`
 ``seeds``                :func:`seed_summary`, :func:`format_seed_summary`, :func:`mean_std_text`,
                          :func:`mean_std_column`, :func:`seeds_text`
 ``dataprep``             :func:`sample_faces`, :func:`noise_table`, :func:`noise_examples`,
@@ -42,6 +43,8 @@ directly (no pyplot state, Agg canvas); a notebook displays one by making it the
 """
 from __future__ import annotations
 
+from .answer import (class_gains, findings_text, format_paired, init_contrast_table, memorisation_summary,
+                     memorisation_table, paired_comparison)
 from .dataprep import noise_examples, noise_table, sample_faces, try_landmarks, va_summary, va_values
 from .detection import RANKINGS  # noqa: F401  (module constant, public as before but not in __all__)
 from .detection import (cleanlab_issues, cleanlab_scores, cleanlab_table, detection_metrics, detection_summary,
@@ -58,10 +61,8 @@ from .plots import (face_grid, plot_bars, plot_confusion, plot_distributions, pl
 from .runs import (RunRecord, class_names_for, images_by_id, list_runs, load_run, load_runs, one_per_method,
                    run_dataset, run_start, saved_features, start_name)
 from .seeds import format_seed_summary, mean_std_column, mean_std_text, seed_summary, seeds_text
-from .tables import (ablation_table, class_gains, cross_eval_summary, cross_eval_table, findings_text,
-                     format_cross_eval, format_paired, format_summary, init_contrast_table, memorisation_summary,
-                     memorisation_table, paired_comparison, parse_noise, per_class_summary, per_class_table,
-                     summary_table, timing_table)
+from .tables import (ablation_table, cross_eval_summary, cross_eval_table, format_cross_eval, format_summary,
+                     parse_noise, per_class_summary, per_class_table, summary_table, timing_table)
 
 __all__ = [
     "RunRecord", "list_runs", "load_run", "load_runs", "one_per_method", "run_dataset", "images_by_id",
