@@ -167,13 +167,11 @@ def format_paired(comparison, *, scale: float = 100.0) -> "object":
     """
     import pandas as pd
 
-    def diff(mean, std):
-        return f"{scale * mean:+.1f}" + ("" if not np.isfinite(std) else f" ± {scale * std:.1f}")
-
     rows = [{"method": r.get("method", "") + (f" ({r['variant']})" if r.get("variant") else ""),
              "noise": r.get("noise"), "metric": r["metric"], "n pairs": r["n_pairs"],
              "start": r.get("start", "") + (f" vs {r['init_start']}" if r.get("init_start") else ""),
-             "mean diff ± std": diff(r["mean_diff"], r["std_diff"]), "wins": f"{r['wins']} of {r['n_pairs']}",
+             "mean diff ± std": mean_std_text(r["mean_diff"], r["std_diff"], scale=scale, signed=True),
+             "wins": f"{r['wins']} of {r['n_pairs']}",
              "p": "" if not np.isfinite(r["p_value"]) else f"{r['p_value']:.2g}", "verdict": r["verdict"]}
             for r in comparison.to_dict("records")]
     return pd.DataFrame(rows, columns=["method", "noise", "start", "metric", "n pairs", "mean diff ± std", "wins",

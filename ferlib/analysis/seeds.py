@@ -13,12 +13,13 @@ def seeds_text(seeds) -> str:
     return ",".join(str(int(x)) if x.is_integer() else str(x) for x in values)
 
 
-def mean_std_text(mean, std, *, scale: float = 100.0, digits: int = 1) -> str:
+def mean_std_text(mean, std, *, scale: float = 100.0, digits: int = 1, signed: bool = False) -> str:
     """``"63.2 ± 1.4"``: a mean over seeds and its std, both times ``scale`` (100: fractions as %); the std left
-    out when missing or NaN (one seed), ``"–"`` for a missing mean."""
+    out when missing or NaN (one seed), ``"–"`` for a missing mean. ``signed``: the mean with its sign, as a
+    difference (``"+5.0 ± 1.0"``)."""
     if mean is None or not math.isfinite(mean):
         return "–"
-    text = f"{mean * scale:.{digits}f}"
+    text = f"{mean * scale:{'+' if signed else ''}.{digits}f}"
     return text if std is None or not math.isfinite(std) else f"{text} ± {std * scale:.{digits}f}"
 
 
