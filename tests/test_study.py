@@ -387,6 +387,11 @@ def test_the_rare_classes_gains_table_lists_each_method_against_ce():
     assert rows_of(_rare_gains_html(gains), "gains") == [["nla", "annotator", "ssl", "-15.0 (15.0)", "+5.2 (24.0)"]]
     assert "<th>disgust</th><th>fear</th>" in _rare_gains_html(gains)
     assert _rare_gains_html(gains[~gains["rare"]]) == ""  # no rare class in the table: no section
+    lanet = pd.DataFrame({"method": ["lanet"], "noise": ["annotator"], "start": ["ssl"], "class": ["disgust"],
+                          "rare": [True], "gain": [0.01], "baseline_acc_mean": [0.15]})
+    both = _rare_gains_html(pd.concat([lanet, gains]))  # the first method lacks fear: the column is there all the same
+    assert rows_of(both, "gains") == [["lanet", "annotator", "ssl", "+1.0 (15.0)", ""],
+                                      ["nla", "annotator", "ssl", "-15.0 (15.0)", "+5.2 (24.0)"]]
 
 
 def test_a_folder_the_comparison_refuses_still_gets_its_report(tmp_path):

@@ -286,9 +286,10 @@ def _rare_gains_html(gains) -> str:
     rare = gains[gains["rare"]] if not gains.empty else gains
     if rare.empty:
         return ""
+    classes = dict.fromkeys(rare["class"], "")  # every rare class a column, in the canonical order
     rows = []
     for (method, noise, start), group in rare.groupby(["method", "noise", "start"], sort=False):
-        row = {"method": method, "noise": noise, "start": start}
+        row = {"method": method, "noise": noise, "start": start, **classes}
         row.update({c: f"{100 * g:+.1f} ({100 * b:.1f})" for c, g, b in
                     zip(group["class"], group["gain"], group["baseline_acc_mean"])})
         rows.append(row)
