@@ -25,7 +25,7 @@ DIFFS = {"nla": [0.05, 0.051, 0.049],     # same sign, tight: supported gain
 def _row(method, seed, acc, *, noise="symmetric:0.3", weights="ssl", oracle=False, mean_acc=None):
     return {"method": method, "noise": noise, "seed": seed, "oracle": oracle, "backbone.weights": weights,
             "dataset": "ferplus", "epochs": 30, "last.acc": acc, "last.mean_acc": acc - 0.1 if mean_acc is None
-            else mean_acc}
+            else mean_acc, "best.acc": acc + 0.05}
 
 
 def _results() -> pd.DataFrame:
@@ -77,7 +77,7 @@ def test_paired_comparison_pairs_by_seed_and_gives_the_verdicts():
     assert acc["verdict"].to_dict() == {"gce": "supported loss", "lanet": "no consistent difference",
                                         "nla": "supported gain", "rul": "same sign in every seed, not significant"}
     assert acc.loc["rul", "p_value"] >= 0.05 and acc.loc["nla", "p_value"] < 0.05
-    assert set(cmp_["metric"]) == {"last.acc", "last.mean_acc"}
+    assert set(cmp_["metric"]) == set(analysis.PAIRED_METRICS) == {"last.acc", "last.mean_acc", "best.acc"}
 
 
 def test_fewer_than_three_pairs_are_never_supported():
@@ -190,6 +190,8 @@ def test_findings_state_the_drop_the_supported_and_the_unsupported_differences(t
     assert "lanet at symmetric:0.3: +1.3 points, higher in 2 of 3 seeds" in unsupported
     assert "rul at symmetric:0.3: +2.1 points, higher in 3 of 3 seeds, p = 0.299" in unsupported
     assert "nla" not in unsupported
+    early = next(line for line in lines if line.startswith("Accuracy at the epoch chosen on the validation split"))
+    assert "(early stopping) over ce: supported gains: nla at symmetric:0.3: +5.0 points" in early
     assert "|t| > 4.30" in text
     nothing = analysis.findings_text(summary.iloc[:0], analysis.paired_comparison(results.iloc[:3]),
                                      memorisation.iloc[:0])

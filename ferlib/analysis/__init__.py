@@ -43,8 +43,8 @@ directly (no pyplot state, Agg canvas); a notebook displays one by making it the
 """
 from __future__ import annotations
 
-from .answer import (class_gains, findings_text, format_paired, init_contrast_table, memorisation_summary,
-                     memorisation_table, paired_comparison)
+from .answer import (PAIRED_METRICS, class_gains, findings_text, format_paired, init_contrast_table,
+                     memorisation_summary, memorisation_table, paired_comparison)
 from .dataprep import noise_examples, noise_table, sample_faces, try_landmarks, va_summary, va_values
 from .detection import RANKINGS  # noqa: F401  (module constant, public as before but not in __all__)
 from .detection import (cleanlab_issues, cleanlab_scores, cleanlab_table, detection_metrics, detection_summary,
@@ -75,7 +75,7 @@ __all__ = [
     "cleanlab_issues", "cleanlab_scores", "cleanlab_table", "detection_summary", "relabel_summary", "relabel_table",
     "parse_noise", "summary_table", "format_summary", "timing_table", "per_class_table", "per_class_summary",
     "ablation_table", "cross_eval_table", "cross_eval_summary", "format_cross_eval",
-    "paired_comparison", "format_paired", "init_contrast_table", "memorisation_table", "memorisation_summary",
+    "PAIRED_METRICS", "paired_comparison", "format_paired", "init_contrast_table", "memorisation_table", "memorisation_summary",
     "class_gains", "findings_text",
     "seed_summary", "format_seed_summary", "mean_std_text", "mean_std_column", "seeds_text",
     "sample_faces", "noise_table", "noise_examples", "try_landmarks", "va_values", "va_summary",

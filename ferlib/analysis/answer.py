@@ -16,15 +16,19 @@ from .seeds import mean_std_text, seed_summary
 from .tables import _SETTING_KEYS, _variant  # the run settings and the variant label every summary groups by
 
 __all__ = [
-    "paired_comparison", "format_paired", "init_contrast_table", "memorisation_table", "memorisation_summary",
-    "class_gains", "findings_text",
+    "PAIRED_METRICS", "paired_comparison", "format_paired", "init_contrast_table", "memorisation_table",
+    "memorisation_summary", "class_gains", "findings_text",
 ]
 
 
 # ----------------------------------------------------------------------------------- paired comparisons
 #: Columns of a paired comparison (:func:`paired_comparison`, :func:`init_contrast_table`) beside its keys.
 _PAIR_COLUMNS = ("n_pairs", "mean_diff", "std_diff", "wins", "p_value", "verdict")
-_METRIC_WORDS = {"last.acc": "last-epoch accuracy", "last.mean_acc": "last-epoch mean (class-balanced) accuracy"}
+_METRIC_WORDS = {"last.acc": "last-epoch accuracy", "last.mean_acc": "last-epoch mean (class-balanced) accuracy",
+                 "best.acc": "accuracy at the epoch chosen on the validation split (early stopping)"}
+#: What :func:`paired_comparison` compares by default: the primary (last-epoch) accuracy and mean accuracy, and
+#: the accuracy at the validation-selected epoch, against which a method must beat early-stopped CE.
+PAIRED_METRICS = ("last.acc", "last.mean_acc", "best.acc")
 
 
 def _pairing_keys(df) -> list[str]:
@@ -107,7 +111,7 @@ def _paired(a, b, *, by: Sequence[str], match: Sequence[str], metrics: Sequence[
 
 
 def paired_comparison(results, *, baseline: str = "ce",
-                      metrics: Sequence[str] = ("last.acc", "last.mean_acc")) -> "object":
+                      metrics: Sequence[str] = PAIRED_METRICS) -> "object":
     """Each method against the baseline, seed by seed: the differences, their paired t-test and a verdict.
 
     Seed ``s`` also seeds the noise, so at one noise and seed every method sees the same flipped labels: a
@@ -179,7 +183,7 @@ def format_paired(comparison, *, scale: float = 100.0) -> "object":
 
 
 def init_contrast_table(runs_dir: str | os.PathLike, *,
-                        metrics: Sequence[str] = ("last.acc", "last.mean_acc")) -> "object":
+                        metrics: Sequence[str] = PAIRED_METRICS) -> "object":
     """The grid's runs against the same methods trained from the other start (``<runs_dir>/init``), by seed.
 
     A study's ``init_contrast`` (:class:`ferlib.study.StudySpec`) trains some methods at some noises and every

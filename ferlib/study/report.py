@@ -71,15 +71,15 @@ def _summary(results):
 
 
 def _comparison(results):
-    """:func:`ferlib.analysis.paired_comparison` against :data:`_BASELINE` on the last-epoch accuracy and mean
-    accuracy the results have, and the reason when there is none (no run, or runs it cannot pair: e.g. the
-    baseline trained with several option sets): the same table ``99_summary`` writes. A folder the comparison
+    """:func:`ferlib.analysis.paired_comparison` against :data:`_BASELINE` on the metrics of
+    :data:`ferlib.analysis.PAIRED_METRICS` the results have, and the reason when there is none (no run, or runs
+    it cannot pair: e.g. the baseline trained with several option sets): the same table ``99_summary`` writes. A folder the comparison
     refuses still gets its report."""
     import pandas as pd
 
-    from ferlib.analysis import paired_comparison
+    from ferlib.analysis import PAIRED_METRICS, paired_comparison
 
-    metrics = [m for m in ("last.acc", "last.mean_acc") if m in results]
+    metrics = [m for m in PAIRED_METRICS if m in results]
     if results.empty or not metrics:
         return pd.DataFrame(), None
     try:
@@ -255,7 +255,8 @@ def _answer_html(findings: list[str], comparison, reports_dir: Path) -> str:
         return sentences
     note = (f"<p class='muted'>Each method minus {_BASELINE} on the same seed (the seed also draws the noise, so "
             "both saw the same flipped labels): test accuracy differences in percentage points; wins: seeds where "
-            "the method is higher; p: paired t-test over seeds. Rows: <a href='paired.csv'>paired.csv</a>.</p>")
+            "the method is higher; p: paired t-test over seeds; last.*: the last epoch (the primary result), "
+            "best.acc: the epoch of highest validation accuracy (early stopping). Rows: <a href='paired.csv'>paired.csv</a>.</p>")
     return "\n".join([sentences, note, _table(format_paired(comparison).to_dict("records"), "paired")])
 
 
