@@ -73,8 +73,8 @@ def _summary(results):
 def _comparison(results):
     """:func:`ferlib.analysis.paired_comparison` against :data:`_BASELINE` on the metrics of
     :data:`ferlib.analysis.PAIRED_METRICS` the results have, and the reason when there is none (no run, or runs
-    it cannot pair: e.g. the baseline trained with several option sets): the same table ``99_summary`` writes. A folder the comparison
-    refuses still gets its report."""
+    it cannot pair: e.g. the baseline trained with several option sets): the same table ``99_summary`` writes.
+    A folder the comparison refuses still gets its report."""
     import pandas as pd
 
     from ferlib.analysis import PAIRED_METRICS, paired_comparison
@@ -256,7 +256,8 @@ def _answer_html(findings: list[str], comparison, reports_dir: Path) -> str:
     note = (f"<p class='muted'>Each method minus {_BASELINE} on the same seed (the seed also draws the noise, so "
             "both saw the same flipped labels): test accuracy differences in percentage points; wins: seeds where "
             "the method is higher; p: paired t-test over seeds; last.*: the last epoch (the primary result), "
-            "best.acc: the epoch of highest validation accuracy (early stopping). Rows: <a href='paired.csv'>paired.csv</a>.</p>")
+            "best.acc: the epoch of highest validation accuracy (early stopping). "
+            "Rows: <a href='paired.csv'>paired.csv</a>.</p>")
     return "\n".join([sentences, note, _table(format_paired(comparison).to_dict("records"), "paired")])
 
 
