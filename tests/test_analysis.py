@@ -246,6 +246,18 @@ def test_plots_return_figures():
         assert [t.get_text() for t in ax.get_xticklabels()] == names
 
 
+def test_bar_chart_legend_stands_beside_the_bars_not_over_them():
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    frame = pd.DataFrame({"noise": ["a", "a", "b", "b"] * 4, "method": [f"m{i}" for i in range(8)] * 2,
+                          "acc": np.full(16, 0.99)})  # full-height bars fill the axes' upper left corner
+    fig = analysis.plot_bars(frame, x="noise", y="acc", hue="method", ylim=(0, 1))
+    FigureCanvasAgg(fig).draw()  # the constrained layout places the legend when the figure is drawn
+    (legend,) = fig.legends
+    assert [t.get_text() for t in legend.get_texts()] == [f"m{i}" for i in range(8)]
+    assert not legend.get_window_extent().overlaps(fig.axes[0].get_window_extent())
+
+
 # ----------------------------------------------------------------------------------- data helpers
 def _tiny_data():
     from ferlib.data.dataset import FERData

@@ -106,8 +106,8 @@ def plot_bars(frame, *, x: str, y: str, hue: str | None = None, yerr: str | None
     ax.set(ylabel=ylabel or y, title=title)
     if ylim:
         ax.set_ylim(*ylim)
-    if hue:
-        ax.legend(fontsize=7)
+    if hue:  # beside the axes, where it hides no bar (constrained layout makes room)
+        fig.legend(fontsize=7, loc="outside right upper")
     return fig
 
 
