@@ -307,6 +307,34 @@ def test_a_dataset_name_is_registered_once():
     assert load_dataset.__module__ == "ferlib.data.registry" and list_datasets().count("ferplus") == 1
 
 
+@pytest.mark.parametrize("name", [n for n in TINY_TREES if n != "folder"])  # folder: no label file
+def test_label_files_saved_with_a_byte_order_mark_read_the_same(name, tmp_path, build_ferplus, tiny_ferplus_votes,
+                                                                write_rafdb, write_affectnet, write_image):
+    """Spreadsheet programs save CSV with a UTF-8 BOM: every sample still loads, under its own name."""
+    root = TINY_TREES[name](tmp_path / name, dict(build_ferplus=build_ferplus, tiny_ferplus_votes=tiny_ferplus_votes,
+                                                  write_rafdb=write_rafdb, write_affectnet=write_affectnet,
+                                                  write_image=write_image))
+    plain = load_dataset(name, root)
+    label_files = [p for p in root.rglob("*") if p.suffix in (".csv", ".txt")]
+    assert label_files
+    for path in label_files:
+        path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    marked = load_dataset(name, root)
+    assert marked.ids.tolist() == plain.ids.tolist() and not any("\ufeff" in i for i in marked.ids)
+    np.testing.assert_array_equal(marked.labels, plain.labels)
+    np.testing.assert_array_equal(marked.images, plain.images)
+
+
+def test_a_missing_name_with_invisible_characters_blames_the_encoding(tiny_ferplus):
+    path = _label_csv(tiny_ferplus)
+    path.write_text(path.read_text().replace("fer0000001.png", "fer0000001\u200b.png"))
+    for on_missing in ("error", "drop"):  # dropping would train without the sample, silently
+        with pytest.raises(DatasetError, match=r"fer0000001\\u200b\.png.*line 2.*invisible characters.*encoding") \
+                as err:
+            read_ferplus(tiny_ferplus, on_missing=on_missing)
+        assert "on_missing" not in str(err.value)
+
+
 # ---------------------------------------------------------------------------------------------- cache
 def test_cache_second_load_skips_images(tiny_ferplus, tmp_path, monkeypatch):
     first = load_dataset("ferplus", tiny_ferplus, mode="plurality")

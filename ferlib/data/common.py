@@ -21,8 +21,8 @@ from PIL import Image
 from .dataset import FERData
 from .storage import current_store
 
-__all__ = ["DatasetError", "Sample", "new_drops", "check_choice", "check_image_options", "iter_csv", "decode",
-           "assemble"]
+__all__ = ["DatasetError", "Sample", "new_drops", "check_choice", "check_image_options", "open_text", "iter_csv",
+           "decode", "assemble"]
 
 MISSING_CHOICES = ("error", "drop")
 
@@ -88,6 +88,12 @@ def check_image_options(image_size: int | None, channels: int, on_missing: str =
     check_choice("on_missing", on_missing, MISSING_CHOICES)
 
 
+def open_text(path: Path):
+    """Open a label file for reading as UTF-8 text, a leading byte-order mark dropped (spreadsheet programs save
+    CSV with one; read as data, it would prefix the first name or column header with ``\\ufeff``)."""
+    return open(path, newline="", encoding="utf-8-sig")
+
+
 def iter_csv(path: Path, *, ncols: int | None = None, required: Sequence[str] | None = None
              ) -> Iterator[tuple[int, list[str] | dict[str, str]]]:
     """Rows of a CSV file with their 1-based line numbers, checking the column count.
@@ -109,7 +115,7 @@ def iter_csv(path: Path, *, ncols: int | None = None, required: Sequence[str] | 
     """
     if not path.is_file():
         raise DatasetError(f"missing file {path}")
-    with open(path, newline="", encoding="utf-8") as f:
+    with open_text(path) as f:
         reader = csv.reader(f)
         header = None
         if required is not None:
@@ -171,6 +177,9 @@ def _drop_missing(samples: Sequence[Sample], dropped, on_missing: str) -> list[S
     for s in samples:
         if isinstance(s.image, np.ndarray) or s.image.exists():
             kept.append(s)
+        elif not str(s.image).isprintable():
+            raise DatasetError(f"missing image {str(s.image)!r} (listed in {s.where}): its name holds invisible "
+                               "characters; check the label file's encoding (save it as plain UTF-8 text)")
         elif on_missing == "error":
             raise DatasetError(f"missing image {s.image} (listed in {s.where}); "
                                "pass on_missing='drop' to leave such samples out")

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..classes import class_index, class_names
-from .common import DatasetError, Sample, assemble, check_image_options, new_drops
+from .common import DatasetError, Sample, assemble, check_image_options, new_drops, open_text
 from .registry import register_dataset
 
 __all__ = ["read_rafdb", "RAFDB_LABELS"]
@@ -68,8 +68,10 @@ def read_rafdb(root: str | Path, *, image_size: int | None = 100, channels: int 
     path = root / "EmoLabel" / "list_patition_label.txt"
     if not path.is_file():
         raise DatasetError(f"missing label list {path}")
+    with open_text(path) as f:
+        lines = f.read().splitlines()
     samples = []
-    for line, text in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for line, text in enumerate(lines, 1):
         if text.strip():
             where = f"{path}, line {line}"
             name, split, label = _parse_line(text, where)
