@@ -2,7 +2,8 @@
 (``--help`` on each).
 
 Bad input (a setting, a path, a file's content) is reported in one line naming it, with exit status 2; the
-traceback only with ``--debug``. Any other exception is a bug and keeps its traceback.
+traceback only with ``--debug``. Ctrl-C is one line too, with exit status 130. Any other exception is a bug and
+keeps its traceback.
 """
 from __future__ import annotations
 
@@ -219,6 +220,11 @@ def main(argv: list[str] | None = None) -> int:
         text = str(exc).strip() or type(exc).__name__
         print(f"error: {text.splitlines()[0]} (--debug shows the traceback)", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: runs, pretraining and studies resume from what they saved
+        if args.debug:
+            raise
+        print("interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
 
 
 def _dispatch(args: argparse.Namespace) -> int:

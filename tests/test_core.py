@@ -127,6 +127,22 @@ def test_cli_backbone_and_augment_options_reach_the_run_spec():
     assert spec.train.augment.erase == 0 and spec.train.augment.flip == 0.5
 
 
+@pytest.mark.parametrize("argv, target", [(["train", "--data", "x"], "ferlib.experiment.run"),
+                                          (["pretrain", "--data", "x"], "ferlib.pretrain.pretrain"),
+                                          (["study"], "ferlib.study.runner.study_main")])
+def test_ctrl_c_is_one_line_and_exit_status_130(argv, target, monkeypatch, capsys):
+    from ferlib.cli import main
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(target, interrupted)
+    assert main(argv) == 130
+    assert capsys.readouterr().err.strip().splitlines() == ["interrupted; rerun the same command to resume"]
+    with pytest.raises(KeyboardInterrupt):
+        main([*argv, "--debug"])
+
+
 def test_import_without_notebook_stack():
     code = ("import sys; sys.modules.update({m: None for m in ('papermill', 'umap', 'nbconvert', 'cleanlab')});"
             "import ferlib.engine, ferlib.methods, ferlib.experiment, ferlib.data, ferlib.noise; print('ok')")
