@@ -157,21 +157,40 @@ def run_id(spec: RunSpec) -> str:
 
 
 def stratified_subset(labels: np.ndarray, n: int, *, seed: int = 0) -> np.ndarray:
-    """Sorted indices of ``n`` samples keeping each class's share (at least one per present class)."""
+    """Sorted indices of exactly ``min(n, len(labels))`` samples keeping each class's share (at least one per
+    present class when ``n`` covers them), drawn with ``seed``; the class quotas are :func:`_quotas`."""
     if n >= len(labels):
         return np.arange(len(labels))
     rng = np.random.default_rng(seed)
     classes, counts = np.unique(labels, return_counts=True)
-    quota = np.maximum(1, np.round(counts * n / len(labels)).astype(int))
-    keep = [rng.choice(np.flatnonzero(labels == c), size=min(q, k), replace=False)
-            for c, q, k in zip(classes, quota, counts)]
+    keep = [rng.choice(np.flatnonzero(labels == c), size=q, replace=False)
+            for c, q in zip(classes, _quotas(counts, n))]
     return np.sort(np.concatenate(keep))
 
 
+def _quotas(counts: np.ndarray, n: int) -> np.ndarray:
+    """Per-class sample counts summing to ``n`` (< ``counts.sum()``), each within [1, count] when ``n`` >= the
+    number of classes: each class's share rounded, at least 1, then, where that sum misses ``n``, largest
+    remainder: one more for the classes rounded furthest below their share, one less for those furthest above
+    (ties to the lower class index). A rounding that already sums to ``n`` is kept as it is, so the subsets
+    drawn before this correction (run ids do not record the faces) stay the same."""
+    share = counts * n / counts.sum()
+    low = 1 if n >= len(counts) else 0
+    quota = np.minimum(np.maximum(low, np.round(share).astype(int)), counts)
+    while quota.sum() != n:
+        if quota.sum() < n:
+            quota[np.argmax(np.where(quota < counts, share - quota, -np.inf))] += 1
+        else:
+            quota[np.argmax(np.where(quota > low, quota - share, -np.inf))] -= 1
+    return quota
+
+
 def carve_valid(data, fraction: float, *, seed: int = 0):
-    """``data`` with a stratified ``fraction`` of its train split moved into the ``valid`` split."""
+    """``data`` with a stratified ``fraction`` of its train split moved into the ``valid`` split (at least one
+    face of every class)."""
     train = np.flatnonzero(data.split == "train")
-    picked = train[stratified_subset(data.labels[train], max(1, round(fraction * len(train))), seed=seed)]
+    labels = data.labels[train]
+    picked = train[stratified_subset(labels, max(round(fraction * len(train)), len(np.unique(labels))), seed=seed)]
     split = data.split.copy()
     split[picked] = "valid"
     return dataclasses.replace(data, split=split)

@@ -12,7 +12,7 @@ import pytest
 
 from ferlib import analysis
 from ferlib.data.dataset import FERData
-from ferlib.experiment import RunSpec, hold_out_fold, run, run_id
+from ferlib.experiment import RunSpec, hold_out_fold, run, run_id, stratified_subset
 
 TINY = {"noise": "symmetric:0.3", "backbone": {"name": "test_resnet"},
         "train": {"epochs": 1, "batch_size": 16, "image_size": 32, "progress": False, "device": "cpu"}}
@@ -83,6 +83,35 @@ def test_hold_out_fold_partitions_the_train_split_by_label():
     again = hold_out_fold(data, 1, 3, seed=0)
     np.testing.assert_array_equal(again.split, held[1].split)
     assert not np.array_equal(hold_out_fold(data, 1, 3, seed=1).split, held[1].split)
+
+
+#: Class counts of the shipped sample's train split (plurality, 8 classes): per-class rounding of 64 gave 63 faces.
+SAMPLE_TRAIN_COUNTS = [463, 347, 174, 172, 126, 27, 47, 26]
+
+
+@pytest.mark.parametrize("counts, n", [(SAMPLE_TRAIN_COUNTS, 64), ([1, 1, 1, 97], 4), ([5, 5, 5], 4),
+                                       ([1, 1, 1, 97], 2), ([600, 300, 100], 100), ([3, 3, 94], 95)])
+def test_stratified_subset_gives_exactly_n_faces_at_each_class_share(counts, n):
+    labels = np.repeat(np.arange(len(counts)), counts)
+    idx = stratified_subset(labels, n, seed=0)
+    assert len(np.unique(idx)) == len(idx) == n
+    got, share = np.bincount(labels[idx], minlength=len(counts)), np.array(counts) * n / sum(counts)
+    assert np.all((got == np.floor(share)) | (got == np.ceil(share)) | (got == 1)), (got, share)
+    assert n < len(counts) or got.min() >= 1  # every class kept when n covers them
+    np.testing.assert_array_equal(stratified_subset(labels, n, seed=0), idx)  # deterministic
+    assert not np.array_equal(stratified_subset(labels, n, seed=1), idx)  # seeded
+
+
+def test_a_subset_whose_rounded_shares_were_exact_keeps_its_faces():
+    """Run ids do not record the faces: a subset drawn before the exact-size correction must stay the same."""
+    labels = np.repeat(np.arange(8), SAMPLE_TRAIN_COUNTS)
+    counts = np.array(SAMPLE_TRAIN_COUNTS)
+    rounded = np.maximum(1, np.round(counts * 1000 / counts.sum())).astype(int)  # the earlier per-class rounding
+    assert rounded.sum() == 1000
+    rng = np.random.default_rng(0)
+    before = np.sort(np.concatenate([rng.choice(np.flatnonzero(labels == c), size=q, replace=False)
+                                     for c, q in enumerate(rounded)]))
+    np.testing.assert_array_equal(stratified_subset(labels, 1000, seed=0), before)
 
 
 def test_fold_cells_give_cleanlab_out_of_sample_probabilities(small_ferplus, tmp_path):

@@ -304,6 +304,19 @@ def test_cli_dry_run_lists_cells(tmp_path, capsys):
     assert main(["--profile", "nope", "--dry-run"]) == 2
 
 
+def test_a_train_subset_below_a_cells_batch_size_is_refused_in_one_line(tmp_path, capsys):
+    """Before any data loads (the data folder is empty): every such cell would fail once its data loaded."""
+    (tmp_path / "data").mkdir()
+    argv = ["--profile", "smoke", "--data", str(tmp_path / "data"), "--runs", str(tmp_path / "runs"), "--dry-run"]
+    assert main([*argv, "--train-subset", "63"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and re.search(r"--train-subset\) 63 gives the \w+ cells 63 train faces, fewer than their "
+                                       r"batch size 64", err[0]), err
+    assert main([*argv, "--train-subset", "100"]) == 2  # the cleanlab folds train on half of it
+    assert "cleanlab fold cells (2 folds) 50 train faces, fewer than their batch size 64" in capsys.readouterr().err
+    assert main([*argv, "--train-subset", "128"]) == 0
+
+
 # ----------------------------------------------------------------------------------- report table
 def test_report_summary_means_and_stds_over_seeds(tmp_path):
     runs, reports = tmp_path / "runs", tmp_path / "reports"

@@ -102,7 +102,8 @@ class StudySpec:
         before the cells.
     pretrain : :class:`ferlib.pretrain.PretrainConfig` overrides of that checkpoint ({} = the defaults); used
         only with ``backbone: {weights: ssl}``.
-    train_subset : stratified number of train images kept before noise (None: all).
+    train_subset : stratified number of train images kept before noise (None: all); at least every cell's
+        batch size (the cleanlab folds': of the (K - 1) / K they train on), checked here.
     notebooks : names (without ``.ipynb``) of the notebooks to execute, in order; see :data:`NOTEBOOKS` and
         :data:`ROLES`.
     ablations : train each grid method's ``ablations`` variants as cells (:meth:`ablation_specs`), which
@@ -208,6 +209,7 @@ class StudySpec:
         if isinstance(self.cleanlab_folds, bool) or not isinstance(self.cleanlab_folds, int) or \
                 self.cleanlab_folds == 1 or self.cleanlab_folds < 0:
             raise ValueError(f"cleanlab_folds must be 0 (none) or an integer >= 2, got {self.cleanlab_folds!r}")
+        self._check_train_subset()
         for key in ("cell_time_limit", "view_time_limit"):
             value = getattr(self, key)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
@@ -250,6 +252,24 @@ class StudySpec:
             raise ValueError(f"init_contrast.weights is the grid's own backbone.weights "
                              f"({self.init_contrast['weights']!r}): the contrast needs the other start")
         self.init_contrast = {"weights": self.init_contrast["weights"], "methods": methods, "noise": noise}
+
+    def _check_train_subset(self) -> None:
+        """Refuse a train subset smaller than a cell's batch size: the engine trains on full batches, so every
+        such cell would fail once its data loaded. The cleanlab fold cells train on (K - 1) / K of the subset."""
+        from ferlib.recipes import resolve_recipe
+
+        if self.train_subset is None:
+            return
+        n, k, methods = self.train_subset, self.cleanlab_folds, self.grid.resolved_methods()
+        cells = [(f"{m} cells", m, {}, n) for m in methods]
+        cells += [(f"{m} ablation cells", m, self.ablation_train, n) for m in methods if self.ablations]
+        cells += [(f"cleanlab fold cells ({k} folds)", "ce", self.cleanlab_train, n * (k - 1) // k)] if k else []
+        for what, method, extra, faces in cells:
+            batch = resolve_recipe(method, self.recipe, self.train_config(0, extra)).batch_size
+            if faces < batch:
+                raise ValueError(f"train_subset (--train-subset) {n} gives the {what} {faces} train faces, fewer "
+                                 f"than their batch size {batch}: they would fail once the data loaded; pass a "
+                                 "larger --train-subset or a smaller batch size")
 
     # ------------------------------------------------------------------------------- the grid
     def train_config(self, seed: int, extra: dict | None = None):
