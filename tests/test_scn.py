@@ -135,12 +135,54 @@ def test_training_step_loss_matches_the_code():
     np.testing.assert_allclose(readout.margin, given - other, atol=1e-5)
 
 
-def test_the_codes_alpha_at_test_time_never_changes_a_prediction():
-    """The code evaluates alpha * z (src/train.py:272); ferlib evaluates z. alpha = sigmoid(.) > 0, so the argmax,
-    hence accuracy, F1 and confusion, are the same; only the code's logged test loss differs."""
+def test_rank_loss_gradient_reaches_the_attention_module():
+    """The code back-propagates RR_loss into the attention FC (src/train.py:236-240: alpha is not detached, loss =
+    criterion + RR_loss): the rank term alone gives w and b the gradient d L_RR / d alpha * alpha (1 - alpha) * f."""
+    torch.manual_seed(0)
+    b, d, k = 10, 6, 4
+    model, method = Stub(d, k), make_scn(b, d, k, margin_1=0.9)
+    labels = torch.randint(0, k, (b,))
+    method.bind(model, Train(labels.numpy()), Cfg())
+    x = torch.randn(b, d)
+    out = method.training_step(model, {"image": x, "index": torch.arange(b), "label": labels})
+    grad_w, grad_b = torch.autograd.grad(out["rr"], [method.attention.weight, method.attention.bias])
+    w_att, b_att = np_params(method.attention)
+    alpha, _ = ref_scn_forward(x.double().numpy(), *np_params(model.head), w_att, b_att)
+    assert ref_rank_regularization(alpha, 0.7, 0.9) > 0
+    low = ref_low_group(alpha, 0.7)
+    d_alpha = np.full(b, -1 / int(b * 0.7))                 # d(low_mean - high_mean) / d alpha
+    d_alpha[low] = 1 / len(low)
+    d_logit = d_alpha * alpha * (1 - alpha)
+    np.testing.assert_allclose(grad_w.numpy()[0], d_logit @ x.double().numpy(), atol=1e-5)
+    assert grad_b.item() == pytest.approx(d_logit.sum(), abs=1e-5)
+    assert np.abs(d_logit).sum() > 1e-2
+
+
+def test_evaluation_predicts_the_codes_alpha_scaled_class():
+    """The code tests on alpha * z (src/train.py:272); ferlib's evaluation (``engine.predict``) runs the plain
+    model, z = head(embed(x)), without SCN's attention. alpha = sigmoid(.) > 0, so both give the same class (hence
+    accuracy, F1, confusion); only the code's logged test loss differs."""
+    from ferlib.backbones import BackboneConfig, create_model
+    from ferlib.engine import TrainConfig, predict
+
+    from stubs import synthetic
+
     torch.manual_seed(1)
-    z, alpha = torch.randn(500, 8), torch.sigmoid(torch.randn(500, 1) * 5)
-    assert torch.equal((alpha * z).argmax(1), z.argmax(1))
+    data = synthetic(n_train=64, n_eval=0, k=4)
+    model = create_model(BackboneConfig(model_kwargs={"channels": [8, 16, 32, 64], "stem_width": 8}), 4)
+    method = make_scn(64, model.feature_dim, 4)
+    cfg = TrainConfig(image_size=24, amp=False, channels_last=False, eval_batch_size=16)
+    logits, features = predict(model, data.images, cfg, torch.device("cpu"), features=True)
+    f = torch.from_numpy(features).double()
+    with torch.no_grad():                                   # alpha spread over (0, 1)
+        pre = method.attention(f.float())[:, 0]
+        method.attention.weight.mul_(10 / pre.std())
+        method.attention.bias.copy_(-10 * (pre.median() - method.attention.bias) / pre.std())
+    z = f @ model.head.weight.detach().double().T + model.head.bias.detach().double()
+    np.testing.assert_allclose(logits, z.numpy(), atol=1e-5)              # the plain model: no alpha
+    alpha = importance_weight(f.float(), method.attention).detach().double()
+    assert alpha.min() < 0.2 and alpha.max() > 0.8
+    np.testing.assert_array_equal(logits.argmax(1), (alpha[:, None] * z).argmax(1).numpy())
 
 
 # =========================================================================== the relabel rule
@@ -177,8 +219,16 @@ def _controlled_batch(k: int = 4):
     pred = np.array([0, 1, 2, 3, 0, 1, 2, 3])
     given = np.array([0, 2, 2, 1, 3, 1, 0, 0])      # samples 1, 3, 4, 6, 7 disagree with their prediction
     a = np.array([0.3, 0.25, 0.2, -0.3, -0.25, 0.1, -0.2, 0.15])
-    x = np.concatenate([30.0 * np.eye(k)[pred], a[:, None]], 1)
-    return torch.tensor(x, dtype=torch.float32), pred, given, a
+    return _features(30.0 * np.eye(k)[pred], a), pred, given, a
+
+
+def _features(logits: np.ndarray, a: np.ndarray) -> torch.Tensor:
+    """Features whose plain logits (through :func:`_controlled_scn`'s head) are ``logits`` and alpha sigmoid(10 a)."""
+    return torch.tensor(np.concatenate([logits, a[:, None]], 1), dtype=torch.float32)
+
+
+def _alpha(a: np.ndarray) -> np.ndarray:
+    return 1 / (1 + np.exp(-10 * a.astype(np.float32)))
 
 
 def _controlled_scn(given, k: int = 4, epochs: int = 5, **overrides):
@@ -198,7 +248,7 @@ def test_relabel_audit_records_every_change_from_the_relabel_epoch(group):
     x, pred, given, a = _controlled_batch(k)
     model, method = _controlled_scn(given, k, epochs, relabel_epoch=3, relabel_group=group)
     # The expected relabels, from the code's rule on alpha * z (numpy).
-    alpha = 1 / (1 + np.exp(-10 * a.astype(np.float32)))
+    alpha = _alpha(a)
     outputs = alpha[:, None] * 30.0 * np.eye(k)[pred]
     low = ref_low_group(alpha, 0.7) if group == "low" else None
     after = ref_relabel(outputs, given, np.arange(8), given, 0.2, low)
@@ -231,6 +281,58 @@ def test_relabel_audit_records_every_change_from_the_relabel_epoch(group):
     assert summary["relabelled"] == len(changed) and summary["fixed"] == fixed
     assert summary["broken"] == len(changed) - fixed and summary["precision"] == pytest.approx(fixed / len(changed))
     assert summary["recall"] == pytest.approx(fixed / 2)
+
+
+def test_relabel_evidence_is_the_alpha_scaled_prediction():
+    """The code relabels from softmax of its outputs, alpha * z (src/train.py:101-102, 250-251), not of the plain
+    logits: a low alpha flattens a confident prediction below margin_2, and the sample keeps its label."""
+    k = 4
+    _, pred, given, _ = _controlled_batch(k)
+    a = np.array([0.3, -0.4, 0.2, -0.3, 0.25, 0.1, -0.45, 0.15])   # samples 1 and 6: alpha ~ 0.02 and 0.01
+    logits = 30.0 * np.eye(k)[pred]
+    model, method = _controlled_scn(given, k, relabel_epoch=1)
+    method.on_epoch_start(0, 5)
+    method.training_step(model, {"image": _features(logits, a), "index": torch.arange(8),
+                                 "label": torch.tensor(given)})
+    scaled = _alpha(a)[:, None] * logits
+    after = ref_relabel(scaled, given, np.arange(8), given, 0.2)
+    assert not np.array_equal(after, ref_relabel(logits, given, np.arange(8), given, 0.2))  # alpha decides
+    readout = method.readout()
+    np.testing.assert_array_equal(readout["label"], after)
+    probs = np_softmax(scaled)
+    np.testing.assert_allclose(readout["relabel_gap"], probs.max(1) - probs[np.arange(8), given], atol=1e-5)
+
+
+def test_relabel_compares_with_the_current_label():
+    """The code's targets are the dataset's current labels, which relabelling overwrites (src/train.py:250-258):
+    a relabelled sample is judged against its new label. Sample 0 (given 0, relabelled to 1) is then predicted 0
+    again and moves back; sample 1 (given 0, relabelled to 1) is predicted 2 with p_2 - p_1 < margin_2 < p_2 - p_0
+    and stays at 1."""
+    k = 4
+    given = np.array([0, 0, 3, 3])
+    a = np.full(4, 0.5)                                     # alpha ~ 0.99
+    first = 30.0 * np.eye(k)[[1, 1, 3, 3]]
+    second = np.array([[30.0, 0, 0, 0], [0, 4.8, 5.0, 0], [0, 0, 0, 30.0], [0, 0, 0, 30.0]])
+    model, method = _controlled_scn(given, k, epochs=2, relabel_epoch=1)
+    labels, counts = given.copy(), np.zeros(4, int)
+    for epoch, logits in enumerate((first, second)):
+        method.on_epoch_start(epoch, 2)
+        method.training_step(model, {"image": _features(logits, a), "index": torch.arange(4),
+                                     "label": torch.tensor(given)})
+        scaled = _alpha(a)[:, None] * logits
+        new = ref_relabel(scaled, labels, np.arange(4), labels, 0.2)
+        probs = np_softmax(scaled)
+        np.testing.assert_allclose(method.readout()["relabel_gap"], probs.max(1) - probs[np.arange(4), labels],
+                                   atol=1e-5)
+        counts += new != labels
+        labels = new
+    np.testing.assert_array_equal(labels, [0, 1, 3, 3])
+    assert not np.array_equal(labels, ref_relabel(_alpha(a)[:, None] * second, given, np.arange(4),
+                                                  np.array([1, 1, 3, 3]), 0.2))   # against the given label
+    readout = method.readout()
+    np.testing.assert_array_equal(readout["label"], labels)
+    np.testing.assert_array_equal(readout["relabel_count"], counts)
+    np.testing.assert_array_equal(readout["label_history"], [[1, 0], [1, 1], [3, 3], [3, 3]])
 
 
 def test_relabelled_labels_train_and_survive_a_resume():
