@@ -348,6 +348,32 @@ def test_report_summary_means_and_stds_over_seeds(tmp_path):
     assert "(oracle) rows see information" in index
 
 
+def test_report_finds_every_kind_of_cell_in_its_own_folder(tmp_path):
+    """Grid cells directly under the runs folder, the others in ablations/, cleanlab/ and init/ (cell_dir)."""
+    from ferlib.study.spec import CELL_FOLDERS, cell_dir
+
+    runs, reports = tmp_path / "runs", tmp_path / "reports"
+    extra = {"grid": {}, "ablation": {"variant": "full"}, "fold": {"fold": [1, 2]}, "init": {}}
+    for i, kind in enumerate(CELL_FOLDERS):
+        result = {"run_id": f"{kind}-cell", "method": "ce", "noise": "symmetric:0.3", "seed": 0,
+                  "last": {"acc": 0.5 + i / 10}, "best": {"acc": 0.45}, **extra[kind]}
+        (cell_dir(runs, kind) / f"{kind}-cell").mkdir(parents=True)
+        (cell_dir(runs, kind) / f"{kind}-cell" / "result.json").write_text(json.dumps(result))
+    (reports / "runs").mkdir(parents=True)
+    for rid in [f"{kind}-cell" for kind in CELL_FOLDERS] + ["unfinished-cell"]:
+        (reports / "runs" / f"{rid}.html").write_text("<html></html>")
+    index = write_report(runs_dir=runs, reports_dir=reports).read_text()
+    lines = dict(re.findall(r"<a href='runs/([\w-]+)\.html'>[\w-]+</a> &mdash; ([^<]*)</li>", index))
+    assert lines["grid-cell"] == "02_train: ce, noise symmetric:0.3, seed 0: last-epoch test acc 50.00%, " \
+                                 "best-epoch 45.00%"
+    assert lines["ablation-cell"].startswith("02_train: ce, variant full, noise symmetric:0.3, seed 0: last-epoch "
+                                             "test acc 60.00%")
+    assert lines["fold-cell"].startswith("02_train: ce, fold 1 of 2 held out as the test split, noise symmetric:0.3"
+                                         ", seed 0: last-epoch test acc 70.00%")
+    assert "last-epoch test acc 80.00%" in lines["init-cell"]
+    assert lines["unfinished-cell"] == "02_train for this cell (no result.json: unfinished or failed)"
+
+
 def test_report_opens_with_the_answer(tmp_path):
     from scipy import stats
 

@@ -23,7 +23,7 @@ Layout of ``reports_dir``::
     failures.json     {key: {notebook, error, traceback, ...}} of what failed (written by the runner)
     study.json        the resolved study spec of the last invocation
     <notebook>.ipynb / .html          executed analysis notebooks (00, 01, 03, 04, 05, 06, 99)
-    runs/<run_id>.ipynb / .html       one executed 02_train per grid cell
+    runs/<run_id>.ipynb / .html       one executed 02_train per cell, of every kind (grid, ablations/, cleanlab/, init/)
 """
 from __future__ import annotations
 
@@ -36,6 +36,8 @@ from pathlib import Path
 
 from ferlib import rundir
 from ferlib.results import atomic_write_text, collect_results, read_json, write_table
+
+from .spec import find_cell
 
 __all__ = ["render_html", "render_all", "write_report", "NOTEBOOK_DESCRIPTIONS"]
 
@@ -227,7 +229,7 @@ def _page(results, summary, failures, reports_dir: Path, runs_dir: Path, study, 
         parts.append(_cross_eval_html(cross))
     parts.append(_failures_html(failures, reports_dir))
     parts.append(_skipped_html(skipped or {}, runs_dir))
-    parts.append(_reports_html(reports_dir, results, order))
+    parts.append(_reports_html(reports_dir, runs_dir, order))
     if study and study.get("describe"):
         parts.append(f"<h2>Study settings</h2><pre>{_e(study['describe'])}</pre>")
         if study.get("command"):
@@ -406,7 +408,7 @@ def _skipped_html(skipped: dict, runs_dir: Path) -> str:
             "</p><ul>" + "".join(items) + "</ul>")
 
 
-def _reports_html(reports_dir: Path, results, order: list[str]) -> str:
+def _reports_html(reports_dir: Path, runs_dir: Path, order: list[str]) -> str:
     rank = {n: i for i, n in enumerate(order)}
     analysis = sorted(reports_dir.glob("*.html"), key=lambda p: (rank.get(p.stem, len(rank)), p.stem))
     analysis = [p for p in analysis if p.name != "index.html"]
@@ -414,11 +416,10 @@ def _reports_html(reports_dir: Path, results, order: list[str]) -> str:
     for page in analysis:
         title = notebook_title(page.with_suffix(".ipynb")) or NOTEBOOK_DESCRIPTIONS.get(page.stem, "")
         items.append(f"<li><a href='{_e(page.name)}'>{_e(page.stem)}</a> &mdash; {_e(title)}</li>")
-    by_id = {r["run_id"]: r for r in results.to_dict("records")} if "run_id" in results else {}
     runs = []
     for page in sorted((reports_dir / "runs").glob("*.html")):
-        runs.append(f"<li><a href='runs/{_e(page.name)}'>{_e(page.stem)}</a> &mdash; {_e(_run_line(page.stem, by_id))}"
-                    "</li>")
+        runs.append(f"<li><a href='runs/{_e(page.name)}'>{_e(page.stem)}</a> &mdash; "
+                    f"{_e(_run_line(find_cell(runs_dir, page.stem)))}</li>")
     out = ["<h2>Reports</h2>"]
     out.append("<ul>" + "".join(items) + "</ul>" if items else "<p>No analysis notebook rendered.</p>")
     if runs:
@@ -426,13 +427,16 @@ def _reports_html(reports_dir: Path, results, order: list[str]) -> str:
     return "\n".join(out)
 
 
-def _run_line(run_id: str, by_id: dict) -> str:
-    r = by_id.get(run_id)
-    if r is None:
+def _run_line(folder: Path | None) -> str:
+    """What the cell whose run folder is ``folder`` (:func:`~ferlib.study.spec.find_cell`, any kind) gave."""
+    if folder is None or not rundir.is_finished(folder):
         return "02_train for this cell (no result.json: unfinished or failed)"
+    r = rundir.read_result(folder)
     tag = " [oracle]" if r.get("oracle") is True else ""
+    tag += f", variant {r['variant']}" if r.get("variant") else ""
+    tag += f", fold {r['fold'][0]} of {r['fold'][1]} held out as the test split" if r.get("fold") else ""
     return (f"02_train: {r.get('method')}{tag}, noise {r.get('noise')}, seed {r.get('seed')}: last-epoch test acc "
-            f"{_num(r.get('last.acc'), pct=True)}%, best-epoch {_num(r.get('best.acc'), pct=True)}%")
+            f"{_num(r['last'].get('acc'), pct=True)}%, best-epoch {_num((r.get('best') or {}).get('acc'), pct=True)}%")
 
 
 def _num(value, std=None, *, pct: bool = False, digits: int = 2) -> str:

@@ -22,8 +22,8 @@ from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
 
-__all__ = ["StudySpec", "Grid", "NOTEBOOKS", "ROLES", "COMMON", "STUDY_PARAMETERS", "load_profile",
-           "list_profiles", "profile_path"]
+__all__ = ["StudySpec", "Grid", "NOTEBOOKS", "ROLES", "COMMON", "STUDY_PARAMETERS", "CELL_FOLDERS", "cell_dir",
+           "find_cell", "load_profile", "list_profiles", "profile_path"]
 
 #: The study's notebooks, in the order the runner executes them (see :func:`ferlib.study.run_study`).
 NOTEBOOKS: tuple[str, ...] = ("00_prepare_data", "01_inject_noise", "02_train", "03_ablations",
@@ -40,6 +40,19 @@ COMMON: tuple[str, ...] = ("data", "dataset", "dataset_options", "runs_dir", "st
 #: Study-derived parameters given to any notebook whose ``parameters`` cell declares them (the main noise,
 #: the first seed, the train subset), and ``spec``, which the runner gives a ``cell`` notebook.
 STUDY_PARAMETERS: tuple[str, ...] = ("noise", "seed", "train_subset", "spec")
+#: Where each kind of cell (:meth:`StudySpec.cells`) keeps its run folders under a study's runs folder.
+CELL_FOLDERS: dict[str, str] = {"grid": "", "ablation": "ablations", "fold": "cleanlab", "init": "init"}
+
+
+def cell_dir(runs_dir: str | os.PathLike, kind: str) -> Path:
+    """The folder holding the run folders of the cells of ``kind`` (a key of :data:`CELL_FOLDERS`)."""
+    return Path(runs_dir) / CELL_FOLDERS[kind]
+
+
+def find_cell(runs_dir: str | os.PathLike, run_id: str) -> Path | None:
+    """The run folder of the cell ``run_id`` under a study's ``runs_dir``, whatever its kind (the first kind of
+    :data:`CELL_FOLDERS` whose folder holds it); None when none does."""
+    return next((folder for kind in CELL_FOLDERS if (folder := cell_dir(runs_dir, kind) / run_id).is_dir()), None)
 
 
 @dataclass
@@ -297,7 +310,7 @@ class StudySpec:
     def run_specs(self, runs_dir: str | os.PathLike) -> list:
         """Every cell of the grid as a RunSpec, seed-major (all methods and noises of seed 0 first, so a
         partly finished study already compares every method)."""
-        return [self.run_spec(m, n, s, runs_dir)
+        return [self.run_spec(m, n, s, cell_dir(runs_dir, "grid"))
                 for s in self.grid.seeds for n in self.grid.noise for m in self.grid.resolved_methods()]
 
     def main_noise(self) -> str:
@@ -324,7 +337,7 @@ class StudySpec:
             for variant, overrides in [("full", {}), *method_class(method).ablations.items()]:
                 options = {**base, **overrides}
                 if variant == "full" or method_config(method, **options) != method_config(method, **base):
-                    out.append(self.run_spec(method, noise, seed, Path(runs_dir) / "ablations",
+                    out.append(self.run_spec(method, noise, seed, cell_dir(runs_dir, "ablation"),
                                              train_extra=self.ablation_train, method_options=options,
                                              variant=variant))
         return out
@@ -335,7 +348,7 @@ class StudySpec:
         from ferlib.noise import NoiseSpec
 
         k = self.cleanlab_folds
-        return [self.run_spec("ce", n, s, Path(runs_dir) / "cleanlab", train_extra=self.cleanlab_train,
+        return [self.run_spec("ce", n, s, cell_dir(runs_dir, "fold"), train_extra=self.cleanlab_train,
                               method_options={}, fold=[i, k])
                 for s in self.grid.seeds for n in self.grid.noise if k and NoiseSpec.parse(n).relabels
                 for i in range(k)]
@@ -346,7 +359,7 @@ class StudySpec:
         if not self.init_contrast:
             return []
         weights, methods, noise = (self.init_contrast[k] for k in ("weights", "methods", "noise"))
-        return [self.run_spec(m, n, s, Path(runs_dir) / "init", backbone={"weights": weights})
+        return [self.run_spec(m, n, s, cell_dir(runs_dir, "init"), backbone={"weights": weights})
                 for s in self.grid.seeds for n in noise for m in methods]
 
     def cells(self, runs_dir: str | os.PathLike) -> list[tuple[str, object]]:
