@@ -7,24 +7,55 @@ as a dataset reader's.
     parse_options(AugmentConfig, ["erase=0", "scale=[0.5, 1]"], where="--augment-opt")   # {"erase": 0.0, ...}
     parse_options(read_ferplus, ["image_size=64"], where="--dataset-opt")                # {"image_size": 64}
     check_types(config, where="method 'ldlva'")                                          # raises on lr="abc"
+    label_smoothing: float = ranged(0.0, UNIT_OPEN)   # a config field declaring its range; in __post_init__:
+    check_ranges(self)                                # raises "CEConfig.label_smoothing must be in [0, 1), got 5"
 """
 from __future__ import annotations
 
 import dataclasses
 import inspect
 import json
+import math
+import numbers
 import types
 import typing
 
 __all__ = ["field_hints", "option_hints", "parse_value", "parse_literal", "parse_options", "split_options",
-           "check_types", "check_ranges", "AT_LEAST_1", "POSITIVE", "NON_NEGATIVE", "PROBABILITY", "UNIT_OPEN"]
+           "check_types", "check_ranges", "Interval", "ranged", "field_ranges", "AT_LEAST_1", "POSITIVE",
+           "NON_NEGATIVE", "PROBABILITY", "UNIT_OPEN", "FINITE"]
 
-#: Ranges for :func:`check_ranges`: ``(test, what the message says)``.
-AT_LEAST_1 = (lambda v: v >= 1, ">= 1")
-POSITIVE = (lambda v: v > 0, "> 0")
-NON_NEGATIVE = (lambda v: v >= 0, ">= 0")
-PROBABILITY = (lambda v: 0 <= v <= 1, "in [0, 1]")
-UNIT_OPEN = (lambda v: 0 <= v < 1, "in [0, 1)")
+
+@dataclasses.dataclass(frozen=True)
+class Interval:
+    """The finite numbers from ``lo`` to ``hi`` (infinite: unbounded), each end included unless ``lo_open`` /
+    ``hi_open``; NaN and +-inf lie in no interval. ``str`` gives what an error message says (``"in [0, 1)"``)."""
+
+    lo: float = -math.inf
+    hi: float = math.inf
+    _: dataclasses.KW_ONLY
+    lo_open: bool = False
+    hi_open: bool = False
+
+    def __contains__(self, value) -> bool:
+        return (math.isfinite(value) and (self.lo < value if self.lo_open else self.lo <= value)
+                and (value < self.hi if self.hi_open else value <= self.hi))
+
+    def __str__(self) -> str:
+        lo, hi = math.isfinite(self.lo), math.isfinite(self.hi)
+        if lo and hi:
+            return f"in {'(' if self.lo_open else '['}{self.lo:g}, {self.hi:g}{')' if self.hi_open else ']'}"
+        if lo:
+            return f"{'>' if self.lo_open else '>='} {self.lo:g}"
+        return f"{'<' if self.hi_open else '<='} {self.hi:g}" if hi else "finite"
+
+
+#: Common ranges for :func:`check_ranges` and :func:`ranged`.
+AT_LEAST_1 = Interval(1)
+POSITIVE = Interval(0, lo_open=True)
+NON_NEGATIVE = Interval(0)
+PROBABILITY = Interval(0, 1)
+UNIT_OPEN = Interval(0, 1, hi_open=True)
+FINITE = Interval()
 
 _TRUE, _FALSE = ("true", "1", "yes"), ("false", "0", "no")
 
@@ -141,12 +172,31 @@ def _matches(value, hint) -> bool:
     return True  # nested configs and other types check themselves
 
 
-def check_ranges(obj, ranges: dict, *, where: str) -> None:
-    """Raise ValueError naming the first field of ``obj`` outside its range: ``ranges`` maps a field to
-    ``(test, text)`` (e.g. :data:`POSITIVE`), or a tuple field to that of each of its items."""
-    for key, (ok, text) in ranges.items():
+def ranged(default, interval: Interval):
+    """A dataclass field with ``default`` whose value (each item of a tuple) must lie in ``interval``: declared
+    in ``metadata["range"]``, checked by :func:`check_ranges`."""
+    return dataclasses.field(default=default, metadata={"range": interval})
+
+
+def field_ranges(cls) -> dict[str, Interval]:
+    """``{field: Interval}`` of the fields of dataclass ``cls`` declared with :func:`ranged`."""
+    return {f.name: f.metadata["range"] for f in dataclasses.fields(cls) if "range" in f.metadata}
+
+
+def check_ranges(obj, ranges: dict | None = None, *, where: str | None = None) -> None:
+    """Raise ValueError ``<where>.<field> must be <range>, got <value>`` for the first field of ``obj`` outside
+    its range. ``ranges`` maps a field to an :class:`Interval` or a ``(test, text)`` pair, which applies to each
+    item of a tuple; default: the ranges the fields declare (:func:`field_ranges`), and ``where`` the class name.
+    NaN and +-inf are never in range; None and values that are not numbers are left to :func:`check_types`."""
+    ranges = field_ranges(type(obj)) if ranges is None else ranges
+    where = type(obj).__name__ if where is None else where
+    for key, rng in ranges.items():
+        ok, text = (rng.__contains__, str(rng)) if isinstance(rng, Interval) else rng
         value = getattr(obj, key)
-        if not all(ok(v) for v in (value if isinstance(value, tuple) else (value,))):
+        items = [v for v in (value if isinstance(value, tuple) else (value,)) if isinstance(v, numbers.Real)]
+        finite = all(math.isfinite(v) for v in items)
+        if not (finite and all(ok(v) for v in items)):
+            text = text if finite or text == "finite" else f"finite and {text}"
             raise ValueError(f"{where}.{key} must be {text}, got {value!r}")
 
 

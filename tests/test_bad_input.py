@@ -29,6 +29,11 @@ def one_line_error(capsys) -> str:
 @pytest.mark.parametrize("extra, says", [
     (["--augment-opt", "foo=1"], r"--augment-opt: bad option 'foo=1'.*key in flip, crop, pad"),
     (["--method-opt", "label_smoothing=abc"], r"method 'ce': label_smoothing='abc' is not a valid float"),
+    (["--method-opt", "label_smoothing=5"], r"CEConfig.label_smoothing must be in \[0, 1\), got 5.0"),
+    (["--method", "dmue", "--method-opt", "T=0"], r"DMUEConfig.T must be > 0, got 0.0"),
+    (["--lr", "inf"], r"TrainConfig.lr must be finite and > 0, got inf"),
+    (["--lr", "nan"], r"TrainConfig.lr must be finite and > 0, got nan"),
+    (["--weight-decay=-inf"], r"TrainConfig.weight_decay must be finite and >= 0, got -inf"),
     (["--noise", "symmetric:2"], r"symmetric:2"),
     (["--image-size", "0"], r"TrainConfig.image_size must be >= 8 \(pixels\), got 0"),
     (["--scheduler", "step", "--step-size", "0"], r"TrainConfig.step_size must be >= 1, got 0"),
@@ -39,7 +44,8 @@ def one_line_error(capsys) -> str:
     (["--train-subset", "0"], r"RunSpec.train_subset must be a positive number of images or None \(all\), got 0"),
     (["--device", "cuda" if not torch.cuda.is_available() else "cuda:99x"], r"TrainConfig.device 'cuda"),
 ])
-def test_a_bad_setting_is_one_line_before_any_data_loads(tmp_path, capsys, extra, says):
+def test_a_bad_setting_is_one_line_before_any_data_loads(tmp_path, capsys, monkeypatch, extra, says):
+    monkeypatch.setattr("ferlib.data.load_dataset", lambda *a, **k: pytest.fail("the data were loaded"))
     assert main(train_args(tmp_path, *extra)) == 2
     assert re.search(says, one_line_error(capsys))
     assert not (tmp_path / "runs").exists()  # nothing was started

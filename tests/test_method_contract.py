@@ -8,6 +8,8 @@ For each (method, variant), on a 64-image FERPlus tree (``small_ferplus``) with 
   or buffer that must not train (momentum encoders, banks);
 - the read-out is a :class:`~ferlib.methods.Readout` and its ``score`` is (N,) and finite after training;
 - every ablation key is a config field;
+- every numeric option declares its range (:func:`ferlib.options.ranged`) and the config refuses, on construction,
+  the values just outside it (and NaN and +-inf), naming the option;
 - two epochs interrupted after the first and resumed equal two uninterrupted epochs, bit for bit;
 - two identical runs through the public entry point (:func:`ferlib.experiment.run`) are identical;
 - the model a method trains (after ``bind``) has the plain model's weights: inference is backbone + classifier.
@@ -19,6 +21,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import re
+import typing
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +36,7 @@ from ferlib.bench.synthetic import STUB_SOURCES
 from ferlib.engine import TrainConfig, make_batch
 from ferlib.experiment import RunSpec, build, prepare_data, run
 from ferlib.methods import Readout, create_method, list_methods, method_class
+from ferlib.options import Interval, field_hints
 
 BATCH = 16
 TINY = BackboneConfig(model_kwargs={"channels": [8, 16, 32, 64], "stem_width": 8})
@@ -91,6 +97,40 @@ def test_every_ablation_key_is_a_config_field(name):
         assert overrides, f"{name} ablation {variant!r} changes nothing"
         assert set(overrides) <= fields, f"{name} ablation {variant!r} names {set(overrides) - fields}"
         cls.Config(**overrides)  # valid values
+
+
+def numeric_options() -> list[tuple[str, str]]:
+    """(method, option) for every int or float option of every config (``X | None`` and tuples of X too)."""
+    return [(name, key) for name in list_methods() for key, hint in field_hints(method_class(name).Config).items()
+            if {int, float} & set(typing.get_args(hint) or (hint,))]
+
+
+def outside(rng: Interval, integer: bool) -> list:
+    """The values just outside ``rng`` at each finite end, and NaN and +-inf unless ``integer``."""
+    step = (lambda x, d: int(x) + d) if integer else (lambda x, d: math.nextafter(x, d * math.inf))
+    values = [] if integer else [math.nan, math.inf, -math.inf]
+    if math.isfinite(rng.lo):
+        values.append(rng.lo if rng.lo_open else step(rng.lo, -1))
+    if math.isfinite(rng.hi):
+        values.append(rng.hi if rng.hi_open else step(rng.hi, 1))
+    return values
+
+
+@pytest.mark.parametrize("name, key", numeric_options(), ids=lambda v: v)
+def test_every_numeric_option_has_a_range_and_a_value_outside_it_is_refused_naming_it(name, key):
+    config = method_class(name).Config
+    f = next(f for f in dataclasses.fields(config) if f.name == key)
+    rng = f.metadata.get("range")
+    assert isinstance(rng, Interval), f"{config.__name__}.{key} declares no range (ferlib.options.ranged)"
+    hint = field_hints(config)[key]
+    for bad in outside(rng, integer=float not in (typing.get_args(hint) or (hint,))):
+        values = [tuple(bad if j == i else v for j, v in enumerate(f.default)) for i in range(len(f.default))] \
+            if isinstance(f.default, tuple) else [bad]
+        for value in values:
+            text = re.escape(f"{config.__name__}.{key} must be ") + r"(finite and )?" + re.escape(
+                f"{rng}, got {value!r}")
+            with pytest.raises(ValueError, match=text):
+                config(**{key: value})
 
 
 @pytest.mark.parametrize("name", list_methods())

@@ -2,13 +2,16 @@
 and values named before any data loads, noise specs in one canonical form."""
 from __future__ import annotations
 
+import math
+import typing
+
 import pytest
 
 from ferlib.augment import AugmentConfig
 from ferlib.engine import TrainConfig
 from ferlib.experiment import RunSpec, run_id
 from ferlib.methods import parse_overrides
-from ferlib.options import parse_options, split_options
+from ferlib.options import field_hints, parse_options, split_options
 from ferlib.study import load_profile
 
 NOWHERE = "/nonexistent/data"  # never read: every check below fails (or passes) before any data loads
@@ -34,6 +37,18 @@ def test_bad_values_fail_at_the_run_spec_naming_the_parameter():
         RunSpec(data=NOWHERE, train={"lr": "abc"})
     with pytest.raises(ValueError, match="symetric"):
         RunSpec(data=NOWHERE, noise="symetric:0.3")
+
+
+NUMERIC_TRAIN = {k: typing.get_args(hint) or (hint,) for k, hint in field_hints(TrainConfig).items()
+                 if {int, float} & set(typing.get_args(hint) or (hint,))}
+
+
+@pytest.mark.parametrize("key", list(NUMERIC_TRAIN))
+def test_every_numeric_train_setting_refuses_a_negative_or_non_finite_value_naming_it(key):
+    """No count, size, rate, factor or seed of TrainConfig is meaningful below 0, nor any float at NaN or +-inf."""
+    for value in [-1] + ([math.nan, math.inf] if float in NUMERIC_TRAIN[key] else []):
+        with pytest.raises(ValueError, match=rf"^TrainConfig\.{key} must be .*, got "):
+            TrainConfig(**{key: (value,) if Ellipsis in NUMERIC_TRAIN[key] else value})
 
 
 def test_noise_specs_are_canonical_so_one_setting_is_one_run(tmp_path):

@@ -5,6 +5,7 @@ from dataclasses import dataclass
 
 import torch.nn.functional as F
 
+from ..options import UNIT_OPEN, check_ranges, ranged
 from .base import Method, register_method
 
 __all__ = ["CE", "CEConfig"]
@@ -18,7 +19,10 @@ class CEConfig:
         Mass spread uniformly over all classes (Szegedy et al., CVPR 2016). 0 = plain CE.
     """
 
-    label_smoothing: float = 0.0
+    label_smoothing: float = ranged(0.0, UNIT_OPEN)
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
 
 
 @register_method

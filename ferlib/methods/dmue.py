@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..backbones import require_parts
+from ..options import NON_NEGATIVE, POSITIVE, UNIT_OPEN, check_ranges, ranged
 from .base import Method, Readout, register_method
 from .dmue_parts import (
     RESNET_PARTS, AuxiliaryBranches, UncertaintyMLP, batch_standardise, branch_subset, class_balanced_order,
@@ -109,15 +110,15 @@ class DMUEConfig:
         not trained (the plain target branch with the uncertainty scaling).
     """
 
-    T: float = 1.2
-    w: float = 0.5
-    gamma: float = 1000.0
-    ramp_a: float = 6.0
-    aux_dropout: float = 0.5
+    T: float = ranged(1.2, POSITIVE)
+    w: float = ranged(0.5, NON_NEGATIVE)
+    gamma: float = ranged(1000.0, NON_NEGATIVE)
+    ramp_a: float = ranged(6.0, POSITIVE)
+    aux_dropout: float = ranged(0.5, UNIT_OPEN)
     aux_gram: str = "logits"
     main_gram_neck: bool = True
     train_uncertainty_mlp: bool = False
-    min_per_class: int = 0
+    min_per_class: int = ranged(0, NON_NEGATIVE)
     class_balance: bool = True
     use_latent: bool = True
     use_spkd: bool = True
@@ -126,12 +127,7 @@ class DMUEConfig:
     def __post_init__(self) -> None:
         if self.aux_gram not in AUX_GRAMS:
             raise ValueError(f"DMUEConfig.aux_gram must be one of {AUX_GRAMS}, got {self.aux_gram!r}")
-        checks = {"T": self.T > 0, "w": self.w >= 0, "gamma": self.gamma >= 0, "ramp_a": self.ramp_a > 0,
-                  "aux_dropout": 0 <= self.aux_dropout < 1, "min_per_class": self.min_per_class >= 0}
-        bad = [k for k, ok in checks.items() if not ok]
-        if bad:
-            raise ValueError(f"DMUEConfig.{bad[0]} out of range: {getattr(self, bad[0])!r} (T > 0, w >= 0, "
-                             "gamma >= 0, ramp_a > 0, 0 <= aux_dropout < 1, min_per_class >= 0)")
+        check_ranges(self)
 
     @property
     def aux_branches(self) -> bool:

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..augment import AugmentConfig, _erase
+from ..options import NON_NEGATIVE, PROBABILITY, Interval, check_ranges, ranged
 from .base import Method, Readout, register_method
 
 __all__ = ["EAC", "EACConfig", "ERASINGS", "class_activation_maps", "flip_maps", "flip_images", "erase_views",
@@ -67,21 +68,18 @@ class EACConfig:
         original only); here the mirror shares whatever photometric noise the engine drew for the original.
     """
 
-    lam: float = 5.0
-    erase: float = 0.5
-    erase_scale: tuple[float, float] = (0.02, 0.25)
+    lam: float = ranged(5.0, NON_NEGATIVE)
+    erase: float = ranged(0.5, PROBABILITY)
+    erase_scale: tuple[float, float] = ranged((0.02, 0.25), Interval(0, 1, lo_open=True, hi_open=True))
     erasing: str = "independent"
 
     def __post_init__(self) -> None:
         if self.erasing not in ERASINGS:
             raise ValueError(f"EACConfig.erasing must be one of {ERASINGS}, got {self.erasing!r}")
-        if not self.lam >= 0:
-            raise ValueError(f"EACConfig.lam must be >= 0, got {self.lam!r}")
-        if not 0 <= self.erase <= 1:
-            raise ValueError(f"EACConfig.erase must lie in [0, 1], got {self.erase!r}")
+        check_ranges(self)
         lo, hi = self.erase_scale
-        if not 0 < lo <= hi < 1:
-            raise ValueError(f"EACConfig.erase_scale must satisfy 0 < low <= high < 1, got {self.erase_scale!r}")
+        if not lo <= hi:
+            raise ValueError(f"EACConfig.erase_scale must be (low, high) with low <= high, got {self.erase_scale!r}")
 
 
 # --------------------------------------------------------------------------- the paper's equations

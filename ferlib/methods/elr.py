@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from ..distributed import gather
+from ..options import NON_NEGATIVE, UNIT_OPEN, Interval, check_ranges, ranged
 from .base import Method, Readout, register_method
 
 __all__ = ["ELR", "ELRConfig", "elr_probabilities", "elr_target_update", "elr_regulariser", "elr_loss"]
@@ -45,16 +46,12 @@ class ELRConfig:
         (``ELR/model/loss.py:23``: 1e-4). It keeps log(1 - <t, p>) finite: <t, p> <= max_k p_k < 1.
     """
 
-    beta: float = 0.7
-    lam: float = 3.0
-    clamp: float = 1e-4
+    beta: float = ranged(0.7, UNIT_OPEN)
+    lam: float = ranged(3.0, NON_NEGATIVE)
+    clamp: float = ranged(1e-4, Interval(0, 0.5, lo_open=True, hi_open=True))
 
     def __post_init__(self) -> None:
-        checks = {"beta": (0 <= self.beta < 1, "in [0, 1)"), "lam": (self.lam >= 0, ">= 0"),
-                  "clamp": (0 < self.clamp < 0.5, "in (0, 0.5)")}
-        for key, (ok, text) in checks.items():
-            if not ok:
-                raise ValueError(f"ELRConfig.{key} must be {text}, got {getattr(self, key)!r}")
+        check_ranges(self)
 
 
 # --------------------------------------------------------------------------- the paper's equations

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..options import Interval, check_ranges, ranged
 from .base import Method, Readout, register_method
 
 __all__ = ["GCE", "GCEConfig", "lq_loss", "truncated_lq_loss", "pruning_weights", "is_pruning_epoch"]
@@ -49,19 +50,14 @@ class GCEConfig:
         test set; the paper on a validation set).
     """
 
-    q: float = 0.7
+    q: float = ranged(0.7, Interval(0, 1, lo_open=True))
     truncate: bool = False
-    k: float = 0.5
-    prune_start: float = 1 / 3
-    prune_every: float = 1 / 12
+    k: float = ranged(0.5, Interval(0, 1, lo_open=True, hi_open=True))
+    prune_start: float = ranged(1 / 3, Interval(0, 1, lo_open=True))
+    prune_every: float = ranged(1 / 12, Interval(0, 1, lo_open=True))
 
     def __post_init__(self) -> None:
-        checks = {"q": (0 < self.q <= 1, "in (0, 1]"), "k": (0 < self.k < 1, "in (0, 1)"),
-                  "prune_start": (0 < self.prune_start <= 1, "in (0, 1]"),
-                  "prune_every": (0 < self.prune_every <= 1, "in (0, 1]")}
-        for key, (ok, text) in checks.items():
-            if not ok:
-                raise ValueError(f"GCEConfig.{key} must be {text}, got {getattr(self, key)!r}")
+        check_ranges(self)
 
 
 # --------------------------------------------------------------------------- the paper's equations

@@ -46,6 +46,7 @@ from torch import nn
 
 from ..backbones import require_parts
 from ..distributed import gather
+from ..options import AT_LEAST_1, NON_NEGATIVE, POSITIVE, PROBABILITY, Interval, check_ranges, ranged
 from .base import Method, Readout, register_method
 from .lanet_parts import (
     REFERENCE_HEATMAP_SIZE, EdgeScorer, KeyQueue, LandmarkBranch, aggregate_neighbours, awing_loss, chunk_ids,
@@ -72,37 +73,39 @@ class LANetConfig:
         Where landmarks of the train split come from: a :mod:`ferlib.landmarks` backend name (``"dlib"``,
         computed in ``bind``) or the path of an ``.npy`` array (N, P, 2) of ``(x, y)`` fractions in [0, 1],
         rows aligned with the train split, NaN rows for failed detections. The code loads 19 HRNet-AFLW points.
-    K : int
+    K : int >= 1
         Neighbours per sample in each space. Code: 8.
-    dis_momentum : float
+    dis_momentum : float in [0, 1]
         m of the history bank, t = m H + (1 - m) q. Code: 0.9.
-    confidence : float
+    confidence : float in [0, 1]
         Pseudo-label threshold on max t. Code: 0.7 (0.5 before commit 74bb121).
-    con_T : float
+    con_T : float > 0
         Contrastive temperature. Code: 0.1.
-    banksize : int
+    banksize : int >= 1
         Length M of each key queue. Code: 8192 (the code requires a multiple of the batch; we wrap around).
-    moco_momentum : float
+    moco_momentum : float in [0, 1]
         Momentum of the key encoder. Code: 0.999.
-    lam_lm, lam_kl, lam_cl : float
+    lam_lm, lam_kl, lam_cl : float >= 0
         Weights of the landmark, KL and contrastive losses (CE has weight 1). Code: 1, 1, 0.1.
-    sigma : float
+    sigma : float > 0
         Gaussian sigma of the heatmaps at the reference 56 x 56 map (224 px input). DEPARTURE: on other map
         sizes S the sigma is ``sigma * S / 56``, so the blob keeps its size relative to the face (0.32 px at
         48 px input, 12 x 12 maps); the code only runs at 224 px.
-    awing_alpha, awing_omega, awing_epsilon, awing_theta : float
-        Adaptive Wing parameters. Code: 2.1, 14, 1, 0.5.
-    foreground_weight, foreground_threshold : float
-        Weight where the 3x3-dilated heatmap exceeds the threshold (1 elsewhere). Code: 10, 0.2.
+    awing_alpha, awing_omega, awing_epsilon, awing_theta : float, alpha > 1, the others > 0
+        Adaptive Wing parameters. Code: 2.1, 14, 1, 0.5. The exponent alpha - y must stay positive for heatmap
+        values y in [0, 1] (:func:`~ferlib.methods.lanet_parts.awing_loss`), hence alpha > 1.
+    foreground_weight, foreground_threshold : float >= 0, in [0, 1]
+        Weight where the 3x3-dilated heatmap (values in [0, 1]) exceeds the threshold (1 elsewhere). Code: 10,
+        0.2.
     round_centres : bool
         Round Gaussian centres to the heatmap grid, as the code. False gives sub-pixel centres.
     flip_permutation : str
         ``""`` (code: left/right indices not swapped under a flip), ``"68"`` (the iBUG-68 mirror map of
         :mod:`ferlib.landmarks.layout`) or comma-separated indices, a permutation of range(P).
-    graph_batch : int or None
+    graph_batch : int >= 2 or None
         Build the kNN graph within chunks of this many consecutive batch samples; None = the whole batch
         (the code's global batch of 128 = 2 GPUs x 64; run with batch_size 128 to match).
-    positive_batch : int or None
+    positive_batch : int >= 2 or None
         In-batch contrastive positives within chunks of this many samples; None = the whole batch. 64 with
         batch_size 128 emulates the code's per-GPU positives.
     class_balance : bool
@@ -116,44 +119,33 @@ class LANetConfig:
     """
 
     landmarks: str = "dlib"
-    K: int = 8
-    dis_momentum: float = 0.9
-    confidence: float = 0.7
-    con_T: float = 0.1
-    banksize: int = 8192
-    moco_momentum: float = 0.999
-    lam_lm: float = 1.0
-    lam_kl: float = 1.0
-    lam_cl: float = 0.1
-    sigma: float = 1.5
-    awing_alpha: float = 2.1
-    awing_omega: float = 14.0
-    awing_epsilon: float = 1.0
-    awing_theta: float = 0.5
-    foreground_weight: float = 10.0
-    foreground_threshold: float = 0.2
+    K: int = ranged(8, AT_LEAST_1)
+    dis_momentum: float = ranged(0.9, PROBABILITY)
+    confidence: float = ranged(0.7, PROBABILITY)
+    con_T: float = ranged(0.1, POSITIVE)
+    banksize: int = ranged(8192, AT_LEAST_1)
+    moco_momentum: float = ranged(0.999, PROBABILITY)
+    lam_lm: float = ranged(1.0, NON_NEGATIVE)
+    lam_kl: float = ranged(1.0, NON_NEGATIVE)
+    lam_cl: float = ranged(0.1, NON_NEGATIVE)
+    sigma: float = ranged(1.5, POSITIVE)
+    awing_alpha: float = ranged(2.1, Interval(1, lo_open=True))
+    awing_omega: float = ranged(14.0, POSITIVE)
+    awing_epsilon: float = ranged(1.0, POSITIVE)
+    awing_theta: float = ranged(0.5, POSITIVE)
+    foreground_weight: float = ranged(10.0, NON_NEGATIVE)
+    foreground_threshold: float = ranged(0.2, PROBABILITY)
     round_centres: bool = True
     flip_permutation: str = ""
-    graph_batch: int | None = None
-    positive_batch: int | None = None
+    graph_batch: int | None = ranged(None, Interval(2))
+    positive_batch: int | None = ranged(None, Interval(2))
     class_balance: bool = True
     use_lde: bool = True
     use_contrastive: bool = True
     use_landmark_branch: bool = True
 
     def __post_init__(self) -> None:
-        for key in ("graph_batch", "positive_batch"):
-            if isinstance(getattr(self, key), int) and getattr(self, key) < 2:
-                raise ValueError(f"LANetConfig.{key} must be None or >= 2, got {getattr(self, key)!r}")
-        for key in ("K", "banksize"):
-            if getattr(self, key) < 1:
-                raise ValueError(f"LANetConfig.{key} must be >= 1, got {getattr(self, key)!r}")
-        for key in ("dis_momentum", "moco_momentum", "confidence"):
-            if not 0 <= getattr(self, key) <= 1:
-                raise ValueError(f"LANetConfig.{key} must lie in [0, 1], got {getattr(self, key)!r}")
-        for key in ("con_T", "sigma"):
-            if not getattr(self, key) > 0:
-                raise ValueError(f"LANetConfig.{key} must be > 0, got {getattr(self, key)!r}")
+        check_ranges(self)
         if self.use_contrastive and not self.use_landmark_branch:
             raise ValueError("LANetConfig: use_contrastive needs use_landmark_branch (the loss contrasts "
                              "expression and landmark features); set use_contrastive=False too")

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..options import NON_NEGATIVE, check_ranges, ranged
 from .base import Method, register_method
 
 __all__ = ["LDLVotes", "LDLVotesConfig", "soft_cross_entropy"]
@@ -27,11 +28,14 @@ class LDLVotesConfig:
     """Cross-entropy to the normalised human votes (Barsoum et al., ICMI 2016, "probabilistic label drawing"
     / "cross-entropy loss" schemes; here the cross-entropy one).
 
-    min_votes : float
+    min_votes : float >= 0
         Vote counts below this are zeroed before normalising (1 drops single votes, as in the majority mode).
     """
 
-    min_votes: float = 0.0
+    min_votes: float = ranged(0.0, NON_NEGATIVE)
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
 
 
 @register_method

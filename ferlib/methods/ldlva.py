@@ -54,6 +54,7 @@ from torch import nn
 from ..augment import AugmentConfig, augment_batch, prepare_batch
 from ..data.storage import batch_images
 from ..va import KNN_METRICS, aux_from_array, aux_source_help, knn, parse_aux, resolve_aux
+from ..options import AT_LEAST_1, FINITE, NON_NEGATIVE, POSITIVE, UNIT_OPEN, check_ranges, ranged
 from .base import Method, Readout, register_method
 from .ldl_votes import soft_cross_entropy
 
@@ -70,7 +71,7 @@ DISTANCE_SCALES = ("auto", "none", "median")
 class LDLVAConfig:
     """LDLVA hyperparameters; defaults from ``cfg_files/config_resnet18_raf.py`` unless noted.
 
-    num_neighbors : int
+    num_neighbors : int >= 1
         K neighbours per sample (``num_neighbors`` = 8).
     aux : str
         Auxiliary space for the offline kNN: an aux source string of :mod:`ferlib.va` (``name`` or
@@ -89,7 +90,7 @@ class LDLVAConfig:
     knn_metric : str
         ``euclidean`` | ``manhattan`` | ``cosine``. The official kNN comes precomputed in a csv with an
         unstated distance (docs/methods/ldlva.md, A1); Euclidean is our default.
-    similarity_temperature : float
+    similarity_temperature : float > 0
         The 0.5 of a_ij = exp(-||v_i - v_j||_1 / 0.5) (``data_utils.get_train_dataset``).
     distance_scale : str
         Divide the L1 distances of a_ij by their median over all kNN pairs (``median``), or not (``none``:
@@ -106,7 +107,7 @@ class LDLVAConfig:
     neighbour_bn : str
         ``faithful`` mode: ``train`` (official: BatchNorm in training mode, running statistics updated by the
         neighbour batches, no gradient) or ``eval`` (running statistics used, not updated).
-    neighbour_pad : int
+    neighbour_pad : int >= 0
         Pad-and-crop shift in pixels of the neighbour augmentation (official ``pad_size``: 8 at 224 px,
         4 at 112 px; 4 suits 48 px).
     calibration : bool
@@ -114,52 +115,54 @@ class LDLVAConfig:
     calib_clamp : float
         Lower clamp of the calibration logit (``AdaptiveSimNet``: max(x, -1.3), so c_ij >= 0.214).
     lamb_init, lamb_lr, lamb_momentum : float
-        theta_i initial value, learning rate and momentum of theta's own SGD (0.5 / 10 / 0 for RAF-DB;
-        AffectNet uses 0.8 / 10 / 0.9). ``lamb_lr = 0`` keeps lambda at sigmoid(lamb_init) (ablation).
-    lamb_lr_batch : int
+        theta_i initial value (any finite), learning rate (>= 0) and momentum (in [0, 1)) of theta's own SGD
+        (0.5 / 10 / 0 for RAF-DB; AffectNet uses 0.8 / 10 / 0.9). ``lamb_lr = 0`` keeps lambda at
+        sigmoid(lamb_init) (ablation).
+    lamb_lr_batch : int >= 0
         The batch size ``lamb_lr`` was tuned at (``config_resnet18_raf.py``: 32). theta's gradient comes from
         the batch-MEAN loss, so one visit moves theta_i by lamb_lr / B * dL_i/dtheta_i; we step with
         lamb_lr * B / lamb_lr_batch, which gives every visit the official step whatever our batch size B
         (``src/train.py:95-102``). 0 = no rescaling (DEPARTURE, ferlib up to bec7813: at B = 64 each visit
         moved theta half as far as the code).
-    gamma : float
+    gamma : float >= 0
         Weight of the discriminative loss (0.01).
-    center_lr : float
+    center_lr : float >= 0
         SGD rate of the manual center updates (``DiscriminativeLoss(centers_alpha=0.5)``).
-    center_push : float
+    center_push : float >= 0
         Factor on the repulsion gradient in the push step (0.1 in ``update_centers``).
     class_weights : bool
         sklearn "balanced" class weights in the soft cross-entropy (off for RAF-DB, on for AffectNet).
-    image_size : int
+    image_size : int >= 0
         Side of the images of the ``bind`` pass (bank init, aux features); 0 = the run's
         ``TrainConfig.image_size``.
-    seed : int
+    seed : int >= 0
         Seed of the neighbour augmentation (``faithful``), combined with the step count so resume is exact.
     """
 
-    num_neighbors: int = 8
+    num_neighbors: int = ranged(8, AT_LEAST_1)
     aux: str = "landmarks:dlib"
     aux_standardise: bool = False
     knn_metric: str = "euclidean"
-    similarity_temperature: float = 0.5
+    similarity_temperature: float = ranged(0.5, POSITIVE)
     distance_scale: str = "auto"
     neighbours: str = "faithful"
     neighbour_bn: str = "train"
-    neighbour_pad: int = 4
+    neighbour_pad: int = ranged(4, NON_NEGATIVE)
     calibration: bool = True
-    calib_clamp: float = -1.3
-    lamb_init: float = 0.5
-    lamb_lr: float = 10.0
-    lamb_momentum: float = 0.0
-    lamb_lr_batch: int = 32
-    gamma: float = 0.01
-    center_lr: float = 0.5
-    center_push: float = 0.1
+    calib_clamp: float = ranged(-1.3, FINITE)
+    lamb_init: float = ranged(0.5, FINITE)
+    lamb_lr: float = ranged(10.0, NON_NEGATIVE)
+    lamb_momentum: float = ranged(0.0, UNIT_OPEN)
+    lamb_lr_batch: int = ranged(32, NON_NEGATIVE)
+    gamma: float = ranged(0.01, NON_NEGATIVE)
+    center_lr: float = ranged(0.5, NON_NEGATIVE)
+    center_push: float = ranged(0.1, NON_NEGATIVE)
     class_weights: bool = False
-    image_size: int = 0
-    seed: int = 0
+    image_size: int = ranged(0, NON_NEGATIVE)
+    seed: int = ranged(0, NON_NEGATIVE)
 
     def __post_init__(self) -> None:
+        check_ranges(self)
         for key, valid in (("neighbours", NEIGHBOUR_MODES), ("neighbour_bn", BN_MODES),
                            ("knn_metric", KNN_METRICS), ("distance_scale", DISTANCE_SCALES)):
             if getattr(self, key) not in valid:
@@ -168,9 +171,6 @@ class LDLVAConfig:
         if source.oracle:
             raise ValueError(f"LDLVAConfig.aux: {self.aux!r} is an ORACLE source (it reads the human votes), which "
                              "a noisy-label method may not see; valid: " + aux_source_help())
-        if self.num_neighbors < 1 or self.similarity_temperature <= 0 or self.lamb_lr < 0 or self.lamb_lr_batch < 0:
-            raise ValueError("LDLVAConfig needs num_neighbors >= 1, similarity_temperature > 0, lamb_lr >= 0, "
-                             "lamb_lr_batch >= 0")
 
 
 # --------------------------------------------------------------------------- paper equations

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from ..distributed import gather
+from ..options import AT_LEAST_1, NON_NEGATIVE, POSITIVE, PROBABILITY, Interval, check_ranges, ranged
 from .base import Method, Readout, register_method
 
 __all__ = [
@@ -49,21 +50,22 @@ class NLAConfig:
     """NLA hyperparameters: the official code's defaults (``main_rafdb.py`` argparser), with its names where it
     has a flag (``naw_form``, ``js_reduction``, ``js_code_batch`` and ``detach_weight`` are ours).
 
-    mu_x_t, mu_y_t : float
+    mu_x_t, mu_y_t : float in [0, 1]
         Mean (p_GT, p_NN) of the true-branch Gaussian (prediction == label). Code: 0.5, 0.5.
-    mu_x_f, mu_y_f : float
+    mu_x_f, mu_y_f : float in [0, 1]
         Mean of the false-branch Gaussian (prediction != label). Code: 0.30, 0.15.
     t_std_major, t_std_ratio : float > 0
         True-branch sigma and axis ratio r (see :func:`naw_covariance`). Code: 0.8, 2.
     f_std_major, f_std_ratio : float > 0
         False-branch sigma and axis ratio. Code: 0.91, 6.
-    t_lambda : float
+    t_lambda : float >= 0
         Scale of the true-branch density. Code: 1.
-    slope : float
-        Slope of the true-branch correlation ramp eps(e) = 1 - exp(slope * e / E). Code: -15.
+    slope : float <= 0
+        Slope of the true-branch correlation ramp eps(e) = 1 - exp(slope * e / E). Code: -15. A positive slope
+        would make eps negative and, past -1, the covariance indefinite (:func:`naw_covariance`).
     ramp : bool
         Apply the ramp (code: ``sch_bool``); False keeps eps = 1 from the first epoch.
-    lam_a, lam_b, lam_c : float
+    lam_a, lam_b, lam_c : float >= 0
         Weights of mean(CE), mean(w * CE) and the JS regulariser. Code: 0.5 each.
     naw_form : ``"per_sample"`` | ``"pairwise"``
         ``per_sample`` (default): w_i from s_i alone, the code from commit b86f31f (2025-05-14) on.
@@ -78,7 +80,7 @@ class NLAConfig:
         ``sum``: lam_c * sum_i JS_i over OUR batch (the code's literal form; 2x the code at batch 64).
         ``mean``: lam_c * mean_i JS_i (DEPARTURE, ferlib up to bec7813: 32x weaker than the code; NLA is then
         in effect NAW-weighted CE).
-    js_code_batch : int
+    js_code_batch : int >= 1
         The official batch size that fixes the ``code`` reduction's scale (``main_rafdb.py:28``: 32).
     detach_weight : bool
         Stop gradients through w. The code does not detach (default False; docs/methods/nla.md, A2). From a
@@ -90,34 +92,30 @@ class NLAConfig:
         per-sample weight; the ``smoke`` profile, from scratch on 1.4k faces, uses it.
     """
 
-    mu_x_t: float = 0.5
-    mu_y_t: float = 0.5
-    mu_x_f: float = 0.30
-    mu_y_f: float = 0.15
-    t_std_major: float = 0.8
-    t_std_ratio: float = 2.0
-    f_std_major: float = 0.91
-    f_std_ratio: float = 6.0
-    t_lambda: float = 1.0
-    slope: float = -15.0
+    mu_x_t: float = ranged(0.5, PROBABILITY)
+    mu_y_t: float = ranged(0.5, PROBABILITY)
+    mu_x_f: float = ranged(0.30, PROBABILITY)
+    mu_y_f: float = ranged(0.15, PROBABILITY)
+    t_std_major: float = ranged(0.8, POSITIVE)
+    t_std_ratio: float = ranged(2.0, POSITIVE)
+    f_std_major: float = ranged(0.91, POSITIVE)
+    f_std_ratio: float = ranged(6.0, POSITIVE)
+    t_lambda: float = ranged(1.0, NON_NEGATIVE)
+    slope: float = ranged(-15.0, Interval(hi=0))
     ramp: bool = True
-    lam_a: float = 0.5
-    lam_b: float = 0.5
-    lam_c: float = 0.5
+    lam_a: float = ranged(0.5, NON_NEGATIVE)
+    lam_b: float = ranged(0.5, NON_NEGATIVE)
+    lam_c: float = ranged(0.5, NON_NEGATIVE)
     naw_form: str = "per_sample"
     js_reduction: str = "code"
-    js_code_batch: int = 32
+    js_code_batch: int = ranged(32, AT_LEAST_1)
     detach_weight: bool = False
 
     def __post_init__(self) -> None:
         for key, valid in (("naw_form", NAW_FORMS), ("js_reduction", JS_REDUCTIONS)):
             if getattr(self, key) not in valid:
                 raise ValueError(f"NLAConfig.{key} must be one of {valid}, got {getattr(self, key)!r}")
-        if self.js_code_batch < 1:
-            raise ValueError(f"NLAConfig.js_code_batch must be >= 1, got {self.js_code_batch!r}")
-        for key in ("t_std_major", "t_std_ratio", "f_std_major", "f_std_ratio"):
-            if not getattr(self, key) > 0:
-                raise ValueError(f"NLAConfig.{key} must be > 0, got {getattr(self, key)!r}")
+        check_ranges(self)
 
 
 # --------------------------------------------------------------------------- the paper's equations

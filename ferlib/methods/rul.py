@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..options import AT_LEAST_1, NON_NEGATIVE, POSITIVE, UNIT_OPEN, Interval, check_ranges, ranged
 from .base import Method, Readout, register_method
 from .relabel import RELABEL_GROUPS, RelabelState, relabel_gap, split_groups
 
@@ -48,7 +49,7 @@ class RULConfig:
     relabel : bool
         Add SCN's relabelling (not in RUL's code; the authors require it for noisy labels, RUL issue #4; a user
         reports overfitting with it from epoch 10, issue #7). Default False: RUL's code.
-    relabel_epoch, margin_2, relabel_group :
+    relabel_epoch, margin_2, relabel_group : int >= 1, float >= 0, str
         As :class:`~ferlib.methods.scn.SCNConfig` (SCN ``src/train.py:23, 25``: 10, 0.2, ``all``). With
         ``relabel_group="low"`` the low group is the batch's ``1 - beta`` share with the highest u (so it needs
         ``uncertainty=True``).
@@ -56,28 +57,22 @@ class RULConfig:
         High-importance share for ``relabel_group="low"`` (SCN ``src/train.py:22``: 0.7).
     """
 
-    logvar_dim: int = 64
-    logvar_dropout: float = 0.4
-    bn_eps: float = 2e-5
+    logvar_dim: int = ranged(64, AT_LEAST_1)
+    logvar_dropout: float = ranged(0.4, UNIT_OPEN)
+    bn_eps: float = ranged(2e-5, POSITIVE)
     uncertainty: bool = True
     relabel: bool = False
-    relabel_epoch: int = 10
-    margin_2: float = 0.2
+    relabel_epoch: int = ranged(10, AT_LEAST_1)
+    margin_2: float = ranged(0.2, NON_NEGATIVE)
     relabel_group: str = "all"
-    beta: float = 0.7
+    beta: float = ranged(0.7, Interval(0, 1, lo_open=True, hi_open=True))
 
     def __post_init__(self) -> None:
         if self.relabel_group not in RELABEL_GROUPS:
             raise ValueError(f"RULConfig.relabel_group must be one of {RELABEL_GROUPS}, got {self.relabel_group!r}")
-        checks = {"logvar_dim": self.logvar_dim >= 1, "logvar_dropout": 0 <= self.logvar_dropout < 1,
-                  "bn_eps": self.bn_eps > 0, "relabel_epoch": self.relabel_epoch >= 1, "margin_2": self.margin_2 >= 0,
-                  "beta": 0 < self.beta < 1}
-        bad = [k for k, ok in checks.items() if not ok]
+        check_ranges(self)
         if self.relabel_group == "low" and not self.uncertainty:
             raise ValueError("RULConfig.relabel_group='low' ranks the batch by u: it needs uncertainty=True")
-        if bad:
-            raise ValueError(f"RULConfig.{bad[0]} out of range: {getattr(self, bad[0])!r} (logvar_dim >= 1, "
-                             "0 <= logvar_dropout < 1, bn_eps > 0, relabel_epoch >= 1, margin_2 >= 0, 0 < beta < 1)")
 
 
 class LogVarHead(nn.Sequential):

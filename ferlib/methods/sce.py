@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..options import NON_NEGATIVE, UNIT_OPEN, Interval, check_ranges, ranged
 from .base import Method, register_method
 
 __all__ = ["SCE", "SCEConfig", "reverse_cross_entropy", "symmetric_cross_entropy"]
@@ -48,19 +49,15 @@ class SCEConfig:
         reproduction's ``F.cross_entropy``, ``loss.py:16``). The two differ only where p_y < 1e-7.
     """
 
-    alpha: float = 0.1
-    beta: float = 1.0
-    log_zero: float = math.log(1e-4)
-    ce_clip: float = 1e-7
+    alpha: float = ranged(0.1, NON_NEGATIVE)
+    beta: float = ranged(1.0, NON_NEGATIVE)
+    log_zero: float = ranged(math.log(1e-4), Interval(hi=0, hi_open=True))  # it stands for log 0
+    ce_clip: float = ranged(1e-7, UNIT_OPEN)
 
     def __post_init__(self) -> None:
-        if self.alpha < 0 or self.beta < 0 or self.alpha + self.beta == 0:
-            raise ValueError(f"SCEConfig.alpha and beta must be >= 0 and not both 0, got {self.alpha!r}, "
-                             f"{self.beta!r}")
-        if not self.log_zero < 0:
-            raise ValueError(f"SCEConfig.log_zero must be < 0 (it stands for log 0), got {self.log_zero!r}")
-        if not 0 <= self.ce_clip < 1:
-            raise ValueError(f"SCEConfig.ce_clip must be in [0, 1), got {self.ce_clip!r}")
+        check_ranges(self)
+        if self.alpha + self.beta == 0:
+            raise ValueError("SCEConfig.alpha and beta are both 0: the loss would be 0")
 
 
 # --------------------------------------------------------------------------- the paper's equations

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..distributed import gather
+from ..options import AT_LEAST_1, NON_NEGATIVE, Interval, check_ranges, ranged
 from .base import Method, Readout, register_method
 from .relabel import RELABEL_GROUPS, RelabelState, relabel_gap, split_groups
 
@@ -60,23 +61,17 @@ class SCNConfig:
         samples of the batch's low-importance group L.
     """
 
-    beta: float = 0.7
-    margin_1: float = 0.07
-    margin_2: float = 0.2
+    beta: float = ranged(0.7, Interval(0, 1, lo_open=True, hi_open=True))
+    margin_1: float = ranged(0.07, NON_NEGATIVE)
+    margin_2: float = ranged(0.2, NON_NEGATIVE)
     relabel: bool = True
-    relabel_epoch: int = 10
+    relabel_epoch: int = ranged(10, AT_LEAST_1)  # 1-based
     relabel_group: str = "all"
 
     def __post_init__(self) -> None:
         if self.relabel_group not in RELABEL_GROUPS:
             raise ValueError(f"SCNConfig.relabel_group must be one of {RELABEL_GROUPS}, got {self.relabel_group!r}")
-        if not 0 < self.beta < 1:
-            raise ValueError(f"SCNConfig.beta must lie in (0, 1), got {self.beta!r}")
-        for key in ("margin_1", "margin_2"):
-            if not getattr(self, key) >= 0:
-                raise ValueError(f"SCNConfig.{key} must be >= 0, got {getattr(self, key)!r}")
-        if self.relabel_epoch < 1:
-            raise ValueError(f"SCNConfig.relabel_epoch must be >= 1 (1-based), got {self.relabel_epoch!r}")
+        check_ranges(self)
 
 
 # --------------------------------------------------------------------------- the paper's equations
