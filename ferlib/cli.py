@@ -15,13 +15,15 @@ from pathlib import Path
 
 from .backbones import BackboneConfig, WeightsError, backbone_options
 from .engine import TrainConfig
+from .metrics import NonFiniteLossError
 from .noise import protocol_help
 
 __all__ = ["main", "build_parser", "spec_from_args", "USER_ERRORS"]
 
 #: Exceptions that mean bad input: ValueError and TypeError (settings; also a file's undecodable content),
-#: OSError (missing, unreadable or unwritable paths, a full disk), WeightsError (a weights file that does not fit).
-USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, TypeError, OSError, WeightsError)
+#: OSError (missing, unreadable or unwritable paths, a full disk), WeightsError (a weights file that does not fit),
+#: NonFiniteLossError (a diverged training: the settings' learning rate or precision).
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, TypeError, OSError, WeightsError, NonFiniteLossError)
 
 
 def _add_dataclass_flags(parser: argparse.ArgumentParser, cls, skip: tuple[str, ...] = ()) -> None:

@@ -33,7 +33,7 @@ from torch import nn
 from . import distributed, rundir
 from .augment import AugmentConfig, augment_batch, make_view, prepare_batch
 from .data.storage import batch_images
-from .metrics import classification_metrics, health_flags
+from .metrics import NonFiniteLossError, classification_metrics, health_flags
 from .options import AT_LEAST_1, NON_NEGATIVE, POSITIVE, UNIT_OPEN, check_ranges, check_types
 from .results import atomic_savez, atomic_write, atomic_write_text, flatten, nbytes_of, write_json
 
@@ -249,7 +249,7 @@ def train_one_epoch(model: nn.Module, method, train, optimizer, scheduler, cfg: 
             out = method.training_step(model, batch)
         loss = out["loss"]
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"non-finite loss {loss.item()} at epoch {method.epoch + 1}, batch {b + 1}")
+            raise NonFiniteLossError(f"non-finite loss {loss.item()} at epoch {method.epoch + 1}, batch {b + 1}")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         distributed.average_gradients(params)

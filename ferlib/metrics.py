@@ -3,12 +3,21 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["confusion_matrix", "classification_metrics", "health_flags", "DIVERGED_FACTOR", "COLLAPSED_SHARE"]
+__all__ = ["confusion_matrix", "classification_metrics", "health_flags", "NonFiniteLossError", "DIVERGED_FACTOR",
+           "COLLAPSED_SHARE"]
 
 #: A run whose last-epoch training loss exceeds this many times its first epoch's has diverged.
 DIVERGED_FACTOR = 10.0
 #: A run whose last-epoch model puts at least this share of a split's predictions in one class has collapsed.
 COLLAPSED_SHARE = 0.9
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A training loss became NaN or infinite: the run diverged (too high a learning rate, or a bfloat16
+    overflow). The CLI reports it in one line as bad input, with what to change."""
+
+    def __str__(self) -> str:
+        return f"{super().__str__()}: lower --lr, or train in float32 with --no-amp"
 
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, *, num_classes: int) -> np.ndarray:

@@ -56,6 +56,17 @@ def test_a_missing_data_folder_is_named(tmp_path, capsys):
     assert f"{tmp_path / 'nowhere'} does not exist" in one_line_error(capsys)
 
 
+def test_a_non_finite_loss_is_one_line_naming_epoch_and_batch_and_what_to_change(tmp_path, capsys, monkeypatch):
+    from ferlib.methods.ce import CE
+
+    step = CE.training_step
+    monkeypatch.setattr(CE, "training_step", lambda self, model, batch: {
+        "loss": step(self, model, batch)["loss"] * float("nan")})  # what an overflow gives
+    assert main(train_args(tmp_path)) == 2
+    assert one_line_error(capsys) == ("error: non-finite loss nan at epoch 1, batch 1: lower --lr, or train in "
+                                      "float32 with --no-amp (--debug shows the traceback)")
+
+
 def test_debug_shows_the_traceback(tmp_path):
     with pytest.raises(FileNotFoundError):
         main(["train", "--debug", "--data", str(tmp_path / "nowhere"), "--epochs", "1"])

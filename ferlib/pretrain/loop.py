@@ -16,6 +16,7 @@ from torch import nn
 
 from ..backbones import BackboneConfig, create_model
 from ..engine import TrainConfig, autocast, layout, prepare_model, progress_bar, resolve_device, seed_everything
+from ..metrics import NonFiniteLossError
 from ..results import atomic_write, nbytes_of
 from .config import PretrainConfig
 from .methods import create_ssl
@@ -55,7 +56,7 @@ def train_one_epoch(ssl: nn.Module, images, optimizer, scheduler, cfg: PretrainC
             outputs = ssl(x0, x1)
         loss = ssl.loss(*(o.float() for o in outputs))
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"non-finite pretraining loss {loss.item()} at epoch {epoch + 1}, step {b + 1}")
+            raise NonFiniteLossError(f"non-finite pretraining loss {loss.item()} at epoch {epoch + 1}, step {b + 1}")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
