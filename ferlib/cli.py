@@ -276,8 +276,10 @@ def _dispatch(args: argparse.Namespace) -> int:
     return 0
 
 
+#: The console table's columns; ``flags`` says why a run is not an ordinary result (diverged, collapsed).
 RESULT_COLUMNS = ["run_id", "method", "oracle", "noise", "noise_rate", "seed", "epochs", "best_epoch",
-                  "last.acc", "last.mean_acc", "last.macro_f1", "best.acc", "best.mean_acc", "time_per_epoch_s"]
+                  "last.acc", "last.mean_acc", "last.macro_f1", "best.acc", "best.mean_acc", "time_per_epoch_s",
+                  "flags"]
 
 
 def _results(runs: str, out: str | None) -> int:
@@ -290,5 +292,6 @@ def _results(runs: str, out: str | None) -> int:
     if out:
         write_table(out, table)
     cols = [c for c in RESULT_COLUMNS if c in table.columns]
-    print(table[cols].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    shown = table[cols].fillna({"flags": ""})  # runs that predate the flags count as healthy
+    print(shown.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     return 0

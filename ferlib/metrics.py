@@ -1,12 +1,15 @@
 """Classification metrics on integer arrays (no torch): overall / mean accuracy, macro-F1, per class, confusion."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 __all__ = ["confusion_matrix", "classification_metrics", "health_flags", "NonFiniteLossError", "DIVERGED_FACTOR",
            "COLLAPSED_SHARE"]
 
-#: A run whose last-epoch training loss exceeds this many times its first epoch's has diverged.
+#: A run whose last-epoch training loss exceeds this many times its first epoch's, or ln K (the loss of a uniform
+#: prediction over K classes), has diverged.
 DIVERGED_FACTOR = 10.0
 #: A run whose last-epoch model puts at least this share of a split's predictions in one class has collapsed.
 COLLAPSED_SHARE = 0.9
@@ -63,16 +66,21 @@ def health_flags(history: list[dict], class_names=None) -> list[str]:
     """Why a finished run is not an ordinary result: one line per problem, ``[]`` for a healthy run.
 
     ``history`` : the engine's epoch rows (``train_loss``, and ``valid`` / ``test`` metrics with ``confusion``).
-    A run has *diverged* when its last training loss exceeds :data:`DIVERGED_FACTOR` times the first epoch's,
-    and has *collapsed* on a split when its last-epoch model puts at least :data:`COLLAPSED_SHARE` of the
-    split's predictions in one class (a one-class predictor, whatever its accuracy). ``class_names`` name the
-    class in the message (default: its index).
+    A run has *diverged* when its last training loss exceeds :data:`DIVERGED_FACTOR` times the first epoch's, or
+    times ln K, the cross-entropy of a uniform prediction (where training starts), so that a run that blew up
+    within its first epoch is caught too. It has *collapsed* on a split when its last-epoch model puts at least
+    :data:`COLLAPSED_SHARE` of the split's predictions in one class (a one-class predictor, whatever its
+    accuracy). ``class_names`` name the class in the message (default: its index); K is their number, else the
+    size of the last epoch's confusion matrices.
     """
     flags = []
     first, last = history[0]["train_loss"], history[-1]["train_loss"]
+    k = len(class_names) if class_names is not None else _num_classes(history[-1])
+    diverged = f"diverged: training loss {last:.3g} at epoch {history[-1]['epoch']} is more than {DIVERGED_FACTOR:g}x"
     if last > DIVERGED_FACTOR * first:
-        flags.append(f"diverged: training loss {last:.3g} at epoch {history[-1]['epoch']} is more than "
-                     f"{DIVERGED_FACTOR:g}x the first epoch's {first:.3g}")
+        flags.append(f"{diverged} the first epoch's {first:.3g}")
+    elif k > 1 and last > DIVERGED_FACTOR * math.log(k):
+        flags.append(f"{diverged} ln {k} = {math.log(k):.3g}, the loss of a uniform prediction over {k} classes")
     for split in ("valid", "test"):
         if split not in history[-1]:
             continue
@@ -83,4 +91,9 @@ def health_flags(history: list[dict], class_names=None) -> list[str]:
             name = class_names[top] if class_names is not None else str(top)
             flags.append(f"collapsed: {share:.0%} of the {split} predictions are {name!r} at the last epoch")
     return flags
+
+
+def _num_classes(row: dict) -> int:
+    """K of an epoch row: the side of its first split's confusion matrix (0 without one)."""
+    return next((len(row[split]["confusion"]) for split in ("valid", "test") if split in row), 0)
 

@@ -135,6 +135,33 @@ def test_health_flags_name_divergence_and_collapse():
         "collapsed: 99% of the test predictions are 'c' at the last epoch"]
 
 
+def test_a_run_that_blew_up_within_its_first_epoch_is_flagged_against_the_uniform_loss_ln_k():
+    from ferlib.metrics import health_flags
+
+    blown = [_epoch(1, 40.0, [30, 30, 40]), _epoch(2, 45.0, [30, 35, 35])]  # 45 < 10 x 40, but ln 3 = 1.1
+    assert health_flags(blown) == ["diverged: training loss 45 at epoch 2 is more than 10x ln 3 = 1.1, the loss of a "
+                                   "uniform prediction over 3 classes"]
+    assert health_flags(blown, tuple("abcdefgh"))[0].startswith("diverged: training loss 45 at epoch 2 is more "
+                                                                "than 10x ln 8 = 2.08")
+    several_terms = [_epoch(1, 5.6, [30, 30, 40]), _epoch(2, 2.9, [30, 35, 35])]  # LA-Net's losses: healthy
+    assert health_flags(several_terms, tuple("abcdefgh")) == []
+
+
+def test_the_results_table_shows_each_runs_flags(tmp_path, capsys):
+    import json
+
+    for run_id, flags in [("ok", ""), ("bad", "collapsed: 99% of the test predictions are 'happiness'"),
+                          ("old", None)]:  # a result written before the flags existed
+        (tmp_path / run_id).mkdir()
+        result = {"run_id": run_id, "method": "ce", "last": {"acc": 0.5}} | ({} if flags is None else {"flags": flags})
+        (tmp_path / run_id / "result.json").write_text(json.dumps(result))
+    assert main(["results", str(tmp_path)]) == 0
+    header, *rows = capsys.readouterr().out.splitlines()
+    assert header.split()[-1] == "flags"
+    assert {row.split()[0]: row.split(maxsplit=3)[3:] for row in rows} == {
+        "bad": ["collapsed: 99% of the test predictions are 'happiness'"], "ok": [], "old": []}
+
+
 def test_a_diverged_run_is_flagged_in_its_result(tmp_path, small_ferplus):
     from ferlib.experiment import RunSpec, run
     from ferlib.results import collect_results
