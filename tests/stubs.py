@@ -57,6 +57,21 @@ class StubModel(nn.Module):
         return self.head(self.dropout(self.embed(x)))
 
 
+class RecordingDropout(nn.Module):
+    """Dropout at rate ``p`` (inverted, as nn.Dropout in training) whose masks are drawn from its own seeded
+    generator and kept in ``masks``, one per call: a reference recomputes a step with dropout ON from them, and
+    the number of calls shows where a method applies the module."""
+
+    def __init__(self, p: float, seed: int = 0) -> None:
+        super().__init__()
+        self.p, self.gen, self.masks = p, torch.Generator().manual_seed(seed), []
+
+    def forward(self, x):
+        mask = (torch.rand(x.shape, generator=self.gen, dtype=x.dtype) >= self.p).to(x.dtype) / (1 - self.p)
+        self.masks.append(mask.detach().numpy())
+        return x * mask
+
+
 class TrainLabels:
     """What a method's ``bind`` reads of a FERData train split: its labels and length."""
 

@@ -22,7 +22,7 @@ from ferlib.methods.dmue_parts import (
     latent_soft_label, ramp_down, ramp_up, resnet_trunk, sharpen, soft_loss, spkd_term, uncertainty_input,
 )
 
-from stubs import TOL, TrainLabels as Train
+from stubs import TOL, RecordingDropout, TrainLabels as Train
 
 TINY = BackboneConfig(model_kwargs={"channels": [8, 16, 32, 64], "stem_width": 8})
 
@@ -126,6 +126,14 @@ def ref_project_w(statics: np.ndarray, w1, b1, prelu_a, w2, b2) -> np.ndarray:
     h = statics @ w1.T + b1
     h = np.where(h >= 0, h, prelu_a * h)
     return 1 / (1 + np.exp(-(h @ w2.T + b2)))
+
+
+def ref_target_logits(x_final_dropped: np.ndarray, w_cls: np.ndarray) -> np.ndarray:
+    """official: models/make_model.py:132-133, 150 (the target branch: dropout, the bnneck in training mode,
+    classifiers[K], bias-free: config.py:36 bnneck = True, :38 BiasInCls = False). ferlib DEPARTS (DMUEConfig's
+    ``main_gram_neck`` note): its target logits are the plain model's, dropout + head with a bias, no neck, since
+    inference is the plain model; the neck enters only SP-KD's target side."""
+    return ref_bn_train(x_final_dropped) @ w_cls.T
 
 
 def ref_total(ramp_up_w, ramp_down_w, w, gamma, CEloss, softLoss, spLoss, aux_loss) -> float:
@@ -239,6 +247,10 @@ def _dmue_pair(k: int, n: int, **overrides):
 @pytest.mark.parametrize("epoch", [2, 8])
 @pytest.mark.parametrize("aux_gram", ["logits", "features"])
 def test_training_step_matches_the_code(epoch, aux_gram):
+    """The whole step with dropout ON (0.5, recorded masks) in the target branch and the auxiliary branches: the
+    code applies one dropout draw to the target features, after the similarities and before SP-KD's neck and the
+    classifier (models/make_model.py:125-133), one to each branch's training subset (:120), none when mining
+    (:136-137)."""
     k, b = 4, 24
     rng = np.random.default_rng(3)
     label = balanced_labels(rng, b, k)
@@ -246,6 +258,7 @@ def test_training_step_matches_the_code(epoch, aux_gram):
     method.bind(model, Train(label), None)
     method.branches.double()
     method.mlp.double()
+    model.dropout, method.branches.dropout = RecordingDropout(0.5, seed=1), RecordingDropout(0.5, seed=2)
     with torch.no_grad():
         for fc in method.branches.classifiers:     # larger than the code's N(0, 0.001) start, for a real test
             fc.weight.normal_(0, 0.5)
@@ -255,8 +268,9 @@ def test_training_step_matches_the_code(epoch, aux_gram):
     x = torch.randn(b, 1, 32, 32, dtype=torch.float64)
     out = method.training_step(model, {"image": x, "index": torch.arange(b), "label": torch.tensor(label)})
 
-    # The network's feature maps come from the same modules (batch statistics in training mode, no dropout);
-    # everything after them is recomputed here from the code's formulas.
+    # The network's feature maps come from the same modules (batch statistics in training mode), the dropout
+    # masks from the recording; everything after them is recomputed here from the code's formulas.
+    assert len(model.dropout.masks) == 1 and len(method.branches.dropout.masks) == k    # none while mining
     with torch.no_grad():
         bb = model.backbone
         trunk = resnet_trunk(bb, x)
@@ -265,16 +279,17 @@ def test_training_step_matches_the_code(epoch, aux_gram):
         pooled = [d(method.branches.features(c, trunk[torch.tensor(inds[c])])) for c in range(k)]
         mining = [d(method.branches.features(c, trunk[torch.tensor(np.nonzero(label == c)[0])])) for c in range(k)]
     W = [d(fc.weight) for fc in method.branches.classifiers]
-    necks = [ref_bn_train(p) for p in pooled]
+    necks = [ref_bn_train(p * mask) for p, mask in zip(pooled, method.branches.dropout.masks)]
     x_list = [n @ W[c].T for c, n in enumerate(necks)]
     softlabel_list = [ref_bn_train(m) @ W[c].T for c, m in enumerate(mining)]
-    z = f @ d(model.head.weight).T + d(model.head.bias)          # the plain model's logits (no neck, a bias)
+    dropped = f * model.dropout.masks[0]
+    z = dropped @ d(model.head.weight).T + d(model.head.bias)    # the plain model's logits (no neck, a bias)
     lin1, prelu, lin2 = method.mlp
     score = ref_project_w(ref_cos_stats(f, label, k), d(lin1.weight), d(lin1.bias), d(prelu.weight),
                           d(lin2.weight), d(lin2.bias))
     ce = np_ce(z * score, label)
     soft = ref_soft_loss(z, label, ref_softlabel(softlabel_list, label, 1.2, k))
-    sp = ref_sp_kd(x_list if aux_gram == "logits" else necks, ref_bn_train(f), inds)
+    sp = ref_sp_kd(x_list if aux_gram == "logits" else necks, ref_bn_train(dropped), inds)
     aux = sum(np_ce(xl, t) for xl, t in zip(x_list, t_parts)) / k
     expected = ref_total(ref_ramp_up(epoch, 6), ref_ramp_down(epoch, 6), 0.5, 1000, ce, soft, sp, aux)
     assert out["ce"].item() == pytest.approx(ce, abs=TOL)
@@ -285,6 +300,50 @@ def test_training_step_matches_the_code(epoch, aux_gram):
     readout = method.readout()
     np.testing.assert_allclose(readout.score, 1 - score[:, 0], atol=1e-6)       # score = 1 - s
     np.testing.assert_allclose(readout.target, ref_softlabel(softlabel_list, label, 1.2, k), atol=1e-6)
+    # The departure stays visible: the code's target logits (neck, no bias) give another CE.
+    official = ref_target_logits(dropped, d(model.head.weight))
+    assert abs(np_ce(official * score, label) - ce) > 1e-3
+
+
+def test_uncertainty_ce_reaches_the_features_through_the_similarities():
+    """With the MLP frozen (the code), s moves only because the features move: the CE on s * z back-propagates
+    into f through the cosine similarities as well as through z (models/make_model.py:127-130, 163-165: nothing
+    detached). Its gradient in f matches central differences of the code's formula, not those with s held fixed."""
+    k, b = 4, 16
+    label = balanced_labels(np.random.default_rng(5), b, k)
+    model, method = _dmue_pair(k, b, use_latent=False, use_spkd=False)      # no branches: the loss is r_up * CE
+    method.bind(model, Train(label), None)
+    method.mlp.double()
+    maps = []
+    model.backbone.layer4.register_forward_hook(lambda module, inputs, output: maps.append(output))
+    method.on_epoch_start(8, 12)                                            # r_up = 1
+    out = method.training_step(model, {"image": torch.randn(b, 1, 32, 32, dtype=torch.float64),
+                                       "index": torch.arange(b), "label": torch.tensor(label)})
+    assert maps[0].shape[2:] == (1, 1)                                      # f = the 1 x 1 map: df = dmap
+    grad = d(torch.autograd.grad(out["loss"], maps[0])[0])[:, :, 0, 0]
+    f, w, bias = d(maps[0])[:, :, 0, 0], d(model.head.weight), d(model.head.bias)
+    lin1, prelu, lin2 = method.mlp
+    mlp = (d(lin1.weight), d(lin1.bias), d(prelu.weight), d(lin2.weight), d(lin2.bias))
+
+    def s_of(feats):
+        return ref_project_w(ref_cos_stats(feats, label, k), *mlp)
+
+    s0 = s_of(f)
+    full = numeric_gradient(lambda g: np_ce((g @ w.T + bias) * s_of(g), label), f)
+    fixed = numeric_gradient(lambda g: np_ce((g @ w.T + bias) * s0, label), f)
+    np.testing.assert_allclose(grad, full, atol=1e-8)
+    assert np.abs(full - fixed).max() > 1e-5                               # the route through s shows
+
+
+def numeric_gradient(fn, x: np.ndarray, eps: float = 1e-6) -> np.ndarray:
+    """Central differences of the scalar ``fn`` at ``x``."""
+    grad = np.zeros_like(x)
+    for i in np.ndindex(x.shape):
+        up, down = x.copy(), x.copy()
+        up[i] += eps
+        down[i] -= eps
+        grad[i] = (fn(up) - fn(down)) / (2 * eps)
+    return grad
 
 
 def test_gradients_reach_the_branches_and_not_the_frozen_uncertainty_mlp():
