@@ -108,14 +108,15 @@ class RunLockedError(BlockingIOError):
 
     ``path`` is the lock file, ``holder`` what it records (``pid``, ``host``, ``started``, ``command``). A
     ``BlockingIOError`` (an ``OSError``), as ``fcntl.flock`` raises for a lock held elsewhere, so the command
-    line reports it in one line like other path problems."""
+    line reports it in one line like other path problems. ``what`` names the folder in the message (a study
+    locks its runs and reports folders the same way)."""
 
-    def __init__(self, path: Path, holder: dict | None, *, note: str = "") -> None:
+    def __init__(self, path: Path, holder: dict | None, *, note: str = "", what: str = "run folder") -> None:
         self.path, self.holder = Path(path), holder or {}
         who = (f"pid {self.holder.get('pid', '?')} on host {self.holder.get('host', '?')}, started "
                f"{self.holder.get('started', '?')}" + (f" ({self.holder['command']})" if self.holder.get("command")
                                                        else ""))
-        super().__init__(f"run folder {self.path.parent} is being written by another process: {who}{note}; wait "
+        super().__init__(f"{what} {self.path.parent} is being written by another process: {who}{note}; wait "
                          f"for it to finish, or, if that process is no longer running, delete {self.path}")
 
 
@@ -135,8 +136,9 @@ _HELD: dict[str, list] = {}  # lock file (real path) -> [thread ident, depth], f
 
 
 @contextlib.contextmanager
-def lock(run_dir: str | os.PathLike) -> Iterator[Path]:
+def lock(run_dir: str | os.PathLike, *, what: str = "run folder") -> Iterator[Path]:
     """Hold ``run_dir``'s lock (``<run_dir>/.lock``) for the ``with`` block; the folder is created if missing.
+    ``what`` names the folder in the error (a study holds its runs folder's and reports folder's this way).
 
     The lock file is created atomically and exclusively (a complete temporary file hard-linked to ``.lock``;
     ``O_CREAT | O_EXCL`` where hard links are not supported) and records ``pid``, ``host``, ``started``,
@@ -157,12 +159,12 @@ def lock(run_dir: str | os.PathLike) -> Iterator[Path]:
     with _GUARD:  # acquisition under the guard: two threads of this process never race on the file
         held = _HELD.get(key)
         if held is not None and held[0] != me:
-            raise RunLockedError(path, _read_lock(path)[0], note=" (another thread of this process)")
+            raise RunLockedError(path, _read_lock(path)[0], note=" (another thread of this process)", what=what)
         if held is not None:
             held[1] += 1
             token = None
         else:
-            token = _acquire(path)
+            token = _acquire(path, what)
             _HELD[key] = [me, 1]
     try:
         yield path
@@ -175,7 +177,7 @@ def lock(run_dir: str | os.PathLike) -> Iterator[Path]:
                     _release(path, token)
 
 
-def _acquire(path: Path) -> str:
+def _acquire(path: Path, what: str) -> str:
     record = {"pid": os.getpid(), "host": socket.gethostname(),
               "started": datetime.now().astimezone().isoformat(timespec="seconds"),
               "command": _command()[:500],
@@ -190,12 +192,13 @@ def _acquire(path: Path) -> str:
             continue
         reason = _stale(path, holder)
         if reason is None:
-            raise RunLockedError(path, holder)
+            raise RunLockedError(path, holder, what=what)
         warnings.warn(f"{path.parent}: taking over the lock of pid {(holder or {}).get('pid', '?')} on host "
                       f"{(holder or {}).get('host', '?')} (started {(holder or {}).get('started', '?')}): {reason}",
                       RunWarning, stacklevel=4)
         _remove_if_unchanged(path, raw)
-    raise RunLockedError(path, holder, note=" (the lock changed hands while this process tried to take it)")
+    raise RunLockedError(path, holder, note=" (the lock changed hands while this process tried to take it)",
+                         what=what)
 
 
 def _command() -> str:

@@ -536,6 +536,97 @@ def test_run_study_resumes_records_failures_and_reports(tmp_path, monkeypatch):
     assert json.loads((reports / "ablation_runs.json").read_text()) == sorted(ablation_ids)  # 03 reads them
 
 
+FAKE_WAIT = """\
+import time
+from pathlib import Path
+(Path(study_dir) / "started").write_text("")
+deadline = time.time() + 60
+while not (Path(study_dir).parent / "release").exists() and time.time() < deadline:
+    time.sleep(0.1)
+"""
+
+
+def test_a_second_study_on_the_same_folders_is_refused_naming_the_first(tmp_path, capsys):
+    """Two studies on one runs (or reports) folder would write one failures.json and index.html: the second is
+    refused in one line naming the first (pid, host), which finishes cleanly."""
+    import socket
+    import subprocess
+    import sys
+
+    (tmp_path / "data").mkdir()
+    profile = tmp_path / "tiny.yaml"
+    profile.write_text(f"data: {tmp_path / 'data'}\ngrid: {{methods: [ce], seeds: [0]}}\nnotebooks: [99_summary]\n")
+    nbdir = tmp_path / "notebooks"
+    write_notebook(nbdir / "99_summary.ipynb", "Waits for the test", COMMON_PARAMS, FAKE_WAIT)
+    runs, reports = tmp_path / "runs", tmp_path / "reports"
+    argv = ["--profile", str(profile), "--notebooks", str(nbdir), "--runs", str(runs)]
+    first = subprocess.Popen([sys.executable, "-m", "ferlib", "study", *argv, "--reports", str(reports)],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        while not (reports / "started").exists():
+            assert first.poll() is None and time.time() < deadline, first.stderr.read() if first.poll() else ""
+            time.sleep(0.1)
+        written = sorted((p.name, p.stat().st_mtime_ns) for p in reports.iterdir())
+        for other in (reports, tmp_path / "other_reports"):  # the same runs folder, either reports folder
+            assert main([*argv, "--reports", str(other)]) == 2
+            err = capsys.readouterr().err.strip().splitlines()
+            assert len(err) == 1 and err[0].startswith(f"error: runs folder of a study {runs} is being written by "
+                                                       f"another process: pid {first.pid} on host "
+                                                       f"{socket.gethostname()}, started "), err
+        assert sorted((p.name, p.stat().st_mtime_ns) for p in reports.iterdir()) == written  # nothing written
+        assert not (tmp_path / "other_reports").exists()
+        assert main(["--profile", str(profile), "--notebooks", str(nbdir), "--runs", str(tmp_path / "other_runs"),
+                     "--reports", str(reports)]) == 2
+        assert f"reports folder of a study {reports} is being written by another process: pid {first.pid}" \
+            in capsys.readouterr().err
+    finally:
+        (tmp_path / "release").write_text("")
+        assert first.wait(timeout=120) == 0, first.stderr.read()
+    assert json.loads((reports / "failures.json").read_text()) == {}
+    assert not (runs / ".lock").exists() and not (reports / ".lock").exists()  # released
+
+
+def _finish_every_cell(spec: StudySpec, runs: Path) -> list[str]:
+    """Write a finished result.json into every cell's run folder; returns the run ids."""
+    ids = []
+    for _, s in spec.cells(runs):
+        ids.append(run_id(s))
+        (Path(s.out) / ids[-1]).mkdir(parents=True)
+        (Path(s.out) / ids[-1] / "result.json").write_text(json.dumps(
+            {"run_id": ids[-1], "method": s.method, "noise": s.noise, "seed": s.train.seed, "last": {"acc": 0.5}}))
+    return ids
+
+
+def test_a_study_whose_cells_all_finished_pretrains_nothing(tmp_path, monkeypatch):
+    """Re-rendering committed cells must not start an hour of self-supervised pretraining that no cell needs."""
+    import ferlib.pretrain
+
+    calls = []
+
+    def pretrain(**job):
+        calls.append(job)
+        raise RuntimeError("pretrained")
+
+    monkeypatch.setattr(ferlib.pretrain, "pretrain", pretrain)
+    spec = tiny_spec(tmp_path, notebooks=["02_train"], backbone={"weights": "ssl"}, cleanlab_folds=2)
+    runs, reports, nbdir = tmp_path / "runs", tmp_path / "reports", tmp_path / "notebooks"
+    write_notebook(nbdir / "02_train.ipynb", "Must not run", COMMON_PARAMS + "spec = {}\n",
+                   "raise RuntimeError('a finished cell was trained again')", role="cell")
+    ids = _finish_every_cell(spec, runs)
+    assert any("/cleanlab/" in str(p) for p in runs.rglob("result.json"))
+    reports.mkdir()
+    (reports / "failures.json").write_text(json.dumps({"pretrain:simclr-0123abcd": {"error": "an old failure"}}))
+    lines: list[str] = []
+    outcome = run_study(spec, runs_dir=runs, reports_dir=reports, notebooks_dir=nbdir, log=lines.append)
+    assert calls == [] and not any("pretrain" in line for line in lines)
+    assert outcome.ok and [c["status"] for c in outcome.cells] == ["skipped"] * len(ids)
+    # one unfinished cell: its checkpoint is pretrained (here: fails, recorded, and the cell with it)
+    (runs / ids[0] / "result.json").unlink()
+    outcome = run_study(spec, runs_dir=runs, reports_dir=reports, notebooks_dir=nbdir, log=lines.append)
+    assert len(calls) == 1 and any(k.startswith("pretrain:") for k in outcome.failures)
+
+
 def test_notebook_parameters_reach_the_notebook(tmp_path):
     nbdir, reports = tmp_path / "notebooks", tmp_path / "reports"
     write_notebook(nbdir / "05_uncertainty.ipynb", "Fake uncertainty",

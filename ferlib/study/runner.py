@@ -14,6 +14,10 @@ Python / JupyterLab::
     from ferlib.study import load_profile, run_study
     run_study(load_profile("smoke"), runs_dir="runs/smoke", reports_dir="reports/smoke")
 
+One study at a time: a study holds the lock of its runs folder and of its reports folder (:func:`ferlib.rundir.lock`,
+the run folders' own) from its first write to its last; a second study on either is refused in one line naming the
+holder (pid, host, start, command).
+
 Order of work: the notebooks of ``spec.notebooks`` in order, each as its metadata declares
 (:data:`ROLES`, ``"ferlib": {"role": ...}``), with :data:`COMMON` parameters ``data``, ``dataset``,
 ``dataset_options``, ``runs_dir`` and ``study_dir`` = ``reports_dir`` (all paths absolute):
@@ -30,7 +34,9 @@ Order of work: the notebooks of ``spec.notebooks`` in order, each as its metadat
    (:func:`ferlib.experiment.run_id`) hashes the cell's parameters, so a changed setting is a new cell. A
    failed cell is recorded in ``reports_dir/failures.json`` and the others go on. Only this notebook trains,
    after one step: cells that start from ``backbone: {weights: ssl}`` need a self-supervised checkpoint, so
-   before the first cell :func:`ferlib.pretrain.pretrain` runs once per distinct checkpoint, in this process
+   before the first cell :func:`ferlib.pretrain.pretrain` runs once per distinct checkpoint that an unfinished
+   cell needs (a study whose cells all finished, e.g. re-rendered from committed cells, pretrains nothing; the
+   views read run folders, never the checkpoint), in this process
    (cached: a finished one is reused; under ``--launcher slurm`` the cache, ``$FERLIB_CACHE``, must be one the
    jobs see); one that fails is recorded as ``pretrain:<name>`` and its cells fail naming the command.
    Where the cells run is the launcher's choice (:mod:`ferlib.study.launch`): one after another in this process
@@ -86,6 +92,8 @@ __all__ = ["run_study", "StudyOutcome", "execute_notebook", "ensure_kernel", "ad
            "main", "COMMON"]
 
 FALLBACK_KERNEL = "ferlib"
+#: How a study's lock names its runs and reports folders to a second study (:func:`ferlib.rundir.lock`).
+STUDY_FOLDERS = ("runs folder of a study", "reports folder of a study")
 
 
 @dataclass
@@ -206,7 +214,10 @@ def run_study(spec: StudySpec | str, *, runs_dir: str | os.PathLike, reports_dir
     Raises
     ------
     FileNotFoundError for a missing data folder; ValueError for a bad ``workers`` / ``launcher`` / ``executor``
-    (:func:`ferlib.study.launch.make_launcher`), before any notebook runs.
+    (:func:`ferlib.study.launch.make_launcher`), before any notebook runs; :class:`ferlib.rundir.RunLockedError`
+    naming the holder when another study writes ``runs_dir`` or ``reports_dir``: the study holds both folders'
+    locks (:func:`ferlib.rundir.lock`, as a run holds its folder's) from its first write to its last, so two
+    studies never write one ``failures.json`` or ``index.html``.
     """
     if isinstance(spec, str):
         spec = load_profile(spec)
@@ -219,79 +230,80 @@ def run_study(spec: StudySpec | str, *, runs_dir: str | os.PathLike, reports_dir
     targets = parse_targets(spec.eval_data)  # a missing eval root fails before any cell runs
     launch = make_launcher(launcher, workers=workers, executor=executor, slurm=spec.slurm,
                            folder=reports_dir / "slurm", name=f"ferlib-{spec.name}")
-    runs_dir.mkdir(parents=True, exist_ok=True)
-    reports_dir.mkdir(parents=True, exist_ok=True)
-    record = study_record(spec, command)
-    write_json(reports_dir / "study.json", record)
-    log(record["describe"])
-    log(f"runs: {runs_dir}\nreports: {reports_dir}\nnotebooks: {notebooks_dir}")
+    # one study at a time on these folders: the run folders' lock (which also creates them)
+    with rundir.lock(runs_dir, what=STUDY_FOLDERS[0]), rundir.lock(reports_dir, what=STUDY_FOLDERS[1]):
+        record = study_record(spec, command)
+        write_json(reports_dir / "study.json", record)
+        log(record["describe"])
+        log(f"runs: {runs_dir}\nreports: {reports_dir}\nnotebooks: {notebooks_dir}")
 
-    failures = _Failures(reports_dir / "failures.json")
-    outcome = StudyOutcome()
-    common = {"data": str(data), "dataset": spec.dataset, "dataset_options": dict(spec.dataset_options),
-              "runs_dir": str(runs_dir), "study_dir": str(reports_dir)}
-    kernel: list[str] = []  # resolved on first use
+        failures = _Failures(reports_dir / "failures.json")
+        outcome = StudyOutcome()
+        common = {"data": str(data), "dataset": spec.dataset, "dataset_options": dict(spec.dataset_options),
+                  "runs_dir": str(runs_dir), "study_dir": str(reports_dir)}
+        kernel: list[str] = []  # resolved on first use
 
-    declared: dict[str, set[str]] = {}  # notebook -> names its parameters cell assigns, read on first use
-    warned: set[str] = set()
+        declared: dict[str, set[str]] = {}  # notebook -> names its parameters cell assigns, read on first use
+        warned: set[str] = set()
 
-    def declared_by(name: str) -> set[str]:
-        if name not in declared:
-            declared[name] = _declared_parameters(notebooks_dir / f"{name}.ipynb")
-        return declared[name]
+        def declared_by(name: str) -> set[str]:
+            if name not in declared:
+                declared[name] = _declared_parameters(notebooks_dir / f"{name}.ipynb")
+            return declared[name]
 
-    def prepared(name: str, params: dict) -> dict:
-        """:func:`execute_notebook`'s ``source``, ``parameters`` and ``kernel_name`` for notebook ``name``."""
-        if not kernel:
-            kernel.append(ensure_kernel(kernel_name, log=log))
-        chosen = spec.notebook_parameters.get(name) or {}
-        if chosen:
-            known = declared_by(name)
-            unknown = [k for k in chosen if k not in known]
-            if unknown and name not in warned:
-                warned.add(name)
-                log(f"warning: {name}.ipynb does not declare notebook_parameters {', '.join(unknown)}: not passed")
-            params = {**params, **{k: v for k, v in chosen.items() if k in known}}
-        return {"source": str(notebooks_dir / f"{name}.ipynb"), "parameters": _jsonable(params),
-                "kernel_name": kernel[0]}
+        def prepared(name: str, params: dict) -> dict:
+            """:func:`execute_notebook`'s ``source``, ``parameters`` and ``kernel_name`` for notebook ``name``."""
+            if not kernel:
+                kernel.append(ensure_kernel(kernel_name, log=log))
+            chosen = spec.notebook_parameters.get(name) or {}
+            if chosen:
+                known = declared_by(name)
+                unknown = [k for k in chosen if k not in known]
+                if unknown and name not in warned:
+                    warned.add(name)
+                    log(f"warning: {name}.ipynb does not declare notebook_parameters {', '.join(unknown)}: not passed")
+                params = {**params, **{k: v for k, v in chosen.items() if k in known}}
+            return {"source": str(notebooks_dir / f"{name}.ipynb"), "parameters": _jsonable(params),
+                    "kernel_name": kernel[0]}
 
-    def execute(name: str, output: Path, params: dict) -> None:
-        execute_notebook(output=output, time_limit=spec.view_time_limit, **prepared(name, params))
+        def execute(name: str, output: Path, params: dict) -> None:
+            execute_notebook(output=output, time_limit=spec.view_time_limit, **prepared(name, params))
 
-    def cell_job(name: str, rid: str, run_spec) -> CellJob:
-        return CellJob(output=str(reports_dir / "runs" / f"{rid}.ipynb"), run_dir=str(Path(run_spec.out) / rid),
-                       time_limit=spec.cell_time_limit,
-                       **prepared(name, {**common, "spec": dataclasses.asdict(run_spec)}))
+        def cell_job(name: str, rid: str, run_spec) -> CellJob:
+            return CellJob(output=str(reports_dir / "runs" / f"{rid}.ipynb"), run_dir=str(Path(run_spec.out) / rid),
+                           time_limit=spec.cell_time_limit,
+                           **prepared(name, {**common, "spec": dataclasses.asdict(run_spec)}))
 
-    cells = spec.cells(runs_dir)
-    study_params = {"noise": spec.main_noise(), "seed": spec.grid.seeds[0], "train_subset": spec.train_subset}
-    for name in spec.notebooks:
-        source = notebooks_dir / f"{name}.ipynb"
-        role = _declared_role(source)
-        if role.get("role") == "cell":
-            _pretrain(cells, failures, log)
-            outcome.cells = _run_cells(cells, source, functools.partial(cell_job, name), launch, failures, log)
-            _cross_eval(cells, targets, failures, log)
-            continue
-        if not source.exists():
-            log(f"warning: {source} is missing: skipped")
-            outcome.notebooks[name] = "missing"
-            continue
-        needs = role.get("needs")
-        if needs and not any(kind == needs for kind, _ in cells):
-            log(f"{name}: the study has no {needs} cell: skipped")
-            outcome.notebooks[name] = "off"
-            continue
-        params = {**common, **{k: v for k, v in study_params.items() if k in declared_by(name)}}
-        outcome.notebooks[name] = _run_once(name, reports_dir / f"{name}.ipynb", params, execute, failures, log)
+        cells = spec.cells(runs_dir)
+        study_params = {"noise": spec.main_noise(), "seed": spec.grid.seeds[0], "train_subset": spec.train_subset}
+        for name in spec.notebooks:
+            source = notebooks_dir / f"{name}.ipynb"
+            role = _declared_role(source)
+            if role.get("role") == "cell":
+                _pretrain(cells, failures, log)
+                outcome.cells = _run_cells(cells, source, functools.partial(cell_job, name), launch, failures, log)
+                _cross_eval(cells, targets, failures, log)
+                continue
+            if not source.exists():
+                log(f"warning: {source} is missing: skipped")
+                outcome.notebooks[name] = "missing"
+                continue
+            needs = role.get("needs")
+            if needs and not any(kind == needs for kind, _ in cells):
+                log(f"{name}: the study has no {needs} cell: skipped")
+                outcome.notebooks[name] = "off"
+                continue
+            params = {**common, **{k: v for k, v in study_params.items() if k in declared_by(name)}}
+            outcome.notebooks[name] = _run_once(name, reports_dir / f"{name}.ipynb", params, execute, failures, log)
 
-    log("rendering HTML reports ...")
-    render_all(reports_dir, log=log)
-    outcome.index = write_report(runs_dir=runs_dir, reports_dir=reports_dir, study=record, order=list(spec.notebooks))
-    outcome.failures = dict(failures.items)
-    log(f"report: {outcome.index}" + (f"  ({len(outcome.failures)} failure(s): {failures.path})"
-                                      if outcome.failures else ""))
-    return outcome
+        log("rendering HTML reports ...")
+        render_all(reports_dir, log=log)
+        outcome.index = write_report(runs_dir=runs_dir, reports_dir=reports_dir, study=record,
+                                     order=list(spec.notebooks))
+        outcome.failures = dict(failures.items)
+        log(f"report: {outcome.index}" + (f"  ({len(outcome.failures)} failure(s): {failures.path})"
+                                          if outcome.failures else ""))
+        return outcome
 
 
 def _run_cells(cells: list, source: Path, cell_job, launcher, failures: _Failures, log) -> list[dict]:
@@ -340,13 +352,18 @@ def _run_cells(cells: list, source: Path, cell_job, launcher, failures: _Failure
 
 
 def _pretrain(cells: list, failures: _Failures, log) -> None:
-    """Pretrain, once and before any cell, each self-supervised backbone that cells of ``(kind, RunSpec)``
-    ``cells`` start from (``backbone.weights: ssl``; :func:`ferlib.pretrain.pretrain` in this process, cached:
-    a finished one is reused). One that fails is recorded as ``pretrain:<name>`` and its cells then fail naming
-    the command that creates it."""
+    """Pretrain, once and before any cell, each self-supervised backbone that the unfinished cells of
+    ``(kind, RunSpec)`` ``cells`` start from (``backbone.weights: ssl``; :func:`ferlib.pretrain.pretrain` in this
+    process, cached: a finished one is reused); finished cells need none, and a failure recorded for one that no
+    unfinished cell needs any more is cleared. One that fails is recorded as ``pretrain:<name>`` and its cells
+    then fail naming the command that creates it."""
+    from ferlib.experiment import run_id
     from ferlib.pretrain import pretrain, pretrain_jobs
 
-    for name, job in pretrain_jobs([s for _, s in cells]).items():
+    jobs = pretrain_jobs([s for _, s in cells if not _finished(s, run_id(s))])
+    for key in [k for k in failures.items if k.startswith("pretrain:") and k.split(":", 1)[1] not in jobs]:
+        failures.clear(key)
+    for name, job in jobs.items():
         key = f"pretrain:{name}"
         log(f"{key} ... running (self-supervised pretraining for the cells with weights: ssl)")
         try:
@@ -520,7 +537,7 @@ def study_main(args: argparse.Namespace) -> int:
         outcome = run_study(spec, runs_dir=runs, reports_dir=reports, notebooks_dir=args.notebooks,
                             kernel_name=args.kernel, log=log, command=command, workers=args.workers,
                             launcher=args.launcher)
-    except (FileNotFoundError, ValueError) as exc:
+    except (FileNotFoundError, ValueError, rundir.RunLockedError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0 if outcome.ok else 1
