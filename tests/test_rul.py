@@ -19,7 +19,7 @@ from ferlib.methods import rul as rul_module
 from ferlib.methods import scn as scn_module
 from ferlib.methods.rul import RULConfig, add_up_loss, mean_path, uncertainty_mixup, uncertainty_value
 
-from stubs import StubModel as Stub, TrainLabels as Train, RunConfig as Cfg
+from stubs import RecordingDropout, StubModel as Stub, TrainLabels as Train, RunConfig as Cfg
 
 TOL = 1e-6
 TINY = BackboneConfig(model_kwargs={"channels": [8, 16, 32, 64], "stem_width": 8})
@@ -61,10 +61,16 @@ def ref_batchnorm_train(x: np.ndarray, eps: float, gamma=None, beta=None) -> np.
     return out if gamma is None else out * gamma + beta
 
 
-def ref_logvar_head(f: np.ndarray, w: np.ndarray, b: np.ndarray, gamma, beta, eps: float = 2e-5) -> np.ndarray:
-    """official: src/rul.py:32-37 (BatchNorm (affine=False) -> Dropout (here p = 0) -> Flatten -> Linear ->
-    BatchNorm1d), applied to ferlib's pooled (B, D) features."""
-    return ref_batchnorm_train(ref_batchnorm_train(f, eps) @ w.T + b, eps, gamma, beta)
+def ref_logvar_head(x: np.ndarray, w: np.ndarray, b: np.ndarray, gamma, beta, eps: float = 2e-5,
+                    mask=None) -> np.ndarray:
+    """official: src/rul.py:32-37 (BatchNorm2d(512, affine=False) -> Dropout -> Flatten -> Linear(512 * 7 * 7, 64)
+    -> BatchNorm1d) on the (B, C, h, w) map, as src/rul.py:42-44 (ferlib's ``logvar_input="map"``); on ferlib's
+    pooled (B, D) features (its default, a DEPARTURE) the same with a BatchNorm1d. ``mask``: the dropout's
+    inverted mask (None: no dropout)."""
+    axes = (0,) + tuple(range(2, x.ndim))        # BatchNorm's batch statistics: over N (and h, w), biased
+    normed = (x - x.mean(axes, keepdims=True)) / np.sqrt(x.var(axes, keepdims=True) + eps)
+    dropped = normed if mask is None else normed * mask
+    return ref_batchnorm_train(dropped.reshape(len(x), -1) @ w.T + b, eps, gamma, beta)
 
 
 # =========================================================================== helpers
@@ -74,6 +80,19 @@ def make_rul(num_train: int, dim: int, classes: int, **overrides):
 
 def d(x: torch.Tensor) -> np.ndarray:
     return x.detach().double().numpy()
+
+
+def expected_step(head_input: np.ndarray, mu: np.ndarray, method, model, y: np.ndarray) -> tuple[float, np.ndarray]:
+    """The code's add-up loss and u for ``method``'s latest step (src/rul.py:42-46, src/utils.py:30-44), from the
+    log-variance head's input, the mean features mu, the step's partners and the head's weights and recorded
+    dropout mask (none for an nn.Dropout, which the callers leave at p = 0)."""
+    lin, bn, drop = method.logvar[2], method.logvar[3], method.logvar[1]
+    mask = drop.masks[0] if isinstance(drop, RecordingDropout) else None
+    u = ref_uncertainty(ref_logvar_head(head_input, d(lin.weight), d(lin.bias), d(bn.weight), d(bn.bias),
+                                        mask=mask))
+    perm = method.last_perm.numpy()
+    mixed, _, _ = ref_mixup(mu, u, perm)
+    return ref_add_up(mixed @ d(model.head.weight).T + d(model.head.bias), y, y[perm]), u
 
 
 # =========================================================================== equations
@@ -98,11 +117,15 @@ def test_uncertainty_mixup_and_add_up_loss_match_the_code():
 
 
 def test_training_step_matches_the_code():
+    """With dropout ON (recorded masks) in the model and in the log-variance head: the head reads the features
+    before the model's dropout, and drops out after its first batch norm (src/rul.py:32-37); mu is the model's
+    dropped-out features (ferlib's mean path)."""
     torch.manual_seed(0)
     b, dim, k = 10, 6, 4
-    model, method = Stub(dim, k), make_rul(b, dim, k, logvar_dropout=0.0, logvar_dim=3)
+    model, method = Stub(dim, k), make_rul(b, dim, k, logvar_dim=3)
     labels = torch.randint(0, k, (b,))
     method.bind(model, Train(labels.numpy()), Cfg(seed=7))
+    model.dropout, method.logvar[1] = RecordingDropout(0.5, seed=1), RecordingDropout(0.4, seed=2)
     with torch.no_grad():  # non-trivial affine of the last batch norm
         method.logvar[3].weight.uniform_(0.5, 1.5)
         method.logvar[3].bias.uniform_(-0.5, 0.5)
@@ -110,18 +133,40 @@ def test_training_step_matches_the_code():
     out = method.training_step(model, {"image": x, "index": torch.arange(b), "label": labels})
     perm = method.last_perm.numpy()
     assert sorted(perm) == list(range(b)) and (perm != np.arange(b)).any()
-    lin, bn = method.logvar[2], method.logvar[3]
-    logvar = ref_logvar_head(d(x), d(lin.weight), d(lin.bias), d(bn.weight), d(bn.bias))
-    u = ref_uncertainty(logvar)
-    mixed, _, _ = ref_mixup(d(x), u, perm)
-    logits = mixed @ d(model.head.weight).T + d(model.head.bias)
+    assert len(model.dropout.masks) == 1 and len(method.logvar[1].masks) == 1
+    mu = d(x) * model.dropout.masks[0]
     y = labels.numpy()
-    assert out["loss"].item() == pytest.approx(ref_add_up(logits, y, y[perm]), abs=TOL)
+    loss, u = expected_step(d(x), mu, method, model, y)
+    assert out["loss"].item() == pytest.approx(loss, abs=TOL)
     assert out["u"].item() == pytest.approx(u.mean(), rel=TOL)
     readout = method.readout()
     np.testing.assert_allclose(readout.score, u, rtol=1e-5)                # score = u
-    plain = d(x) @ d(model.head.weight).T + d(model.head.bias)             # recorded: the un-mixed mean path
+    plain = mu @ d(model.head.weight).T + d(model.head.bias)               # recorded: the un-mixed mean path
     np.testing.assert_allclose(readout.loss, -np.log(np_softmax(plain))[np.arange(b), y], atol=1e-5)
+
+
+def test_the_codes_log_variance_head_on_the_feature_map():
+    """``logvar_input="map"``: the code's head on the last feature map (src/rul.py:32-37, 42-44), sized at bind
+    for the run's images; mu stays the model's pooled features after its dropout."""
+    b, k = 12, 4
+    torch.manual_seed(0)
+    model = create_model(TINY, k)
+    method = make_rul(b, model.feature_dim, k, logvar_input="map", logvar_dim=5)
+    labels = torch.arange(b) % k
+    method.bind(model, Train(labels.numpy()), TrainConfig(image_size=64, seed=3))
+    lin = method.logvar[2]
+    assert lin.in_features == model.feature_dim * 2 * 2                    # 64 px: a 2 x 2 map
+    model.dropout, method.logvar[1] = RecordingDropout(0.5, seed=1), RecordingDropout(0.4, seed=2)
+    x = torch.randn(b, 1, 64, 64)
+    out = method.training_step(model, {"image": x, "index": torch.arange(b), "label": labels})
+    with torch.no_grad():
+        fmap = d(model.backbone.forward_features(x))                        # batch statistics: the same maps
+    mu = fmap.mean((2, 3)) * model.dropout.masks[0]
+    loss, u = expected_step(fmap, mu, method, model, labels.numpy())
+    assert out["loss"].item() == pytest.approx(loss, abs=TOL)
+    np.testing.assert_allclose(method.readout().score, u, rtol=1e-5)
+    with pytest.raises(ValueError, match="logvar_input"):
+        RULConfig(logvar_input="flat")
 
 
 def test_gradient_reaches_the_log_variance_head_only_through_the_mixing_weights():
@@ -200,12 +245,7 @@ def test_relabel_option_uses_scns_rule_on_the_mean_path_prediction():
     # The next step's add-up loss uses the relabelled labels (and the given ones stay in the batch).
     method.on_epoch_start(2, 4)
     out = method.training_step(model, batch)
-    perm = method.last_perm.numpy()
-    lin, bn = method.logvar[2], method.logvar[3]
-    mixed, _, _ = ref_mixup(d(x), ref_uncertainty(ref_logvar_head(d(x), d(lin.weight), d(lin.bias), d(bn.weight),
-                                                                  d(bn.bias))), perm)
-    logits = mixed @ d(model.head.weight).T + d(model.head.bias)
-    assert out["loss"].item() == pytest.approx(ref_add_up(logits, expected, expected[perm]), abs=TOL)
+    assert out["loss"].item() == pytest.approx(expected_step(d(x), d(x), method, model, expected)[0], abs=TOL)
     assert not (make_rul(b, dim, k).readout().keys() >= {"label", "label_history"})  # plain rul: no audit
 
 

@@ -25,11 +25,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..backbones import require_parts
 from ..options import AT_LEAST_1, NON_NEGATIVE, POSITIVE, UNIT_OPEN, Interval, check_ranges, ranged
 from .base import Method, Readout, register_method
 from .relabel import RELABEL_GROUPS, RelabelState, relabel_gap, split_groups
 
-__all__ = ["RUL", "RULConfig", "LogVarHead", "mean_path", "uncertainty_value", "uncertainty_mixup", "add_up_loss"]
+__all__ = ["RUL", "RULConfig", "LogVarHead", "mean_path", "feature_map_size", "uncertainty_value", "uncertainty_mixup",
+           "add_up_loss"]
+
+#: What the log-variance head reads: the pooled features (ferlib's default) or the last feature map (the code).
+LOGVAR_INPUTS = ("pooled", "map")
 
 
 @dataclass(frozen=True)
@@ -43,6 +48,12 @@ class RULConfig:
         Dropout inside the log-variance head (code ``drop_rate=0.4``, ``src/rul.py:12, 34``).
     bn_eps : float > 0
         Epsilon of the head's batch norms (code ``eps=2e-5``, ``src/rul.py:33, 37``).
+    logvar_input : ``"pooled"`` | ``"map"``
+        What the log-variance head reads. ``"pooled"`` (default; a DEPARTURE): the model's (B, D) pooled features,
+        through BatchNorm1d. ``"map"``: the code's input, the backbone's last feature map (B, D, h, w), through
+        BatchNorm2d and flattened before Linear(D h w, logvar_dim) (``src/rul.py:32-37, 42-44``: 512 x 7 x 7 at
+        its 224 px; 2 x 2 for a ResNet at 64 px); needs a timm backbone, and builds the head at ``bind`` for the
+        run's ``image_size``.
     uncertainty : bool
         Mix with the learnt weights u_i / (u_i + u_j) (default, the code ``src/utils.py:36-38``). False (the
         ``no_uncertainty`` ablation): equal weights 1/2, plain in-batch feature mixup, and no log-variance head.
@@ -60,6 +71,7 @@ class RULConfig:
     logvar_dim: int = ranged(64, AT_LEAST_1)
     logvar_dropout: float = ranged(0.4, UNIT_OPEN)
     bn_eps: float = ranged(2e-5, POSITIVE)
+    logvar_input: str = "pooled"
     uncertainty: bool = True
     relabel: bool = False
     relabel_epoch: int = ranged(10, AT_LEAST_1)
@@ -70,18 +82,48 @@ class RULConfig:
     def __post_init__(self) -> None:
         if self.relabel_group not in RELABEL_GROUPS:
             raise ValueError(f"RULConfig.relabel_group must be one of {RELABEL_GROUPS}, got {self.relabel_group!r}")
+        if self.logvar_input not in LOGVAR_INPUTS:
+            raise ValueError(f"RULConfig.logvar_input must be one of {LOGVAR_INPUTS}, got {self.logvar_input!r}")
         check_ranges(self)
         if self.relabel_group == "low" and not self.uncertainty:
             raise ValueError("RULConfig.relabel_group='low' ranks the batch by u: it needs uncertainty=True")
 
 
 class LogVarHead(nn.Sequential):
-    """log sigma^2 from the pooled features: BN (no affine) -> dropout -> linear -> BN, as the code's head
-    (``src/rul.py:32-37``) but on the (B, D) pooled features instead of the flattened 512 x 7 x 7 map."""
+    """log sigma^2: BN (no affine) -> dropout -> flatten + linear -> BN, the code's head (``src/rul.py:32-37``).
 
-    def __init__(self, feature_dim: int, out_dim: int = 64, dropout: float = 0.4, eps: float = 2e-5) -> None:
-        super().__init__(nn.BatchNorm1d(feature_dim, eps=eps, affine=False), nn.Dropout(dropout),
-                         nn.Linear(feature_dim, out_dim), nn.BatchNorm1d(out_dim, eps=eps))
+    ``map_size`` None (ferlib's default): on the (B, D) pooled features, BatchNorm1d and Linear(D, out_dim).
+    (h, w): on the (B, D, h, w) last feature map, the code's input: BatchNorm2d, then Linear(D h w, out_dim) on the
+    flattened map."""
+
+    def __init__(self, feature_dim: int, out_dim: int = 64, dropout: float = 0.4, eps: float = 2e-5,
+                 map_size: tuple[int, int] | None = None) -> None:
+        norm = nn.BatchNorm1d if map_size is None else nn.BatchNorm2d
+        area = 1 if map_size is None else map_size[0] * map_size[1]
+        super().__init__(norm(feature_dim, eps=eps, affine=False), nn.Dropout(dropout),
+                         _FlatLinear(feature_dim * area, out_dim), nn.BatchNorm1d(out_dim, eps=eps))
+
+
+class _FlatLinear(nn.Linear):
+    """A Linear on its input flattened from dim 1 (the code's ``Flatten()`` + ``Linear``, ``src/rul.py:35-36``)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        return super().forward(x.flatten(1))
+
+
+def feature_map_size(backbone: nn.Module, image_size: int) -> tuple[int, int]:
+    """(h, w) of a timm ``backbone``'s last feature map on square ``image_size`` px inputs (a dry run in eval mode,
+    so no batch-norm statistic moves)."""
+    require_parts(backbone, ("forward_features", "pretrained_cfg"), "rul's logvar_input='map' reads a timm "
+                  "backbone's last feature map")
+    conv = backbone.get_submodule(backbone.pretrained_cfg["first_conv"])
+    x = conv.weight.new_zeros(1, conv.in_channels, image_size, image_size)
+    training = backbone.training
+    backbone.eval()
+    with torch.no_grad():
+        size = backbone.forward_features(x).shape[2:]
+    backbone.train(training)
+    return int(size[0]), int(size[1])
 
 
 # --------------------------------------------------------------------------- the paper's equations
@@ -144,7 +186,7 @@ class RUL(Method):
     def __init__(self, config: RULConfig, *, num_classes: int, num_train: int, feature_dim: int) -> None:
         super().__init__(config, num_classes=num_classes, num_train=num_train, feature_dim=feature_dim)
         self.logvar = (LogVarHead(feature_dim, config.logvar_dim, config.logvar_dropout, config.bn_eps)
-                       if config.uncertainty else None)
+                       if config.uncertainty and config.logvar_input == "pooled" else None)  # "map": at bind
         self.relabels = RelabelState(num_train) if config.relabel else None
         self.register_buffer("uncertainty", torch.full((num_train,), float("nan")))
         self.register_buffer("gap", torch.full((num_train,), float("nan")))
@@ -160,6 +202,11 @@ class RUL(Method):
         self.seed = int(config.seed)
         if self.relabels is not None:
             self.relabels.bind(train.labels, config.epochs)
+        c = self.config
+        if c.uncertainty and c.logvar_input == "map":  # the head's width depends on the map's size
+            size = feature_map_size(getattr(model, "backbone", None), config.image_size)
+            self.logvar = LogVarHead(self.feature_dim, c.logvar_dim, c.logvar_dropout, c.bn_eps, map_size=size).to(
+                next(model.parameters()).device)
 
     def permutation(self, batch_size: int, device: torch.device) -> torch.Tensor:
         """The partner permutation of the current step (code ``torch.randperm(batch_size)``, ``src/utils.py:33``),
@@ -175,11 +222,11 @@ class RUL(Method):
     def training_step(self, model, batch):
         idx = batch["index"]
         label = self.relabels.label[idx] if self.relabels is not None else batch["label"]
-        features, mu = mean_path(model, batch["image"])
+        head_input, mu = self._paths(model, batch["image"])
         perm = self.permutation(len(idx), mu.device)
         with torch.autocast(mu.device.type, enabled=False):
             mu = mu.float()
-            u = (uncertainty_value(self.logvar(features.float())) if self.logvar is not None
+            u = (uncertainty_value(self.logvar(head_input.float())) if self.config.uncertainty
                  else torch.ones(len(idx), device=mu.device))
             mixed, _, _ = uncertainty_mixup(mu, u, perm)
             loss = add_up_loss(model.head(mixed), label, label[perm])
@@ -188,6 +235,14 @@ class RUL(Method):
         self.record(idx, plain, batch["label"])
         relabelled = self._remember(idx, u.detach(), plain, label, perm)
         return {"loss": loss, "u": u.mean().detach(), "relabelled": relabelled.sum().float()}
+
+    def _paths(self, model, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(what the log-variance head reads, mu): the pooled features f (:func:`mean_path`) or, with
+        ``logvar_input="map"``, the backbone's last feature map, pooled by the backbone into the same f."""
+        if self.config.logvar_input == "pooled":
+            return mean_path(model, x)
+        fmap = model.backbone.forward_features(x)
+        return fmap, model.dropout(model.backbone.forward_head(fmap))
 
     @torch.no_grad()
     def _remember(self, idx, u, plain, label, perm) -> torch.Tensor:
