@@ -143,9 +143,11 @@ class DMUE(Method):
     Read-outs (rows never drawn by the class-balanced sampler are noted in ``visits``):
 
     * ``score`` = 1 - s_i, s_i the pairwise-uncertainty confidence of the sample's latest visit (low s = the
-      target logits flattened = uncertain; higher score = more likely ambiguous or mislabelled). Without the
-      uncertainty module (``no_pairwise_uncertainty``): the latest cross-entropy. A sample never drawn gets the
-      mean score of the drawn ones.
+      target logits flattened). NOT a label-noise detector: with the code's frozen MLP (the default) s is a fixed,
+      randomly initialised function of the similarity profile and the label, whose direction depends on the
+      initialisation (AUROC 0.44 and 0.47 for flipped labels in the committed cpu_full cells; docs/methods/dmue.md,
+      "Read-outs"). Without the uncertainty module (``no_pairwise_uncertainty``): the latest cross-entropy. A
+      sample never drawn gets the mean score of the drawn ones.
     * ``target`` (N, K): the latest mined latent distribution of each sample (auxiliary branch y_i's sharpened
       prediction over the other classes, 0 at the given label; uniform over the other classes until mined).
     * ``confidence`` (N,) s_i (NaN: never scored); ``latent_peak`` (N,) the largest latent probability (a peaked
@@ -290,7 +292,8 @@ class DMUE(Method):
 
     # ----------------------------------------------------------------- read-outs
     def readout(self) -> Readout:
-        """``score`` = 1 - s (latest), ``target`` = the mined latent distributions; see the class docstring."""
+        """``score`` = 1 - s (latest; from the frozen random MLP by default: not a label-noise detector),
+        ``target`` = the mined latent distributions; see the class docstring."""
         base = super().readout()
         visits = self.visits.cpu().numpy()
         if self.mlp is not None:
