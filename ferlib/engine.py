@@ -17,12 +17,15 @@ unchanged.
 """
 from __future__ import annotations
 
+import copy
+import dataclasses
 import functools
 import json
 import math
 import os
 import random
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -40,7 +43,7 @@ from .results import atomic_savez, atomic_write, atomic_write_text, flatten, nby
 __all__ = ["TrainConfig", "fit", "train_one_epoch", "evaluate", "predict", "seed_everything",
            "build_optimizer", "build_scheduler", "resolve_device", "resolve_precision", "prepare_model", "make_batch",
            "train_arrays", "autocast", "layout", "progress_bar", "cpu_native_bf16", "cuda_bf16",
-           "check_processes"]
+           "probe_bf16", "settle_precision", "check_processes"]
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULERS = ("none", "exponential", "step", "multistep", "cosine", "linear")
@@ -61,7 +64,9 @@ class TrainConfig:
         is synchronised).
     image_size : side in pixels the network sees (images are resized on the device).
     amp : bfloat16 autocast wherever the device computes it natively (:func:`resolve_precision`): a CUDA device
-        with bf16 support, or a CPU with AVX-512 BF16 or AMX (read from ``/proc/cpuinfo``); elsewhere float32.
+        with bf16 support, or a CPU with AVX-512 BF16 or AMX (read from ``/proc/cpuinfo``) whose bf16 kernels
+        compute the model's layers as float32 does at the run's shapes (:func:`probe_bf16`, at the start of
+        each run); elsewhere float32.
         Measured on a 2-core EPYC with AVX-512 BF16 (``python -m ferlib bench``): 1.5-1.8x the float32 training
         throughput, and a same-seed CE run on FERPlus within seed noise of float32 (README). False: float32.
         What a run used is recorded in its ``config.json`` (``precision``).
@@ -188,6 +193,121 @@ def resolve_precision(cfg: TrainConfig, device: torch.device) -> dict:
         bf16 = cfg.amp and native
     return {"autocast": "bfloat16" if bf16 else "float32", "channels_last": cfg.channels_last,
             "compile": cfg.compile, "cpu_native_bf16": native}
+
+
+#: The probe's tolerance: an output or gradient of one layer under bf16 autocast further than this share of the
+#: float32 tensor's largest magnitude from it fails. Measured on an EPYC with AVX-512 BF16: one convolution, BatchNorm
+#: or linear layer of the ResNet-18s at 16-112 px differs by at most 0.012 (bf16's 8-bit mantissa); the kernel
+#: defect the probe exists for leaves entries holding stale memory (seen: up to 1e35, inf, NaN).
+BF16_PROBE_TOL = 0.05
+#: The layers the probe checks: those whose CPU kernels have a bf16 path of their own.
+PROBED_LAYERS = (nn.Conv2d, nn.Linear, nn.modules.batchnorm._BatchNorm)
+
+
+#: Each layer's probe error, by (layer, input shape, layout, dtype, device type, repeats): once per process.
+_PROBED: dict[tuple, float] = {}
+
+
+def probe_bf16(net: nn.Module, x: torch.Tensor, *, repeats: int = 3) -> dict:
+    """Whether bfloat16 autocast computes each layer of ``net`` as float32 does, at the shapes ``x`` gives it.
+
+    Some CPU kernels of torch's bf16 path are wrong for some shapes: torch 2.14.1's CPU convolution weight
+    gradient, for a 3x3 stride-2 convolution over a 1x1 map (a ResNet's ``layer4.0.conv1`` on 16-px images),
+    leaves gradient entries unwritten; they hold whatever memory held before, so a training step turns into NaN
+    or not depending on what ran earlier in the process. The cpuinfo flags cannot tell; this probe does. Each
+    distinct layer (:data:`PROBED_LAYERS`) at the input shape, memory layout and dtype it meets in one bf16
+    forward of ``net`` is run alone on seeded random input, forward and backward, under bf16 autocast and in
+    float32, ``repeats`` times, after freeing NaN-filled blocks of its gradients' sizes (so that memory a kernel
+    leaves unwritten shows as NaN), and its output, input gradient and parameter gradients are compared. A layer
+    at a shape is probed once per process.
+
+    Parameters
+    ----------
+    net : the model, on its device and in its memory layout; left untouched (copies of its layers are run, the
+        global random state is restored).
+    x : an input batch (B, C, H, W) as the model sees it.
+
+    Returns
+    -------
+    ``{"passed": bool, "max_rel_err": float, "worst": "<layer name> <input shape>", "layers": int}``: the largest
+    max|bf16 - float32| / max|float32| over layers, tensors and passes (inf where not finite), against
+    :data:`BF16_PROBE_TOL`; ``layers`` the number of distinct layers checked.
+    """
+    seen: dict[tuple, tuple[str, nn.Module]] = {}  # (layer, input shape, layout, dtype) -> (name, layer)
+
+    def record(name):
+        def hook(module, args):
+            inp = args[0]
+            channels_last = inp.dim() == 4 and not inp.is_contiguous() \
+                and inp.is_contiguous(memory_format=torch.channels_last)
+            fmt = torch.channels_last if channels_last else torch.contiguous_format
+            seen.setdefault((repr(module), tuple(inp.shape), fmt, inp.dtype), (name, module))
+        return hook
+
+    worst, where = 0.0, ""
+    with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
+        shadow = copy.deepcopy(net).train()
+        hooks = [m.register_forward_pre_hook(record(n)) for n, m in shadow.named_modules()
+                 if isinstance(m, PROBED_LAYERS)]
+        with torch.no_grad(), torch.autocast(x.device.type, dtype=torch.bfloat16):
+            shadow(x)
+        for h in hooks:
+            h.remove()
+        for key, (name, module) in seen.items():
+            key = (*key, x.device.type, repeats)
+            if key not in _PROBED:
+                _PROBED[key] = max(_layer_error(module, *key[1:4], seed=r) for r in range(repeats))
+            if not _PROBED[key] <= worst:
+                worst, where = _PROBED[key], f"{name} {list(key[1])}"
+    return {"passed": worst <= BF16_PROBE_TOL, "max_rel_err": worst, "worst": where, "layers": len(seen)}
+
+
+def _layer_error(module: nn.Module, shape: tuple, fmt, dtype: torch.dtype, *, seed: int) -> float:
+    """max|bf16 - float32| / max|float32| over the output, input gradient and parameter gradients of a copy of
+    ``module`` run on seeded random input of ``shape`` (``dtype`` under autocast, as it met it); inf where a
+    bf16 value is not finite or float32's is 0 where bf16's is not."""
+    results = []
+    for bf16 in (False, True):
+        layer = copy.deepcopy(module).float().train()
+        torch.manual_seed(seed)
+        x = torch.randn(shape, device=next(layer.parameters()).device).contiguous(memory_format=fmt)
+        x = (x.to(dtype) if bf16 else x.to(dtype).float()).requires_grad_()
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
+            out = layer(x)
+        weight = torch.randn(out.shape, generator=torch.Generator().manual_seed(10_000 + seed)).to(out.device)
+        if bf16:
+            _ = [torch.full_like(p, math.nan, dtype=d) for p in layer.parameters() for d in (p.dtype, torch.bfloat16)]
+            del _
+        (out.float() * weight).sum().backward()  # a fixed random projection: no gradient cancels (BatchNorm's would)
+        results.append([out.detach(), x.grad, *(p.grad for p in layer.parameters() if p.grad is not None)])
+    worst = 0.0
+    for ref, got in zip(*results):
+        ref, got = ref.double(), got.double()
+        scale, diff = ref.abs().max().item(), (got - ref).abs().max().item()
+        err = diff / scale if scale > 0 else (math.inf if diff > 0 else 0.0)
+        worst = max(worst, err if math.isfinite(err) else math.inf)
+    return worst
+
+
+def settle_precision(net: nn.Module, images, cfg: TrainConfig, device: torch.device) -> tuple[TrainConfig, dict]:
+    """The config a run computes with, and its precision record for ``config.json``.
+
+    Where :func:`resolve_precision` gives bf16 on a CPU, :func:`probe_bf16` checks it on ``net`` and the first
+    ``cfg.batch_size`` of ``images`` (N, H, W, C uint8, as the model sees them): when it fails, the run computes
+    in float32 (``amp`` off in the returned config; the caller keeps ``cfg`` for the run's identity), a warning
+    names the parameter, and the record's ``bf16_probe`` says why. Elsewhere ``cfg`` is returned unchanged.
+    """
+    precision = resolve_precision(cfg, device)
+    if precision["autocast"] != "bfloat16" or device.type != "cpu":
+        return cfg, precision
+    raw = torch.from_numpy(np.asarray(images[:cfg.batch_size])).to(device)
+    probe = probe_bf16(net, layout(prepare_batch(raw, cfg.image_size, cfg.augment), cfg))
+    if probe["passed"]:
+        return cfg, {**precision, "bf16_probe": probe}
+    warnings.warn(f"bf16 autocast on this CPU gives wrong gradients for {probe['worst']}: computing in float32 "
+                  "(config.json: precision.bf16_probe)", RuntimeWarning, stacklevel=2)
+    cfg = dataclasses.replace(cfg, amp=False)
+    return cfg, {**resolve_precision(cfg, device), "bf16_probe": probe}
 
 
 @functools.lru_cache(maxsize=None)
@@ -371,6 +491,7 @@ def _fit(model: nn.Module, method, data, cfg: TrainConfig, run_dir: Path, *, res
     train = splits["train"]
     gen = seed_everything(cfg.seed)
     prepare_model(model, cfg, device)
+    run_cfg, precision = settle_precision(model, train.images, cfg, device)  # cfg stays the run's identity
     method.to(device)
     method.check_model(model)
     ckpt_path = run_dir / rundir.CHECKPOINT
@@ -386,17 +507,17 @@ def _fit(model: nn.Module, method, data, cfg: TrainConfig, run_dir: Path, *, res
         start, history = _load_checkpoint(ckpt_path, model, method, optimizer, scheduler, gen, device)
     distributed.on_main(write_json, run_dir / rundir.CONFIG, {
         "train": asdict(cfg), "method": method.name, "method_config": asdict(method.config),
-        "precision": resolve_precision(cfg, device), "processes": distributed.world(), **meta})
+        "precision": precision, "processes": distributed.world(), **meta})
     arrays = train_arrays(train, device)
     for epoch in range(start, cfg.epochs):
         method.on_epoch_start(epoch, cfg.epochs)
         t0 = time.perf_counter()
-        losses = train_one_epoch(model, method, train, optimizer, scheduler, cfg, device, gen, arrays)
+        losses = train_one_epoch(model, method, train, optimizer, scheduler, run_cfg, device, gen, arrays)
         row = {"epoch": epoch + 1, "epoch_time_s": time.perf_counter() - t0,
                "lr": optimizer.param_groups[0]["lr"], **{f"train_{k}": v for k, v in losses.items()}}
         history = distributed.on_main(_end_epoch, run_dir, history, row, splits, model, method, optimizer,
-                                      scheduler, gen, cfg, device)
-    return distributed.on_main(_finish, run_dir, model, method, splits, history, cfg, device, meta)
+                                      scheduler, gen, run_cfg, device)
+    return distributed.on_main(_finish, run_dir, model, method, splits, history, run_cfg, device, meta)
 
 
 def _clear_run_dir(run_dir: Path, resume: bool) -> bool:

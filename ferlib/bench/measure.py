@@ -15,7 +15,7 @@ import torch
 
 from ..backbones import BackboneConfig, create_model
 from ..engine import (TrainConfig, autocast, build_optimizer, build_scheduler, make_batch, predict, prepare_model,
-                      resolve_precision, seed_everything, train_one_epoch)
+                      resolve_precision, seed_everything, settle_precision, train_one_epoch)
 from ..methods import create_method, method_config, parse_overrides
 from ..options import split_options
 from . import BASELINE, GRIDS
@@ -158,6 +158,13 @@ def _warm(name: str, overrides: dict, train, cfg: TrainConfig, backbone: Backbon
     return model, method, optimizer, scheduler, gen
 
 
+def _settled(cfg: TrainConfig, backbone: BackboneConfig, train, device: torch.device) -> tuple[TrainConfig, dict]:
+    """``cfg`` as the engine runs it with this backbone on ``train``'s images, and its precision record
+    (:func:`ferlib.engine.settle_precision`: bf16 only where the probe finds it computes as float32 does)."""
+    model = prepare_model(create_model(backbone, train.num_classes), cfg, device)
+    return settle_precision(model, train.images, cfg, device)
+
+
 def _engine_step(run, rows, cfg: TrainConfig, device: torch.device) -> float:
     """Seconds of one engine step of ``run`` (as :func:`_warm` returns it): :func:`ferlib.engine.train_one_epoch`
     over the one batch ``rows``."""
@@ -260,7 +267,7 @@ def run_bench(methods: list[str], devices: list[torch.device], *, grid: str = "a
     log : ``log(line)`` after each measurement (default: to stderr).
 
     Returns ``{"settings": {...}, "measurements": [record, ...]}``; a record holds ``method``, ``device``,
-    ``options``, ``precision`` (:func:`ferlib.engine.resolve_precision`), and ``metrics`` (:func:`measure`) with
+    ``options``, ``precision`` (:func:`ferlib.engine.settle_precision`: what was used), and ``metrics`` (:func:`measure`) with
     ``ratio_to_ce`` (:func:`add_ratios`), or ``error`` (``"Type: message"``) when that measurement failed: the
     others still run.
     """
@@ -285,10 +292,10 @@ def run_bench(methods: list[str], devices: list[torch.device], *, grid: str = "a
         for (label, name, overrides), device in itertools.product(parsed, devices):
             options = {**overrides, **stub_source_options(name, rows, stubs, given=overrides)}
             for switches in option_grid(label, device, grid):
-                cfg = TrainConfig(batch_size=batch_size, image_size=image_size, device=str(device), progress=False,
-                                  **switches)
-                record = {"method": label, "device": str(device), "options": switches,
-                          "precision": resolve_precision(cfg, device)}
+                cfg, precision = _settled(TrainConfig(batch_size=batch_size, image_size=image_size,
+                                                      device=str(device), progress=False, **switches),
+                                          backbone, train, device)
+                record = {"method": label, "device": str(device), "options": switches, "precision": precision}
                 try:
                     record["metrics"] = measure(name, options, train, cfg, backbone, warmup=warmup, steps=steps)
                 except Exception as exc:  # one failed setting (a compiler missing, out of memory) spares the rest

@@ -30,7 +30,8 @@ class PretrainConfig:
     image_size : side in pixels the network sees (the faces are resized on the device).
     views : :class:`~ferlib.pretrain.views.ViewConfig`, how each view is drawn (a dict is converted).
     amp, channels_last, compile : as :class:`ferlib.engine.TrainConfig` (bfloat16 autocast where the device
-        computes it natively, :func:`ferlib.engine.resolve_precision`; the loss itself in float32).
+        computes it natively and the backbone's layers pass :func:`ferlib.engine.probe_bf16`; the loss itself in
+        float32).
     seed : seeds the initial weights, the image order and every augmentation draw.
     device : ``auto`` | ``cpu`` | ``cuda[:i]``; progress : a progress bar per epoch. Neither (nor ``compile``)
         is part of the checkpoint's key (:data:`NOT_IN_KEY`).

@@ -7,6 +7,7 @@ run, bit for bit on CPU at the same thread count.
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 
@@ -15,7 +16,8 @@ import torch
 from torch import nn
 
 from ..backbones import BackboneConfig, create_model
-from ..engine import TrainConfig, autocast, layout, prepare_model, progress_bar, resolve_device, seed_everything
+from ..engine import (TrainConfig, autocast, layout, prepare_model, progress_bar, resolve_device, seed_everything,
+                      settle_precision)
 from ..metrics import NonFiniteLossError
 from ..results import atomic_write, nbytes_of
 from .config import PretrainConfig
@@ -30,8 +32,8 @@ CHECKPOINT = "checkpoint.pt"
 def engine_config(cfg: PretrainConfig) -> TrainConfig:
     """The :class:`ferlib.engine.TrainConfig` whose precision, layout, input size and device are ``cfg``'s: what
     the engine's helpers (``autocast``, ``prepare_model``, ``predict``, ``resolve_precision``) read."""
-    return TrainConfig(image_size=cfg.image_size, amp=cfg.amp, channels_last=cfg.channels_last, compile=cfg.compile,
-                       device=cfg.device, progress=False)
+    return TrainConfig(image_size=cfg.image_size, batch_size=cfg.batch_size, amp=cfg.amp,
+                       channels_last=cfg.channels_last, compile=cfg.compile, device=cfg.device, progress=False)
 
 
 def train_one_epoch(ssl: nn.Module, images, optimizer, scheduler, cfg: PretrainConfig, device: torch.device,
@@ -81,7 +83,8 @@ def fit_ssl(images, backbone: BackboneConfig, cfg: PretrainConfig, folder: str |
 
     Returns
     -------
-    (the pretrained timm backbone on the device, the history: one ``{"epoch", "loss", "lr", "time_s"}`` per epoch).
+    (the pretrained timm backbone on the device, the history: one ``{"epoch", "loss", "lr", "time_s"}`` per epoch,
+    the precision record: :func:`ferlib.engine.settle_precision` of the backbone).
     """
     if len(images) < cfg.batch_size:
         raise ValueError(f"the train split has {len(images)} images, fewer than PretrainConfig.batch_size="
@@ -90,6 +93,8 @@ def fit_ssl(images, backbone: BackboneConfig, cfg: PretrainConfig, folder: str |
     gen = seed_everything(cfg.seed)
     ssl = create_ssl(create_model(backbone, num_classes=1).backbone, cfg)
     prepare_model(ssl, engine_config(cfg), device)
+    ecfg, precision = settle_precision(ssl.backbone, images, engine_config(cfg), device)
+    cfg = dataclasses.replace(cfg, amp=ecfg.amp)  # float32 where bf16 fails the probe
     steps = len(images) // cfg.batch_size
     optimizer, scheduler = _optimizer(ssl, cfg, steps)
     path = Path(folder) / CHECKPOINT
@@ -100,7 +105,7 @@ def fit_ssl(images, backbone: BackboneConfig, cfg: PretrainConfig, folder: str |
         history.append({"epoch": epoch + 1, "loss": loss, "lr": optimizer.param_groups[0]["lr"],
                         "time_s": time.perf_counter() - t0})
         _save(path, epoch + 1, history, ssl, optimizer, scheduler, gen)
-    return ssl.backbone, history
+    return ssl.backbone, history, precision
 
 
 def _optimizer(ssl: nn.Module, cfg: PretrainConfig, steps: int):

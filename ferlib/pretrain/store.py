@@ -28,7 +28,7 @@ import torch
 from .. import rundir
 from ..backbones import BackboneConfig, WeightsError, create_model
 from ..data.cache import data_fingerprint, default_cache_dir
-from ..engine import resolve_device, resolve_precision
+from ..engine import resolve_device
 from ..results import atomic_write, nbytes_of, read_json, write_json
 from .config import PretrainConfig
 from .loop import CHECKPOINT, engine_config, fit_ssl
@@ -145,11 +145,11 @@ def _train(train_images, arch: BackboneConfig, config: PretrainConfig, folder: P
 
     from .. import __version__
 
-    backbone, history = fit_ssl(train_images, arch, config, folder, resume=resume)
+    backbone, history, precision = fit_ssl(train_images, arch, config, folder, resume=resume)
     weights = {k: v.detach().cpu().contiguous() for k, v in backbone.state_dict().items()}
     atomic_write(folder / WEIGHTS, lambda f: torch.save(weights, f), nbytes=nbytes_of(weights))
     provenance = {**record, "epochs": config.epochs, "device": str(device), "threads": torch.get_num_threads(),
-                  "precision": resolve_precision(engine_config(config), device),
+                  "precision": precision,
                   "loss_first": history[0]["loss"], "loss_last": history[-1]["loss"],
                   "train_time_s": sum(r["time_s"] for r in history), "history": history,
                   "versions": {"ferlib": __version__, "torch": torch.__version__, "timm": timm.__version__,
