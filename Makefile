@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.ferlib-installed
 DATA    ?= data/ferplus_sample
 PROFILE ?= smoke
 
-.PHONY: venv test study clean-runs
+.PHONY: venv test study lab clean-runs
 
 $(STAMP): pyproject.toml requirements/constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,10 @@ test: $(STAMP)
 
 study: $(STAMP)
 	$(BIN)/python -m ferlib study --profile $(PROFILE) --data $(DATA)
+
+# JupyterLab on this checkout, opened at notebooks/ (the notebooks work from the repository root wherever they start)
+lab: $(STAMP)
+	$(BIN)/jupyter lab --ServerApp.root_dir=. --LabApp.default_url=/lab/tree/notebooks
 
 clean-runs:
 	rm -rf runs
