@@ -34,9 +34,9 @@ def parse_noise(spec: str) -> tuple[str, float]:
     parsed = NoiseSpec.parse(spec)
     last = parsed.steps[-1]
     text = str(parsed)
-    if last.rate is None:
+    if last.value is None:
         return text, (0.0 if last.protocol == "none" else float("nan"))
-    return text.rsplit(":", 1)[0], float(last.rate)
+    return text.rsplit(":", 1)[0], float(last.value)
 
 
 _SUMMARY_KEYS = ("dataset", "method", "variant", "recipe", "oracle", "protocol", "rate", "noise", "flags")
