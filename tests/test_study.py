@@ -148,6 +148,7 @@ def test_the_memorisation_profile_follows_issue_14():
     assert spec.backbone["weights"] == "ssl"  # the start issue 13 measured best; random init as the contrast
     assert spec.init_contrast["weights"] is None and spec.init_contrast["methods"] == ["ce", "lanet", "ldlva", "nla"]
     assert spec.cleanlab_folds == 2 and spec.notebook_parameters["00_prepare_data"] == {"extract_limit": None}
+    assert spec.clean_control == ["ce"]  # the report's clean-label rows (committed ce-none-s* cells) are cells
 
 
 def test_cpu_full_profile_trains_every_image_with_a_half_width_resnet():
@@ -286,6 +287,25 @@ def test_init_contrast_cells_start_the_listed_methods_from_the_other_weights(tmp
             tiny_spec(tmp_path, backbone={"weights": "ssl"}, init_contrast=bad)
 
 
+def test_clean_control_cells_are_the_grid_cells_at_noise_none(tmp_path):
+    spec = tiny_spec(tmp_path, noise=["symmetric:0.3", "annotator"], clean_control=["ce"])
+    runs = tmp_path / "runs"
+    control = spec.control_specs(runs)
+    assert [(s.method, s.noise, s.train.seed, Path(s.out)) for s in control] == \
+        [("ce", "none", seed, runs) for seed in (0, 1)]  # the grid's folder: the report reads them beside it
+    grid_ce = [s for s in spec.run_specs(runs) if s.method == "ce" and s.noise == "symmetric:0.3"]
+    # the grid's cell with the noise switched off and nothing else: the run ids the committed control cells have
+    assert [run_id(s) for s in control] == [run_id(dataclasses.replace(s, noise="none")) for s in grid_ce]
+    kinds = [kind for kind, _ in spec.cells(runs)]
+    assert kinds == ["grid"] * 8 + ["control"] * 2
+    assert "clean control: ce also at noise none, every seed" in spec.describe()
+    assert tiny_spec(tmp_path).control_specs(runs) == []
+    with pytest.raises(ValueError, match="cee"):
+        tiny_spec(tmp_path, clean_control=["cee"])
+    with pytest.raises(ValueError, match=r"clean_control \['ce'\]: the grid already trains them at noise 'none'"):
+        tiny_spec(tmp_path, noise=["none", "symmetric:0.3"], clean_control=["ce"])
+
+
 def test_kernel_runs_this_interpreter():
     name = ensure_kernel()
     assert name == "python3"
@@ -355,10 +375,12 @@ def test_report_finds_every_kind_of_cell_in_its_own_folder(tmp_path):
     from ferlib.study.spec import CELL_FOLDERS, cell_dir
 
     runs, reports = tmp_path / "runs", tmp_path / "reports"
-    extra = {"grid": {}, "ablation": {"variant": "full"}, "fold": {"fold": [1, 2]}, "init": {}}
-    for i, kind in enumerate(CELL_FOLDERS):
+    extra = {"grid": {}, "control": {"noise": "none"}, "ablation": {"variant": "full"}, "fold": {"fold": [1, 2]},
+             "init": {}}
+    acc = {"grid": 0.5, "control": 0.55, "ablation": 0.6, "fold": 0.7, "init": 0.8}
+    for kind in CELL_FOLDERS:
         result = {"run_id": f"{kind}-cell", "method": "ce", "noise": "symmetric:0.3", "seed": 0,
-                  "last": {"acc": 0.5 + i / 10}, "best": {"acc": 0.45}, **extra[kind]}
+                  "last": {"acc": acc[kind]}, "best": {"acc": 0.45}, **extra[kind]}
         (cell_dir(runs, kind) / f"{kind}-cell").mkdir(parents=True)
         (cell_dir(runs, kind) / f"{kind}-cell" / "result.json").write_text(json.dumps(result))
     (reports / "runs").mkdir(parents=True)
@@ -373,6 +395,7 @@ def test_report_finds_every_kind_of_cell_in_its_own_folder(tmp_path):
     assert lines["fold-cell"].startswith("02_train: ce, fold 1 of 2 held out as the test split, noise symmetric:0.3"
                                          ", seed 0: last-epoch test acc 70.00%")
     assert "last-epoch test acc 80.00%" in lines["init-cell"]
+    assert lines["control-cell"].startswith("02_train: ce, noise none, seed 0: last-epoch test acc 55.00%")
     assert lines["unfinished-cell"] == "02_train for this cell (no result.json: unfinished or failed)"
 
 

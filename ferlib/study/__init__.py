@@ -3,7 +3,7 @@
 ``load_profile("smoke" | "cpu" | "full", data=..., **overrides)`` gives a :class:`StudySpec`;
 ``run_study(spec, runs_dir=..., reports_dir=...)`` runs it (resumable) and writes ``reports_dir/index.html``
 (its results table is :func:`ferlib.analysis.summary_table` / :func:`ferlib.analysis.format_summary`).
-Command line: ``python -m ferlib study --profile smoke`` (:func:`ferlib.study.runner.main`).
+Command line: ``python -m ferlib study --profile smoke`` (:func:`ferlib.study.runner.study_main`).
 The notebook stack (papermill, nbconvert) is imported only when a study runs.
 """
 from .report import render_html, write_report

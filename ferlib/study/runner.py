@@ -1,9 +1,9 @@
 """Run a study: every grid cell through ``notebooks/02_train.ipynb`` (papermill), the analysis notebooks once,
 then an HTML report. In the spirit of recommenders' ``notebook_utils``: a small papermill runner.
 
-Command line (wired as ``python -m ferlib study``; also ``python -m ferlib.study.runner``)::
+Command line (``python -m ferlib study``)::
 
-    python -m ferlib study --profile smoke                       # shipped sample, ~10 min on 2 CPU cores
+    python -m ferlib study --profile smoke                       # the shipped sample (its time: README)
     python -m ferlib study --profile cpu --data ../shared/data/ferplus --seeds 0 1 2
     python -m ferlib study --profile full --methods ce nla --epochs 20 --dry-run
     python -m ferlib study --profile cpu --data ../shared/data/ferplus --workers 4   # 4 cells at once
@@ -26,8 +26,9 @@ Order of work: the notebooks of ``spec.notebooks`` in order, each as its metadat
    first so that a data problem shows in a minute, not after every cell has failed on it.
 2. The ``cell`` notebook (``02_train``) once per training cell of :meth:`StudySpec.cells`, with ``spec`` =
    ``dataclasses.asdict(RunSpec)`` (JSON round-tripped): the grid (methods x noise x seeds) first, then the
-   ablation variants (``<runs_dir>/ablations``, when ``ablations`` is on) and the cross-fitted CE folds behind
-   cleanlab (``<runs_dir>/cleanlab``, when ``cleanlab_folds`` >= 2). A cell whose ``<out>/<run_id>`` holds a
+   clean-control cells (``clean_control``, in the grid's folder), the ablation variants (``<runs_dir>/ablations``,
+   when ``ablations`` is on) and the cross-fitted CE folds behind cleanlab (``<runs_dir>/cleanlab``, when
+   ``cleanlab_folds`` >= 2). A cell whose ``<out>/<run_id>`` holds a
    finished, intact run (:func:`ferlib.rundir.check`: ``result.json`` parses and matches its read-out) is
    skipped, so a study resumes where it stopped and a rerun does no work; a cell whose ``result.json`` fails
    the check is logged with the reason and run again (the run replaces the corrupted files); ``run_id``
@@ -100,9 +101,9 @@ STUDY_FOLDERS = ("runs folder of a study", "reports folder of a study")
 class StudyOutcome:
     """What :func:`run_study` did.
 
-    cells : one dict per training cell: ``run_id``, ``kind`` (``grid`` / ``ablation`` / ``fold`` / ``init``), ``status``
-        (``done`` / ``skipped`` / ``failed`` / ``missing`` when the cell notebook is absent), ``seconds`` (0 when
-        not executed).
+    cells : one dict per training cell: ``run_id``, ``kind`` (a key of :data:`~ferlib.study.spec.CELL_FOLDERS`),
+        ``status`` (``done`` / ``skipped`` / ``failed`` / ``missing`` when the cell notebook is absent), ``seconds``
+        (0 when not executed).
     notebooks : ``{name: status}`` of the other notebooks (``done`` / ``failed`` / ``missing`` / ``off``).
     failures : contents of ``failures.json`` at the end.
     index : path of ``index.html``.
@@ -564,13 +565,9 @@ def _print_estimate(spec: StudySpec, runs: Path, report_path: str, log) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m ferlib.study.runner [options]`` (the same options as ``python -m ferlib study``)."""
+    """``python -m ferlib study [options]`` called from Python: ``main(["--profile", "smoke", "--dry-run"])``."""
     parser = add_study_arguments(argparse.ArgumentParser(prog="python -m ferlib study",
                                                          description="Run a study: grid of runs, notebooks, report."))
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
     return study_main(args)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -3,7 +3,7 @@
 A :class:`StudySpec` is plain data; it is usually read from a YAML profile shipped in
 ``ferlib/study/profiles/`` (``smoke``, ``cpu``, ``full``) by :func:`load_profile`, with keyword overrides::
 
-    spec = load_profile("smoke")                                   # the shipped sample, ~10 min on 2 cores
+    spec = load_profile("smoke")                                   # the shipped sample (its time: README)
     spec = load_profile("cpu", data="../shared/data/ferplus", seeds=[0, 1, 2], train={"epochs": 20})
     spec.run_specs("runs/cpu")                                     # the grid as ferlib.experiment.RunSpec
 
@@ -41,7 +41,8 @@ COMMON: tuple[str, ...] = ("data", "dataset", "dataset_options", "runs_dir", "st
 #: the first seed, the train subset), and ``spec``, which the runner gives a ``cell`` notebook.
 STUDY_PARAMETERS: tuple[str, ...] = ("noise", "seed", "train_subset", "spec")
 #: Where each kind of cell (:meth:`StudySpec.cells`) keeps its run folders under a study's runs folder.
-CELL_FOLDERS: dict[str, str] = {"grid": "", "ablation": "ablations", "fold": "cleanlab", "init": "init"}
+CELL_FOLDERS: dict[str, str] = {"grid": "", "control": "", "ablation": "ablations", "fold": "cleanlab",
+                                "init": "init"}
 
 
 def cell_dir(runs_dir: str | os.PathLike, kind: str) -> Path:
@@ -132,6 +133,10 @@ class StudySpec:
         them) and every seed, also starts from ``W`` (``null``: random init, ``ssl``, or a weights file) in place
         of ``backbone.weights``, under ``<runs_dir>/init`` (cell kind ``init``), so the summary shows what the
         start changes (:meth:`init_specs`).
+    clean_control : methods also trained on the clean labels (noise ``none``) at every seed, otherwise as their
+        grid cells, in the grid's folder (cell kind ``control``, :meth:`control_specs`), so the report tells the
+        drop that noise causes from a method's own drop on clean labels without crossing every method with
+        ``none``. [] = none.
     eval_data : datasets every finished grid run is scored on after training, without training
         (:mod:`ferlib.cross_eval`, ``READER:PATH[:KEY=VALUE,...]``, e.g. ``ferplus:data/ferplus_sample:mode=majority``
         or ``folder:exports/no_neutral``), its predictions restricted to the classes both share; written to each
@@ -167,6 +172,7 @@ class StudySpec:
     cleanlab_folds: int = 0
     cleanlab_train: dict = field(default_factory=dict)
     init_contrast: dict = field(default_factory=dict)
+    clean_control: list[str] = field(default_factory=list)
     eval_data: list[str] = field(default_factory=list)
     cell_time_limit: int | None = None
     view_time_limit: int | None = None
@@ -205,6 +211,7 @@ class StudySpec:
             TrainConfig(**{**self.train, **options})  # validates values (optimizer, scheduler ...)
         BackboneConfig(**_checked_keys(self.backbone, _field_names(BackboneConfig), "backbone"))
         self._check_init_contrast()
+        self._check_clean_control()
         SlurmOptions(**_checked_keys(self.slurm, _field_names(SlurmOptions), "slurm"))
         PretrainConfig(**_checked_keys(self.pretrain, _field_names(PretrainConfig), "pretrain"))
         for method, options in self.method_options.items():
@@ -266,6 +273,21 @@ class StudySpec:
                              f"({self.init_contrast['weights']!r}): the contrast needs the other start")
         self.init_contrast = {"weights": self.init_contrast["weights"], "methods": methods, "noise": noise}
 
+    def _check_clean_control(self) -> None:
+        from ferlib.methods import method_class
+
+        if not self.clean_control:
+            self.clean_control = []
+            return
+        self.clean_control = _str_list(self.clean_control, "clean_control")
+        for name in self.clean_control:
+            method_class(name)  # raises listing the valid names
+        _no_duplicates(self.clean_control, "clean_control")
+        grid = self.grid.resolved_methods() if "none" in self.grid.noise else []
+        twice = [m for m in self.clean_control if m in grid]
+        if twice:
+            raise ValueError(f"clean_control {twice}: the grid already trains them at noise 'none' (grid.noise)")
+
     def _check_train_subset(self) -> None:
         """Refuse a train subset smaller than a cell's batch size: the engine trains on full batches, so every
         such cell would fail once its data loaded. The cleanlab fold cells train on (K - 1) / K of the subset."""
@@ -273,7 +295,8 @@ class StudySpec:
 
         if self.train_subset is None:
             return
-        n, k, methods = self.train_subset, self.cleanlab_folds, self.grid.resolved_methods()
+        n, k = self.train_subset, self.cleanlab_folds
+        methods = list(dict.fromkeys([*self.grid.resolved_methods(), *self.clean_control]))
         cells = [(f"{m} cells", m, {}, n) for m in methods]
         cells += [(f"{m} ablation cells", m, self.ablation_train, n) for m in methods if self.ablations]
         cells += [(f"cleanlab fold cells ({k} folds)", "ce", self.cleanlab_train, n * (k - 1) // k)] if k else []
@@ -312,6 +335,12 @@ class StudySpec:
         partly finished study already compares every method)."""
         return [self.run_spec(m, n, s, cell_dir(runs_dir, "grid"))
                 for s in self.grid.seeds for n in self.grid.noise for m in self.grid.resolved_methods()]
+
+    def control_specs(self, runs_dir: str | os.PathLike) -> list:
+        """The clean-control cells (none unless ``clean_control`` is set): each of its methods at noise ``none``
+        and every seed, with the grid's settings otherwise, in the grid's folder, seed-major like the grid."""
+        return [self.run_spec(m, "none", s, cell_dir(runs_dir, "control"))
+                for s in self.grid.seeds for m in self.clean_control]
 
     def main_noise(self) -> str:
         """The grid's first noise other than ``none`` (the one the noise and ablation notebooks show)."""
@@ -364,8 +393,10 @@ class StudySpec:
 
     def cells(self, runs_dir: str | os.PathLike) -> list[tuple[str, object]]:
         """Everything the study trains, in order: ``(kind, RunSpec)`` with kind ``grid`` (:meth:`run_specs`),
-        ``ablation`` (:meth:`ablation_specs`), ``fold`` (:meth:`fold_specs`) or ``init`` (:meth:`init_specs`)."""
+        ``control`` (:meth:`control_specs`), ``ablation`` (:meth:`ablation_specs`), ``fold`` (:meth:`fold_specs`)
+        or ``init`` (:meth:`init_specs`)."""
         return [*(("grid", s) for s in self.run_specs(runs_dir)),
+                *(("control", s) for s in self.control_specs(runs_dir)),
                 *(("ablation", s) for s in self.ablation_specs(runs_dir)),
                 *(("fold", s) for s in self.fold_specs(runs_dir)),
                 *(("init", s) for s in self.init_specs(runs_dir))]
@@ -396,6 +427,8 @@ class StudySpec:
             *([f"init contrast: {', '.join(self.init_contrast['methods'])} also from weights "
                f"{self.init_contrast['weights'] or 'none (random init)'} at "
                f"{', '.join(self.init_contrast['noise'])}"] if self.init_contrast else []),
+            *([f"clean control: {', '.join(self.clean_control)} also at noise none, every seed"]
+              if self.clean_control else []),
             *([f"eval data (scored after training): {', '.join(self.eval_data)}"] if self.eval_data else []),
             *(f"  {name}: {params}" for name, params in self.notebook_parameters.items()),
         ])
