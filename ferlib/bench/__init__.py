@@ -5,7 +5,7 @@ package (the command line's parser does) loads none of them.
 
     python -m ferlib bench                                  # every method, every available device
     python -m ferlib bench --methods nla ldlva:neighbours=bank --devices cpu --warmup 3 --steps 15
-    python -m ferlib bench --readme reports/bench/<file>.json   # rewrite README.md's bench table from a report
+    python -m ferlib bench --readme reports/bench/<file>.json   # rewrite docs/bench.md's table from a report
     python -m ferlib study --profile full --estimate reports/bench/<file>.json   # the grid's hours there
 
 For each method (``ce`` always, as the baseline), device and option setting ({amp} x {channels-last} x
@@ -50,14 +50,17 @@ from __future__ import annotations
 import argparse
 import sys
 
-__all__ = ["add_bench_arguments", "bench_main", "BASELINE", "GRIDS", "README_MARKERS", "BACKBONE_PROFILE"]
+__all__ = ["add_bench_arguments", "bench_main", "BASELINE", "GRIDS", "README_MARKERS", "BENCH_PAGE",
+           "BACKBONE_PROFILE"]
 
 #: The method every other is compared with, measured in the same process.
 BASELINE = "ce"
 #: Which option combinations :func:`~ferlib.bench.measure.option_grid` gives (``--options``).
 GRIDS = ("auto", "all", "default")
-#: The lines around the bench block of README.md, which :func:`~ferlib.bench.report.update_readme` replaces.
+#: The lines around the bench block of :data:`BENCH_PAGE`, which :func:`~ferlib.bench.report.update_readme` replaces.
 README_MARKERS = ("<!-- bench:start -->", "<!-- bench:end -->")
+#: The page whose bench block ``--readme`` rewrites by default (``--readme-file``), relative to the repository root.
+BENCH_PAGE = "docs/bench.md"
 #: The study profile whose backbone the bench uses by default (a half-width ResNet-18).
 BACKBONE_PROFILE = "cpu_full"
 
@@ -90,7 +93,7 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
                                                      "e.g. what else ran on the machine")
     parser.add_argument("--readme", default=None, metavar="REPORT_JSON",
                         help="measure nothing: rewrite the bench block of --readme-file from this JSON report")
-    parser.add_argument("--readme-file", default="README.md",
+    parser.add_argument("--readme-file", default=BENCH_PAGE,
                         help=f"file whose lines between {README_MARKERS[0]} and {README_MARKERS[1]} --readme "
                              "replaces")
     return parser
