@@ -1,7 +1,7 @@
 """Analysis of finished runs: the plain functions behind the study notebooks (``notebooks/*.ipynb``).
 
 Every number and figure a notebook shows is computed here, on arrays or run directories
-(:mod:`ferlib.engine` describes a run directory), so the notebooks stay thin and the logic is tested.
+(:mod:`ferlib.rundir` describes a run directory), so the notebooks stay thin and the logic is tested.
 The functions live in one sub-module per concept and are all re-exported here (``analysis.summary_table``):
 
 =======================  ===============================================================================
