@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import BinaryIO, Callable
 
 __all__ = ["atomic_write", "atomic_write_text", "atomic_savez", "ensure_free_space", "nbytes_of", "flatten",
-           "write_json", "read_json", "write_table", "collect_results", "collect_epochs"]
+           "write_json", "read_json", "write_table", "collect_results"]
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object], *, nbytes: int | None = None) -> Path:
@@ -164,24 +164,6 @@ def collect_results(runs_dir: str | os.PathLike):
             continue
         rows.append({k: v for k, v in result.items() if k != "files"})
     return pd.DataFrame([{k: v for k, v in flatten(r).items() if not isinstance(v, list)} for r in rows])
-
-
-def collect_epochs(runs_dir: str | os.PathLike):
-    """All per-epoch rows of all runs under ``runs_dir`` (every ``*/epochs.csv``), as one DataFrame; an
-    unreadable ``epochs.csv`` is skipped with a :class:`ferlib.rundir.RunWarning` naming it."""
-    import warnings
-
-    import pandas as pd
-
-    from .rundir import EPOCHS_CSV, RunWarning
-
-    frames = []
-    for p in sorted(Path(runs_dir).glob(f"*/{EPOCHS_CSV}")):
-        try:
-            frames.append(pd.read_csv(p))
-        except (OSError, ValueError) as exc:  # pandas' ParserError and EmptyDataError are ValueErrors
-            warnings.warn(f"skipped {p}: {type(exc).__name__}: {exc}", RunWarning, stacklevel=2)
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
 def flatten(d: dict, *, sep: str = ".", prefix: str = "") -> dict:
