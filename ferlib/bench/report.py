@@ -1,4 +1,5 @@
-"""The bench's JSON report (``reports/bench/<tag>-<date>.json``), its markdown table and the README block."""
+"""The bench's JSON report (``reports/bench/<tag>-<date>.json``), its markdown table and the bench block of a page
+(:data:`~ferlib.bench.BENCH_PAGE`, docs/bench.md)."""
 from __future__ import annotations
 
 import datetime
