@@ -5,8 +5,9 @@
 
 ``paper``: the method's official training recipe (optimiser, learning rate, schedule, batch size, epochs, weight
 decay, augmentation), read from its official code and cited below by file and line, at our input size. What
-no recipe can carry here is said in ``Recipe.unmatched``: all the official codes start from an MS-Celeb
-ResNet-18 at 224 px, while ferlib starts from scratch unless weights are given. A method without an
+no recipe can carry here is said in ``Recipe.unmatched``: the official codes start from a face- or
+ImageNet-pretrained backbone at 224 px (an MS-Celeb ResNet-18; EAC an ImageNet ResNet-50), while ferlib starts
+from scratch or from its own self-supervised checkpoint unless weights are given. A method without an
 official recipe (``ce``, the oracle) keeps the shared settings under ``paper``; its ``result.json`` says so
 in ``recipe_source``.
 
