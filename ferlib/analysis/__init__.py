@@ -17,7 +17,8 @@ The functions live in one sub-module per concept and are all re-exported here (`
 ``detection``            :func:`detection_metrics`, :func:`flag_metrics`, :func:`uncertainty_table`,
                          :func:`extreme_samples`, :func:`plot_extremes`, :func:`out_of_sample_probs`,
                          :func:`cleanlab_issues`, :func:`cleanlab_scores`, :func:`cleanlab_table`,
-                         :func:`detection_summary`, :func:`relabel_summary`, :func:`relabel_table`
+                         :func:`detection_summary`, :func:`relabel_summary`, :func:`relabel_table`,
+                         :func:`ranking_score`, :func:`fold_groups`
 ``tables``               :func:`parse_noise`, :func:`summary_table`, :func:`format_summary`,
                          :func:`timing_table`, :func:`per_class_table`, :func:`per_class_summary`,
                          :func:`ablation_table`, :func:`cross_eval_table`, :func:`cross_eval_summary`,
@@ -30,16 +31,25 @@ The functions live in one sub-module per concept and are all re-exported here (`
 ``dataprep``             :func:`sample_faces`, :func:`noise_table`, :func:`noise_examples`,
                          :func:`try_landmarks`, :func:`va_values`, :func:`va_summary`
 ``embeddings``           :func:`embed_umap`, :func:`run_embeddings`, :func:`silhouette`
+``interactive``          :func:`hover_embedding`, :func:`run_hover_embedding`, :func:`bokeh_loader`,
+                         :func:`bokeh_html`
+``review``               :data:`DECISIONS`, :data:`REVIEW_RANKINGS`, :class:`ReviewSet`, :func:`review_set`,
+                         :func:`review_sets`, :func:`fold_settings`, :func:`cleanlab_ranking`,
+                         :func:`review_order`, :func:`n_pages`, :func:`page_of`, :func:`precision_at_k`,
+                         :func:`precision_table`, :func:`best_precision`, :func:`best_set`, :func:`review_rows`,
+                         :func:`export_review`, :func:`review_page_figure`
+``review_widget``        :class:`ReviewWidget` (ipywidgets, for JupyterLab)
 ``plots``                :func:`plot_confusion`, :func:`plot_learning_curves`, :func:`plot_transition`,
                          :func:`plot_bars`, :func:`face_grid`, :func:`plot_distributions`,
-                         :func:`plot_noise_curve`, :func:`plot_embedding`, :func:`plot_va`
+                         :func:`plot_noise_curve`, :func:`plot_embedding`, :func:`plot_va`,
+                         :func:`plot_review_page`
 ``notebook``             :func:`setup_notebook`, :func:`chdir_repo_root`, :func:`save_figure`,
                          :func:`record_metrics`
 =======================  ===============================================================================
 
-Heavy dependencies (scikit-learn, cleanlab, umap-learn, matplotlib) are imported inside the functions that
-need them, so ``import ferlib.analysis`` is cheap. Plot helpers build ``matplotlib.figure.Figure`` objects
-directly (no pyplot state, Agg canvas); a notebook displays one by making it the cell's last expression.
+Heavy dependencies (scikit-learn, cleanlab, umap-learn, matplotlib, bokeh, ipywidgets) are imported inside the
+functions that need them, so ``import ferlib.analysis`` is cheap. Plot helpers build ``matplotlib.figure.Figure``
+objects directly (no pyplot state, Agg canvas); a notebook displays one by making it the cell's last expression.
 """
 from __future__ import annotations
 
@@ -48,16 +58,21 @@ from .answer import (PAIRED_METRICS, class_gains, findings_text, format_paired, 
 from .dataprep import noise_examples, noise_table, sample_faces, try_landmarks, va_summary, va_values
 from .detection import RANKINGS  # noqa: F401  (module constant, public as before but not in __all__)
 from .detection import (cleanlab_issues, cleanlab_scores, cleanlab_table, detection_metrics, detection_summary,
-                        extreme_samples, flag_metrics, out_of_sample_probs, plot_extremes, relabel_summary,
-                        relabel_table, uncertainty_table)
+                        extreme_samples, flag_metrics, fold_groups, out_of_sample_probs, plot_extremes, ranking_score,
+                        relabel_summary, relabel_table, uncertainty_table)
 from .distributions import (LDL_MEASURES, canberra_distance, chebyshev_distance, choose_faces, clark_distance,
                             cosine_similarity, distribution_examples, intersection_similarity, js_divergence,
                             kl_divergence, label_distribution_metrics, label_distribution_summary,
                             label_distribution_table, recovered_distribution, softmax)
 from .embeddings import embed_umap, run_embeddings, silhouette
+from .interactive import bokeh_html, bokeh_loader, hover_embedding, run_hover_embedding
 from .notebook import chdir_repo_root, record_metrics, save_figure, setup_notebook
 from .plots import (face_grid, plot_bars, plot_confusion, plot_distributions, plot_embedding, plot_learning_curves,
-                    plot_noise_curve, plot_transition, plot_va)
+                    plot_noise_curve, plot_review_page, plot_transition, plot_va)
+from .review import (DECISIONS, EXPORT_COLUMNS, REVIEW_RANKINGS, ReviewSet, best_precision, best_set, cleanlab_ranking,
+                     export_review, fold_settings, n_pages, page_of, precision_at_k, precision_table, review_order,
+                     review_page_figure, review_rows, review_set, review_sets)
+from .review_widget import ReviewWidget
 from .runs import (RunRecord, class_names_for, images_by_id, list_runs, load_run, load_runs, one_per_method,
                    run_dataset, run_start, saved_features, start_name)
 from .seeds import format_seed_summary, mean_std_column, mean_std_text, seed_summary, seeds_text
@@ -73,6 +88,7 @@ __all__ = [
     "distribution_examples",
     "detection_metrics", "flag_metrics", "uncertainty_table", "extreme_samples", "plot_extremes", "out_of_sample_probs",
     "cleanlab_issues", "cleanlab_scores", "cleanlab_table", "detection_summary", "relabel_summary", "relabel_table",
+    "ranking_score", "fold_groups",
     "parse_noise", "summary_table", "format_summary", "timing_table", "per_class_table", "per_class_summary",
     "ablation_table", "cross_eval_table", "cross_eval_summary", "format_cross_eval",
     "PAIRED_METRICS", "paired_comparison", "format_paired", "init_contrast_table", "memorisation_table",
@@ -80,7 +96,11 @@ __all__ = [
     "seed_summary", "format_seed_summary", "mean_std_text", "mean_std_column", "seeds_text",
     "sample_faces", "noise_table", "noise_examples", "try_landmarks", "va_values", "va_summary",
     "embed_umap", "run_embeddings", "silhouette",
+    "hover_embedding", "run_hover_embedding", "bokeh_loader", "bokeh_html",
+    "DECISIONS", "REVIEW_RANKINGS", "EXPORT_COLUMNS", "ReviewSet", "review_set", "review_sets", "fold_settings",
+    "cleanlab_ranking", "review_order", "n_pages", "page_of", "precision_at_k", "precision_table", "best_precision",
+    "best_set", "review_rows", "export_review", "review_page_figure", "ReviewWidget",
     "plot_confusion", "plot_learning_curves", "plot_transition", "plot_bars", "face_grid", "plot_distributions",
-    "plot_noise_curve", "plot_embedding", "plot_va",
+    "plot_noise_curve", "plot_embedding", "plot_va", "plot_review_page",
     "setup_notebook", "chdir_repo_root", "save_figure", "record_metrics",
 ]

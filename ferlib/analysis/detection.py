@@ -14,8 +14,9 @@ from .runs import RunRecord, class_names_for, images_by_id, load_runs, run_datas
 from .seeds import seed_summary
 
 __all__ = [
-    "RANKINGS", "detection_metrics", "flag_metrics", "uncertainty_table", "extreme_samples", "plot_extremes",
-    "out_of_sample_probs", "cleanlab_issues", "cleanlab_scores", "cleanlab_table", "detection_summary",
+    "RANKINGS", "detection_metrics", "flag_metrics", "ranking_score", "uncertainty_table", "extreme_samples",
+    "plot_extremes", "fold_groups", "out_of_sample_probs", "cleanlab_issues", "cleanlab_scores", "cleanlab_table",
+    "detection_summary",
     "relabel_summary", "relabel_table",
 ]
 
@@ -99,7 +100,12 @@ def flag_metrics(flagged, is_flipped) -> dict[str, float]:
     return {"precision": float(precision), "recall": float(recall), "f1": float(f1), "n_flagged": int(flagged.sum())}
 
 
-def _ranking(readout: Mapping[str, np.ndarray], name: str) -> np.ndarray | None:
+def ranking_score(readout: Mapping[str, np.ndarray], name: str) -> np.ndarray | None:
+    """One of a read-out's per-sample rankings (:data:`RANKINGS`) as a score, higher = more likely mislabelled.
+
+    Returns (N,) float64, or None when the read-out lacks it (an older run). Raises ValueError for an unknown
+    name, listing the valid ones.
+    """
     if name not in RANKINGS:
         raise ValueError(f"unknown ranking {name!r}; valid: {', '.join(RANKINGS)}")
     negated = name.startswith("neg_")
@@ -129,7 +135,7 @@ def uncertainty_table(runs, *, rankings: Sequence[str] = ("score", "loss", "neg_
     rows = []
     for run in load_runs(runs):
         for name in rankings:
-            score = _ranking(run.readout, name)
+            score = ranking_score(run.readout, name)
             if score is None:
                 continue
             rows.append({"run_id": run.run_id, "method": run.label, "oracle": bool(run.result.get("oracle")),
@@ -177,6 +183,19 @@ def plot_extremes(run, k: int = 8, *, key: str = "method_score"):
     return face_grid(images, titles, ncols=k, title_colors=colours,
                      title=f"{run.label} ({run.run_id}): top row most, bottom row least uncertain; "
                            "red = flipped (given/clean)")
+
+
+def fold_groups(runs) -> list[list[RunRecord]]:
+    """The fold runs (RunSpec ``fold = [i, k]``) among ``runs``, one list per data setting (dataset, data, noise,
+    noise seed, train subset, seed, epochs) whose k folds have all finished; other runs are ignored."""
+    groups: dict[str, list[RunRecord]] = {}
+    for run in load_runs(runs):
+        r = run.result
+        if r.get("fold"):
+            key = json.dumps([r.get(k) for k in ("dataset", "data", "dataset_options", "noise", "noise_seed",
+                                                 "train_subset", "seed", "epochs")], sort_keys=True, default=str)
+            groups.setdefault(key, []).append(run)
+    return [members for members in groups.values() if len(members) >= members[0].result["fold"][1]]
 
 
 def out_of_sample_probs(fold_runs) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -288,18 +307,9 @@ def cleanlab_table(runs, *, filter_by: str = "prune_by_noise_rate") -> "object":
     """
     import pandas as pd
 
-    groups: dict[str, list[RunRecord]] = {}
-    for run in load_runs(runs):
-        r = run.result
-        if r.get("fold"):
-            key = json.dumps([r.get(k) for k in ("dataset", "data", "dataset_options", "noise", "noise_seed",
-                                                 "train_subset", "seed", "epochs")], sort_keys=True, default=str)
-            groups.setdefault(key, []).append(run)
     rows = []
-    for members in groups.values():
+    for members in fold_groups(runs):
         k = members[0].result["fold"][1]
-        if len(members) < k:
-            continue  # not all folds finished yet
         ids, given, clean, probs = out_of_sample_probs(members)
         flipped = given != clean
         if not flipped.any():

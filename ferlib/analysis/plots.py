@@ -11,7 +11,7 @@ import numpy as np
 
 __all__ = [
     "plot_confusion", "plot_learning_curves", "plot_transition", "plot_bars", "face_grid", "plot_distributions",
-    "plot_noise_curve", "plot_embedding", "plot_va",
+    "plot_noise_curve", "plot_embedding", "plot_va", "plot_review_page",
 ]
 
 
@@ -155,6 +155,37 @@ def plot_distributions(images, distributions: Mapping[str, np.ndarray], class_na
         axes[i, 1].set_xticks(range(len(class_names)), class_names, rotation=30, ha="right", fontsize=7)
     if n:
         axes[0, 1].legend(fontsize=6, ncols=2)
+    return fig
+
+
+def plot_review_page(images, distributions: Mapping[str, np.ndarray], class_names: Sequence[str], *,
+                     titles: Sequence[str] | None = None, title_colors: Sequence[str] | None = None, title: str = ""):
+    """A page of faces side by side, each above grouped bars of several (n, K) label distributions (e.g. the
+    human votes and a method's), classes abbreviated on the x axis; one column per face."""
+    images = np.asarray(images)
+    n, names = len(images), list(distributions)
+    fig, axes = _figure(2, max(n, 1), size=(1.45, 1.55), gridspec_kw={"height_ratios": [1.5, 1]})
+    width = 0.8 / max(len(names), 1)
+    for i in range(n):
+        img = images[i][..., 0] if images[i].shape[-1] == 1 else images[i]
+        axes[0, i].imshow(img, cmap="gray" if img.ndim == 2 else None, vmin=0, vmax=255)
+        if titles is not None:
+            axes[0, i].set_title(str(titles[i]), fontsize=6, color=title_colors[i] if title_colors else "black")
+        for j, name in enumerate(names):
+            pos = np.arange(len(class_names)) - 0.4 + width * (j + 0.5)
+            axes[1, i].bar(pos, np.asarray(distributions[name])[i], width, label=name,
+                           color="darkgrey" if name == "human votes" else _cmap(10)(j))
+        axes[1, i].set_ylim(0, 1)
+        axes[1, i].set_xticks(range(len(class_names)), [c[:3] for c in class_names], rotation=90, fontsize=5)
+        axes[1, i].tick_params(axis="y", labelsize=5)
+    for ax in axes[0]:
+        ax.axis("off")
+    for ax in axes[1, n:]:
+        ax.axis("off")
+    if n and names:
+        fig.legend(*axes[1, 0].get_legend_handles_labels(), fontsize=6, loc="outside lower center", ncols=len(names))
+    if title:
+        fig.suptitle(title, fontsize=8)
     return fig
 
 
