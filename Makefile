@@ -24,9 +24,11 @@ test: $(STAMP)
 study: $(STAMP)
 	$(BIN)/python -m ferlib study --profile $(PROFILE) --data $(DATA)
 
-# JupyterLab on this checkout, opened at notebooks/ (the notebooks work from the repository root wherever they start)
+# JupyterLab on this checkout, opened at notebooks/ (the notebooks work from the repository root wherever they start);
+# as root (a container) JupyterLab wants --allow-root
 lab: $(STAMP)
-	$(BIN)/jupyter lab --ServerApp.root_dir=. --LabApp.default_url=/lab/tree/notebooks
+	$(BIN)/jupyter lab --ServerApp.root_dir=. --LabApp.default_url=/lab/tree/notebooks \
+	    $(if $(filter 0,$(shell id -u)),--allow-root)
 
 clean-runs:
 	rm -rf runs
