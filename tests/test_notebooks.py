@@ -64,7 +64,7 @@ def test_every_notebook_is_tested_and_committed_without_outputs():
 
     names = {p.stem for p in NOTEBOOKS.glob("*.ipynb")}
     tested = {"00_prepare_data", "01_inject_noise", "02_train", "03_ablations", "04_label_distributions",
-              "05_uncertainty", "06_embeddings", "99_summary"}
+              "05_uncertainty", "06_embeddings", "07_review_labels", "99_summary"}
     assert names == tested
     for name in sorted(names):
         nb = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
@@ -174,6 +174,38 @@ def test_06_embeddings_skips_runs_without_weights_or_features(trained, tmp_path)
     shutil.copytree(folder / "runs" / trained_metrics["run_id"], tmp_path / "runs" / trained_metrics["run_id"])
     (tmp_path / "runs" / trained_metrics["run_id"] / rundir.MODEL).unlink()  # as a study's committed cell
     assert execute("06_embeddings", tmp_path, umap_max_points=200)["runs"] == []
+
+
+def test_07_review_labels(trained, tmp_path):
+    import shutil
+
+    import nbformat
+    import numpy as np
+
+    from ferlib.analysis import load_run
+    from ferlib.analysis.review_widget import STATIC_TEXT
+    from ferlib.study.report import render_html
+
+    folder, trained_metrics = trained  # the run alone (05 may add fold runs to the shared folder: no cleanlab here)
+    shutil.copytree(folder / "runs" / trained_metrics["run_id"], tmp_path / "runs" / trained_metrics["run_id"])
+    m = execute("07_review_labels", tmp_path, page_size=3, ks=[5, 20], best_k=20)
+    assert m["n_runs"] == 1 and m["shown"] == trained_metrics["run_id"] and m["ranking"] == "score"
+    by_ranking = {r["ranking"]: r for r in m["precision"]}
+    assert set(by_ranking) == {"score", "loss", "neg_margin", "neg_aum"}
+    readout = load_run(tmp_path / "runs" / trained_metrics["run_id"]).readout
+    flipped = readout["given"] != readout["clean"]
+    top = np.argsort(-readout["method_score"], kind="stable")[:20]
+    assert by_ranking["score"]["p_at_20"] == pytest.approx(flipped[top].mean())
+    assert by_ranking["score"]["rate"] == pytest.approx(trained_metrics["noise_rate"])
+    (best,) = m["best"]
+    assert best["p_at_20_mean"] == max(r["p_at_20"] for r in m["precision"])
+    figures = tmp_path / "study" / "figures" / "07_review_labels"
+    assert len(list(figures.glob(f"{trained_metrics['run_id']}_*.png"))) == 8  # the first page of each class
+    executed = nbformat.read(tmp_path / "07_review_labels.ipynb", as_version=4)
+    widget = [o for c in executed.cells for o in c.get("outputs", []) if STATIC_TEXT in str(o.get("data", {}))]
+    assert len(widget) == 1 and "application/vnd.jupyter.widget-view+json" in widget[0]["data"]
+    page = render_html(tmp_path / "07_review_labels.ipynb").read_text()
+    assert STATIC_TEXT in page and "widget-state+json" not in page  # no widget manager fetched from a CDN
 
 
 def test_99_summary(trained):

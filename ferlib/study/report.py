@@ -49,6 +49,7 @@ NOTEBOOK_DESCRIPTIONS = {
     "04_label_distributions": "Label distributions: what each method learns as targets, against the human votes.",
     "05_uncertainty": "Uncertainty: how well each method's per-sample score finds the flipped labels.",
     "06_embeddings": "Embeddings: feature-space views of clean and mislabelled training images.",
+    "07_review_labels": "Label review: the most suspicious faces of each class, precision at k of each ranking.",
     "99_summary": "Summary: accuracy over noise settings and seeds, learning curves, the main table.",
 }
 
@@ -95,6 +96,9 @@ def render_html(notebook: str | os.PathLike, html_path: str | os.PathLike | None
     """Render an executed notebook to HTML (nbconvert ``HTMLExporter``: markdown and outputs, no code cells, no
     In/Out prompts; the code stays in the ``.ipynb`` beside it); atomic write.
 
+    The page is self-contained: saved widget state is dropped (a widget needs a kernel, and nbconvert would load
+    the widget manager from a CDN), so a widget shows its plain-text form, as ``07_review_labels``' review widget
+    says where it runs; the hoverable figures carry their JavaScript inline (:mod:`ferlib.analysis.interactive`).
     The default output is the notebook's path with ``.html``.
     """
     import nbformat
@@ -102,7 +106,9 @@ def render_html(notebook: str | os.PathLike, html_path: str | os.PathLike | None
     notebook = Path(notebook)
     html_path = Path(html_path) if html_path else notebook.with_suffix(".html")
     exporter = exporter or _exporter()
-    body, _ = exporter.from_notebook_node(nbformat.read(notebook, as_version=4))
+    nb = nbformat.read(notebook, as_version=4)
+    nb.metadata.pop("widgets", None)
+    body, _ = exporter.from_notebook_node(nb)
     return atomic_write_text(html_path, body)
 
 

@@ -27,7 +27,8 @@ __all__ = ["StudySpec", "Grid", "NOTEBOOKS", "ROLES", "COMMON", "STUDY_PARAMETER
 
 #: The study's notebooks, in the order the runner executes them (see :func:`ferlib.study.run_study`).
 NOTEBOOKS: tuple[str, ...] = ("00_prepare_data", "01_inject_noise", "02_train", "03_ablations",
-                              "04_label_distributions", "05_uncertainty", "06_embeddings", "99_summary")
+                              "04_label_distributions", "05_uncertainty", "06_embeddings", "07_review_labels",
+                              "99_summary")
 #: What a notebook declares in its metadata (``"ferlib": {"role": ...}``); the runner acts on the role, never
 #: on the notebook's name. A notebook without the key is a ``view``.
 ROLES: dict[str, str] = {
