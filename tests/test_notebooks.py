@@ -156,6 +156,10 @@ def test_05_uncertainty(trained):
 
 
 def test_06_embeddings(trained):
+    import nbformat
+
+    from ferlib.study.report import render_html
+
     folder, trained_metrics = trained
     m = execute("06_embeddings", folder, umap_max_points=200)
     (row,) = m["runs"]
@@ -163,6 +167,12 @@ def test_06_embeddings(trained):
     assert -1.0 <= row["silhouette_test"] <= 1.0 and -1.0 <= row["silhouette_train_given"] <= 1.0
     figures = folder / "study" / "figures" / "06_embeddings"
     assert {p.name for p in figures.glob("*.png")} == {f"{row['run_id']}_test.png", f"{row['run_id']}_train.png"}
+    (hover,) = [c for c in nbformat.read(folder / "06_embeddings.ipynb", as_version=4).cells if c.get("id") == "hover"]
+    loader, *plots = [o.data["text/html"] for o in hover.outputs]
+    assert "root.Bokeh = bokeh" in loader and len(plots) == 2  # BokehJS once, then the train and test panels
+    assert all(trained_metrics["run_id"] in p and "Bokeh.safely" in p for p in plots)
+    page = render_html(folder / "06_embeddings.ipynb").read_text()
+    assert page.count("root.Bokeh = bokeh") == 1 and "cdn.bokeh.org" not in page  # self-contained, offline
 
 
 def test_06_embeddings_skips_runs_without_weights_or_features(trained, tmp_path):

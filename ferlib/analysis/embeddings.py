@@ -43,7 +43,8 @@ def run_embeddings(run, *, features: dict | None = None, max_points: int | None 
     dict
         ``test`` : ((n, 2) embedding, {"clean label": (n,)}); ``train`` : ((m, 2) embedding, {"clean label",
         "noisy (given) label", "flipped"}); ``silhouette_test`` / ``silhouette_train_clean`` /
-        ``silhouette_train_given`` : :func:`silhouette` of the raw features by those labels.
+        ``silhouette_train_given`` : :func:`silhouette` of the raw features by those labels; ``index`` : split ->
+        (n,) rows of the read-out's ``test_ids`` / ``ids`` embedded (for hover: :func:`run_hover_embedding`).
     """
     run = load_runs(run)[0]
     feats = saved_features(run) if features is None else features
@@ -66,6 +67,7 @@ def run_embeddings(run, *, features: dict | None = None, max_points: int | None 
         "silhouette_test": silhouette(feats["test"][te], test_y),
         "silhouette_train_clean": silhouette(feats["train"][tr], clean),
         "silhouette_train_given": silhouette(feats["train"][tr], given),
+        "index": {"test": te, "train": tr},
     }
 
 
