@@ -35,6 +35,7 @@ from torch import nn
 
 from . import distributed, rundir
 from .augment import AugmentConfig, augment_batch, make_view, prepare_batch
+from .checkpoint import load_checkpoint, save_checkpoint
 from .data.storage import batch_images
 from .metrics import NonFiniteLossError, classification_metrics, health_flags
 from .options import AT_LEAST_1, NON_NEGATIVE, POSITIVE, UNIT_OPEN, check_ranges, check_types
@@ -504,7 +505,8 @@ def _fit(model: nn.Module, method, data, cfg: TrainConfig, run_dir: Path, *, res
     history: list[dict] = []
     start = 0
     if resuming:
-        start, history = _load_checkpoint(ckpt_path, model, method, optimizer, scheduler, gen, device)
+        start, history = load_checkpoint(ckpt_path, {"model": model, "method": method, "optimizer": optimizer,
+                                                     "scheduler": scheduler}, gen, device=device)
     distributed.on_main(write_json, run_dir / rundir.CONFIG, {
         "train": asdict(cfg), "method": method.name, "method_config": asdict(method.config),
         "precision": precision, "processes": distributed.world(), **meta})
@@ -539,7 +541,8 @@ def _end_epoch(run_dir: Path, history: list[dict], row: dict, splits: dict, mode
             row[name] = evaluate(model, splits[name], cfg, device)
     history = history + [row]
     _write_history(run_dir, history)
-    _save_checkpoint(run_dir / rundir.CHECKPOINT, row["epoch"], history, model, method, optimizer, scheduler, gen)
+    save_checkpoint(run_dir / rundir.CHECKPOINT, epoch=row["epoch"], history=history, gen=gen,
+                    parts={"model": model, "method": method, "optimizer": optimizer, "scheduler": scheduler})
     return history
 
 
@@ -576,35 +579,6 @@ def _check_data(splits: dict, method, cfg: TrainConfig) -> None:
     for req in method.requires:
         if getattr(splits["train"], req, None) is None:
             raise ValueError(f"method {method.name!r} requires {req!r}, which this dataset does not have")
-
-
-def _save_checkpoint(path: Path, epoch, history, model, method, optimizer, scheduler, gen) -> None:
-    """Atomic, through a temporary file of this writer's own, after checking the free space (a full disk is
-    reported with the path and size before anything is written; the previous checkpoint stays usable)."""
-    state = {"epoch": epoch, "history": history, "model": model.state_dict(), "method": method.state_dict(),
-             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-             "gen": gen.get_state(), "torch_rng": torch.get_rng_state(),
-             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
-    atomic_write(path, lambda f: torch.save(state, f), nbytes=nbytes_of(state))
-
-
-def _load_checkpoint(path: Path, model, method, optimizer, scheduler, gen, device):
-    try:
-        state = torch.load(path, map_location=device, weights_only=False)
-    except Exception as exc:  # truncated or not a checkpoint: name the file and the way out
-        raise rundir.CorruptRunError(
-            path.parent, f"{path.name} cannot be read to resume ({type(exc).__name__}: "
-                         f"{str(exc).strip().splitlines()[0] if str(exc).strip() else 'no detail'}); start this run "
-                         "afresh with --no-resume (resume=False), which replaces it") from exc
-    model.load_state_dict(state["model"])
-    method.load_state_dict(state["method"])
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    gen.set_state(state["gen"].cpu())
-    torch.set_rng_state(state["torch_rng"].cpu())
-    if state["cuda_rng"] is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda_rng"]])
-    return state["epoch"], state["history"]
 
 
 def _write_history(run_dir: Path, history: list[dict]) -> None:

@@ -1,9 +1,9 @@
 """The pretraining loop: one readable epoch function and a resumable :func:`fit_ssl` around it.
 
 It is given the train split's images and nothing else (no labels, no other split), so what it learns cannot
-depend on them. A checkpoint is written after every epoch (model with heads and momentum copies, MoCo's queue,
-optimiser, schedule, generator and RNG states); resuming from it gives the same weights as an uninterrupted
-run, bit for bit on CPU at the same thread count.
+depend on them. A checkpoint is written after every epoch (:func:`ferlib.checkpoint.save_checkpoint`, the engine's:
+model with heads and momentum copies, MoCo's queue, optimiser, schedule, generator and RNG states); resuming from
+it gives the same weights as an uninterrupted run, bit for bit on CPU at the same thread count.
 """
 from __future__ import annotations
 
@@ -16,10 +16,10 @@ import torch
 from torch import nn
 
 from ..backbones import BackboneConfig, create_model
+from ..checkpoint import load_checkpoint, save_checkpoint
 from ..engine import (TrainConfig, autocast, layout, prepare_model, progress_bar, resolve_device, seed_everything,
                       settle_precision)
 from ..metrics import NonFiniteLossError
-from ..results import atomic_write, nbytes_of
 from .config import PretrainConfig
 from .methods import create_ssl
 from .views import two_views
@@ -97,14 +97,14 @@ def fit_ssl(images, backbone: BackboneConfig, cfg: PretrainConfig, folder: str |
     cfg = dataclasses.replace(cfg, amp=ecfg.amp)  # float32 where bf16 fails the probe
     steps = len(images) // cfg.batch_size
     optimizer, scheduler = _optimizer(ssl, cfg, steps)
-    path = Path(folder) / CHECKPOINT
-    start, history = _load(path, ssl, optimizer, scheduler, gen) if resume and path.exists() else (0, [])
+    path, parts = Path(folder) / CHECKPOINT, {"model": ssl, "optimizer": optimizer, "scheduler": scheduler}
+    start, history = load_checkpoint(path, parts, gen, device=device) if resume else (0, [])
     for epoch in range(start, cfg.epochs):
         t0 = time.perf_counter()
         loss = train_one_epoch(ssl, images, optimizer, scheduler, cfg, device, gen, epoch)
         history.append({"epoch": epoch + 1, "loss": loss, "lr": optimizer.param_groups[0]["lr"],
                         "time_s": time.perf_counter() - t0})
-        _save(path, epoch + 1, history, ssl, optimizer, scheduler, gen)
+        save_checkpoint(path, epoch=epoch + 1, history=history, parts=parts, gen=gen)
     return ssl.backbone, history, precision
 
 
@@ -117,24 +117,3 @@ def _optimizer(ssl: nn.Module, cfg: PretrainConfig, steps: int):
     scheduler = CosineWarmupScheduler(optimizer, warmup_epochs=cfg.warmup_epochs * steps,
                                       max_epochs=cfg.epochs * steps)
     return optimizer, scheduler
-
-
-def _save(path: Path, epoch: int, history: list[dict], ssl, optimizer, scheduler, gen) -> None:
-    state = {"epoch": epoch, "history": history, "model": ssl.state_dict(), "optimizer": optimizer.state_dict(),
-             "scheduler": scheduler.state_dict(), "gen": gen.get_state(), "torch_rng": torch.get_rng_state()}
-    atomic_write(path, lambda f: torch.save(state, f), nbytes=nbytes_of(state))
-
-
-def _load(path: Path, ssl, optimizer, scheduler, gen) -> tuple[int, list[dict]]:
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # truncated or not a checkpoint: name the file and the way out
-        raise ValueError(f"{path} cannot be read to resume ({type(exc).__name__}); start afresh with --no-resume "
-                         "(resume=False), which replaces it") from exc
-    ssl.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    gen.set_state(state["gen"])
-    torch.set_rng_state(state["torch_rng"])
-    return state["epoch"], state["history"]
-
