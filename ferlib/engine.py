@@ -494,7 +494,7 @@ def _fit(model: nn.Module, method, data, cfg: TrainConfig, run_dir: Path, *, res
     prepare_model(model, cfg, device)
     run_cfg, precision = settle_precision(model, train.images, cfg, device)  # cfg stays the run's identity
     method.to(device)
-    method.check_model(model)
+    method.check_binding(model, train)
     ckpt_path = run_dir / rundir.CHECKPOINT
     resuming = distributed.on_main(_clear_run_dir, run_dir, resume)
     method.bind(model, train, cfg)

@@ -25,6 +25,7 @@ import math
 import re
 import typing
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -33,6 +34,7 @@ import torch
 
 from ferlib.backbones import BackboneConfig, FERModel
 from ferlib.bench.synthetic import STUB_SOURCES
+from ferlib.data.dataset import FERData
 from ferlib.engine import TrainConfig, make_batch
 from ferlib.experiment import RunSpec, build, prepare_data, run
 from ferlib.methods import Readout, create_method, list_methods, method_class
@@ -133,15 +135,29 @@ def test_every_numeric_option_has_a_range_and_a_value_outside_it_is_refused_nami
                 config(**{key: value})
 
 
+def _train_split(n: int, k: int) -> FERData:
+    return FERData(images=np.zeros((n, 4, 4, 1), np.uint8), labels=np.arange(n) % k, split=np.array(["train"] * n),
+                   ids=np.array([f"f{i}" for i in range(n)]), classes=tuple("abcdefgh"[:k]))
+
+
 @pytest.mark.parametrize("name", list_methods())
-def test_declared_model_parts_are_model_parts_and_a_model_without_them_is_refused(name):
+def test_a_model_or_train_split_that_does_not_fit_the_method_is_refused(name):
     parts = method_class(name).model_parts
     assert parts and set(parts) <= set(FERModel.PARTS)
     method = create_method(name, num_classes=3, num_train=4, feature_dim=8)
     lacking = [p for p in parts if not hasattr(torch.nn.Identity(), p)]
     if lacking:
         with pytest.raises(ValueError, match=rf"method '{name}' uses the model's \{lacking}, which a Identity lacks"):
-            method.check_model(torch.nn.Identity())
+            method.check_binding(torch.nn.Identity(), _train_split(4, 3))
+    model = SimpleNamespace(**{**dict.fromkeys(FERModel.PARTS), "feature_dim": 8})
+    method.check_binding(model, _train_split(4, 3))  # fits
+    for n, k in ((5, 3), (4, 4)):
+        with pytest.raises(ValueError, match=rf"method '{name}' was built for 4 samples / 3 classes, bound to "
+                                             rf"{n} / {k}"):
+            method.check_binding(model, _train_split(n, k))
+    model.feature_dim = 16
+    with pytest.raises(ValueError, match=rf"model.feature_dim = 16 but method '{name}' was built with 8"):
+        method.check_binding(model, _train_split(4, 3))
 
 
 @pytest.mark.parametrize("name", list_methods())

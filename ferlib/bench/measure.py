@@ -148,7 +148,7 @@ def _warm(name: str, overrides: dict, train, cfg: TrainConfig, backbone: Backbon
     model = prepare_model(create_model(backbone, train.num_classes), cfg, device)
     method = create_method(name, num_classes=train.num_classes, num_train=len(train),
                            feature_dim=model.feature_dim, **overrides).to(device)
-    method.check_model(model)
+    method.check_binding(model, train)
     method.bind(model, train, cfg)
     optimizer = build_optimizer([p for p in (*model.parameters(), *method.parameters()) if p.requires_grad], cfg)
     scheduler = build_scheduler(optimizer, cfg, 10 ** 6)  # a near-constant lr: the timing does not depend on it

@@ -25,7 +25,7 @@ A batch is a dict of tensors on the training device:
 The model is a :class:`ferlib.backbones.FERModel`: ``model.embed(x) -> (B, D)`` features,
 ``model.head(features) -> (B, K)`` logits, ``model(x) == model.head(model.embed(x))``. A method declares the
 parts it uses (``model_parts``, among :data:`FERModel.PARTS <ferlib.backbones.FERModel.PARTS>`); the engine
-checks the model has them (:meth:`Method.check_model`) and the method contract test runs each training step on a
+checks the model has them (:meth:`Method.check_binding`) and the method contract test runs each training step on a
 model that exposes only those. Parameters a method
 adds (edge scorers, projection heads, landmark branches) are attributes of the method, an ``nn.Module``: the
 engine optimises them with the model and checkpoints them with ``method.state_dict()``. They are used in
@@ -165,9 +165,11 @@ class Method(nn.Module):
         self.register_buffer("visits", torch.zeros(num_train, dtype=torch.int64))
 
     # ----------------------------------------------------------------- hooks
-    def check_model(self, model: nn.Module) -> None:
-        """Raise a ValueError naming the method and the missing parts when ``model`` lacks a part of
-        ``model_parts`` (the engine calls this before :meth:`bind`); an unknown part name is named too."""
+    def check_binding(self, model: nn.Module, train) -> None:
+        """Raise a ValueError naming the method when ``model`` or the train split ``train`` do not fit it: a part
+        of ``model_parts`` the model lacks (an unknown part name is named too), a train split of another size or
+        class count than the method was built for (its per-sample state is indexed by train position), or a
+        model of another feature width. The engine calls this before :meth:`bind`."""
         from ..backbones import FERModel
 
         parts = ", ".join(FERModel.PARTS)
@@ -178,6 +180,13 @@ class Method(nn.Module):
         if missing:
             raise ValueError(f"method {self.name!r} uses the model's {missing}, which a {type(model).__name__} "
                              f"lacks (a ferlib.backbones.FERModel has {parts})")
+        if len(train) != self.num_train or train.num_classes != self.num_classes:
+            raise ValueError(f"method {self.name!r} was built for {self.num_train} samples / {self.num_classes} "
+                             f"classes, bound to {len(train)} / {train.num_classes}")
+        width = getattr(model, "feature_dim", self.feature_dim)
+        if width != self.feature_dim:
+            raise ValueError(f"model.feature_dim = {width} but method {self.name!r} was built with "
+                             f"{self.feature_dim}")
 
     def bind(self, model: nn.Module, train, config) -> None:
         """Called once before training with the model, the train-split :class:`FERData` and the run's

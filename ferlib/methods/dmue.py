@@ -181,10 +181,6 @@ class DMUE(Method):
     def bind(self, model: nn.Module, train, config) -> None:
         """Check the backbone, keep the given labels, build the auxiliary branches from the model's layer4."""
         require_parts(model.backbone, RESNET_PARTS, "dmue replicates the last stage of a timm ResNet-family backbone")
-        if len(train) != self.num_train:
-            raise ValueError(f"dmue was built for {self.num_train} samples, bound to {len(train)}")
-        if getattr(model, "feature_dim", self.feature_dim) != self.feature_dim:
-            raise ValueError(f"model.feature_dim = {model.feature_dim} but dmue was built with {self.feature_dim}")
         device = next(model.parameters()).device
         labels = torch.as_tensor(np.asarray(train.labels), dtype=torch.long)
         self.given.copy_(labels)

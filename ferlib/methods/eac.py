@@ -189,8 +189,6 @@ class EAC(Method):
         self.seed = 0
 
     def bind(self, model: nn.Module, train, config) -> None:
-        if len(train) != self.num_train:
-            raise ValueError(f"eac was built for {self.num_train} samples, bound to {len(train)}")
         self.seed = int(config.seed)
 
     def generator(self) -> torch.Generator:

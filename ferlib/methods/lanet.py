@@ -217,8 +217,6 @@ class LANet(Method):
         """Check the backbone, initialise H, build the branch / scorers / momentum encoder on the model's device."""
         cfg = self.config
         require_parts(model.backbone, _RESNET_PARTS, "LA-Net needs a timm ResNet-family backbone")
-        if len(train) != self.num_train:
-            raise ValueError(f"train split has {len(train)} samples, the method was built for {self.num_train}")
         device = next(model.parameters()).device
         self._model = (model,)
         labels = torch.as_tensor(train.labels, dtype=torch.long)

@@ -377,11 +377,6 @@ class LDLVA(Method):
     def bind(self, model: nn.Module, train, config) -> None:
         """Build the kNN graph and a_ij in the auxiliary space; initialise the bank (one no-grad pass)."""
         cfg, device = self.config, self.theta.device
-        if len(train) != self.num_train or train.num_classes != self.num_classes:
-            raise ValueError(f"ldlva was built for {self.num_train} samples / {self.num_classes} classes, "
-                             f"bound to {len(train)} / {train.num_classes}")
-        if getattr(model, "feature_dim", self.feature_dim) != self.feature_dim:
-            raise ValueError(f"model.feature_dim = {model.feature_dim} but ldlva was built with {self.feature_dim}")
         self.labels.copy_(torch.from_numpy(train.labels))
         self._images = train.images
         self._augment = config.augment

@@ -195,10 +195,6 @@ class RUL(Method):
         self.last_perm: torch.Tensor | None = None  # the latest partner permutation (for inspection)
 
     def bind(self, model: nn.Module, train, config) -> None:
-        if len(train) != self.num_train:
-            raise ValueError(f"rul was built for {self.num_train} samples, bound to {len(train)}")
-        if getattr(model, "feature_dim", self.feature_dim) != self.feature_dim:
-            raise ValueError(f"model.feature_dim = {model.feature_dim} but rul was built with {self.feature_dim}")
         self.seed = int(config.seed)
         if self.relabels is not None:
             self.relabels.bind(train.labels, config.epochs)

@@ -135,10 +135,6 @@ class SCN(Method):
             self.register_buffer(key, torch.full((num_train,), float("nan")))
 
     def bind(self, model: nn.Module, train, config) -> None:
-        if len(train) != self.num_train:
-            raise ValueError(f"scn was built for {self.num_train} samples, bound to {len(train)}")
-        if getattr(model, "feature_dim", self.feature_dim) != self.feature_dim:
-            raise ValueError(f"model.feature_dim = {model.feature_dim} but scn was built with {self.feature_dim}")
         self.relabels.bind(train.labels, config.epochs)
 
     def relabelling(self) -> bool:
