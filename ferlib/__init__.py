@@ -9,7 +9,7 @@ import importlib
 
 __version__ = "0.1.0"
 __all__ = ["classes", "data", "noise", "backbones", "augment", "engine", "methods", "metrics", "results",
-           "experiment", "pretrain", "landmarks", "va", "analysis", "study"]
+           "experiment", "inference", "pretrain", "landmarks", "va", "analysis", "study"]
 
 
 def __getattr__(name: str):

@@ -299,7 +299,7 @@ def evaluate_run(run_dir: str | os.PathLike, targets: Iterable[EvalTarget | str]
     ferlib.rundir.RunLockedError
         Another process is writing the run folder.
     """
-    from .experiment import load_model
+    from .inference import load_model
     from .results import write_json
 
     run_dir = Path(run_dir)

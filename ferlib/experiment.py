@@ -17,13 +17,12 @@ import numpy as np
 from . import distributed, rundir
 from .backbones import BackboneConfig, create_model
 from .data.cache import data_fingerprint
-from .engine import TrainConfig, check_processes, fit, prepare_model, resolve_device, seed_everything
+from .engine import TrainConfig, check_processes, fit, resolve_device, seed_everything
 from .pretrain.store import SSL
 from .recipes import recipe_method_options, recipe_source, resolve_recipe
 from .results import collect_results, flatten, write_json, write_table
 
-__all__ = ["RunSpec", "run", "build", "run_id", "prepare_data", "carve_valid", "hold_out_fold", "stratified_subset",
-           "run_features", "load_model"]
+__all__ = ["RunSpec", "run", "build", "run_id", "prepare_data", "carve_valid", "hold_out_fold", "stratified_subset"]
 
 
 @dataclass
@@ -319,69 +318,3 @@ def _train(spec: RunSpec, rid: str, run_dir: Path, *, resume: bool) -> dict:
         "variant": spec.variant, "pretrain": spec.pretrain,
     }
     return fit(model, method, data, spec.train, run_dir, resume=resume, meta=meta)
-
-
-def run_features(run_dir, *, splits=("train", "test"), device: str | None = None) -> dict:
-    """Penultimate features of a finished run's model: the saved ones, or recomputed from ``model.pt``.
-
-    Parameters
-    ----------
-    run_dir : a run directory written by :func:`run`.
-    splits : which of ``"train"`` (rows = the read-out's ``ids``) and ``"test"`` (rows = ``test_ids``).
-    device : torch device for recomputing; default the run's ``train.device`` setting.
-
-    Returns
-    -------
-    dict split -> (N, D) float32 features (the ``model.embed`` output the classifier sees).
-    """
-    from .data import load_dataset
-    from .engine import predict
-
-    run_dir = Path(run_dir)
-    bad = set(splits) - {"train", "test"}
-    if bad:
-        raise ValueError(f"splits must be among ('train', 'test'), got {sorted(bad)}")
-    readout = rundir.read_readout(run_dir)
-    saved = {s: readout[f"{s}_features"].astype(np.float32) for s in splits if f"{s}_features" in readout}
-    todo = [s for s in splits if s not in saved]
-    if not todo:
-        return saved
-    cfg = rundir.read_config(run_dir)
-    model, train, dev = load_model(run_dir, device=device)
-    data = load_dataset(cfg["dataset"], cfg["data"], **(cfg.get("dataset_options") or {}))
-    rows = {str(i): k for k, i in enumerate(np.asarray(data.ids).astype(str))}
-    for s in todo:
-        ids = readout["ids" if s == "train" else "test_ids"].astype(str)
-        _, feats = predict(model, data.images[[rows[i] for i in ids]], train, dev, features=True)
-        saved[s] = feats.astype(np.float32)
-    return saved
-
-
-def load_model(run_dir, *, device: str | None = None) -> tuple:
-    """The final model of the finished run in ``run_dir``, rebuilt from its ``config.json`` (the backbone of
-    :meth:`RunSpec.from_run`, the recorded class count) with the weights of ``model.pt``, for inference.
-
-    Parameters
-    ----------
-    run_dir : a run directory written by :func:`run` (its ``model.pt`` present).
-    device : torch device; default the run's ``train.device`` setting.
-
-    Returns
-    -------
-    (model on the device, the run's TrainConfig with ``progress`` off, torch.device). The model computes as the
-    run did: the autocast dtype and layout its ``config.json`` records (``precision``); a run written before that
-    record computed in float32, channels-first, on CPU (bfloat16 only on CUDA).
-    """
-    import torch
-
-    spec = RunSpec.from_run(run_dir)
-    config = rundir.read_config(run_dir)
-    dev = resolve_device(device or spec.train.device)
-    recorded = config.get("precision") or {"autocast": "bfloat16" if dev.type == "cuda" and spec.train.amp
-                                           else "float32", "channels_last": False}
-    train = dataclasses.replace(spec.train, progress=False, amp=recorded["autocast"] == "bfloat16",
-                                channels_last=recorded["channels_last"])
-    backbone = dataclasses.replace(spec.backbone, weights=None)  # model.pt has them all
-    model = create_model(backbone, int(config["classes"]))
-    model.load_state_dict(torch.load(Path(run_dir) / rundir.MODEL, map_location="cpu", weights_only=True))
-    return prepare_model(model, train, dev), train, dev

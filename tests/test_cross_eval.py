@@ -16,7 +16,8 @@ from ferlib import analysis, rundir
 from ferlib.classes import CLASSES_7, CLASSES_8
 from ferlib.cli import main
 from ferlib.cross_eval import EvalTarget, class_mapping, cross_metrics, evaluate_run, masked_argmax
-from ferlib.experiment import load_model, run
+from ferlib.experiment import run
+from ferlib.inference import load_model
 from ferlib.metrics import classification_metrics
 from ferlib.study import StudySpec, run_study
 
@@ -161,7 +162,7 @@ def test_the_runs_own_test_split_and_another_label_rule(finished, small_ferplus,
 def test_load_model_rebuilds_the_runs_final_model(finished, small_ferplus):
     from ferlib.data import load_dataset
     from ferlib.engine import predict
-    from ferlib.experiment import run_features
+    from ferlib.inference import run_features
 
     model, train, device = load_model(finished)
     readout = rundir.read_readout(finished)

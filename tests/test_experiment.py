@@ -1,6 +1,6 @@
 """ferlib.experiment as the one place that trains: RunSpec from a dict and from a run directory, cross-fitting
-folds, and the analysis views over the cells the study trains (cleanlab folds, ablations). Also: the analysis
-package imports neither the engine nor the experiment module."""
+folds, and the analysis views over the cells the study trains (cleanlab folds, ablations). Also: the views (the
+analysis package and the notebooks but the training one) import neither the engine nor the experiment module."""
 from __future__ import annotations
 
 import ast
@@ -18,21 +18,48 @@ TINY = {"noise": "symmetric:0.3", "backbone": {"name": "test_resnet"},
         "train": {"epochs": 1, "batch_size": 16, "image_size": 32, "progress": False, "device": "cpu"}}
 
 
-def test_analysis_imports_neither_the_engine_nor_the_experiment():
-    package = Path(analysis.__file__).parent
+TRAINING = ("engine", "experiment")  # the modules that train; views import neither
+NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+#: What a view notebook may take from the training modules, and why: 01 shows the noise a run's train split gets,
+#: prepared exactly as the run prepares it (the spec, the subset, the seeded noise); it trains nothing.
+DATA_PREPARATION = {("01_inject_noise", "experiment"): {"RunSpec", "prepare_data"}}
+
+
+def _training_imports(source: str, where: str, allowed: dict[str, set] | None = None) -> list[str]:
+    """``where:line module`` of each import of a :data:`TRAINING` module in ``source``, but for the names of
+    ``allowed`` (``{module: names}``) imported from it."""
     found = []
-    for path in package.glob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom):
-                names = [("." * node.level) + (node.module or "")] + [f"{'.' * node.level}{a.name}"
-                                                                     for a in node.names if not node.module]
-            elif isinstance(node, ast.Import):
-                names = [a.name for a in node.names]
-            else:
-                continue
-            for name in names:
-                if name.split(".")[-1] in ("engine", "experiment"):
-                    found.append(f"{path.name}:{node.lineno} {name}")
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ImportFrom):
+            names = [("." * node.level) + (node.module or "")] + [f"{'.' * node.level}{a.name}"
+                                                                 for a in node.names if not node.module]
+        elif isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        else:
+            continue
+        for name in names:
+            module = name.split(".")[-1]
+            imported = {a.name for a in node.names} if isinstance(node, ast.ImportFrom) and node.module else set()
+            if module in TRAINING and not (imported and imported <= (allowed or {}).get(module, set())):
+                found.append(f"{where}:{node.lineno} {name}")
+    return found
+
+
+def test_views_import_neither_the_engine_nor_the_experiment():
+    """``ferlib.analysis`` and every notebook but the one that trains the cells (``"role": "cell"``) read finished
+    runs (:mod:`ferlib.rundir`, :mod:`ferlib.inference`); none imports the training code."""
+    found = []
+    for path in Path(analysis.__file__).parent.glob("*.py"):
+        found += _training_imports(path.read_text(), path.name)
+    views = [p for p in sorted(NOTEBOOKS.glob("*.ipynb"))
+             if json.loads(p.read_text())["metadata"].get("ferlib", {}).get("role") != "cell"]
+    assert len(views) >= 7
+    for path in views:
+        allowed = {m: names for (nb, m), names in DATA_PREPARATION.items() if nb == path.stem}
+        for i, cell in enumerate(json.loads(path.read_text())["cells"]):
+            if cell["cell_type"] == "code":
+                code = "".join(line for line in cell["source"] if not line.lstrip().startswith(("%", "!")))
+                found += _training_imports(code, f"{path.name} cell {i}", allowed)
     assert found == []
 
 

@@ -35,7 +35,7 @@ def run_embeddings(run, *, features: dict | None = None, max_points: int | None 
     """UMAP embeddings of one run's test and train features with the labels to colour them by.
 
     ``features`` : split -> (N, D) features, rows as the read-out's ``ids`` / ``test_ids``
-    (:func:`ferlib.experiment.run_features` recomputes them from ``model.pt``); None = the ones the run saved
+    (:func:`ferlib.inference.run_features` recomputes them from ``model.pt``); None = the ones the run saved
     (:func:`saved_features`). At most ``max_points`` samples per split (a fixed random subset) are embedded.
 
     Returns
@@ -50,7 +50,7 @@ def run_embeddings(run, *, features: dict | None = None, max_points: int | None 
     feats = saved_features(run) if features is None else features
     if not {"train", "test"} <= set(feats):
         raise ValueError(f"{run.path}: no saved features (train.save_features was off); pass "
-                         "features=ferlib.experiment.run_features(run.path)")
+                         "features=ferlib.inference.run_features(run.path)")
     rng = np.random.default_rng(random_state)
 
     def pick(n: int) -> np.ndarray:

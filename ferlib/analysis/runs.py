@@ -216,7 +216,7 @@ def class_names_for(run_or_k) -> tuple[str, ...]:
 
 def saved_features(run) -> dict[str, np.ndarray]:
     """The penultimate features a run saved in its read-out (``train.save_features``): split -> (N, D) float32;
-    empty when none were saved (:func:`ferlib.experiment.run_features` recomputes them from ``model.pt``)."""
+    empty when none were saved (:func:`ferlib.inference.run_features` recomputes them from ``model.pt``)."""
     run = load_runs(run)[0]
     return {s: run.readout[f"{s}_features"].astype(np.float32) for s in ("train", "test")
             if f"{s}_features" in run.readout}
