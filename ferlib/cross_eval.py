@@ -30,7 +30,7 @@ the run folder, atomically and under the run's lock: ``{key: entry}``, one entry
 :meth:`EvalTarget.key` (reader, the data's fingerprint, split and every reader option), so the same data at
 another path is the same target. A target already scored is not scored again: a second call leaves the file
 as it was, and nothing else in the run folder is ever written. Retraining the run (a new generation,
-:func:`ferlib.rundir.retire`) removes the file with the old weights.
+:meth:`ferlib.rundir.RunDir.retire`) removes the file with the old weights.
 
 Command line: ``python -m ferlib evaluate RUN_DIR... --eval-data TARGET ...``; ``python -m ferlib train ...
 --eval-data TARGET`` scores the run when it has trained; a study profile's ``eval_data:`` list scores every
@@ -277,7 +277,7 @@ def evaluate_run(run_dir: str | os.PathLike, targets: Iterable[EvalTarget | str]
 
     Parameters
     ----------
-    run_dir : a finished run folder (:func:`ferlib.rundir.check`).
+    run_dir : a finished run folder (:func:`ferlib.rundir.find_problem` finds nothing wrong).
     targets : :class:`EvalTarget` or their text (:data:`TARGET_SYNTAX`).
     device : torch device for inference; default the run's ``train.device`` setting.
     log : called with one line per target (:func:`describe_entry`: the class mapping and the scores).
@@ -300,21 +300,20 @@ def evaluate_run(run_dir: str | os.PathLike, targets: Iterable[EvalTarget | str]
         Another process is writing the run folder.
     """
     from .inference import load_model
-    from .results import write_json
 
-    run_dir = Path(run_dir)
+    folder = rundir.RunDir(run_dir)
     targets = parse_targets(targets)
-    rundir.read_result(run_dir)  # a finished, intact run, or an error naming the folder
-    cfg = rundir.read_config(run_dir)
+    rundir.read_result(folder)  # a finished, intact run, or an error naming the folder
+    cfg = rundir.read_config(folder)
     channels, run_classes = int(cfg["backbone"]["in_chans"]), class_names(int(cfg["classes"]))
     keyed = {t.key(channels): t for t in targets}
-    with rundir.lock(run_dir):
-        scores = rundir.read_cross_eval(run_dir)
+    with folder.lock():
+        scores = rundir.read_cross_eval(folder)
         todo = {k: t for k, t in keyed.items() if k not in scores}
-        loaded = load_model(run_dir, device=device) if todo else ()
+        loaded = load_model(folder, device=device) if todo else ()
         for key, target in todo.items():  # each written as it is scored: a later target's error keeps it
-            scores[key] = _score(target, channels, f"run {run_dir.name}", run_classes, *loaded)
-            write_json(run_dir / rundir.CROSS_EVAL, dict(sorted(scores.items())))
+            scores[key] = _score(target, channels, f"run {folder.path.name}", run_classes, *loaded)
+            folder.write_cross_eval(scores)
     for key in keyed:
         log(describe_entry(scores[key]))
     return {k: scores[k] for k in keyed}

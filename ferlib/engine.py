@@ -1,14 +1,10 @@
-"""The one training engine every method uses (in the spirit of torchvision's reference ``train.py``).
+"""The one training engine every method uses (in the shape of torchvision's reference ``train.py``).
 
-``fit`` composes ``train_one_epoch`` and ``evaluate``; a method only supplies its loss, targets and per-sample
-state through :class:`ferlib.methods.Method`. Images stay uint8 in host memory and are augmented on the
-training device batch by batch (:mod:`ferlib.augment`), so no DataLoader workers are needed.
-
-A run directory describes itself; :mod:`ferlib.rundir` names its files (``config.json``, ``checkpoint.pt``,
-``epochs.csv`` / ``epochs.jsonl``, ``model.pt``, ``readout.npz``, and ``result.json`` last, recording the size
-of the read-out it belongs to). :func:`fit` holds the folder's lock (:func:`ferlib.rundir.lock`) while it
-writes, so a second process writing the same run is refused; every file is written atomically through a
-temporary file of its own, large ones after a free-space check.
+``fit`` builds the optimiser and schedule, resumes from a checkpoint when there is one, and composes
+``train_one_epoch`` and ``evaluate``; a method only supplies its loss, targets and per-sample state through
+:class:`ferlib.methods.Method`. Images stay uint8 in host memory and are augmented on the training device batch by
+batch (:mod:`ferlib.augment`), so no DataLoader workers are needed. Every file of the run goes through the
+:class:`ferlib.rundir.RunDir` that ``fit`` is given, which its caller owns (:func:`ferlib.experiment.run`).
 
 Several processes (``torchrun --nproc_per_node W -m ferlib train ...``) run the same loop on one global batch
 (:mod:`ferlib.distributed`): each process takes its shard of every batch, the gradients are averaged over the
@@ -20,9 +16,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
-import json
 import math
-import os
 import random
 import time
 import warnings
@@ -33,13 +27,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import distributed, rundir
+from . import distributed
 from .augment import AugmentConfig, augment_batch, make_view, prepare_batch
-from .checkpoint import load_checkpoint, save_checkpoint
 from .data.storage import batch_images
 from .metrics import NonFiniteLossError, classification_metrics, health_flags
 from .options import AT_LEAST_1, NON_NEGATIVE, POSITIVE, UNIT_OPEN, check_ranges, check_types
-from .results import atomic_savez, atomic_write, atomic_write_text, flatten, nbytes_of, write_json
+from .rundir import RunDir
 
 __all__ = ["TrainConfig", "fit", "train_one_epoch", "evaluate", "predict", "seed_everything",
            "build_optimizer", "build_scheduler", "resolve_device", "resolve_precision", "prepare_model", "make_batch",
@@ -128,7 +121,7 @@ _RANGES = {"epochs": AT_LEAST_1, "batch_size": AT_LEAST_1, "lr": POSITIVE, "weig
            "image_size": (lambda v: v >= 8, ">= 8 (pixels)"), "seed": NON_NEGATIVE, "eval_batch_size": AT_LEAST_1}
 
 
-# --------------------------------------------------------------------------- building blocks
+# --------------------------------------------------------------------------- building the run's objects
 def resolve_device(name: str) -> torch.device:
     """``auto`` -> cuda when available, else cpu. A malformed name, or CUDA asked for where none is available,
     raises ValueError naming the setting."""
@@ -218,7 +211,7 @@ def probe_bf16(net: nn.Module, x: torch.Tensor, *, repeats: int = 3) -> dict:
     or not depending on what ran earlier in the process. The cpuinfo flags cannot tell; this probe does. Each
     distinct layer (:data:`PROBED_LAYERS`) at the input shape, memory layout and dtype it meets in one bf16
     forward of ``net`` is run alone on seeded random input, forward and backward, under bf16 autocast and in
-    float32, ``repeats`` times, after freeing NaN-filled blocks of its gradients' sizes (so that memory a kernel
+    float32, ``repeats`` times, after freeing NaN-filled tensors of its gradients' sizes (so that memory a kernel
     leaves unwritten shows as NaN), and its output, input gradient and parameter gradients are compared. A layer
     at a shape is probed once per process.
 
@@ -403,10 +396,11 @@ def train_arrays(train, device: torch.device) -> dict:
 
 
 def _rows(array, idx: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """Rows ``idx`` of a tensor (on any device) or of a host array (possibly memory-mapped), on ``device``."""
+    """Rows ``idx`` of a tensor (on any device) or of a host array (possibly memory-mapped), on ``device`` (a
+    plain copy: host memory here is pageable, not pinned, so an asynchronous copy would not overlap anyway)."""
     if isinstance(array, torch.Tensor):
-        return array[idx.to(array.device)].to(device, non_blocking=True)
-    return torch.from_numpy(batch_images(array, idx.numpy())).to(device, non_blocking=True)
+        return array[idx.to(array.device)].to(device)
+    return torch.from_numpy(batch_images(array, idx.numpy())).to(device)
 
 
 def make_batch(images, labels, votes, idx, views, cfg, device, gen) -> dict:
@@ -449,43 +443,29 @@ def evaluate(model: nn.Module, data, cfg: TrainConfig, device: torch.device) -> 
 
 
 # --------------------------------------------------------------------------- the run
-def fit(model: nn.Module, method, data, cfg: TrainConfig, run_dir: str | os.PathLike, *,
-        resume: bool = True, meta: dict | None = None) -> dict:
+def fit(model: nn.Module, method, data, cfg: TrainConfig, run: RunDir, *, meta: dict | None = None) -> dict:
     """Train ``model`` with ``method`` on ``data``'s train split; evaluate each epoch on valid and test.
 
     Parameters
     ----------
     data : FERData with a train and a test split (valid optional; needed for ``select_on="valid"``).
         Train labels may be noisy (``clean_labels`` kept); methods see only the given labels.
-    run_dir : folder for the run's files (see module docstring), locked while this call writes it
-        (:class:`ferlib.rundir.RunLockedError` when another process holds it).
-    resume : continue the run in ``run_dir``: a finished, intact run (:func:`ferlib.rundir.check`) is returned
-        as it is, without training; an unfinished one with a ``checkpoint.pt`` continues from its epoch,
-        giving the same result as an uninterrupted run; otherwise the run starts from epoch 0. False: start
-        from epoch 0 whatever is there. A run that starts from epoch 0 first removes the files of the earlier
-        generation (:func:`ferlib.rundir.retire`; ``noise.json``, written by the caller, is kept), so old
-        weights or read-outs never sit beside the new partial files.
-        ``fit`` does not compare settings with those of a run already in ``run_dir``: the caller names the
-        folder (:func:`ferlib.experiment.run` by a hash of every setting).
-    meta : extra fields (dataset, noise report, method options ...) copied into ``result.json``.
+    run : the run folder (:class:`ferlib.rundir.RunDir`) every file goes to: the config, each epoch's history
+        and checkpoint, then the weights, the read-out and, last, the result. The caller owns the folder
+        (:func:`ferlib.experiment.run`: one writer, and the generation begun); a checkpoint in it is resumed
+        from, giving the same result as an uninterrupted run.
+    meta : extra fields (dataset, noise report, method options ...) copied into ``config.json`` and
+        ``result.json``.
 
-    Under ``torchrun`` every process calls ``fit`` with the same arguments: rank 0 holds the lock, evaluates
-    and writes ``run_dir``, the others train their shards (:mod:`ferlib.distributed`) and read the folder to
-    resume, so it must be on a file system every process sees (one machine: any local folder).
+    Under ``torchrun`` every process calls ``fit`` with the same arguments: each trains its shard
+    (:mod:`ferlib.distributed`) and reads the checkpoint to resume; rank 0 alone evaluates and writes, so the
+    folder must be on a file system every process sees (one machine: any local folder).
 
     Returns
     -------
     The summary written to ``result.json`` (on every process).
     """
-    with distributed.main_only(rundir.lock(run_dir)):
-        return _fit(model, method, data, cfg, Path(run_dir), resume=resume, meta=meta or {})
-
-
-def _fit(model: nn.Module, method, data, cfg: TrainConfig, run_dir: Path, *, resume: bool, meta: dict) -> dict:
-    if resume:
-        done = distributed.on_main(rundir.finished_result, run_dir, keep_checkpoint=cfg.keep_checkpoint)
-        if done is not None:
-            return done
+    meta = meta or {}
     device = distributed.local_device(resolve_device(cfg.device))
     splits = {s: data.subset(s) for s in ("train", "valid", "test") if data.split_counts()[s]}
     _check_data(splits, method, cfg)
@@ -495,19 +475,14 @@ def _fit(model: nn.Module, method, data, cfg: TrainConfig, run_dir: Path, *, res
     run_cfg, precision = settle_precision(model, train.images, cfg, device)  # cfg stays the run's identity
     method.to(device)
     method.check_binding(model, train)
-    ckpt_path = run_dir / rundir.CHECKPOINT
-    resuming = distributed.on_main(_clear_run_dir, run_dir, resume)
     method.bind(model, train, cfg)
     distributed.prepare_modules(model, method, device=device)
     params = [p for p in list(model.parameters()) + list(method.parameters()) if p.requires_grad]
     optimizer = build_optimizer(params, cfg)
     scheduler = build_scheduler(optimizer, cfg, max(len(train) // cfg.batch_size, 1))
-    history: list[dict] = []
-    start = 0
-    if resuming:
-        start, history = load_checkpoint(ckpt_path, {"model": model, "method": method, "optimizer": optimizer,
-                                                     "scheduler": scheduler}, gen, device=device)
-    distributed.on_main(write_json, run_dir / rundir.CONFIG, {
+    parts = {"model": model, "method": method, "optimizer": optimizer, "scheduler": scheduler}
+    start, history = run.load_checkpoint(parts, gen, device=device)
+    distributed.on_main(run.write_config, {
         "train": asdict(cfg), "method": method.name, "method_config": asdict(method.config),
         "precision": precision, "processes": distributed.world(), **meta})
     arrays = train_arrays(train, device)
@@ -517,33 +492,15 @@ def _fit(model: nn.Module, method, data, cfg: TrainConfig, run_dir: Path, *, res
         losses = train_one_epoch(model, method, train, optimizer, scheduler, run_cfg, device, gen, arrays)
         row = {"epoch": epoch + 1, "epoch_time_s": time.perf_counter() - t0,
                "lr": optimizer.param_groups[0]["lr"], **{f"train_{k}": v for k, v in losses.items()}}
-        history = distributed.on_main(_end_epoch, run_dir, history, row, splits, model, method, optimizer,
-                                      scheduler, gen, run_cfg, device)
-    return distributed.on_main(_finish, run_dir, model, method, splits, history, run_cfg, device, meta)
+        history = history + [distributed.on_main(_evaluated, row, splits, model, run_cfg, device)]
+        distributed.on_main(run.end_epoch, history, parts, gen)
+    return distributed.on_main(_finish, run, model, method, splits, history, run_cfg, device, meta)
 
 
-def _clear_run_dir(run_dir: Path, resume: bool) -> bool:
-    """Remove what a killed writer left and, unless the run resumes from its checkpoint, the old generation
-    (``noise.json``, written by the caller, is kept). Returns whether the run resumes."""
-    rundir.remove_temp_files(run_dir)  # we hold the lock, so none is writing now
-    resuming = resume and (run_dir / rundir.CHECKPOINT).exists()
-    if not resuming:  # from epoch 0, the settings checked: the old generation goes
-        rundir.retire(run_dir, keep=(rundir.NOISE,))
-    return resuming
-
-
-def _end_epoch(run_dir: Path, history: list[dict], row: dict, splits: dict, model, method, optimizer, scheduler,
-               gen, cfg: TrainConfig, device) -> list[dict]:
-    """Evaluate the epoch on valid and test, write ``epochs.csv`` / ``epochs.jsonl`` and the checkpoint;
-    return the history with the epoch's row."""
-    for name in ("valid", "test"):
-        if name in splits:
-            row[name] = evaluate(model, splits[name], cfg, device)
-    history = history + [row]
-    _write_history(run_dir, history)
-    save_checkpoint(run_dir / rundir.CHECKPOINT, epoch=row["epoch"], history=history, gen=gen,
-                    parts={"model": model, "method": method, "optimizer": optimizer, "scheduler": scheduler})
-    return history
+def _evaluated(row: dict, splits: dict, model, cfg: TrainConfig, device) -> dict:
+    """The epoch's ``row`` with the metrics of valid and test."""
+    return {**row, **{name: evaluate(model, splits[name], cfg, device) for name in ("valid", "test")
+                      if name in splits}}
 
 
 def check_processes(cfg: TrainConfig, method_cls) -> None:
@@ -581,37 +538,34 @@ def _check_data(splits: dict, method, cfg: TrainConfig) -> None:
             raise ValueError(f"method {method.name!r} requires {req!r}, which this dataset does not have")
 
 
-def _write_history(run_dir: Path, history: list[dict]) -> None:
-    """epochs.csv: scalar columns only; epochs.jsonl: everything (per-class accuracy, confusion)."""
-    import pandas as pd
-
-    flat = [{k: v for k, v in flatten(r, sep="_").items() if not isinstance(v, list)} for r in history]
-    atomic_write_text(run_dir / rundir.EPOCHS_CSV, pd.DataFrame(flat).to_csv(index=False))
-    atomic_write_text(run_dir / rundir.EPOCHS_JSONL, "".join(json.dumps(r) + "\n" for r in history))
-
-
-def _select_best(history: list[dict], cfg: TrainConfig) -> dict:
-    return max(history, key=lambda r: r[cfg.select_on]["acc"])
+def _finish(run: RunDir, model, method, splits, history, cfg, device, meta) -> dict:
+    """Write the final weights, the read-out and, last, the result; return the result."""
+    run.write_model(model.state_dict())
+    run.write_readout(_readout(model, method, splits, cfg, device))
+    return run.write_result(_summary(model, method, splits["train"], history, cfg, device, meta),
+                            keep_checkpoint=cfg.keep_checkpoint)
 
 
-def _finish(run_dir: Path, model, method, splits, history, cfg, device, meta) -> dict:
-    """Write ``model.pt``, ``readout.npz`` and, last, ``result.json`` (recording the read-out's size, which
-    :func:`ferlib.rundir.check` verifies); then drop the resume checkpoint unless ``cfg.keep_checkpoint``."""
-    train = splits["train"]
-    weights = model.state_dict()
-    atomic_write(run_dir / rundir.MODEL, lambda f: torch.save(weights, f), nbytes=nbytes_of(weights))
+def _readout(model, method, splits, cfg, device) -> dict:
+    """The per-sample read-out: the method's (``method_*``), the train and test logits with ids and labels,
+    and the penultimate features when ``cfg.save_features`` (float16)."""
+    train, test = splits["train"], splits["test"]
     train_logits, train_feats = predict(model, train.images, cfg, device, features=cfg.save_features)
-    test_logits, test_feats = predict(model, splits["test"].images, cfg, device, features=cfg.save_features)
+    test_logits, test_feats = predict(model, test.images, cfg, device, features=cfg.save_features)
     readout = {f"method_{k}": v for k, v in method.readout().arrays().items()}
     readout.update(ids=train.ids.astype(str), given=train.labels, clean=train.true_labels,
-                   train_logits=train_logits, test_logits=test_logits,
-                   test_ids=splits["test"].ids.astype(str), test_labels=splits["test"].true_labels,
-                   test_given=splits["test"].labels)
+                   train_logits=train_logits, test_logits=test_logits, test_ids=test.ids.astype(str),
+                   test_labels=test.true_labels, test_given=test.labels)
     if cfg.save_features:
         readout.update(train_features=train_feats.astype(np.float16), test_features=test_feats.astype(np.float16))
-    atomic_savez(run_dir / rundir.READOUT, compress=True, **readout)  # committed with the evidence: deflated
-    last, best = history[-1], _select_best(history, cfg)
-    summary = {
+    return readout
+
+
+def _summary(model, method, train, history, cfg, device, meta) -> dict:
+    """What ``result.json`` records of the run (:class:`ferlib.rundir.Result`): ``meta``, then the last epoch's
+    test metrics (the primary number) and those of the epoch with the best ``cfg.select_on`` accuracy."""
+    last, best = history[-1], max(history, key=lambda r: r[cfg.select_on]["acc"])
+    return {
         **meta, "method": method.name, "oracle": method.oracle, "epochs": cfg.epochs, "seed": cfg.seed,
         "device": str(device), "params": sum(p.numel() for p in model.parameters()),
         "time_per_epoch_s": float(np.mean([r["epoch_time_s"] for r in history])),
@@ -622,12 +576,7 @@ def _finish(run_dir: Path, model, method, splits, history, cfg, device, meta) ->
         "last_valid": _scalars(last["valid"]) if "valid" in last else {},
         "train_loss_first": history[0]["train_loss"], "train_loss_last": last["train_loss"],
         "flags": "; ".join(health_flags(history, train.classes)),
-        "files": {rundir.READOUT: (run_dir / rundir.READOUT).stat().st_size},
     }
-    write_json(run_dir / rundir.RESULT, summary)
-    if not cfg.keep_checkpoint:
-        (run_dir / rundir.CHECKPOINT).unlink(missing_ok=True)
-    return summary
 
 
 def _scalars(metrics: dict) -> dict:

@@ -17,10 +17,11 @@ import numpy as np
 from . import distributed, rundir
 from .backbones import BackboneConfig, create_model
 from .data.cache import data_fingerprint
-from .engine import TrainConfig, check_processes, fit, resolve_device, seed_everything
+from .engine import TrainConfig, fit, resolve_device, seed_everything
 from .pretrain.store import SSL
 from .recipes import recipe_method_options, recipe_source, resolve_recipe
-from .results import collect_results, flatten, write_json, write_table
+from .results import collect_results, flatten, write_table
+from .rundir import RunDir
 
 __all__ = ["RunSpec", "run", "build", "run_id", "prepare_data", "carve_valid", "hold_out_fold", "stratified_subset"]
 
@@ -269,13 +270,15 @@ def _resolved_weights(spec: RunSpec, backbone: BackboneConfig) -> BackboneConfig
 def run(spec: RunSpec, *, resume: bool = True) -> dict:
     """Run (or resume) one experiment in ``<spec.out>/<run_id>``; returns its ``result.json`` summary.
 
-    The run folder is locked for the whole call (:func:`ferlib.rundir.lock`): a second process running the
-    same spec gets :class:`ferlib.rundir.RunLockedError` naming the holder before any data loads.
+    This call owns the run folder (:class:`ferlib.rundir.RunDir`): it holds the folder's lock for the whole
+    call, so a second process running the same spec gets :class:`ferlib.rundir.RunLockedError` naming the
+    holder before any data loads; it decides whether the folder is finished, resumed or started afresh; and
+    :func:`ferlib.engine.fit` writes the run's files through it.
 
     resume : True (default): a finished, intact run is returned as it is, without loading data or training; an
-        unfinished one continues from its checkpoint; a corrupted one (:func:`ferlib.rundir.check`) is trained
-        again with a warning. False (CLI ``--no-resume``): the folder's old generation is removed first
-        (:func:`ferlib.rundir.retire`, ``result.json`` first), so an interrupted fresh run is never taken
+        unfinished one continues from its checkpoint; a corrupted one (:func:`ferlib.rundir.find_problem`) is
+        trained again with a warning. False (CLI ``--no-resume``): the folder's old generation is removed first
+        (:meth:`ferlib.rundir.RunDir.retire`, ``result.json`` first), so an interrupted fresh run is never taken
         for a finished one and never mixes old and new files.
 
     Afterwards ``<spec.out>/results.csv`` (one row per finished run in ``spec.out``, all parameters) is
@@ -283,29 +286,24 @@ def run(spec: RunSpec, *, resume: bool = True) -> dict:
     ``spec.out`` is left out of it with a warning naming it, never failing this run.
 
     Under ``torchrun`` every process calls ``run`` with the same spec and trains its shard; rank 0 holds the
-    lock and writes every file (:func:`ferlib.engine.fit`); each process returns the summary.
+    lock and writes every file; each process returns the summary.
     """
-    from .methods import method_class
-
     resolve_device(spec.train.device)  # an unavailable device fails here, before any data loads
-    check_processes(spec.train, method_class(spec.method))  # under torchrun, idem
     rid = run_id(spec)
-    run_dir = Path(spec.out) / rid
-    with distributed.main_only(rundir.lock(run_dir)):  # rank 0 writes the folder (fit: the others train too)
-        result = (distributed.on_main(rundir.finished_result, run_dir, keep_checkpoint=spec.train.keep_checkpoint)
-                  if resume else None)
+    folder = RunDir(Path(spec.out) / rid)
+    with distributed.main_only(folder.lock()):  # rank 0 writes the folder (fit: the others train too)
+        result = distributed.on_main(folder.finished, keep_checkpoint=spec.train.keep_checkpoint) if resume else None
         if result is None:
-            result = _train(spec, rid, run_dir, resume=resume)
+            result = _train(spec, rid, folder, resume=resume)
     distributed.on_main(lambda: write_table(Path(spec.out) / "results.csv", collect_results(spec.out)))
     return result
 
 
-def _train(spec: RunSpec, rid: str, run_dir: Path, *, resume: bool) -> dict:
+def _train(spec: RunSpec, rid: str, folder: RunDir, *, resume: bool) -> dict:
     data, noise_report = prepare_data(spec)
     model, method = build(spec, data)
-    if not resume:  # after the data loaded: a data error leaves the old generation as it was
-        distributed.on_main(rundir.retire, run_dir)
-    distributed.on_main(write_json, run_dir / rundir.NOISE, noise_report)
+    distributed.on_main(folder.begin, resume=resume)  # after the data loaded: a data error leaves the folder as it was
+    distributed.on_main(folder.write_noise, noise_report)
     meta = {
         "run_id": rid, "dataset": spec.dataset, "data": str(spec.data), "dataset_options": spec.dataset_options,
         "classes": data.num_classes, "split_counts": data.split_counts(), "noise": spec.noise,
@@ -317,4 +315,4 @@ def _train(spec: RunSpec, rid: str, run_dir: Path, *, resume: bool) -> dict:
         "image_size": spec.train.image_size, "valid_fraction": spec.valid_fraction, "fold": spec.fold,
         "variant": spec.variant, "pretrain": spec.pretrain,
     }
-    return fit(model, method, data, spec.train, run_dir, resume=resume, meta=meta)
+    return fit(model, method, data, spec.train, folder, meta=meta)

@@ -144,7 +144,7 @@ def write_table(path: str | os.PathLike, frame) -> Path:
 def collect_results(runs_dir: str | os.PathLike):
     """One row per finished run directly under ``runs_dir``, as a pandas DataFrame.
 
-    A folder whose ``result.json`` fails :func:`ferlib.rundir.check` (truncated, not JSON, missing keys, a
+    A folder whose ``result.json`` fails :func:`ferlib.rundir.find_problem` (truncated, not JSON, missing keys, a
     read-out of another size than recorded) is skipped with a :class:`ferlib.rundir.RunWarning` naming the folder
     and the reason: one corrupted run never hides the others (:func:`ferlib.rundir.problems` lists them). The
     result's ``files`` (its integrity record) is not a column.

@@ -1,4 +1,5 @@
-"""One run directory: the names of its files, its lock, when it counts as finished, reading and listing runs.
+"""One run directory: the names of its files, its one writer (:class:`RunDir`), when it counts as finished,
+reading and listing runs.
 
 Every module that writes or reads a run directory goes through these names and functions::
 
@@ -17,14 +18,16 @@ Every module that writes or reads a run directory goes through these names and f
 
 Decisions, so that a study of many hours is never silently wrong:
 
-* **One writer.** :func:`lock` makes a process the folder's only writer; a second one gets a
-  :class:`RunLockedError` naming the holder (pid, host, start time, command). A lock whose process is gone is
-  stale and is taken over with a :class:`RunWarning`.
+* **One writer.** :class:`RunDir` writes every file of a run folder, each atomically, holding its lock
+  (:meth:`RunDir.lock`, :func:`lock`): a second process gets a :class:`RunLockedError` naming the holder (pid,
+  host, start time, command). A lock whose process is gone is stale and is taken over with a :class:`RunWarning`.
+  :func:`ferlib.experiment.run` holds the lock, asks :meth:`RunDir.finished` and starts a generation
+  (:meth:`RunDir.begin`); :func:`ferlib.engine.fit` writes each epoch and the end of the run through it.
 * **One generation.** A run that starts from epoch 0 (fresh, or with no checkpoint to resume) first removes
-  every file of an earlier generation with :func:`retire`, ``result.json`` first, so the folder stops counting
-  as finished at once and old weights or read-outs never sit beside new partial files.
-* **Finished = checked.** :func:`check` reads ``result.json``: it must parse to an object with the keys of
-  :data:`REQUIRED`, and every file its ``files`` record names (the read-out) must be there with the size it
+  every file of an earlier generation (:meth:`RunDir.retire`), ``result.json`` first, so the folder stops
+  counting as finished at once and old weights or read-outs never sit beside new partial files.
+* **Finished = checked.** :func:`find_problem` reads ``result.json``: it must parse to an object with the keys
+  of :data:`REQUIRED`, and every file its ``files`` record names (the read-out) must be there with the size it
   had. A folder that fails is reported by path and reason (:func:`problems`) and skipped by the readers, re-run
   by the study, and trained again by :func:`ferlib.experiment.run`; it is never fatal for other runs.
 """
@@ -45,10 +48,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import Iterator, TypedDict
 
+from .results import atomic_savez, atomic_write, atomic_write_text, flatten, nbytes_of, write_json
+
 __all__ = ["CONFIG", "NOISE", "CHECKPOINT", "EPOCHS_CSV", "EPOCHS_JSONL", "MODEL", "READOUT", "RESULT", "LOCK",
-           "CROSS_EVAL", "GENERATION", "REQUIRED", "Result", "RunWarning", "RunLockedError", "CorruptRunError",
-           "lock", "retire", "remove_temp_files", "check", "is_finished", "finished_result", "run_folders",
-           "finished_runs", "problems", "read_result", "read_config", "read_cross_eval", "read_readout"]
+           "CROSS_EVAL", "GENERATION", "REQUIRED", "Result", "RunDir", "RunWarning", "RunLockedError",
+           "CorruptRunError", "lock", "find_problem", "is_finished", "run_folders", "finished_runs", "problems",
+           "read_result", "read_config", "read_cross_eval", "read_readout"]
 
 CONFIG, NOISE, CHECKPOINT = "config.json", "noise.json", "checkpoint.pt"
 EPOCHS_CSV, EPOCHS_JSONL, MODEL = "epochs.csv", "epochs.jsonl", "model.pt"
@@ -65,11 +70,12 @@ REQUIRED = ("method", "last")
 
 
 class Result(TypedDict, total=False):
-    """What ``result.json`` holds (:func:`ferlib.engine.fit` writes it; :func:`ferlib.experiment.run` adds the
-    spec's fields). Metrics are fractions in [0, 1]; ``last`` (the primary number) and ``best`` (the epoch
-    chosen on ``select_on``, validation by default) are test metrics: ``acc``, ``mean_acc``, ``macro_f1``, ...
-    ``files`` is the integrity record :func:`check` verifies: ``{file name: size in bytes}`` of the read-out
-    written with this result (absent in results written before it existed; those are checked without it).
+    """What ``result.json`` holds (:meth:`RunDir.write_result` writes what :func:`ferlib.engine.fit` summarises,
+    with the spec's fields :func:`ferlib.experiment.run` passes it). Metrics are fractions in [0, 1]; ``last``
+    (the primary number) and ``best`` (the epoch chosen on ``select_on``, validation by default) are test
+    metrics: ``acc``, ``mean_acc``, ``macro_f1``, ... ``files`` is the integrity record :func:`find_problem`
+    verifies: ``{file name: size in bytes}`` of the read-out written with this result (absent in results written
+    before it existed; those are checked without it).
     """
 
     run_id: str
@@ -142,8 +148,8 @@ def lock(run_dir: str | os.PathLike, *, what: str = "run folder") -> Iterator[Pa
 
     The lock file is created atomically and exclusively (a complete temporary file hard-linked to ``.lock``;
     ``O_CREAT | O_EXCL`` where hard links are not supported) and records ``pid``, ``host``, ``started``,
-    ``command``, the boot id and the process's start time. It is re-entrant within one thread (so
-    :func:`ferlib.experiment.run` and :func:`ferlib.engine.fit` can both take it) and removed on exit.
+    ``command``, the boot id and the process's start time. It is re-entrant within one thread and removed on
+    exit.
 
     Raises :class:`RunLockedError` naming the holder when another live process holds it, when it was taken on
     another host (whose processes cannot be checked), or when another thread of this process holds it.
@@ -318,35 +324,150 @@ def _proc_start(pid: int) -> int | None:
         return None
 
 
-# ----------------------------------------------------------------------------------- generations
-def retire(run_dir: str | os.PathLike, *, keep: tuple[str, ...] = ()) -> list[str]:
-    """Remove the files of the run's current generation (:data:`GENERATION`, in that order: ``result.json``
-    first, so the folder stops counting as finished at once, then the checkpoint, the weights and read-outs,
-    the history, the config and the noise report) except those named in ``keep``, and the temporary files of
-    interrupted writers. Call it holding :func:`lock`. The old generation is deleted, not kept aside: a fresh
-    run means it is not wanted, and runs are large. Returns the names removed."""
-    run_dir = Path(run_dir)
-    removed = []
-    for name in GENERATION:
-        if name not in keep and (run_dir / name).exists():
-            (run_dir / name).unlink()
-            removed.append(name)
-    return removed + remove_temp_files(run_dir)
+# ----------------------------------------------------------------------------------- the writer
+class RunDir:
+    """One run folder and its one writer: the lock, whether it holds a finished run, the start of a new
+    generation, and every file written into it, each atomically (large ones after a free-space check).
 
+    The caller holds :meth:`lock` around the whole run (:func:`ferlib.experiment.run`): it asks
+    :meth:`finished`, and when there is nothing finished to return loads the data, calls :meth:`begin` and
+    :meth:`write_noise`, then :func:`ferlib.engine.fit` writes through :meth:`write_config`,
+    :meth:`end_epoch` (history and checkpoint) and, at the end, :meth:`write_model`, :meth:`write_readout` and
+    :meth:`write_result`. Under ``torchrun`` only rank 0 writes. Readers use the module's functions
+    (:func:`read_result`, :func:`read_config`, ...), which take a RunDir as they take a path.
+    """
 
-def remove_temp_files(run_dir: str | os.PathLike) -> list[str]:
-    """Remove ``.<name>.<random>.tmp`` files (:func:`ferlib.results.atomic_write`) that interrupted writers
-    left in ``run_dir`` (a killed checkpoint save leaves one as large as the checkpoint). Call it holding
-    :func:`lock`, when no other writer can be mid-write. Returns the names removed."""
-    removed = []
-    for tmp in Path(run_dir).glob(".*.tmp"):
-        tmp.unlink(missing_ok=True)
-        removed.append(tmp.name)
-    return removed
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+
+    def __fspath__(self) -> str:
+        return os.fspath(self.path)
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
+
+    def lock(self) -> contextlib.AbstractContextManager[Path]:
+        """This folder's :func:`lock` (created if missing): hold it while writing."""
+        return lock(self.path)
+
+    # ------------------------------------------------------------------- generations
+    def finished(self, *, keep_checkpoint: bool = False) -> Result | None:
+        """The result of the finished, intact run here, or None when it has not finished.
+
+        A corrupted result (:func:`find_problem` names it) is removed with a :class:`RunWarning` naming the
+        folder and the reason, and None is returned: the caller trains the run again (from its checkpoint if one
+        is left). A resume checkpoint left beside a finished result (a crash between the two, or an earlier
+        ``keep_checkpoint``) is dropped unless ``keep_checkpoint``. Call it holding :meth:`lock`."""
+        try:
+            result = read_result(self.path)
+        except FileNotFoundError:
+            return None
+        except CorruptRunError as exc:
+            warnings.warn(f"{exc}; the run is trained again", RunWarning, stacklevel=2)
+            (self.path / RESULT).unlink(missing_ok=True)
+            return None
+        if not keep_checkpoint:
+            (self.path / CHECKPOINT).unlink(missing_ok=True)
+        return result
+
+    def begin(self, *, resume: bool) -> bool:
+        """Start writing an unfinished run: remove the temporary files interrupted writers left and, unless
+        ``resume`` and a checkpoint is here, the earlier generation (:meth:`retire`). Call it holding
+        :meth:`lock`, once the data have loaded (a data error leaves the old generation as it was). Returns
+        whether the run resumes from the checkpoint."""
+        self._remove_temp_files()
+        resuming = resume and (self.path / CHECKPOINT).is_file()
+        if not resuming:
+            self.retire()
+        return resuming
+
+    def retire(self) -> list[str]:
+        """Remove the files of the run's current generation (:data:`GENERATION`, in that order: ``result.json``
+        first, so the folder stops counting as finished at once, then the checkpoint, the weights and read-outs,
+        the history, the config and the noise report) and the temporary files of interrupted writers. Call it
+        holding :meth:`lock`. The old generation is deleted, not kept aside: a fresh run means it is not wanted,
+        and runs are large. Returns the names removed."""
+        removed = []
+        for name in GENERATION:
+            if (self.path / name).exists():
+                (self.path / name).unlink()
+                removed.append(name)
+        return removed + self._remove_temp_files()
+
+    def _remove_temp_files(self) -> list[str]:
+        """Remove ``.<name>.<random>.tmp`` files (:func:`ferlib.results.atomic_write`) that interrupted writers
+        left (a killed checkpoint save leaves one as large as the checkpoint); only the lock holder may, when no
+        other writer can be mid-write. Returns the names removed."""
+        removed = []
+        for tmp in self.path.glob(".*.tmp"):
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp.name)
+        return removed
+
+    # ------------------------------------------------------------------- writes
+    def write_noise(self, report: dict) -> None:
+        """``noise.json``: the realised noise (:func:`ferlib.noise.apply_noise`'s report)."""
+        write_json(self.path / NOISE, report)
+
+    def write_config(self, config: dict) -> None:
+        """``config.json``: the resolved configuration."""
+        write_json(self.path / CONFIG, config)
+
+    def end_epoch(self, history: list[dict], parts: dict, gen) -> None:
+        """Close an epoch: the history (:meth:`write_history`), then the checkpoint to resume from
+        (:func:`ferlib.checkpoint.save_checkpoint` of ``parts`` and ``gen`` after ``history[-1]["epoch"]``)."""
+        from .checkpoint import save_checkpoint
+
+        self.write_history(history)
+        save_checkpoint(self.path / CHECKPOINT, epoch=history[-1]["epoch"], history=history, parts=parts, gen=gen)
+
+    def load_checkpoint(self, parts: dict, gen, *, device) -> tuple[int, list[dict]]:
+        """Restore ``parts`` and ``gen`` from the checkpoint here (:func:`ferlib.checkpoint.load_checkpoint`):
+        (the epochs done, the history); ``(0, [])`` when there is none. Every process of a ``torchrun`` run
+        reads it."""
+        from .checkpoint import load_checkpoint
+
+        return load_checkpoint(self.path / CHECKPOINT, parts, gen, device=device)
+
+    def write_history(self, history: list[dict]) -> None:
+        """``epochs.csv`` (scalar columns only) and ``epochs.jsonl`` (everything: per-class accuracy,
+        confusion), one row per epoch."""
+        import pandas as pd
+
+        flat = [{k: v for k, v in flatten(r, sep="_").items() if not isinstance(v, list)} for r in history]
+        atomic_write_text(self.path / EPOCHS_CSV, pd.DataFrame(flat).to_csv(index=False))
+        atomic_write_text(self.path / EPOCHS_JSONL, "".join(json.dumps(r) + "\n" for r in history))
+
+    def write_model(self, weights: dict) -> None:
+        """``model.pt``: the final weights (a state dict)."""
+        import torch
+
+        atomic_write(self.path / MODEL, lambda f: torch.save(weights, f), nbytes=nbytes_of(weights))
+
+    def write_readout(self, arrays: dict) -> None:
+        """``readout.npz``: the per-sample read-outs, deflated (committed with the evidence)."""
+        atomic_savez(self.path / READOUT, compress=True, **arrays)
+
+    def write_result(self, summary: dict, *, keep_checkpoint: bool = False) -> Result:
+        """``result.json``, written last: ``summary`` with the integrity record ``files`` (the read-out's size,
+        which :func:`find_problem` verifies); then the resume checkpoint is dropped unless ``keep_checkpoint``.
+        Returns what was written."""
+        result = {**summary, "files": {READOUT: (self.path / READOUT).stat().st_size}}
+        write_json(self.path / RESULT, result)
+        if not keep_checkpoint:
+            (self.path / CHECKPOINT).unlink(missing_ok=True)
+        return result
+
+    def write_cross_eval(self, scores: dict) -> None:
+        """``cross_eval.json``: ``{target key: scores}`` (:func:`ferlib.cross_eval.evaluate_run`)."""
+        write_json(self.path / CROSS_EVAL, dict(sorted(scores.items())))
 
 
 # ----------------------------------------------------------------------------------- finished runs
-def check(run_dir: str | os.PathLike) -> str | None:
+def find_problem(run_dir: str | os.PathLike) -> str | None:
     """None when ``run_dir`` holds a finished, intact run; otherwise one line saying why not (no
     ``result.json``: unfinished; or what is wrong with it: see :func:`read_result`)."""
     try:
@@ -359,29 +480,8 @@ def check(run_dir: str | os.PathLike) -> str | None:
 
 
 def is_finished(run_dir: str | os.PathLike) -> bool:
-    """True when :func:`check` passes: ``result.json`` parses, holds :data:`REQUIRED` and matches its files."""
-    return check(run_dir) is None
-
-
-def finished_result(run_dir: str | os.PathLike, *, keep_checkpoint: bool = False) -> Result | None:
-    """The result of the finished, intact run in ``run_dir``, or None when it has not finished.
-
-    A corrupted result (:func:`check` fails) is removed with a :class:`RunWarning` naming the folder and the
-    reason, and None is returned: the caller trains the run again (from its checkpoint if one is left). A
-    resume checkpoint left beside a finished result (a crash between the two, or an earlier
-    ``keep_checkpoint``) is dropped unless ``keep_checkpoint``. Call it holding :func:`lock`."""
-    run_dir = Path(run_dir)
-    try:
-        result = read_result(run_dir)
-    except FileNotFoundError:
-        return None
-    except CorruptRunError as exc:
-        warnings.warn(f"{exc}; the run is trained again", RunWarning, stacklevel=2)
-        (run_dir / RESULT).unlink(missing_ok=True)
-        return None
-    if not keep_checkpoint:
-        (run_dir / CHECKPOINT).unlink(missing_ok=True)
-    return result
+    """True when ``run_dir`` holds a finished, intact run (:func:`find_problem` finds nothing)."""
+    return find_problem(run_dir) is None
 
 
 def run_folders(root: str | os.PathLike) -> list[Path]:
@@ -391,7 +491,7 @@ def run_folders(root: str | os.PathLike) -> list[Path]:
 
 
 def finished_runs(root: str | os.PathLike) -> list[Path]:
-    """Finished, intact run directories directly under ``root`` (:func:`check`), sorted; [] for a missing
+    """Finished, intact run directories directly under ``root`` (:func:`find_problem`), sorted; [] for a missing
     folder (sub-folders such as ``ablations/`` and ``cleanlab/`` are runs folders of their own, not descended
     into). Corrupted ones are left out silently here: :func:`problems` lists them."""
     return [p for p in run_folders(root) if is_finished(p)]
@@ -399,14 +499,14 @@ def finished_runs(root: str | os.PathLike) -> list[Path]:
 
 def problems(root: str | os.PathLike, *, recursive: bool = False) -> dict[Path, str]:
     """``{run folder: reason}`` of the folders under ``root`` that hold a ``result.json`` failing
-    :func:`check` (unfinished folders without one are not problems). ``recursive`` also looks into runs
+    :func:`find_problem` (unfinished folders without one are not problems). ``recursive`` also looks into runs
     folders nested under ``root`` (a study's ``ablations/`` and ``cleanlab/``)."""
     root = Path(root)
     folders = (sorted(p.parent for p in root.glob(f"**/{RESULT}") if not p.parent.name.startswith("."))
                if recursive else run_folders(root))
     found = {}
     for folder in folders:
-        reason = check(folder)
+        reason = find_problem(folder)
         if reason is not None:
             found[folder] = reason
     return found

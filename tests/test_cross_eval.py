@@ -187,7 +187,7 @@ def test_evaluate_is_idempotent_and_changes_nothing_else_in_the_run(finished, ex
     moved = Path(shutil.copytree(tree, finished.parents[1] / "moved"))  # the same data elsewhere: the same key
     assert evaluate_run(finished, [f"folder:{moved}"]) == first
     assert _hashes(finished) == after and (finished / rundir.CROSS_EVAL).stat().st_mtime_ns == stamp
-    assert rundir.retire(finished)[:2] == [rundir.RESULT, rundir.CROSS_EVAL]  # a new generation drops the scores
+    assert rundir.RunDir(finished).retire()[:2] == [rundir.RESULT, rundir.CROSS_EVAL]  # a new generation drops the scores
 
 
 # ----------------------------------------------------------------------------------- command line

@@ -28,6 +28,7 @@ from ferlib.backbones import BackboneConfig, create_model
 from ferlib.cli import main
 from ferlib.engine import TrainConfig, check_processes, fit
 from ferlib.methods import create_method, method_class
+from ferlib.rundir import RunDir
 
 from stubs import synthetic
 
@@ -49,7 +50,7 @@ def _train(name: str, root: Path, out: Path, **train):
                            **options)
     cfg = TrainConfig(**{**dict(epochs=2, batch_size=16, image_size=32, optimizer="sgd", lr=0.01, amp=False,
                                 progress=False, device="cpu", eval_batch_size=64), **train})
-    fit(model, method, data, cfg, out)
+    fit(model, method, data, cfg, RunDir(out))
     return model, method
 
 

@@ -19,6 +19,7 @@ from ferlib.experiment import RunSpec, run, run_id, stratified_subset
 from ferlib.methods import create_method
 from ferlib.methods.ce import CE, CEConfig
 from ferlib.results import collect_results, write_json
+from ferlib.rundir import RunDir
 
 from stubs import synthetic
 
@@ -32,7 +33,7 @@ def tiny_fit(data: FERData, run_dir: Path, epochs=2, **kw) -> dict:
     method = create_method("ce", num_classes=data.num_classes, num_train=data.split_counts()["train"],
                            feature_dim=model.feature_dim)
     cfg = TrainConfig(epochs=epochs, batch_size=16, image_size=24, **QUIET, **kw)
-    return fit(model, method, data, cfg, run_dir)
+    return fit(model, method, data, cfg, RunDir(run_dir))
 
 
 def test_ce_on_shipped_sample_lowers_loss_and_beats_majority_class(tmp_path, monkeypatch):
@@ -46,7 +47,8 @@ def test_ce_on_shipped_sample_lowers_loss_and_beats_majority_class(tmp_path, mon
     assert result["last"]["acc"] > majority_rate  # better than always answering the most frequent class
     assert result["last"]["mean_acc"] > 1 / 8 + 0.05
     table = pd.read_csv(tmp_path / "runs" / "results.csv")
-    assert table["run_id"].tolist() == [result["run_id"]] and table["last.acc"][0] == pytest.approx(result["last"]["acc"])
+    assert table["run_id"].tolist() == [result["run_id"]]
+    assert table["last.acc"][0] == pytest.approx(result["last"]["acc"])
 
 
 def test_run_files_describe_the_run(tmp_path):
@@ -179,7 +181,7 @@ def test_engine_visits_the_order_a_method_gives(tmp_path):
     data = synthetic(n_train=48, k=3)
     model = create_model(BackboneConfig(), data.num_classes)
     method = _FirstClassOnly(CEConfig(), num_classes=3, num_train=48, feature_dim=model.feature_dim)
-    fit(model, method, data, TrainConfig(epochs=1, batch_size=16, image_size=24, **QUIET), tmp_path)
+    fit(model, method, data, TrainConfig(epochs=1, batch_size=16, image_size=24, **QUIET), RunDir(tmp_path))
     seen = np.isfinite(method.sample_loss.numpy())
     assert seen.any() and (data.subset("train").labels[seen] == 0).all()
 
@@ -190,4 +192,4 @@ def test_too_short_epoch_order_is_a_clear_error(tmp_path):
     method = CE(CEConfig(), num_classes=3, num_train=48, feature_dim=model.feature_dim)
     method.epoch_order = lambda labels, gen: torch.arange(10)
     with pytest.raises(ValueError, match="epoch_order returned 10 indices"):
-        fit(model, method, data, TrainConfig(epochs=1, batch_size=16, image_size=24, **QUIET), tmp_path)
+        fit(model, method, data, TrainConfig(epochs=1, batch_size=16, image_size=24, **QUIET), RunDir(tmp_path))

@@ -235,12 +235,13 @@ def test_registry_and_options():
 
 def test_fit_end_to_end(tmp_path, base_model):
     from ferlib.engine import TrainConfig, fit
+    from ferlib.rundir import RunDir
 
     data = make_data(n_train=16, n_test=4)
     model = copy.deepcopy(base_model)
     method = create_method("ldlva", num_classes=8, num_train=16, feature_dim=model.feature_dim, num_neighbors=3)
     cfg = TrainConfig(epochs=1, batch_size=8, progress=False, amp=False, device="cpu", eval_batch_size=64)
-    summary = fit(model, method, data, cfg, tmp_path)
+    summary = fit(model, method, data, cfg, RunDir(tmp_path))
     assert summary["method"] == "ldlva" and np.isfinite(summary["train_loss_last"])
     with np.load(tmp_path / "readout.npz") as z:
         assert z["method_target"].shape == (16, 8) and z["method_lambda"].shape == (16,)

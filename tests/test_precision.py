@@ -19,6 +19,7 @@ from ferlib.backbones import BackboneConfig, create_model
 from ferlib.bench.synthetic import synthetic_data
 from ferlib.engine import TrainConfig, fit, probe_bf16, settle_precision
 from ferlib.methods import create_method
+from ferlib.rundir import RunDir
 
 #: A quarter-width ResNet-18: at 16 px its layer4.0.conv1 meets a 1x1 map (the shape of the kernel defect).
 TINY = BackboneConfig(name="resnet18", in_chans=1, model_kwargs={"channels": [8, 16, 32, 64], "stem_width": 8})
@@ -36,7 +37,7 @@ def _fit(data, run_dir, seed: int, model: nn.Module | None = None) -> tuple[nn.M
     method = create_method("ce", num_classes=data.num_classes, num_train=data.split_counts()["train"],
                            feature_dim=model.feature_dim)
     cfg = TrainConfig(epochs=1, batch_size=8, image_size=16, seed=seed, progress=False, device="cpu")
-    fit(model, method, data, cfg, run_dir)
+    fit(model, method, data, cfg, RunDir(run_dir))
     return model, json.loads((run_dir / "config.json").read_text())
 
 

@@ -23,11 +23,9 @@ import pytest
 import torch
 
 from ferlib import engine, experiment, rundir
-from ferlib.backbones import BackboneConfig, create_model
 from ferlib.data.cache import cached
-from ferlib.engine import TrainConfig, fit
+from ferlib.engine import TrainConfig
 from ferlib.experiment import RunSpec, run, run_id
-from ferlib.methods import create_method
 from ferlib.results import atomic_savez, atomic_write, atomic_write_text, collect_results, write_json
 from ferlib.rundir import CorruptRunError, RunLockedError, RunWarning
 
@@ -43,22 +41,17 @@ with rundir.lock(sys.argv[1]):
 """
 
 
-def tiny_fit(run_dir: Path, *, epochs=2, resume=True, rid="r", **kw) -> dict:
-    data = synthetic(64, 16)
-    torch.manual_seed(0)
-    model = create_model(BackboneConfig(), data.num_classes)
-    method = create_method("ce", num_classes=data.num_classes, num_train=data.split_counts()["train"],
-                           feature_dim=model.feature_dim)
-    cfg = TrainConfig(epochs=epochs, batch_size=16, image_size=24, **QUIET, **kw)
-    return fit(model, method, data, cfg, run_dir, resume=resume, meta={"run_id": rid})
+def tiny_spec(data: Path, out: Path, *, epochs=2, **train) -> RunSpec:
+    """A CE run of ``epochs`` on the 64-face FERPlus tree ``data``, its folder in ``out``."""
+    return RunSpec(data=str(data), out=str(out),
+                   train=TrainConfig(epochs=epochs, batch_size=16, image_size=24, **QUIET, **train))
 
 
 @pytest.fixture(scope="module")
-def finished(tmp_path_factory) -> Path:
-    """A finished two-epoch run folder (copy it before changing it)."""
-    path = tmp_path_factory.mktemp("finished") / "r"
-    tiny_fit(path)
-    return path
+def finished(small_ferplus, tmp_path_factory) -> Path:
+    """A finished two-epoch run folder of :func:`tiny_spec` (copy it before changing it)."""
+    out = tmp_path_factory.mktemp("finished")
+    return out / run(tiny_spec(small_ferplus, out))["run_id"]
 
 
 def copy_run(src: Path, dst: Path, rid: str) -> Path:
@@ -110,7 +103,7 @@ def test_a_second_process_is_refused_naming_the_holder_and_a_dead_holders_lock_i
 def test_the_lock_is_reentrant_in_one_thread_and_refuses_another_thread(tmp_path):
     errors = []
     with rundir.lock(tmp_path / "r"):
-        with rundir.lock(tmp_path / "r"):  # experiment.run holds it, then fit takes it again
+        with rundir.lock(tmp_path / "r"):  # re-entrant: a holder may call code that takes it again
             pass
         assert (tmp_path / "r" / ".lock").exists()
 
@@ -170,55 +163,60 @@ def test_writers_never_share_a_temporary_file(tmp_path):
 
 
 # ----------------------------------------------------------------------------------- one generation
-def test_an_interrupted_fresh_run_is_never_finished_and_never_beside_old_files(tmp_path, interrupted, finished):
-    run_dir = copy_run(finished, tmp_path / "runs" / "r", "r")
-    assert rundir.check(run_dir) is None and not (run_dir / "checkpoint.pt").exists()
+def test_an_interrupted_fresh_run_is_never_finished_and_never_beside_old_files(small_ferplus, tmp_path, interrupted,
+                                                                              finished):
+    spec = tiny_spec(small_ferplus, tmp_path / "runs")
+    run_dir = Path(shutil.copytree(finished, tmp_path / "runs" / run_id(spec)))
+    assert rundir.find_problem(run_dir) is None and not (run_dir / "checkpoint.pt").exists()
 
-    interrupted(lambda: tiny_fit(run_dir, epochs=2, resume=False))  # --no-resume, killed in its second epoch
+    interrupted(lambda: run(spec, resume=False))  # --no-resume, killed in its second epoch
     assert sorted(p.name for p in run_dir.iterdir()) == ["checkpoint.pt", "config.json", "epochs.csv",
-                                                         "epochs.jsonl"]  # old result, model, read-out gone
+                                                         "epochs.jsonl", "noise.json"]  # result, model, read-out gone
     assert len(pd.read_csv(run_dir / "epochs.csv")) == 1  # the new generation's first epoch only
-    assert not rundir.is_finished(run_dir) and rundir.check(run_dir).startswith("no result.json")
+    assert not rundir.is_finished(run_dir) and rundir.find_problem(run_dir).startswith("no result.json")
     assert collect_results(tmp_path / "runs").empty and rundir.problems(tmp_path / "runs") == {}
 
-    resumed = tiny_fit(run_dir, epochs=2)  # the new generation resumes from its own checkpoint
+    resumed = run(spec)  # the new generation resumes from its own checkpoint
     assert resumed["last"] == json.loads((finished / "result.json").read_text())["last"]
-    assert rundir.check(run_dir) is None
+    assert rundir.find_problem(run_dir) is None
 
 
-def test_a_finished_run_drops_its_checkpoint_unless_kept_and_a_rerun_does_not_train(tmp_path, finished,
-                                                                                   monkeypatch):
+def test_a_finished_run_drops_its_checkpoint_unless_kept_and_a_rerun_does_not_train(small_ferplus, tmp_path,
+                                                                                   finished, monkeypatch):
     assert sorted(p.name for p in finished.iterdir()) == ["config.json", "epochs.csv", "epochs.jsonl", "model.pt",
-                                                          "readout.npz", "result.json"]
+                                                          "noise.json", "readout.npz", "result.json"]
     result = json.loads((finished / "result.json").read_text())
     assert result["files"] == {"readout.npz": (finished / "readout.npz").stat().st_size}
     with zipfile.ZipFile(finished / "readout.npz") as z:  # deflated: read-outs are committed with the evidence
         assert {i.compress_type for i in z.infolist()} == {zipfile.ZIP_DEFLATED}
 
     def no_training(*_, **__):
-        raise AssertionError("a finished run was trained again")
+        raise AssertionError("a finished run was trained again, or its data loaded")
 
     monkeypatch.setattr(engine, "train_one_epoch", no_training)
-    again = copy_run(finished, tmp_path / "again", "r")
-    assert tiny_fit(again) == result  # resume (the default) returns the finished run as it is
+    monkeypatch.setattr(experiment, "prepare_data", no_training)
+    shutil.copytree(finished, tmp_path / "again" / finished.name)
+    assert run(tiny_spec(small_ferplus, tmp_path / "again")) == result  # resume (the default): returned as it is
     monkeypatch.undo()
 
-    kept = tmp_path / "kept"
-    tiny_fit(kept, epochs=1, keep_checkpoint=True)
+    kept_spec = tiny_spec(small_ferplus, tmp_path / "kept", epochs=1, keep_checkpoint=True)
+    kept = tmp_path / "kept" / run(kept_spec)["run_id"]
     assert (kept / "checkpoint.pt").is_file() and rundir.is_finished(kept)
     assert "keep_checkpoint" in json.loads((kept / "config.json").read_text())["train"]
     assert run_id(RunSpec(data=str(tmp_path), train=TrainConfig(keep_checkpoint=True))) == \
         run_id(RunSpec(data=str(tmp_path)))  # not a setting that changes results
 
 
-def test_a_truncated_checkpoint_names_the_file_and_the_way_out(tmp_path):
-    (tmp_path / "r").mkdir()
-    (tmp_path / "r" / "checkpoint.pt").write_bytes(b"PK\x03\x04 truncated")
-    with pytest.raises(CorruptRunError, match=r"r: checkpoint.pt cannot be read to resume \(.*\); start this run "
-                                              r"afresh with --no-resume"):
-        tiny_fit(tmp_path / "r")
-    tiny_fit(tmp_path / "r", epochs=1, resume=False)  # the way out works
-    assert rundir.is_finished(tmp_path / "r")
+def test_a_truncated_checkpoint_names_the_file_and_the_way_out(small_ferplus, tmp_path):
+    spec = tiny_spec(small_ferplus, tmp_path, epochs=1)
+    folder = tmp_path / run_id(spec)
+    folder.mkdir()
+    (folder / "checkpoint.pt").write_bytes(b"PK\x03\x04 truncated")
+    with pytest.raises(CorruptRunError, match=rf"{folder}: checkpoint.pt cannot be read to resume \(.*\); start "
+                                              r"this run afresh with --no-resume"):
+        run(spec)
+    run(spec, resume=False)  # the way out works
+    assert rundir.is_finished(folder)
 
 
 # ----------------------------------------------------------------------------------- finished = checked
@@ -226,9 +224,9 @@ def test_check_names_what_is_wrong(tmp_path, finished):
     def broken(name, change):
         path = copy_run(finished, tmp_path / name, name)
         change(path)
-        return rundir.check(path)
+        return rundir.find_problem(path)
 
-    assert rundir.check(finished) is None
+    assert rundir.find_problem(finished) is None
     assert broken("truncated", lambda p: (p / "result.json").write_text('{"method": "ce", "la')).startswith(
         "result.json is not valid JSON (Unterminated string")
     assert broken("binary", lambda p: (p / "result.json").write_bytes(b"\xff\xfe{}")).startswith(
@@ -241,7 +239,7 @@ def test_check_names_what_is_wrong(tmp_path, finished):
         f"readout.npz has 2 bytes, result.json records {size}: truncated, or not this result's file"
     assert broken("gone", lambda p: (p / "readout.npz").unlink()) == \
         f"readout.npz is missing (result.json records {size} bytes)"
-    assert rundir.check(tmp_path / "nothing") == "no result.json (unfinished, or not a run folder)"
+    assert rundir.find_problem(tmp_path / "nothing") == "no result.json (unfinished, or not a run folder)"
     assert rundir.finished_runs(tmp_path) == []  # only broken copies here
     assert set(rundir.problems(tmp_path)) == {tmp_path / n for n in ("truncated", "binary", "list", "keys", "short",
                                                                     "gone")}
@@ -259,7 +257,7 @@ def test_a_corrupted_run_is_skipped_by_every_reader_never_fatal(tmp_path, finish
     with pytest.warns(RunWarning, match=rf"skipped run {runs / 'b'}: result.json is not valid JSON"):
         table = collect_results(runs)
     assert table["run_id"].tolist() == ["a", "c"] and "files.readout.npz" not in table
-    assert rundir.problems(runs) == {runs / "b": rundir.check(runs / "b")}
+    assert rundir.problems(runs) == {runs / "b": rundir.find_problem(runs / "b")}
 
     from ferlib import analysis
 
@@ -298,7 +296,7 @@ def test_a_train_beside_a_corrupted_run_succeeds_and_a_corrupted_own_run_is_trai
     assert [str(w.message).split(":")[0] for w in caught] == [str(own), f"skipped run {out / 'broken'}"]
     assert re.fullmatch(r".*: result.json is not valid JSON \(.*\); truncated or overwritten; the run is trained "
                         r"again", str(caught[0].message))
-    assert again["last"] == result["last"] and rundir.check(own) is None
+    assert again["last"] == result["last"] and rundir.find_problem(own) is None
     assert (own / "noise.json").is_file() and not (own / "checkpoint.pt").exists()
 
 
@@ -360,17 +358,21 @@ def test_the_study_reruns_a_corrupted_cell_and_the_report_lists_skipped_runs(tmp
 
 
 # ----------------------------------------------------------------------------------- disk
-def test_low_disk_space_is_reported_before_the_checkpoint_is_written(tmp_path, monkeypatch):
+def test_low_disk_space_is_reported_before_the_checkpoint_is_written(small_ferplus, tmp_path, monkeypatch):
+    monkeypatch.setenv("FERLIB_CACHE", str(tmp_path / "cache"))
+    spec = tiny_spec(small_ferplus, tmp_path / "runs", epochs=1)
+    experiment.prepare_data(spec)  # the dataset cache is written before the disk fills
     usage = namedtuple("usage", "total used free")
     monkeypatch.setattr("ferlib.results.shutil.disk_usage", lambda _: usage(10 ** 9, 10 ** 9 - 1000, 1000))
     with pytest.raises(OSError) as err:
-        tiny_fit(tmp_path / "r", epochs=1)
+        run(spec)
     assert err.value.errno == errno.ENOSPC
-    folder = re.escape(str(tmp_path / "r"))
+    run_dir = tmp_path / "runs" / run_id(spec)
+    folder = re.escape(str(run_dir))
     assert re.fullmatch(rf"\[Errno 28\] not enough disk space to write {folder}/checkpoint.pt: it needs about "
                         rf"[\d.]+ MB, {folder} has 1.0 kB free \(\d+ and 1000 bytes\)", str(err.value)), err.value
-    assert temp_files(tmp_path) == [] and not (tmp_path / "r" / "checkpoint.pt").exists()
-    assert not (tmp_path / "r" / ".lock").exists()
+    assert temp_files(tmp_path / "runs") == [] and not (run_dir / "checkpoint.pt").exists()
+    assert not (run_dir / ".lock").exists()  # released
 
 
 def test_a_disk_full_mid_write_keeps_the_old_file_and_removes_the_temporary_one(tmp_path):

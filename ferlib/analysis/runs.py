@@ -123,9 +123,9 @@ def load_run(run_dir: str | os.PathLike) -> RunRecord:
 def load_runs(runs) -> list[RunRecord]:
     """Every finished run of a runs folder (or one run folder, or a list of RunRecords / run folders), loaded.
 
-    A run of a runs folder that cannot be loaded (:func:`ferlib.rundir.check` fails, or a file of it cannot
-    be read) is skipped with a :class:`ferlib.rundir.RunWarning` naming it and why. One run folder, or a run
-    named in a list, is loaded or raises (:func:`load_run`): the caller asked for that run.
+    A run of a runs folder that cannot be loaded (:func:`ferlib.rundir.find_problem` finds a fault, or a file of
+    it cannot be read) is skipped with a :class:`ferlib.rundir.RunWarning` naming it and why. One run folder, or
+    a run named in a list, is loaded or raises (:func:`load_run`): the caller asked for that run.
 
     Returns
     -------

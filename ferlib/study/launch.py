@@ -93,7 +93,8 @@ class CellJob:
     """One training cell as plain (picklable) data.
 
     source, output, parameters, kernel_name, time_limit : the :func:`execute_notebook` call.
-    run_dir : the cell's run folder, which must hold a finished run afterwards (:func:`ferlib.rundir.check`).
+    run_dir : the cell's run folder, which must hold a finished run afterwards
+        (:func:`ferlib.rundir.find_problem`).
     env : variables set in the executing process before the kernel starts, which inherits them
         (``OMP_NUM_THREADS``, ``CUDA_VISIBLE_DEVICES``); empty: the environment is left as it is.
     """
@@ -114,7 +115,7 @@ def run_cell(job: CellJob) -> dict | None:
     try:
         execute_notebook(job.source, job.output, job.parameters, kernel_name=job.kernel_name,
                          time_limit=job.time_limit)
-        problem = rundir.check(job.run_dir)
+        problem = rundir.find_problem(job.run_dir)
         if problem is not None:
             raise RuntimeError(f"{Path(job.source).stem} finished but {job.run_dir} holds no finished run: {problem}")
     except Exception as exc:  # any failure of one cell is its record; the others go on

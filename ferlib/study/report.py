@@ -161,9 +161,10 @@ def write_report(*, runs_dir: str | os.PathLike, reports_dir: str | os.PathLike,
 
     Parameters
     ----------
-    runs_dir : folder of run directories (every ``*/result.json`` that passes :func:`ferlib.rundir.check` is a
-        finished run). Runs whose ``result.json`` fails the check, here or in the nested ``ablations/`` and
-        ``cleanlab/`` folders, are left out of the tables and listed in ``index.html`` with the reason.
+    runs_dir : folder of run directories (every ``*/result.json`` in which :func:`ferlib.rundir.find_problem`
+        finds no fault is a finished run). Runs whose ``result.json`` fails the check, here or in the nested
+        ``ablations/`` and ``cleanlab/`` folders, are left out of the tables and listed in ``index.html`` with the
+        reason.
     study : the study's description (``StudySpec.to_dict()`` plus ``describe``), shown at the top.
     order : notebook names, to list the analysis reports in the study's order (others follow by name).
 

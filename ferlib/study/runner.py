@@ -29,7 +29,7 @@ Order of work: the notebooks of ``spec.notebooks`` in order, each as its metadat
    clean-control cells (``clean_control``, in the grid's folder), the ablation variants (``<runs_dir>/ablations``,
    when ``ablations`` is on) and the cross-fitted CE folds behind cleanlab (``<runs_dir>/cleanlab``, when
    ``cleanlab_folds`` >= 2). A cell whose ``<out>/<run_id>`` holds a
-   finished, intact run (:func:`ferlib.rundir.check`: ``result.json`` parses and matches its read-out) is
+   finished, intact run (:func:`ferlib.rundir.find_problem`: ``result.json`` parses and matches its read-out) is
    skipped, so a study resumes where it stopped and a rerun does no work; a cell whose ``result.json`` fails
    the check is logged with the reason and run again (the run replaces the corrupted files); ``run_id``
    (:func:`ferlib.experiment.run_id`) hashes the cell's parameters, so a changed setting is a new cell. A
@@ -321,7 +321,7 @@ def _run_cells(cells: list, source: Path, cell_job, launcher, failures: _Failure
     for _, rid, s in cells:
         folder = Path(s.out) / rid
         if (folder / rundir.RESULT).is_file() and not rundir.is_finished(folder):
-            log(f"warning: {folder}: {rundir.check(folder)}: this cell is run again")
+            log(f"warning: {folder}: {rundir.find_problem(folder)}: this cell is run again")
     todo = [i for i, (_, rid, s) in enumerate(cells) if not _finished(s, rid)]
     log(f"cells: {total} ({_kinds(k for k, _, _ in cells)}), {total - len(todo)} already finished, "
         f"{len(todo)} to run" + (f", {launcher.parallel} at once" if launcher.parallel > 1 else ""))
@@ -527,7 +527,7 @@ def study_main(args: argparse.Namespace) -> int:
         for kind, s in spec.cells(runs):
             rid = run_id(s)
             where = Path(s.out).relative_to(runs.absolute())
-            problem = rundir.check(Path(s.out) / rid)
+            problem = rundir.find_problem(Path(s.out) / rid)
             state = ("finished" if problem is None else
                      f"to run again ({problem})" if (Path(s.out) / rid / rundir.RESULT).is_file() else "to run")
             log(f"{kind:8s} {where / rid}  {state}")
