@@ -70,7 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--pretrain-opt", action="append", default=[], metavar="KEY=VALUE",
                     help="with --weights ssl: the pretraining config whose checkpoint to use, as the overrides "
                          "given to pretrain (repeatable; ferlib.pretrain.PretrainConfig), e.g. method=byol")
-    tr.add_argument("--out", default="runs", help="parent folder of run directories")
+    tr.add_argument("--out", default="runs", help="parent folder of run directories (its results.csv is rebuilt "
+                                                  "after the run)")
     tr.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint of this run")
     _add_dataclass_flags(tr, TrainConfig, skip=("augment", "milestones"))
     tr.add_argument("--milestones", type=int, nargs="*", default=[], metavar="EPOCH",
@@ -263,15 +264,16 @@ def _dispatch(args: argparse.Namespace) -> int:
             print(f"{run_dir}:")
             evaluate_run(run_dir, targets, device=args.device)
         return 0
+    from .distributed import on_main
     from .experiment import run
+    from .results import write_results
 
     spec = spec_from_args(args)
     result = run(spec, resume=not args.no_resume)
     print(json.dumps({k: result[k] for k in ("run_id", "method", "noise", "noise_rate", "best_epoch",
                                              "time_per_epoch_s", "last", "best")}, indent=2))
-    if targets:  # under torchrun, rank 0 scores the run (ferlib.distributed)
-        from .distributed import on_main
-
+    on_main(write_results, spec.out)  # under torchrun, rank 0 writes (ferlib.distributed)
+    if targets:
         on_main(evaluate_run, Path(spec.out) / result["run_id"], targets)
     return 0
 

@@ -20,7 +20,7 @@ from .data.cache import data_fingerprint
 from .engine import TrainConfig, fit, resolve_device, seed_everything
 from .pretrain.store import SSL
 from .recipes import recipe_method_options, recipe_source, resolve_recipe
-from .results import collect_results, flatten, write_table
+from .results import flatten
 from .rundir import RunDir
 
 __all__ = ["RunSpec", "run", "build", "run_id", "prepare_data", "carve_valid", "hold_out_fold", "stratified_subset"]
@@ -281,9 +281,8 @@ def run(spec: RunSpec, *, resume: bool = True) -> dict:
         (:meth:`ferlib.rundir.RunDir.retire`, ``result.json`` first), so an interrupted fresh run is never taken
         for a finished one and never mixes old and new files.
 
-    Afterwards ``<spec.out>/results.csv`` (one row per finished run in ``spec.out``, all parameters) is
-    rebuilt from the runs' own ``result.json`` files and replaced atomically; a corrupted run elsewhere in
-    ``spec.out`` is left out of it with a warning naming it, never failing this run.
+    The runs folder's ``results.csv`` is not touched: the command or study that runs the experiments rebuilds
+    it once (:func:`ferlib.results.write_results`).
 
     Under ``torchrun`` every process calls ``run`` with the same spec and trains its shard; rank 0 holds the
     lock and writes every file; each process returns the summary.
@@ -293,10 +292,7 @@ def run(spec: RunSpec, *, resume: bool = True) -> dict:
     folder = RunDir(Path(spec.out) / rid)
     with distributed.main_only(folder.lock()):  # rank 0 writes the folder (fit: the others train too)
         result = distributed.on_main(folder.finished, keep_checkpoint=spec.train.keep_checkpoint) if resume else None
-        if result is None:
-            result = _train(spec, rid, folder, resume=resume)
-    distributed.on_main(lambda: write_table(Path(spec.out) / "results.csv", collect_results(spec.out)))
-    return result
+        return result if result is not None else _train(spec, rid, folder, resume=resume)
 
 
 def _train(spec: RunSpec, rid: str, folder: RunDir, *, resume: bool) -> dict:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import BinaryIO, Callable
 
 __all__ = ["atomic_write", "atomic_write_text", "atomic_savez", "ensure_free_space", "nbytes_of", "flatten",
-           "write_json", "read_json", "write_table", "collect_results"]
+           "write_json", "read_json", "write_table", "collect_results", "write_results"]
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object], *, nbytes: int | None = None) -> Path:
@@ -164,6 +164,13 @@ def collect_results(runs_dir: str | os.PathLike):
             continue
         rows.append({k: v for k, v in result.items() if k != "files"})
     return pd.DataFrame([{k: v for k, v in flatten(r).items() if not isinstance(v, list)} for r in rows])
+
+
+def write_results(runs_dir: str | os.PathLike) -> Path:
+    """Rebuild ``<runs_dir>/results.csv`` from the runs' own ``result.json`` files (:func:`collect_results`: one
+    row per finished run directly under ``runs_dir``, all parameters), replaced atomically. The command or study
+    that ran the experiments calls it once at its end, not each run."""
+    return write_table(Path(runs_dir) / "results.csv", collect_results(runs_dir))
 
 
 def flatten(d: dict, *, sep: str = ".", prefix: str = "") -> dict:
