@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.ferlib-installed
 DATA    ?= data/ferplus_sample
 PROFILE ?= smoke
 
-.PHONY: venv test study lab clean-runs
+.PHONY: venv test test-fast study lab clean-runs
 
 $(STAMP): pyproject.toml requirements/constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,10 @@ venv: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# The edit loop: every test but the slow, notebook, distributed and lab ones (pyproject.toml's markers), < 1 min
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow and not notebook and not distributed and not lab"
 
 study: $(STAMP)
 	$(BIN)/python -m ferlib study --profile $(PROFILE) --data $(DATA)

@@ -56,6 +56,7 @@ def test_a_missing_data_folder_is_named(tmp_path, capsys):
     assert f"{tmp_path / 'nowhere'} does not exist" in one_line_error(capsys)
 
 
+@pytest.mark.slow
 def test_a_non_finite_loss_is_one_line_naming_epoch_and_batch_and_what_to_change(tmp_path, capsys, monkeypatch):
     from ferlib.methods.ce import CE
 

@@ -33,6 +33,7 @@ def every_method(tmp_path_factory):
     return _bench(tmp_path_factory.mktemp("bench"), "--image-size", "16", "--batch-size", "8", "--steps", "2")
 
 
+@pytest.mark.slow
 def test_every_registered_method_is_measured_beside_ce_with_its_ratios(every_method):
     _, report = every_method
     records = report["measurements"]
@@ -55,6 +56,7 @@ def test_every_registered_method_is_measured_beside_ce_with_its_ratios(every_met
     assert report["settings"]["data"] == "synthetic"
 
 
+@pytest.mark.slow
 def test_the_step_split_is_measured_for_every_method_with_its_overhead(tmp_path):
     """Each phase timed (positive), the overhead the forward minus the plain forward. Whether the phases add up
     to the step timed whole is a figure the bench prints (README), not asserted: it depends on the machine's load."""
@@ -68,6 +70,7 @@ def test_the_step_split_is_measured_for_every_method_with_its_overhead(tmp_path)
         assert x["peak_memory_bytes"] is None or x["peak_memory_bytes"] >= 0
 
 
+@pytest.mark.slow
 def test_the_readme_block_is_rewritten_exactly_and_idempotently(every_method, tmp_path):
     path, report = every_method
     start, end = README_MARKERS
@@ -82,6 +85,7 @@ def test_the_readme_block_is_rewritten_exactly_and_idempotently(every_method, tm
         assert readme.read_text() == f"{head}{start}\n{table.strip()}\n{end}{tail}"
 
 
+@pytest.mark.slow
 def test_a_readme_without_the_block_is_one_error_line(every_method, tmp_path, capsys):
     readme = tmp_path / "README.md"
     readme.write_text("# no block here\n")

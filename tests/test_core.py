@@ -110,6 +110,7 @@ def test_vote_oracle_targets_are_vote_distributions():
     assert out["loss"].item() == pytest.approx(entropy, rel=1e-4)
 
 
+@pytest.mark.slow
 def test_cli_help_and_methods():
     out = subprocess.run([sys.executable, "-m", "ferlib", "train", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "--noise" in out.stdout and "--optimizer" in out.stdout
@@ -143,6 +144,7 @@ def test_ctrl_c_is_one_line_and_exit_status_130(argv, target, monkeypatch, capsy
         main([*argv, "--debug"])
 
 
+@pytest.mark.slow
 def test_import_without_notebook_stack():
     code = ("import sys; sys.modules.update({m: None for m in ('papermill', 'umap', 'nbconvert', 'cleanlab')});"
             "import ferlib.engine, ferlib.methods, ferlib.experiment, ferlib.data, ferlib.noise; print('ok')")

@@ -226,6 +226,7 @@ def test_cli_train_scores_a_7_class_run_excluding_contempt(small_ferplus, export
 
 
 # ----------------------------------------------------------------------------------- study and tables
+@pytest.mark.notebook
 def test_the_study_scores_its_runs_after_training_and_reports_the_table(study, finished, export, tmp_path):
     import dataclasses
 

@@ -373,6 +373,7 @@ def test_shipped_sample(mode, counts):
         assert np.bincount(d.labels[d.split == "train"], minlength=8).min() >= 20  # rare classes kept
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not REAL_FERPLUS.is_dir(), reason=f"{REAL_FERPLUS} not present")
 @pytest.mark.parametrize("mode, counts", [("majority", (25045, 3191, 3137)), ("plurality", (28150, 3526, 3522))])
 def test_real_ferplus_counts(mode, counts, tmp_path_factory):

@@ -26,6 +26,7 @@ def affectnet(tmp_path, write_affectnet):
     return write_affectnet(tmp_path / "affectnet", rows)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,options", [("rafdb", {"image_size": 32}), ("affectnet", {"image_size": 32,
                                                                                          "num_classes": 7})])
 def test_train_end_to_end_with_a_carved_validation_split(name, options, request, tmp_path):

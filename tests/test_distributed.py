@@ -32,6 +32,8 @@ from ferlib.rundir import RunDir
 
 from stubs import synthetic
 
+pytestmark = pytest.mark.distributed
+
 PROCESSES = 2
 N_TRAIN = 48
 TINY = {"channels": [8, 16, 32, 64], "stem_width": 8, "norm_layer": "groupnorm1"}

@@ -141,6 +141,7 @@ def test_a_subset_whose_rounded_shares_were_exact_keeps_its_faces():
     np.testing.assert_array_equal(stratified_subset(labels, 1000, seed=0), before)
 
 
+@pytest.mark.slow
 def test_fold_cells_give_cleanlab_out_of_sample_probabilities(small_ferplus, tmp_path):
     folds = tmp_path / "cleanlab"
     results = [run(RunSpec.from_dict({**TINY, "method": "ce", "fold": [i, 2]}, data=str(small_ferplus),

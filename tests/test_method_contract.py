@@ -229,6 +229,7 @@ def _assert_identical(a: Path, b: Path) -> None:
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", cases(), ids=_ids)
 def test_runs_are_reproducible_resumable_and_score_every_sample(case, stub_dir, tmp_path, interrupted):
     first = run(spec_of(*case, stub_dir, tmp_path / "a"))

@@ -25,7 +25,8 @@ TINY_SPEC = {
     "train": {"epochs": 1, "batch_size": 32, "image_size": 48, "progress": False},
 }
 
-pytestmark = pytest.mark.skipif(not SAMPLE.is_dir(), reason="the shipped FERPlus sample is missing")
+pytestmark = [pytest.mark.notebook,
+              pytest.mark.skipif(not SAMPLE.is_dir(), reason="the shipped FERPlus sample is missing")]
 
 
 def train_cells(folder: Path, *changes: dict) -> list[dict]:

@@ -47,6 +47,7 @@ def _data(n: int = 64):
     return dataclasses.replace(data, split=np.array(["train"] * (n // 2) + ["valid"] * (n // 4) + ["test"] * (n // 4)))
 
 
+@pytest.mark.slow
 def test_the_bf16_engine_steps_stay_finite_under_any_global_random_state(bf16_cpu, tmp_path):
     """Eight runs in one process, each after another global seed and with its own run seed: every step's loss
     (the engine raises on a non-finite one) and every weight after training are finite, whatever the probe

@@ -80,6 +80,7 @@ def assert_same_weights(a: dict, b: dict) -> None:
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow
 def test_only_the_train_images_are_read(faces, poisoned, tmp_path, monkeypatch):
     from ferlib.data import load_dataset
 
@@ -126,6 +127,7 @@ def test_cached_checkpoint_is_reused_and_invalidated(faces, tmp_path, monkeypatc
     assert provenance["train_images"]["count"] == 64 and len(provenance["history"]) == 2
 
 
+@pytest.mark.slow
 def test_loss_decreases_on_the_shipped_sample():
     result = pretrain(SAMPLE, backbone=BACKBONE, evaluate=False,
                       config=PretrainConfig(**{**TINY, "epochs": 4, "batch_size": 64, "hidden_dim": 64}))

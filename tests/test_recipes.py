@@ -28,6 +28,7 @@ def _train(out: Path, *extra: str) -> dict:
     return json.loads((run_dir / "result.json").read_text())
 
 
+@pytest.mark.slow
 def test_two_identical_train_commands_give_identical_results(tmp_path):
     a, b = _train(tmp_path / "a"), _train(tmp_path / "b")
     assert a["last"] == b["last"] and a["best"] == b["best"] and a["last_valid"] == b["last_valid"]

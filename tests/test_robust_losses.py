@@ -325,6 +325,7 @@ def test_elr_readout_target_and_score():
 
 
 # =========================================================================== truncated GCE end to end
+@pytest.mark.slow
 def test_gce_truncated_run_prunes_and_resumes_bit_for_bit(small_ferplus, tmp_path, interrupted):
     """Not an ablation, so not in the contract test: the pruning weights (a buffer refreshed at epoch starts)
     survive a crash after epoch 1, and the resumed run equals the uninterrupted one."""

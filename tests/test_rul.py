@@ -145,6 +145,7 @@ def test_training_step_matches_the_code():
     np.testing.assert_allclose(readout.loss, -np.log(np_softmax(plain))[np.arange(b), y], atol=1e-5)
 
 
+@pytest.mark.slow
 def test_the_codes_log_variance_head_on_the_feature_map():
     """``logvar_input="map"``: the code's head on the last feature map (src/rul.py:32-37, 42-44), sized at bind
     for the run's images; mu stays the model's pooled features after its dropout."""

@@ -484,6 +484,7 @@ def test_rendered_notebooks_show_outputs_not_code(tmp_path):
 
 
 # ----------------------------------------------------------------------------------- the runner
+@pytest.mark.notebook
 def test_run_study_resumes_records_failures_and_reports(tmp_path, monkeypatch):
     monkeypatch.setattr(method_class("ldl_votes"), "ablations", {"threshold": {"min_votes": 1.0}})
     monkeypatch.setattr(method_class("ce"), "ablations", {})
@@ -571,6 +572,7 @@ while not (Path(study_dir).parent / "release").exists() and time.time() < deadli
 """
 
 
+@pytest.mark.notebook
 def test_a_second_study_on_the_same_folders_is_refused_naming_the_first(tmp_path, capsys):
     """Two studies on one runs (or reports) folder would write one failures.json and index.html: the second is
     refused in one line naming the first (pid, host), which finishes cleanly."""
@@ -623,6 +625,7 @@ def _finish_every_cell(spec: StudySpec, runs: Path) -> list[str]:
     return ids
 
 
+@pytest.mark.notebook
 def test_a_study_whose_cells_all_finished_pretrains_nothing(tmp_path, monkeypatch):
     """Re-rendering committed cells must not start an hour of self-supervised pretraining that no cell needs."""
     import ferlib.pretrain
@@ -652,6 +655,7 @@ def test_a_study_whose_cells_all_finished_pretrains_nothing(tmp_path, monkeypatc
     assert len(calls) == 1 and any(k.startswith("pretrain:") for k in outcome.failures)
 
 
+@pytest.mark.notebook
 def test_notebook_parameters_reach_the_notebook(tmp_path):
     nbdir, reports = tmp_path / "notebooks", tmp_path / "reports"
     write_notebook(nbdir / "05_uncertainty.ipynb", "Fake uncertainty",
@@ -668,6 +672,7 @@ def test_notebook_parameters_reach_the_notebook(tmp_path):
     assert any("05_uncertainty.ipynb does not declare notebook_parameters undeclared" in line for line in lines)
 
 
+@pytest.mark.notebook
 def test_a_hung_notebook_is_stopped_at_its_time_limit_and_the_study_goes_on(tmp_path):
     nbdir, reports = tmp_path / "notebooks", tmp_path / "reports"
     write_notebook(nbdir / "04_label_distributions.ipynb", "Hung", COMMON_PARAMS, "import time\ntime.sleep(600)\n")

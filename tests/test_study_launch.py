@@ -48,6 +48,7 @@ def kernel_env(reports: Path) -> dict[str, dict]:
     return {p.stem[4:]: json.loads(p.read_text()) for p in reports.glob("env-*.json")}
 
 
+@pytest.mark.notebook
 def test_workers_finish_the_same_cells_as_one_worker_and_record_the_failing_one(tmp_path):
     runs = [tmp_path / "runs1", tmp_path / "runs2"]
     spec, nbdir, bad = fake_study(tmp_path, runs)
@@ -94,6 +95,7 @@ def test_worker_envs_share_the_cores_and_give_each_worker_a_gpu(monkeypatch):
     assert worker_envs(32) == [{"OMP_NUM_THREADS": "1"}] * 32  # no GPU; at least one thread each
 
 
+@pytest.mark.notebook
 @pytest.mark.skipif(importlib.util.find_spec("submitit") is None, reason="submitit is not installed")
 def test_slurm_launcher_through_submitits_local_executor(tmp_path):
     import submitit
