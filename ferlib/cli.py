@@ -266,7 +266,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
     from .distributed import on_main
     from .experiment import run
-    from .results import write_results
+    from .rundir import write_results
 
     spec = spec_from_args(args)
     result = run(spec, resume=not args.no_resume)
@@ -285,7 +285,8 @@ RESULT_COLUMNS = ["run_id", "method", "oracle", "noise", "noise_rate", "seed", "
 
 
 def _results(runs: str, out: str | None) -> int:
-    from .results import collect_results, write_table
+    from .results import write_table
+    from .rundir import collect_results
 
     table = collect_results(runs)
     if table.empty:

@@ -282,7 +282,7 @@ def run(spec: RunSpec, *, resume: bool = True) -> dict:
         for a finished one and never mixes old and new files.
 
     The runs folder's ``results.csv`` is not touched: the command or study that runs the experiments rebuilds
-    it once (:func:`ferlib.results.write_results`).
+    it once (:func:`ferlib.rundir.write_results`).
 
     Under ``torchrun`` every process calls ``run`` with the same spec and trains its shard; rank 0 holds the
     lock and writes every file; each process returns the summary.

@@ -1,12 +1,11 @@
-"""Atomic writes and the tidy results tables.
+"""Atomic writes, and the small JSON and table helpers built on them.
 
 Every run writes its own files (``result.json``, ``epochs.csv``, ``model.pt``, ``checkpoint.pt``) atomically:
 each writer writes a temporary file of its own (``tempfile.mkstemp`` in the target's folder, so two writers of
 one file never share a temporary name), flushes it to disk and renames it over the target. An interrupted or
 failed write leaves the old file as it was and removes its temporary file. Large writes first check the free
 space (:func:`ensure_free_space`), and a write that runs out of space mid-way says so with the path and size.
-Tables over many runs are collected from the runs' own files, so an interrupted run can never corrupt another
-run's numbers, and a corrupted run folder is skipped with a warning naming it, never fatal for the others.
+The table over many runs is :func:`ferlib.rundir.collect_results`.
 """
 from __future__ import annotations
 
@@ -19,7 +18,7 @@ from pathlib import Path
 from typing import BinaryIO, Callable
 
 __all__ = ["atomic_write", "atomic_write_text", "atomic_savez", "ensure_free_space", "nbytes_of", "flatten",
-           "write_json", "read_json", "write_table", "collect_results", "write_results"]
+           "write_json", "read_json", "write_table"]
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object], *, nbytes: int | None = None) -> Path:
@@ -139,38 +138,6 @@ def read_json(path: str | os.PathLike):
 def write_table(path: str | os.PathLike, frame) -> Path:
     """Atomic CSV write of a pandas DataFrame."""
     return atomic_write_text(path, frame.to_csv(index=False))
-
-
-def collect_results(runs_dir: str | os.PathLike):
-    """One row per finished run directly under ``runs_dir``, as a pandas DataFrame.
-
-    A folder whose ``result.json`` fails :func:`ferlib.rundir.find_problem` (truncated, not JSON, missing keys, a
-    read-out of another size than recorded) is skipped with a :class:`ferlib.rundir.RunWarning` naming the folder
-    and the reason: one corrupted run never hides the others (:func:`ferlib.rundir.problems` lists them). The
-    result's ``files`` (its integrity record) is not a column.
-    """
-    import warnings
-
-    import pandas as pd
-
-    from . import rundir
-
-    rows = []
-    for path in rundir.run_folders(runs_dir):
-        try:
-            result = rundir.read_result(path)
-        except (rundir.CorruptRunError, OSError) as exc:
-            warnings.warn(f"skipped run {path}: {getattr(exc, 'reason', exc)}", rundir.RunWarning, stacklevel=2)
-            continue
-        rows.append({k: v for k, v in result.items() if k != "files"})
-    return pd.DataFrame([{k: v for k, v in flatten(r).items() if not isinstance(v, list)} for r in rows])
-
-
-def write_results(runs_dir: str | os.PathLike) -> Path:
-    """Rebuild ``<runs_dir>/results.csv`` from the runs' own ``result.json`` files (:func:`collect_results`: one
-    row per finished run directly under ``runs_dir``, all parameters), replaced atomically. The command or study
-    that ran the experiments calls it once at its end, not each run."""
-    return write_table(Path(runs_dir) / "results.csv", collect_results(runs_dir))
 
 
 def flatten(d: dict, *, sep: str = ".", prefix: str = "") -> dict:

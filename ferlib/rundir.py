@@ -1,5 +1,5 @@
-"""One run directory: the names of its files, its one writer (:class:`RunDir`), when it counts as finished,
-reading and listing runs.
+"""One run directory: the names of its files, its one writer (:class:`RunDir`), its checkpoints, when it counts
+as finished, reading and listing runs, and the table of a runs folder.
 
 Every module that writes or reads a run directory goes through these names and functions::
 
@@ -15,6 +15,8 @@ Every module that writes or reads a run directory goes through these names and f
     cross_eval.json CROSS_EVAL   scores on other datasets, written after the run finished
                                  (:func:`ferlib.cross_eval.evaluate_run`; optional)
     .lock          LOCK          present while a process writes the folder (:func:`lock`)
+
+A runs folder, the parent of run folders, holds ``results.csv`` (:data:`RESULTS_CSV`, :func:`write_results`).
 
 Decisions, so that a study of many hours is never silently wrong:
 
@@ -48,17 +50,20 @@ from datetime import datetime
 from pathlib import Path
 from typing import Iterator, TypedDict
 
-from .results import atomic_savez, atomic_write, atomic_write_text, flatten, nbytes_of, write_json
+from .results import atomic_savez, atomic_write, atomic_write_text, flatten, nbytes_of, write_json, write_table
 
 __all__ = ["CONFIG", "NOISE", "CHECKPOINT", "EPOCHS_CSV", "EPOCHS_JSONL", "MODEL", "READOUT", "RESULT", "LOCK",
-           "CROSS_EVAL", "GENERATION", "REQUIRED", "Result", "RunDir", "RunWarning", "RunLockedError",
-           "CorruptRunError", "lock", "find_problem", "is_finished", "run_folders", "finished_runs", "problems",
-           "read_result", "read_config", "read_cross_eval", "read_readout"]
+           "CROSS_EVAL", "RESULTS_CSV", "GENERATION", "REQUIRED", "Result", "RunDir", "RunWarning", "RunLockedError",
+           "CorruptRunError", "lock", "save_checkpoint", "load_checkpoint", "find_problem", "is_finished",
+           "run_folders", "finished_runs", "problems", "collect_results", "write_results", "read_result",
+           "read_config", "read_cross_eval", "read_readout"]
 
 CONFIG, NOISE, CHECKPOINT = "config.json", "noise.json", "checkpoint.pt"
 EPOCHS_CSV, EPOCHS_JSONL, MODEL = "epochs.csv", "epochs.jsonl", "model.pt"
 READOUT, RESULT, LOCK = "readout.npz", "result.json", ".lock"
 CROSS_EVAL = "cross_eval.json"
+#: The table of a runs folder (:func:`write_results`): one row per finished run directly under it.
+RESULTS_CSV = "results.csv"
 
 #: The files of one generation of a run, in the order :func:`retire` removes them: ``result.json`` first (the
 #: folder is no longer finished), then the scores of its weights on other datasets, the resume checkpoint
@@ -418,18 +423,13 @@ class RunDir:
 
     def end_epoch(self, history: list[dict], parts: dict, gen) -> None:
         """Close an epoch: the history (:meth:`write_history`), then the checkpoint to resume from
-        (:func:`ferlib.checkpoint.save_checkpoint` of ``parts`` and ``gen`` after ``history[-1]["epoch"]``)."""
-        from .checkpoint import save_checkpoint
-
+        (:func:`save_checkpoint` of ``parts`` and ``gen`` after ``history[-1]["epoch"]``)."""
         self.write_history(history)
         save_checkpoint(self.path / CHECKPOINT, epoch=history[-1]["epoch"], history=history, parts=parts, gen=gen)
 
     def load_checkpoint(self, parts: dict, gen, *, device) -> tuple[int, list[dict]]:
-        """Restore ``parts`` and ``gen`` from the checkpoint here (:func:`ferlib.checkpoint.load_checkpoint`):
-        (the epochs done, the history); ``(0, [])`` when there is none. Every process of a ``torchrun`` run
-        reads it."""
-        from .checkpoint import load_checkpoint
-
+        """Restore ``parts`` and ``gen`` from the checkpoint here (:func:`load_checkpoint`): (the epochs done,
+        the history); ``(0, [])`` when there is none. Every process of a ``torchrun`` run reads it."""
         return load_checkpoint(self.path / CHECKPOINT, parts, gen, device=device)
 
     def write_history(self, history: list[dict]) -> None:
@@ -464,6 +464,49 @@ class RunDir:
     def write_cross_eval(self, scores: dict) -> None:
         """``cross_eval.json``: ``{target key: scores}`` (:func:`ferlib.cross_eval.evaluate_run`)."""
         write_json(self.path / CROSS_EVAL, dict(sorted(scores.items())))
+
+
+# ----------------------------------------------------------------------------------- checkpoints
+def save_checkpoint(path: str | os.PathLike, *, epoch: int, history: list[dict], parts: dict, gen) -> None:
+    """Write the training state after ``epoch`` (the epochs done) to ``path``, atomically after a free-space
+    check: the history so far, the state of each of ``parts`` (``{name: object with state_dict()}``: model,
+    method, optimizer, scheduler ...) under its name, the generator ``gen`` of data order and augmentation, and
+    torch's CPU and CUDA random states, so that resuming gives the uninterrupted run (torchvision's reference
+    checkpoint holds no random state). The engine's and pretraining's checkpoints both go through this pair."""
+    import torch
+
+    state = {"epoch": epoch, "history": history, **{name: part.state_dict() for name, part in parts.items()},
+             "gen": gen.get_state(), "torch_rng": torch.get_rng_state(),
+             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+    atomic_write(path, lambda f: torch.save(state, f), nbytes=nbytes_of(state))
+
+
+def load_checkpoint(path: str | os.PathLike, parts: dict, gen, *, device="cpu") -> tuple[int, list[dict]]:
+    """Restore ``parts``, ``gen`` and the random states from the checkpoint at ``path`` (:func:`save_checkpoint`);
+    returns (the epochs done, the history), ``(0, [])`` when there is no checkpoint at ``path``.
+
+    Raises :class:`CorruptRunError` naming the file and the way out (``--no-resume``) when it cannot be read
+    (truncated, or not a checkpoint).
+    """
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        return 0, []
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except Exception as exc:  # truncated or not a checkpoint: name the file and the way out
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else "no detail"
+        raise CorruptRunError(path.parent, f"{path.name} cannot be read to resume ({type(exc).__name__}: {detail}); "
+                                           "start this run afresh with --no-resume (resume=False), which replaces "
+                                           "it") from exc
+    for name, part in parts.items():
+        part.load_state_dict(state[name])
+    gen.set_state(state["gen"].cpu())
+    torch.set_rng_state(state["torch_rng"].cpu())
+    if state.get("cuda_rng") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda_rng"]])
+    return state["epoch"], state["history"]
 
 
 # ----------------------------------------------------------------------------------- finished runs
@@ -510,6 +553,35 @@ def problems(root: str | os.PathLike, *, recursive: bool = False) -> dict[Path, 
         if reason is not None:
             found[folder] = reason
     return found
+
+
+def collect_results(runs_dir: str | os.PathLike):
+    """One row per finished run directly under ``runs_dir``, as a pandas DataFrame.
+
+    A folder whose ``result.json`` fails :func:`find_problem` (truncated, not JSON, missing keys, a read-out of
+    another size than recorded) is skipped with a :class:`RunWarning` naming the folder and the reason: one
+    corrupted run never hides the others (:func:`problems` lists them). The result's ``files`` (its integrity
+    record) is not a column. Runs are collected from their own files, so an interrupted run can never corrupt
+    another run's numbers.
+    """
+    import pandas as pd
+
+    rows = []
+    for path in run_folders(runs_dir):
+        try:
+            result = read_result(path)
+        except (CorruptRunError, OSError) as exc:
+            warnings.warn(f"skipped run {path}: {getattr(exc, 'reason', exc)}", RunWarning, stacklevel=2)
+            continue
+        rows.append({k: v for k, v in result.items() if k != "files"})
+    return pd.DataFrame([{k: v for k, v in flatten(r).items() if not isinstance(v, list)} for r in rows])
+
+
+def write_results(runs_dir: str | os.PathLike) -> Path:
+    """Rebuild ``<runs_dir>/results.csv`` from the runs' own ``result.json`` files (:func:`collect_results`: one
+    row per finished run directly under ``runs_dir``, all parameters), replaced atomically. The command or study
+    that ran the experiments calls it once at its end, not each run."""
+    return write_table(Path(runs_dir) / RESULTS_CSV, collect_results(runs_dir))
 
 
 def read_result(run_dir: str | os.PathLike) -> Result:

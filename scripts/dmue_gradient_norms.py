@@ -19,7 +19,6 @@ import numpy as np
 import torch
 
 from ferlib import rundir
-from ferlib.checkpoint import load_checkpoint
 from ferlib.engine import autocast, make_batch, prepare_model, settle_precision
 from ferlib.experiment import RunSpec, build, prepare_data
 from ferlib.methods.dmue_parts import class_balanced_order
@@ -41,7 +40,8 @@ def load_run(run_dir: Path):
     model = prepare_model(model, spec.train, torch.device("cpu"))
     cfg, _ = settle_precision(model, train.images, spec.train, torch.device("cpu"))
     method.bind(model, train, cfg)
-    epoch, _ = load_checkpoint(run_dir / rundir.CHECKPOINT, {"model": model, "method": method}, torch.Generator())
+    epoch, _ = rundir.load_checkpoint(run_dir / rundir.CHECKPOINT, {"model": model, "method": method},
+                                      torch.Generator())
     if epoch == 0:
         raise FileNotFoundError(f"{run_dir / rundir.CHECKPOINT} is missing: this script needs a training checkpoint")
     return cfg, train, model, method, epoch

@@ -165,7 +165,7 @@ def test_the_results_table_shows_each_runs_flags(tmp_path, capsys):
 
 def test_a_diverged_run_is_flagged_in_its_result(tmp_path, small_ferplus):
     from ferlib.experiment import RunSpec, run
-    from ferlib.results import collect_results
+    from ferlib.rundir import collect_results
 
     spec = {"noise": "symmetric:0.3", "backbone": {"name": "test_resnet"},
             "train": {"epochs": 2, "batch_size": 16, "image_size": 32, "progress": False, "scheduler": "none",

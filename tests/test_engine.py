@@ -18,8 +18,8 @@ from ferlib.engine import TrainConfig, build_scheduler, fit
 from ferlib.experiment import RunSpec, run, run_id, stratified_subset
 from ferlib.methods import create_method
 from ferlib.methods.ce import CE, CEConfig
-from ferlib.results import collect_results, write_json, write_results
-from ferlib.rundir import RunDir
+from ferlib.results import write_json
+from ferlib.rundir import RunDir, collect_results, write_results
 
 from stubs import synthetic
 

@@ -26,8 +26,8 @@ from ferlib import engine, experiment, rundir
 from ferlib.data.cache import cached
 from ferlib.engine import TrainConfig
 from ferlib.experiment import RunSpec, run, run_id
-from ferlib.results import atomic_savez, atomic_write, atomic_write_text, collect_results, write_json, write_results
-from ferlib.rundir import CorruptRunError, RunLockedError, RunWarning
+from ferlib.results import atomic_savez, atomic_write, atomic_write_text, write_json
+from ferlib.rundir import CorruptRunError, RunLockedError, RunWarning, collect_results, write_results
 
 from stubs import synthetic
 

@@ -120,7 +120,7 @@ def paired_comparison(results, *, baseline: str = "ce",
 
     Parameters
     ----------
-    results : DataFrame of :func:`ferlib.results.collect_results`: ``method``, ``noise``, ``seed``, the metrics;
+    results : DataFrame of :func:`ferlib.rundir.collect_results`: ``method``, ``noise``, ``seed``, the metrics;
         ``oracle``, ``dataset``, ``backbone.weights`` and the run settings used when present.
     baseline : the method every other one is compared with; its runs must all have the same method options
         (one ``variant``), else ValueError.
@@ -202,7 +202,7 @@ def init_contrast_table(runs_dir: str | os.PathLike, *,
     """
     import pandas as pd
 
-    from ..results import collect_results
+    from ..rundir import collect_results
 
     need = ["method", "noise", "seed", *metrics]
     grid, init = (_comparable(f.reindex(columns=list(dict.fromkeys([*need, *f.columns]))))

@@ -58,7 +58,7 @@ def summary_table(results, *, metrics: Sequence[str] = ("acc", "mean_acc", "macr
 
     Parameters
     ----------
-    results : pandas.DataFrame, one row per run, as :func:`ferlib.results.collect_results` returns: columns
+    results : pandas.DataFrame, one row per run, as :func:`ferlib.rundir.collect_results` returns: columns
         ``method``, ``noise``, ``seed`` and ``last.<metric>`` (``best.<metric>`` too where present);
         ``oracle``, ``dataset``, ``best_epoch``, ``noise_rate`` (realised), ``time_per_epoch_s`` and
         ``method_options.<name>`` are used when present.
@@ -137,7 +137,7 @@ def timing_table(results, *, baseline: str = "ce") -> "object":
 
     Parameters
     ----------
-    results : DataFrame of :func:`ferlib.results.collect_results` (``method``, ``time_per_epoch_s``,
+    results : DataFrame of :func:`ferlib.rundir.collect_results` (``method``, ``time_per_epoch_s``,
         ``device`` and ``dataset`` used when present).
     baseline : method whose time is 1.0 (NaN ratios when it has no run on that device / dataset).
 

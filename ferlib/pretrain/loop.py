@@ -1,7 +1,7 @@
 """The pretraining loop: one readable epoch function and a resumable :func:`fit_ssl` around it.
 
 It is given the train split's images and nothing else (no labels, no other split), so what it learns cannot
-depend on them. A checkpoint is written after every epoch (:func:`ferlib.checkpoint.save_checkpoint`, the engine's:
+depend on them. A checkpoint is written after every epoch (:func:`ferlib.rundir.save_checkpoint`, as the engine's:
 model with heads and momentum copies, MoCo's queue, optimiser, schedule, generator and RNG states); resuming from
 it gives the same weights as an uninterrupted run, bit for bit on CPU at the same thread count.
 """
@@ -16,10 +16,10 @@ import torch
 from torch import nn
 
 from ..backbones import BackboneConfig, create_model
-from ..checkpoint import load_checkpoint, save_checkpoint
 from ..engine import (TrainConfig, autocast, layout, prepare_model, progress_bar, resolve_device, seed_everything,
                       settle_precision)
 from ..metrics import NonFiniteLossError
+from ..rundir import load_checkpoint, save_checkpoint
 from .config import PretrainConfig
 from .methods import create_ssl
 from .views import two_views

@@ -35,7 +35,7 @@ from datetime import datetime
 from pathlib import Path
 
 from ferlib import rundir
-from ferlib.results import atomic_write_text, collect_results, read_json, write_table
+from ferlib.results import atomic_write_text, read_json, write_table
 
 from .spec import find_cell
 
@@ -178,7 +178,7 @@ def write_report(*, runs_dir: str | os.PathLike, reports_dir: str | os.PathLike,
     reports_dir = Path(reports_dir)
     with warnings.catch_warnings():  # the skipped runs are listed in the page instead
         warnings.simplefilter("ignore", rundir.RunWarning)
-        results = collect_results(runs_dir)
+        results = rundir.collect_results(runs_dir)
         memorisation = memorisation_summary(memorisation_table(runs_dir))
         gains = class_gains(per_class_summary(runs_dir), baseline=_BASELINE)
         init = init_contrast_table(runs_dir)

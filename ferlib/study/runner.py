@@ -83,7 +83,7 @@ from pathlib import Path
 
 from ferlib import rundir
 from ferlib.cross_eval import evaluate_run, parse_targets
-from ferlib.results import read_json, write_json, write_results
+from ferlib.results import read_json, write_json
 
 from .launch import LAUNCHERS, CellJob, error_record, execute_notebook, make_launcher
 from .report import render_all, study_record, write_report
@@ -284,7 +284,7 @@ def run_study(spec: StudySpec | str, *, runs_dir: str | os.PathLike, reports_dir
                 _pretrain(cells, failures, log)
                 outcome.cells = _run_cells(cells, source, functools.partial(cell_job, name), launch, failures, log)
                 for out in sorted({s.out for _, s in cells}):  # each runs folder's results.csv, once per study
-                    write_results(out)
+                    rundir.write_results(out)
                 _cross_eval(cells, targets, failures, log)
                 continue
             if not source.exists():
