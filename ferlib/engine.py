@@ -62,7 +62,7 @@ class TrainConfig:
         compute the model's layers as float32 does at the run's shapes (:func:`probe_bf16`, at the start of
         each run); elsewhere float32.
         Measured on a 2-core EPYC with AVX-512 BF16 (``python -m ferlib bench``): 1.5-1.8x the float32 training
-        throughput, and a same-seed CE run on FERPlus within seed noise of float32 (README). False: float32.
+        throughput, and a same-seed CE run on FERPlus within seed noise of float32 (docs/findings.md). False: float32.
         What a run used is recorded in its ``config.json`` (``precision``).
     channels_last : model and input batches in the channels-last memory layout (faster convolutions on CPU and
         on CUDA tensor cores; numerically a different summation order, not a different model).
