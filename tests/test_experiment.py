@@ -176,14 +176,38 @@ def _fake_run(root: Path, rid: str, variant: str, acc: float, **result) -> None:
     np.savez(root / rid / "readout.npz", ids=np.array(["a"]), given=np.array([0]), clean=np.array([0]))
 
 
-def test_ablation_table_reads_variants_beside_their_full_run(tmp_path):
-    _fake_run(tmp_path, "v1", "no_naw", 0.5, method_options={"lam_b": 0.0})
-    _fake_run(tmp_path, "f", "full", 0.7)
-    _fake_run(tmp_path, "g", "", 0.9)  # an ordinary run: not an ablation
+def test_ablation_table_reads_the_full_method_from_the_grid_cell(tmp_path):
+    _fake_run(tmp_path, "g", "", 0.7)  # the grid's nla run: the full method of seed 0
+    _fake_run(tmp_path / "ablations", "v", "no_naw", 0.5, method_options={"lam_b": 0.0})
+    _fake_run(tmp_path, "g1", "", 0.9, seed=1)  # a grid seed without a variant: no row
+    _fake_run(tmp_path, "ce", "", 0.4, method="ce")  # a method without ablation runs: no row
     table = analysis.ablation_table(tmp_path)
-    assert table["variant"].tolist() == ["full", "no_naw"]  # full first
+    assert table[["variant", "cell", "run_id", "options"]].values.tolist() == \
+        [["full", "grid", "g", ""], ["no_naw", "ablation", "v", "lam_b=0.0"]]  # full first
     assert table["delta_acc"].tolist() == pytest.approx([0.0, -0.2])
-    assert table["method_options"].tolist() == ["{}", '{"lam_b": 0.0}']
+
+
+def test_ablation_comparison_pairs_each_variant_with_the_full_method_seed_by_seed(tmp_path):
+    ablations = tmp_path / "ablations"
+    for seed, base in enumerate([0.60, 0.65, 0.70]):
+        _fake_run(tmp_path, f"full{seed}", "", base, seed=seed, epochs=30)
+        _fake_run(ablations, f"naw{seed}", "no_naw", base - (0.05, 0.04, 0.06)[seed], seed=seed, epochs=30,
+                  method_options={"lam_b": 0.0})
+        _fake_run(ablations, f"ramp{seed}", "no_ramp", base + (0.01, -0.01, 0.02)[seed], seed=seed, epochs=30,
+                  method_options={"ramp": False})
+    # cells trained with ablation_train (other epochs): paired with the full cell of those epochs, not the grid's
+    _fake_run(ablations, "short_full", "full", 0.5, epochs=1)
+    _fake_run(ablations, "short_naw", "no_naw", 0.52, epochs=1, method_options={"lam_b": 0.0})
+    out = analysis.ablation_comparison(tmp_path, metrics=["last.acc"])
+    rows = {(r["variant"], r["epochs"]): r for r in out.to_dict("records")}
+    assert set(rows) == {("no_naw", 30), ("no_ramp", 30), ("no_naw", 1)}
+    naw, ramp, short = rows["no_naw", 30], rows["no_ramp", 30], rows["no_naw", 1]
+    assert (naw["n_pairs"], naw["mean_diff"], naw["wins"]) == (3, pytest.approx(-0.05), 0)
+    assert naw["p_value"] < 0.05 and naw["verdict"] == "supported loss"  # the component NAW helps, seed by seed
+    assert ramp["verdict"] == "no consistent difference" and ramp["mean_diff"] == pytest.approx(0.02 / 3)
+    assert (short["n_pairs"], short["mean_diff"]) == (1, pytest.approx(0.02))
+    assert short["verdict"].startswith("same sign in every seed, too few seeds")
+    assert analysis.ablation_comparison(tmp_path / "elsewhere").empty
 
 
 def test_relabel_table_scores_only_runs_that_relabel(tmp_path):

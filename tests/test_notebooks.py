@@ -115,18 +115,22 @@ def test_03_ablations(tmp_path):
     method = "nla" if "nla" in with_variants else (with_variants or ["ce"])[0]
     variant, overrides = next(iter(method_class(method).ablations.items()))
     ablations = str(tmp_path / "runs" / "ablations")
-    train_cells(tmp_path, {"method": method, "variant": "full", "out": ablations},
+    # the full method is the grid's cell (the study trains no duplicate of it), the variant an ablation cell
+    train_cells(tmp_path, {"method": method},
                 {"method": method, "variant": variant, "method_options": overrides, "out": ablations})
     m = execute("03_ablations", tmp_path)
     runs = m["runs"]
-    expected = ["full", variant]
-    assert [r["variant"] for r in runs] == expected and {r["method"] for r in runs} == {method}
-    assert runs[0]["delta_acc"] == 0.0
-    for r in runs:
-        assert 0.0 <= r["last.acc"] <= 1.0
-        assert (tmp_path / "runs" / "ablations" / r["run_id"] / "result.json").is_file()
-    if len(runs) > 1:
-        assert runs[0]["run_id"] != runs[1]["run_id"]
+    assert [(r["variant"], r["cell"]) for r in runs] == [("full", "grid"), (variant, "ablation")]
+    assert {r["method"] for r in runs} == {method} and runs[0]["delta_acc"] == 0.0
+    assert runs[1]["delta_acc"] == pytest.approx(runs[1]["last.acc"] - runs[0]["last.acc"])
+    assert (tmp_path / "runs" / runs[0]["run_id"] / "result.json").is_file()
+    assert (tmp_path / "runs" / "ablations" / runs[1]["run_id"] / "result.json").is_file()
+    # one seed: one pair per metric, the paired comparison's verdict for too few seeds (or no difference)
+    assert [(r["variant"], r["metric"], r["n_pairs"]) for r in m["comparison"]] == \
+        [(variant, metric, 1) for metric in ("last.acc", "last.mean_acc", "best.acc")]
+    assert runs[1]["delta_acc"] == pytest.approx(m["comparison"][0]["mean_diff"])
+    assert {r["verdict"] for r in m["comparison"]} <= {"same sign in every seed, too few seeds (1 < 3)",
+                                                         "no consistent difference"}
 
 
 def test_04_label_distributions(trained):

@@ -23,6 +23,12 @@ from ferlib.methods import list_methods, method_class
 from ferlib.study import StudySpec, list_profiles, load_profile, run_study, write_report
 from ferlib.study.runner import _is_this_python, _kernel_python, ensure_kernel, main
 
+ROOT = Path(__file__).resolve().parents[1]
+REAL_FERPLUS = ROOT.parent / "shared" / "data" / "ferplus"
+MEMORISE_RUNS = ROOT / "reports" / "evidence" / "cpu_memorise" / "runs"
+#: Profiles that add cells to another profile's study, or draft one, whose grid needs no oracle ceiling.
+WITHOUT_ORACLE = {"cpu_memorise_ablations": "ablation variants of three methods, paired with cpu_memorise's cells",
+                  "cpu_memorise_full": "a draft on every train face, four methods"}
 COMMON_PARAMS = 'data = ""\ndataset = "ferplus"\ndataset_options = {}\nruns_dir = ""\nstudy_dir = ""\n'
 
 # The fake 02_train finds its run id in RUN_IDS, a literal {spec as sorted JSON: run_id} the test fills in: this
@@ -121,7 +127,7 @@ def test_shipped_profiles_load_and_validate(name):
     if spec.grid.methods == "all":
         assert methods == list_methods()  # "all" follows the registry
     oracles = [m for m in methods if method_class(m).oracle]
-    assert oracles, "every shipped study has an oracle (ldl_votes) as its ceiling"
+    assert oracles or name in WITHOUT_ORACLE, "every shipped study has an oracle (ldl_votes) as its ceiling"
     for m in oracles:
         assert f"{m} [oracle]" in spec.describe()
     assert len(spec.run_specs("runs")) == len(methods) * len(spec.grid.noise) * len(spec.grid.seeds)
@@ -149,6 +155,32 @@ def test_the_memorisation_profile_follows_issue_14():
     assert spec.init_contrast["weights"] is None and spec.init_contrast["methods"] == ["ce", "lanet", "ldlva", "nla"]
     assert spec.cleanlab_folds == 2 and spec.notebook_parameters["00_prepare_data"] == {"extract_limit": None}
     assert spec.clean_control == ["ce"]  # the report's clean-label rows (committed ce-none-s* cells) are cells
+
+
+def test_the_ablation_profile_adds_only_variants_to_cpu_memorises_cells(tmp_path):
+    (tmp_path / "data").mkdir()
+    spec, memorise = (load_profile(n, data=tmp_path / "data") for n in ("cpu_memorise_ablations", "cpu_memorise"))
+    runs = tmp_path / "runs"
+    grid = [run_id(s) for s in spec.run_specs(runs)]
+    assert len(grid) == 18 and set(grid) <= {run_id(s) for s in memorise.run_specs(runs)}  # the same cells
+    cells = spec.ablation_specs(runs)
+    assert "full" not in {s.variant for s in cells}  # the full method of each pair is the grid's cell
+    expected = {(m, v, n, seed) for m in ("lanet", "ldlva", "nla")
+                for v in method_class(m).ablations if not (m == "ldlva" and v == "bank_neighbours")
+                for n in ("symmetric:0.3", "annotator") for seed in (0, 1, 2)}
+    assert sorted((s.method, s.variant, s.noise, s.train.seed) for s in cells) == sorted(expected)
+    assert len(cells) == 66 and not {run_id(s) for s in cells} & set(grid)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not REAL_FERPLUS.is_dir(), reason=f"{REAL_FERPLUS} not present")
+def test_the_ablation_profiles_grid_cells_are_the_committed_cpu_memorise_cells(capsys):
+    code = main(["--profile", "cpu_memorise_ablations", "--data", str(REAL_FERPLUS), "--runs", str(MEMORISE_RUNS),
+                 "--dry-run"])
+    lines = capsys.readouterr().out.splitlines()
+    assert code == 0
+    assert len([x for x in lines if re.match(r"grid +\S+  finished$", x)]) == 18
+    assert len([x for x in lines if re.match(r"ablation +ablations/\S+  to run$", x)]) == 66
 
 
 def test_cpu_full_profile_trains_every_image_with_a_half_width_resnet():
@@ -262,6 +294,38 @@ def test_ablation_cells_merge_the_profiles_options_and_fold_cells_cover_relabell
         tiny_spec(tmp_path, cleanlab_folds=1)
 
 
+def test_ablation_cells_cover_their_noises_and_seeds_and_the_full_method_is_the_grid_cell(tmp_path, monkeypatch):
+    monkeypatch.setattr(method_class("ldl_votes"), "ablations", {"threshold": {"min_votes": 1.0}})
+    monkeypatch.setattr(method_class("ce"), "ablations", {})
+    runs = tmp_path / "runs"
+    noise = ["symmetric:0.3", "annotator"]
+    spec = tiny_spec(tmp_path, noise=noise, seeds=[0, 1, 2], ablations=True, ablation_noise=noise,
+                     ablation_seeds=[0, 2])
+    cells = spec.ablation_specs(runs)
+    # seed-major, every listed noise; no full cell: the grid trains exactly that RunSpec
+    assert [(s.method, s.variant, s.noise, s.train.seed) for s in cells] == \
+        [("ldl_votes", "threshold", n, seed) for seed in (0, 2) for n in noise]
+    grid = {(s.method, s.noise, s.train.seed): run_id(s) for s in spec.run_specs(runs)}
+    variants = {run_id(s) for s in cells}
+    assert len(variants) == 4 and not variants & set(grid.values())
+    assert "ablations: on at symmetric:0.3, annotator, seeds 0, 2" in spec.describe()
+    # a noise or a train setting the grid lacks: the full method is an ablation cell of its own
+    for extra in ({"ablation_noise": "class_dependent:0.3"}, {"ablation_train": {"epochs": 1}}):
+        other = tiny_spec(tmp_path, noise=noise, ablations=True, **extra)
+        full = [s for s in other.ablation_specs(runs) if s.variant == "full"]
+        assert [(s.method, s.train.seed, Path(s.out)) for s in full] == [("ldl_votes", 0, runs / "ablations")]
+        assert run_id(full[0]) not in grid.values()
+    # one noise as a plain string stays valid (the shipped profiles); the default is the grid's first seed
+    one = tiny_spec(tmp_path, noise=noise, ablations=True, ablation_noise="annotator")
+    assert one.ablation_noise == "annotator" and one.ablation_noises() == ["annotator"]
+    assert [(s.noise, s.train.seed) for s in one.ablation_specs(runs)] == [("annotator", 0)]
+    for bad, match in [({"ablation_seeds": [0, 0]}, "ablation_seeds lists 0 more than once"),
+                       ({"ablation_seeds": []}, "ablation_seeds must be a non-empty list of integers"),
+                       ({"ablation_noise": ["annotator", "symmetric:2"]}, "bad noise spec 'symmetric:2'")]:
+        with pytest.raises(ValueError, match=match):
+            tiny_spec(tmp_path, ablations=True, **bad)
+
+
 def test_init_contrast_cells_start_the_listed_methods_from_the_other_weights(tmp_path):
     spec = tiny_spec(tmp_path, noise=["symmetric:0.3", "annotator"], backbone={"weights": "ssl"},
                      init_contrast={"weights": None, "methods": ["ce"]})
@@ -318,9 +382,10 @@ def test_cli_dry_run_lists_cells(tmp_path, capsys):
                  "--methods", "ce", "nla", "--seeds", "0", "1", "--epochs", "1", "--ablations", "--dry-run"])
     out = capsys.readouterr().out
     assert code == 0
-    variants = ["full", *method_class("nla").ablations]
+    # every variant of the first seed; the full method is the grid's own cell, not an ablation cell
     assert len(re.findall(r"^ablation +ablations/nla-symmetric0\.3-s0-[0-9a-f]{8}  to run$", out, re.M)) == \
-        len(variants)
+        len(method_class("nla").ablations)
+    assert len(re.findall(r"^grid +nla-symmetric0\.3-s[01]-[0-9a-f]{8}  to run$", out, re.M)) == 2
     assert len(re.findall(r"^grid +ce-symmetric0\.3-s[01]-[0-9a-f]{8}  to run$", out, re.M)) == 2
     assert len(re.findall(r"^fold +cleanlab/ce-symmetric0\.3-s[01]-[0-9a-f]{8}  to run$", out, re.M)) == 4
     assert main(["--profile", "nope", "--dry-run"]) == 2

@@ -21,10 +21,9 @@ The functions live in one sub-module per concept and are all re-exported here (`
                          :func:`ranking_score`, :func:`fold_groups`
 ``tables``               :func:`parse_noise`, :func:`summary_table`, :func:`format_summary`,
                          :func:`timing_table`, :func:`per_class_table`, :func:`per_class_summary`,
-                         :func:`ablation_table`, :func:`cross_eval_table`, :func:`cross_eval_summary`,
-                         :func:`format_cross_eval`
+                         :func:`cross_eval_table`, :func:`cross_eval_summary`, :func:`format_cross_eval`
 ``answer``               :func:`paired_comparison`, :func:`format_paired`, :func:`init_contrast_table`,
-                         :func:`memorisation_table`, :func:`memorisation_summary`, :func:`class_gains`,
+                         :func:`ablation_table`, :func:`ablation_comparison`, :func:`memorisation_table`, :func:`memorisation_summary`, :func:`class_gains`,
                          :func:`findings_text`
 ``seeds``                :func:`seed_summary`, :func:`format_seed_summary`, :func:`mean_std_text`,
                          :func:`mean_std_column`, :func:`seeds_text`
@@ -53,8 +52,8 @@ objects directly (no pyplot state, Agg canvas); a notebook displays one by makin
 """
 from __future__ import annotations
 
-from .answer import (PAIRED_METRICS, class_gains, findings_text, format_paired, init_contrast_table,
-                     memorisation_summary, memorisation_table, paired_comparison)
+from .answer import (PAIRED_METRICS, ablation_comparison, ablation_table, class_gains, findings_text, format_paired,
+                     init_contrast_table, memorisation_summary, memorisation_table, paired_comparison)
 from .dataprep import noise_examples, noise_table, sample_faces, try_landmarks, va_summary, va_values
 from .detection import RANKINGS  # noqa: F401  (module constant, public as before but not in __all__)
 from .detection import (cleanlab_issues, cleanlab_scores, cleanlab_table, detection_metrics, detection_summary,
@@ -76,7 +75,7 @@ from .review_widget import ReviewWidget
 from .runs import (RunRecord, class_names_for, images_by_id, list_runs, load_run, load_runs, one_per_method,
                    run_dataset, run_start, saved_features, start_name)
 from .seeds import format_seed_summary, mean_std_column, mean_std_text, seed_summary, seeds_text
-from .tables import (ablation_table, cross_eval_summary, cross_eval_table, format_cross_eval, format_summary,
+from .tables import (cross_eval_summary, cross_eval_table, format_cross_eval, format_summary,
                      parse_noise, per_class_summary, per_class_table, summary_table, timing_table)
 
 __all__ = [
@@ -90,8 +89,9 @@ __all__ = [
     "cleanlab_issues", "cleanlab_scores", "cleanlab_table", "detection_summary", "relabel_summary", "relabel_table",
     "ranking_score", "fold_groups",
     "parse_noise", "summary_table", "format_summary", "timing_table", "per_class_table", "per_class_summary",
-    "ablation_table", "cross_eval_table", "cross_eval_summary", "format_cross_eval",
-    "PAIRED_METRICS", "paired_comparison", "format_paired", "init_contrast_table", "memorisation_table",
+    "cross_eval_table", "cross_eval_summary", "format_cross_eval",
+    "PAIRED_METRICS", "paired_comparison", "format_paired", "init_contrast_table", "ablation_table",
+    "ablation_comparison", "memorisation_table",
     "memorisation_summary", "class_gains", "findings_text",
     "seed_summary", "format_seed_summary", "mean_std_text", "mean_std_column", "seeds_text",
     "sample_faces", "noise_table", "noise_examples", "try_landmarks", "va_values", "va_summary",

@@ -1,5 +1,6 @@
 """The study's answer, from finished runs: each method against a baseline seed by seed (paired t-test and a
-verdict), the grid's start against the other (init contrast), the memorisation drop (peak against last test
+verdict), the grid's start against the other (init contrast), each ablation variant against the full method, the
+memorisation drop (peak against last test
 epoch), per-class gains over the baseline and the findings in plain words."""
 from __future__ import annotations
 
@@ -13,11 +14,11 @@ import numpy as np
 from .. import rundir
 from .runs import run_start, start_name
 from .seeds import mean_std_text, seed_summary
-from .tables import _SETTING_KEYS, _variant  # the run settings and the variant label every summary groups by
+from .tables import _SETTING_KEYS, _STAGES, _variant  # the run settings, stages and variant label summaries use
 
 __all__ = [
-    "PAIRED_METRICS", "paired_comparison", "format_paired", "init_contrast_table", "memorisation_table",
-    "memorisation_summary", "class_gains", "findings_text",
+    "PAIRED_METRICS", "paired_comparison", "format_paired", "init_contrast_table", "ablation_table",
+    "ablation_comparison", "memorisation_table", "memorisation_summary", "class_gains", "findings_text",
 ]
 
 
@@ -215,6 +216,94 @@ def init_contrast_table(runs_dir: str | os.PathLike, *,
     order = list(out.columns[:-1])
     order.insert(order.index("start") + 1, "init_start")
     return out[order]
+
+
+# ----------------------------------------------------------------------------------- ablations
+_ABLATION_COLUMNS = ("method", "variant", "cell", "noise", "seed", "options", "run_id", "oracle",
+                     *(f"{st}.{m}" for st in _STAGES for m in ("acc", "mean_acc", "macro_f1")), "time_per_epoch_s")
+
+
+def _ablation_runs(runs_dir: str | os.PathLike):
+    """The runs of a study's ablation cells and of the full method they are compared with.
+
+    Returns ``(variants, full, keys)``: comparable frames (:func:`_comparable`) of the variant runs under
+    ``<runs_dir>/ablations`` and of the full method's runs, which are the ablation cells of variant ``full``
+    there (trained with ``ablation_train``) and the grid's runs of the ablated methods directly under
+    ``runs_dir`` (no variant); ``variant`` is the cell's variant name (``full`` for the grid's runs), ``options``
+    the ``"k=v,..."`` of the method options, ``cell`` ``ablation`` or ``grid``; ``keys`` are the pairing keys
+    beside ``method`` and ``seed`` (:func:`_pairing_keys`)."""
+    import pandas as pd
+
+    from ..rundir import collect_results
+
+    need = ["method", "variant", "noise", "seed", "run_id", *_ABLATION_COLUMNS[7:]]
+    cells, grid = (f.reindex(columns=list(dict.fromkeys([*need, *f.columns])))
+                   for f in (collect_results(Path(runs_dir) / "ablations"), collect_results(runs_dir)))
+    cells = cells[cells["variant"].fillna("") != ""].assign(cell="ablation")
+    grid = grid[grid["method"].isin(set(cells["method"])) & (grid["variant"].fillna("") == "")]
+    both = pd.concat([cells, grid.assign(variant="full", cell="grid")], ignore_index=True)
+    frame = _comparable(both).assign(options=lambda f: f["variant"], variant=both["variant"].to_numpy())
+    full = frame["variant"] == "full"
+    return frame[~full], frame[full], _pairing_keys(frame)
+
+
+def ablation_table(runs_dir: str | os.PathLike) -> "object":
+    """Each ablation variant's runs beside the full method's runs they are compared with, run by run.
+
+    The study trains every variant as a cell under ``<runs_dir>/ablations``
+    (:meth:`ferlib.study.StudySpec.ablation_specs`); the full method is the grid's run of the same method, noise
+    and seed, or an ablation cell of variant ``full`` where the ablation cells train otherwise than the grid.
+
+    Parameters
+    ----------
+    runs_dir : a study's runs folder (its grid runs directly under it, the ablation cells in ``ablations/``).
+
+    Returns
+    -------
+    pandas.DataFrame, one row per variant run and per full-method run paired with one (same method, noise, seed
+    and run settings): ``method, variant`` (``"full"`` or the variant name), ``cell`` (``grid`` or
+    ``ablation``), ``noise``, ``seed``, ``options`` (``"k=v,..."`` of the method options), ``run_id``,
+    ``oracle``, ``last.acc``, ``last.mean_acc``, ``last.macro_f1``, ``best.*`` alike, ``time_per_epoch_s``, and
+    ``delta_acc`` / ``delta_mean_acc`` (last epoch, the run minus the full method of its method, noise, seed and
+    settings, averaged over its runs; NaN where there is none). Full rows first within a method, noise and seed.
+    """
+    import pandas as pd
+
+    variants, full, keys = _ablation_runs(runs_dir)
+    on = ["method", *keys, "seed"]
+    paired = full.merge(variants[on].drop_duplicates(), on=on)
+    table = pd.concat([paired, variants], ignore_index=True)
+    mean = full.groupby(on, dropna=False)[["last.acc", "last.mean_acc"]].mean().reset_index()
+    table = table.merge(mean, on=on, how="left", suffixes=("", "_full"))
+    for m in ("acc", "mean_acc"):
+        table[f"delta_{m}"] = table[f"last.{m}"].astype(float) - table[f"last.{m}_full"].astype(float)
+    table["_full"] = table["variant"] == "full"
+    table = table.sort_values(["method", "noise", "seed", "_full"], ascending=[True, True, True, False],
+                              kind="stable")
+    return table[[*_ABLATION_COLUMNS, "delta_acc", "delta_mean_acc"]].reset_index(drop=True)
+
+
+def ablation_comparison(runs_dir: str | os.PathLike, *, metrics: Sequence[str] = PAIRED_METRICS) -> "object":
+    """Each ablation variant against the full method, seed by seed, as :func:`paired_comparison` compares a
+    method with its baseline (same statistics and verdict rule): variant minus full.
+
+    Parameters
+    ----------
+    runs_dir : a study's runs folder; the runs are those of :func:`ablation_table`.
+    metrics : result columns to compare.
+
+    Returns
+    -------
+    pandas.DataFrame, one row per method, variant, setting (``dataset``, ``noise``, ``start`` and the run
+    settings present) and metric with at least one pair: ``metric``, ``variant_mean`` / ``variant_std`` and
+    ``full_mean`` / ``full_std`` over the paired seeds, ``n_pairs``, ``mean_diff`` (variant minus full; negative:
+    switching the component off costs accuracy, so the component carries part of the method's gain),
+    ``std_diff``, ``wins`` (seeds where the variant is higher), ``p_value`` and ``verdict``
+    (``"supported loss"`` for a variant means the component it removes is supported as helping).
+    """
+    variants, full, keys = _ablation_runs(runs_dir)
+    return _paired(variants, full, by=["method", "variant", *keys], match=["method", *keys], metrics=metrics,
+                   names=("variant", "full"))
 
 
 # ----------------------------------------------------------------------------------- memorisation

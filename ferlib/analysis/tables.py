@@ -1,9 +1,8 @@
-"""Result tables: mean ± std summaries over seeds, their formatting, timings, per-class accuracy, ablations and
+"""Result tables: mean ± std summaries over seeds, their formatting, timings, per-class accuracy and
 the scores of finished runs on other datasets (cross-dataset evaluation). The study's answer built on them (seed-
 paired comparisons, the memorisation drop, per-class gains, the findings in words) is :mod:`.answer`."""
 from __future__ import annotations
 
-import json
 import math
 import os
 import warnings
@@ -18,7 +17,7 @@ from .seeds import mean_std_column, seed_summary
 
 __all__ = [
     "parse_noise", "summary_table", "format_summary", "timing_table", "per_class_table", "per_class_summary",
-    "ablation_table", "cross_eval_table", "cross_eval_summary", "format_cross_eval",
+    "cross_eval_table", "cross_eval_summary", "format_cross_eval",
 ]
 
 
@@ -198,48 +197,6 @@ def per_class_summary(runs, *, stage: str = "last", split: str = "test") -> "obj
     out = seed_summary(table, ["method", "noise", "start", "class"], ["acc"])
     out["_order"] = out["class"].map(order.index)
     return out.sort_values(["noise", "start", "method", "_order"]).drop(columns="_order").reset_index(drop=True)
-
-
-def ablation_table(runs) -> "object":
-    """Every method's full configuration beside each of its ablation variants, read from their runs.
-
-    The study trains the ablation cells (:meth:`ferlib.study.StudySpec.ablation_specs`: same data, noise and
-    seed, the profile's method options merged with each variant's overrides); a run's ``variant`` field in
-    ``result.json`` says which it is.
-
-    Parameters
-    ----------
-    runs : the ablation runs folder (``<runs_dir>/ablations``), or RunRecords / run directories; runs with no
-        ``variant`` are ignored.
-
-    Returns
-    -------
-    pandas.DataFrame, one row per run: ``method, variant`` (``"full"`` or the variant name),
-    ``method_options`` (JSON), ``run_id``, ``oracle``, ``last.acc``, ``last.mean_acc``, ``last.macro_f1``,
-    ``best.*`` alike, ``time_per_epoch_s``, and ``delta_acc`` / ``delta_mean_acc`` (last epoch, variant minus
-    the full method of the same noise and seed; NaN where that run is missing).
-    """
-    import pandas as pd
-
-    columns = ["method", "variant", "noise", "seed", "method_options", "run_id", "oracle",
-               *(f"{st}.{m}" for st in _STAGES for m in ("acc", "mean_acc", "macro_f1")), "time_per_epoch_s"]
-    rows = [{"method": r.result["method"], "variant": r.result["variant"], "noise": r.result.get("noise"),
-             "seed": r.result.get("seed"), "method_options": json.dumps(r.result.get("method_options") or {},
-                                                                         sort_keys=True),
-             "run_id": r.run_id, "oracle": bool(r.result.get("oracle")),
-             **{f"{st}.{m}": r.result[st][m] for st in _STAGES for m in ("acc", "mean_acc", "macro_f1")},
-             "time_per_epoch_s": r.result.get("time_per_epoch_s")}
-            for r in load_runs(runs) if r.result.get("variant")]
-    table = pd.DataFrame(rows, columns=columns)
-    table["_full"] = table["variant"] == "full"
-    table = table.sort_values(["method", "noise", "seed", "_full"], ascending=[True, True, True, False],
-                              kind="stable").drop(columns="_full").reset_index(drop=True)
-    key = ["method", "noise", "seed"]
-    full = table[table["variant"] == "full"].drop_duplicates(key).set_index(key)
-    where = pd.MultiIndex.from_frame(table[key])
-    for m in ("acc", "mean_acc"):
-        table[f"delta_{m}"] = table[f"last.{m}"].to_numpy(float) - full[f"last.{m}"].reindex(where).to_numpy(float)
-    return table
 
 
 _CROSS_METRICS = ("acc", "mean_acc", "macro_f1")

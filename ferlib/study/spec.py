@@ -85,11 +85,7 @@ class Grid:
         noise = _str_list(self.noise, "grid.noise")
         self.noise = [str(NoiseSpec.parse(n)) for n in noise]
         _no_duplicates(self.noise, "grid.noise")
-        if isinstance(self.seeds, int) or not self.seeds or \
-                not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in self.seeds):
-            raise ValueError(f"grid.seeds must be a non-empty list of integers >= 0, got {self.seeds!r}")
-        self.seeds = list(self.seeds)
-        _no_duplicates(self.seeds, "grid.seeds")
+        self.seeds = _seed_list(self.seeds, "grid.seeds")
 
     def resolved_methods(self) -> list[str]:
         """The method names this grid runs (``"all"`` resolved against the registry now)."""
@@ -123,8 +119,11 @@ class StudySpec:
         :data:`ROLES`.
     ablations : train each grid method's ``ablations`` variants as cells (:meth:`ablation_specs`), which
         ``03_ablations`` shows.
-    ablation_noise : the noise of the ablation runs (default: the grid's first noise other than ``none``).
-    ablation_train : TrainConfig overrides for the ablation runs only (e.g. fewer epochs).
+    ablation_noise : the noise setting(s) of the ablation runs, one spec or a list (default: the grid's first
+        noise other than ``none``).
+    ablation_seeds : the seeds of the ablation runs (default: the grid's first seed).
+    ablation_train : TrainConfig overrides for the ablation runs only (e.g. fewer epochs). Without them, the
+        full method at a grid noise and seed is the grid's own cell (:meth:`ablation_specs`).
     cleanlab_folds : K of the cross-fitted CE runs behind cleanlab (>= 2; 0 = none): for every noise setting
         of the grid that flips labels and every seed, K ``ce`` cells each hold one fold of the train split out
         (RunSpec ``fold``) under ``<runs_dir>/cleanlab``; ``05_uncertainty`` reads them.
@@ -168,7 +167,8 @@ class StudySpec:
     train_subset: int | None = None
     notebooks: list[str] = field(default_factory=lambda: list(NOTEBOOKS))
     ablations: bool = False
-    ablation_noise: str | None = None
+    ablation_noise: str | list[str] | None = None
+    ablation_seeds: list[int] | None = None
     ablation_train: dict = field(default_factory=dict)
     cleanlab_folds: int = 0
     cleanlab_train: dict = field(default_factory=dict)
@@ -237,8 +237,7 @@ class StudySpec:
                 raise ValueError(f"{key} must be a positive number of seconds or null, got {value!r}")
         if not isinstance(self.ablations, bool):
             raise ValueError(f"ablations must be true or false, got {self.ablations!r}")
-        if self.ablation_noise is not None:
-            self.ablation_noise = str(NoiseSpec.parse(self.ablation_noise))
+        self._check_ablation_cells()
         if self.eval_data:
             from ferlib.cross_eval import EvalTarget
 
@@ -247,6 +246,17 @@ class StudySpec:
                 EvalTarget.parse(target)  # syntax, reader and options; the roots are checked when the study runs
         if self.data is not None:
             self.data = os.fspath(self.data)
+
+    def _check_ablation_cells(self) -> None:
+        """``ablation_noise`` in canonical form (a single spec stays a string) and ``ablation_seeds``, checked."""
+        from ferlib.noise import NoiseSpec
+
+        if self.ablation_noise is not None:
+            noise = [str(NoiseSpec.parse(n)) for n in _str_list(self.ablation_noise, "ablation_noise")]
+            _no_duplicates(noise, "ablation_noise")
+            self.ablation_noise = noise[0] if isinstance(self.ablation_noise, str) else noise
+        if self.ablation_seeds is not None:
+            self.ablation_seeds = _seed_list(self.ablation_seeds, "ablation_seeds")
 
     def _check_init_contrast(self) -> None:
         from ferlib.methods import method_class
@@ -347,30 +357,43 @@ class StudySpec:
         """The grid's first noise other than ``none`` (the one the noise and ablation notebooks show)."""
         return next((n for n in self.grid.noise if n != "none"), self.grid.noise[0])
 
+    def ablation_noises(self) -> list[str]:
+        """The noise settings of the ablation cells: ``ablation_noise`` as a list, else the main noise."""
+        noise = self.ablation_noise or self.main_noise()
+        return [noise] if isinstance(noise, str) else list(noise)
+
     def ablation_specs(self, runs_dir: str | os.PathLike) -> list:
         """The ablation cells (none unless ``ablations`` is on), under ``<runs_dir>/ablations``.
 
-        For every grid method declaring ablation variants (``method_class(name).ablations``): its full
-        configuration (``variant="full"``: the profile's ``method_options`` of that method) and each variant (the
-        same options with the variant's overrides merged in), at the ablation noise, the first seed and the
-        train settings with ``ablation_train``. A variant whose resolved config equals the full one (the profile's
-        options already give it) is left out.
+        For every grid method declaring ablation variants (``method_class(name).ablations``), at every noise of
+        :meth:`ablation_noises` and every seed of ``ablation_seeds`` (default: the grid's first), seed-major: its
+        full configuration (``variant="full"``: the profile's ``method_options`` of that method) and each variant
+        (the same options with the variant's overrides merged in), with the train settings and ``ablation_train``.
+        A variant whose resolved config equals the full one (the profile's options already give it) is left out,
+        and so is the full configuration where it is a grid cell (the same RunSpec but for ``out`` and
+        ``variant``: no ``ablation_train``, a grid noise and seed): ``03_ablations`` reads that one from the grid.
         """
-        from ferlib.methods import method_class, method_config
+        from ferlib.methods import method_class
 
         if not self.ablations:
             return []
-        noise, seed = self.ablation_noise or self.main_noise(), self.grid.seeds[0]
-        out = []
-        for method in [m for m in self.grid.resolved_methods() if method_class(m).ablations]:
-            base = dict(self.method_options.get(method) or {})
-            for variant, overrides in [("full", {}), *method_class(method).ablations.items()]:
-                options = {**base, **overrides}
-                if variant == "full" or method_config(method, **options) != method_config(method, **base):
-                    out.append(self.run_spec(method, noise, seed, cell_dir(runs_dir, "ablation"),
-                                             train_extra=self.ablation_train, method_options=options,
-                                             variant=variant))
-        return out
+        methods = [m for m in self.grid.resolved_methods() if method_class(m).ablations]
+        cells = [self.run_spec(m, noise, seed, cell_dir(runs_dir, "ablation"), train_extra=self.ablation_train,
+                               method_options=options, variant=variant)
+                 for seed in self.ablation_seeds or self.grid.seeds[:1] for noise in self.ablation_noises()
+                 for m in methods for variant, options in self._ablation_variants(m)]
+        grid = [_what_trains(s) for s in self.run_specs(runs_dir)]
+        return [c for c in cells if c.variant != "full" or _what_trains(c) not in grid]
+
+    def _ablation_variants(self, method: str) -> list[tuple[str, dict]]:
+        """``(variant, method options)`` of a method's ablation cells: ``full`` (the profile's options of the
+        method) and each variant of ``method_class(method).ablations`` whose resolved config differs from it."""
+        from ferlib.methods import method_class, method_config
+
+        base = dict(self.method_options.get(method) or {})
+        variants = [(name, {**base, **overrides}) for name, overrides in method_class(method).ablations.items()]
+        return [("full", base), *((name, options) for name, options in variants
+                                  if method_config(method, **options) != method_config(method, **base))]
 
     def fold_specs(self, runs_dir: str | os.PathLike) -> list:
         """The cross-fitted CE cells behind cleanlab, under ``<runs_dir>/cleanlab``: ``cleanlab_folds`` runs
@@ -423,7 +446,7 @@ class StudySpec:
             f"  methods: {', '.join(methods)}",
             f"  noise: {', '.join(self.grid.noise)}; seeds: {', '.join(map(str, self.grid.seeds))}",
             f"recipe: {self.recipe}; train: {self.train or 'defaults'}; backbone: {self.backbone or 'defaults'}",
-            f"ablations: {'on' if self.ablations else 'off'}; cleanlab folds: {self.cleanlab_folds or 'none'}; "
+            f"ablations: {self._describe_ablations()}; cleanlab folds: {self.cleanlab_folds or 'none'}; "
             f"notebooks: {', '.join(self.notebooks)}",
             *([f"init contrast: {', '.join(self.init_contrast['methods'])} also from weights "
                f"{self.init_contrast['weights'] or 'none (random init)'} at "
@@ -433,6 +456,13 @@ class StudySpec:
             *([f"eval data (scored after training): {', '.join(self.eval_data)}"] if self.eval_data else []),
             *(f"  {name}: {params}" for name, params in self.notebook_parameters.items()),
         ])
+
+    def _describe_ablations(self) -> str:
+        if not self.ablations:
+            return "off"
+        seeds = self.ablation_seeds or self.grid.seeds[:1]
+        return (f"on at {', '.join(self.ablation_noises())}, seeds {', '.join(map(str, seeds))}"
+                + (f", train {self.ablation_train}" if self.ablation_train else ""))
 
     def to_dict(self) -> dict:
         """JSON/YAML-able form (``grid.methods`` resolved in ``resolved_methods``)."""
@@ -573,6 +603,19 @@ def _str_list(value, what: str) -> list[str]:
         value = [value]
     if not isinstance(value, (list, tuple)) or not value or not all(isinstance(v, str) and v for v in value):
         raise ValueError(f"{what} must be a non-empty list of names, got {value!r}")
+    return list(value)
+
+
+def _what_trains(run_spec) -> dict:
+    """A RunSpec's fields but ``out`` and ``variant`` (where it is written and what the study calls it)."""
+    return {k: v for k, v in asdict(run_spec).items() if k not in ("out", "variant")}
+
+
+def _seed_list(value, what: str) -> list[int]:
+    if not isinstance(value, (list, tuple)) or not value or \
+            not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in value):
+        raise ValueError(f"{what} must be a non-empty list of integers >= 0, got {value!r}")
+    _no_duplicates(list(value), what)
     return list(value)
 
 
