@@ -18,6 +18,7 @@ from . import distributed, rundir
 from .backbones import BackboneConfig, create_model
 from .data.cache import data_fingerprint
 from .engine import TrainConfig, fit, resolve_device, seed_everything
+from .paths import portable_path
 from .pretrain.store import SSL
 from .recipes import recipe_method_options, recipe_source, resolve_recipe
 from .results import flatten
@@ -301,7 +302,7 @@ def _train(spec: RunSpec, rid: str, folder: RunDir, *, resume: bool) -> dict:
     distributed.on_main(folder.begin, resume=resume)  # after the data loaded: a data error leaves the folder as it was
     distributed.on_main(folder.write_noise, noise_report)
     meta = {
-        "run_id": rid, "dataset": spec.dataset, "data": str(spec.data), "dataset_options": spec.dataset_options,
+        "run_id": rid, "dataset": spec.dataset, "data": portable_path(spec.data), "dataset_options": spec.dataset_options,
         "classes": data.num_classes, "split_counts": data.split_counts(), "noise": spec.noise,
         "noise_rate": noise_report["train"]["overall_rate"], "train_subset": spec.train_subset,
         "noise_seed": spec.train.seed if spec.noise_seed is None else spec.noise_seed,

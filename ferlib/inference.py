@@ -14,6 +14,7 @@ import numpy as np
 from . import rundir
 from .backbones import BackboneConfig, create_model
 from .engine import TrainConfig, predict, prepare_model, resolve_device
+from .paths import resolve_recorded
 
 __all__ = ["load_model", "run_features"]
 
@@ -76,7 +77,7 @@ def run_features(run_dir: str | os.PathLike, *, splits=("train", "test"), device
         return saved
     cfg = rundir.read_config(run_dir)
     model, train, dev = load_model(run_dir, device=device)
-    data = load_dataset(cfg["dataset"], cfg["data"], **(cfg.get("dataset_options") or {}))
+    data = load_dataset(cfg["dataset"], resolve_recorded(cfg["data"]), **(cfg.get("dataset_options") or {}))
     rows = {str(i): k for k, i in enumerate(np.asarray(data.ids).astype(str))}
     for s in todo:
         ids = readout["ids" if s == "train" else "test_ids"].astype(str)

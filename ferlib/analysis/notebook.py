@@ -5,6 +5,7 @@ import os
 from pathlib import Path
 from typing import Mapping
 
+from ..paths import portable_path, repo_root
 from ..results import write_json
 
 __all__ = [
@@ -14,20 +15,36 @@ __all__ = [
 
 def setup_notebook(name: str, study_dir: str | os.PathLike) -> tuple[Path, Path]:
     """The one setup every study notebook runs first: work from the repository root (:func:`chdir_repo_root`),
-    widen pandas' display (tables of up to 500 rows shown whole), silence tqdm's "IProgress not found" warning
-    (libraries such as cleanlab and umap import ``tqdm.auto``; without ipywidgets it would print into every
-    rendered report), print the root.
+    show every DataFrame as :func:`ferlib.analysis.pages.html_table` does (no index column, numbers rounded, long
+    tables folded), silence tqdm's "IProgress not found" warning (libraries such as cleanlab and umap import
+    ``tqdm.auto``; without ipywidgets it would print into every rendered report).
     Returns ``(root, figures)`` with ``figures = <study_dir>/figures/<name>``, where the notebook saves its
-    figures."""
+    figures. Nothing is printed: a rendered page carries no path of the machine that rendered it."""
     import warnings
 
     import pandas as pd
 
     warnings.filterwarnings("ignore", message="IProgress not found")
     root = chdir_repo_root()
-    pd.set_option("display.width", 160, "display.max_columns", 30, "display.max_rows", 500)
-    print("repository root:", root)
+    pd.set_option("display.width", 160, "display.max_columns", 30, "display.max_rows", 500, "display.precision", 3)
+    _show_frames_as_tables()
     return root, Path(study_dir) / "figures" / name
+
+
+def _show_frames_as_tables() -> None:
+    """Register :func:`~ferlib.analysis.pages.html_table` as IPython's HTML form of a DataFrame (outside IPython:
+    nothing to do)."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return
+    shell = get_ipython()
+    if shell is not None:
+        import pandas as pd
+
+        from .pages import html_table
+
+        shell.display_formatter.formatters["text/html"].for_type(pd.DataFrame, html_table)
 
 
 def chdir_repo_root(start: str | os.PathLike | None = None) -> Path:
@@ -37,12 +54,11 @@ def chdir_repo_root(start: str | os.PathLike | None = None) -> Path:
     whether started from the root (papermill, ``make study``) or from ``notebooks/`` (Jupyter).
     Stays put, returning the cwd, when no such folder exists.
     """
-    here = Path(start or Path.cwd()).resolve()
-    for folder in (here, *here.parents):
-        if (folder / "pyproject.toml").is_file() and (folder / "ferlib" / "__init__.py").is_file():
-            os.chdir(folder)
-            return folder
-    return Path.cwd()
+    root = repo_root(start)
+    if root is None:
+        return Path.cwd()
+    os.chdir(root)
+    return root
 
 
 def save_figure(fig, path: str | os.PathLike, *, dpi: int = 110):
@@ -65,10 +81,11 @@ def save_figure(fig, path: str | os.PathLike, *, dpi: int = 110):
 
 def record_metrics(study_dir: str | os.PathLike, name: str, metrics: Mapping) -> Path:
     """Write a notebook's key metrics to ``<study_dir>/<name>.json`` (atomically) and print one line naming
-    the file and its keys (the tables above already show the values; the rendered report stays readable).
+    the file, relative to the repository root (:func:`ferlib.paths.portable_path`), and its keys (the tables above
+    already show the values; the rendered report stays readable).
 
     The notebooks' last cell calls this; the test suite and the study runner read the file back.
     """
     path = write_json(Path(study_dir) / f"{name}.json", dict(metrics))
-    print(f"metrics ({', '.join(map(str, metrics))}) written to {path}")
+    print(f"metrics ({', '.join(map(str, metrics))}) written to {portable_path(path)}")
     return path

@@ -19,6 +19,7 @@ from typing import Sequence
 import numpy as np
 
 from .. import rundir
+from ..paths import resolve_recorded
 from ..results import read_json
 
 __all__ = [
@@ -167,11 +168,11 @@ def _load_dataset_cached(dataset: str, data: str, options_json: str):
 def run_dataset(run):
     """The full dataset (all splits, clean labels, votes) a run was trained on, read through the cache.
 
-    ``run`` is a RunRecord, a run directory or a ``result.json`` dict. Paths are relative to the current
-    directory, as when the run was made (see :func:`chdir_repo_root`). Loaded datasets are memoised.
+    ``run`` is a RunRecord, a run directory or a ``result.json`` dict. A relative data path is relative to the
+    repository root, where runs record it (:func:`ferlib.paths.resolve_recorded`). Loaded datasets are memoised.
     """
     result = run if isinstance(run, dict) else load_runs(run)[0].result
-    return _load_dataset_cached(result["dataset"], str(result["data"]),
+    return _load_dataset_cached(result["dataset"], str(resolve_recorded(result["data"])),
                                 json.dumps(result.get("dataset_options") or {}, sort_keys=True))
 
 

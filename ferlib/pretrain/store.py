@@ -29,6 +29,7 @@ from .. import rundir
 from ..backbones import BackboneConfig, WeightsError, create_model
 from ..data.cache import data_fingerprint, default_cache_dir
 from ..engine import resolve_device
+from ..paths import portable_path
 from ..results import atomic_write, nbytes_of, read_json, write_json
 from .config import PretrainConfig
 from .loop import CHECKPOINT, engine_config, fit_ssl
@@ -118,7 +119,7 @@ def _record(data, dataset: str, dataset_options: dict | None, arch: BackboneConf
     return {"key": folder.name, "method": config.method,
             "command": pretrain_command(data, dataset=dataset, dataset_options=dataset_options, backbone=arch,
                                         config=config),
-            "data": str(Path(data).expanduser().resolve()), "dataset": dataset,
+            "data": portable_path(data), "dataset": dataset,
             "dataset_options": dataset_options or {}, "data_fingerprint": data_fingerprint(data),
             "train_images": {"count": len(train_images), "shape": list(train_images.shape[1:]),
                              "fingerprint": images_fingerprint(train_images)},
@@ -214,10 +215,11 @@ def pretrain_jobs(run_specs) -> dict[str, dict]:
 
 def pretrain_command(data: str | os.PathLike, *, dataset: str = "ferplus", dataset_options: dict | None = None,
                      backbone: BackboneConfig | None = None, config: PretrainConfig | None = None) -> str:
-    """The ``python -m ferlib pretrain`` command line that pretrains exactly this entry (settings left at their
+    """The ``python -m ferlib pretrain`` command line that pretrains exactly this entry, to run from the repository
+    root (``data`` relative to it where possible, :func:`ferlib.paths.portable_path`; settings left at their
     defaults are not spelled out)."""
     backbone, config = backbone or BackboneConfig(), config or PretrainConfig()
-    args = ["python", "-m", "ferlib", "pretrain", "--data", str(data)]
+    args = ["python", "-m", "ferlib", "pretrain", "--data", portable_path(data)]
     if dataset != "ferplus":
         args += ["--dataset", dataset]
     args += [a for k, v in (dataset_options or {}).items() for a in ("--dataset-opt", f"{k}={_text(v)}")]

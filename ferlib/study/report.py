@@ -35,6 +35,7 @@ from datetime import datetime
 from pathlib import Path
 
 from ferlib import rundir
+from ferlib.paths import portable_path
 from ferlib.results import atomic_write_text, read_json, write_table
 
 from .spec import find_cell
@@ -463,7 +464,7 @@ def _e(value) -> str:
 def study_record(spec, command: str | None = None) -> dict:
     """What :func:`write_report` shows of a study (and what the runner writes to ``study.json``)."""
     record = spec.to_dict()
-    record["data_resolved"] = str(spec.data_path()) if spec.data is not None else None
+    record["data_resolved"] = portable_path(spec.data_path()) if spec.data is not None else None
     record["describe"] = spec.describe()
     if command:
         record["command"] = command

@@ -20,7 +20,8 @@ holder (pid, host, start, command).
 
 Order of work: the notebooks of ``spec.notebooks`` in order, each as its metadata declares
 (:data:`ROLES`, ``"ferlib": {"role": ...}``), with :data:`COMMON` parameters ``data``, ``dataset``,
-``dataset_options``, ``runs_dir`` and ``study_dir`` = ``reports_dir`` (all paths absolute):
+``dataset_options``, ``runs_dir`` and ``study_dir`` = ``reports_dir`` (paths relative to the repository root the
+notebooks work from, where they lie in or beside it: :func:`ferlib.paths.portable_path`; else absolute):
 
 1. ``view`` notebooks before the training notebook (``00_prepare_data``, ``01_inject_noise``): once. They come
    first so that a data problem shows in a minute, not after every cell has failed on it.
@@ -83,6 +84,7 @@ from pathlib import Path
 
 from ferlib import rundir
 from ferlib.cross_eval import evaluate_run, parse_targets
+from ferlib.paths import portable_path, repo_root
 from ferlib.results import read_json, write_json
 
 from .launch import LAUNCHERS, CellJob, error_record, execute_notebook, make_launcher
@@ -240,8 +242,9 @@ def run_study(spec: StudySpec | str, *, runs_dir: str | os.PathLike, reports_dir
 
         failures = _Failures(reports_dir / "failures.json")
         outcome = StudyOutcome()
-        common = {"data": str(data), "dataset": spec.dataset, "dataset_options": dict(spec.dataset_options),
-                  "runs_dir": str(runs_dir), "study_dir": str(reports_dir)}
+        where = functools.partial(_notebook_path, root=repo_root(notebooks_dir))
+        common = {"data": where(data), "dataset": spec.dataset, "dataset_options": dict(spec.dataset_options),
+                  "runs_dir": where(runs_dir), "study_dir": where(reports_dir)}
         kernel: list[str] = []  # resolved on first use
 
         declared: dict[str, set[str]] = {}  # notebook -> names its parameters cell assigns, read on first use
@@ -271,9 +274,9 @@ def run_study(spec: StudySpec | str, *, runs_dir: str | os.PathLike, reports_dir
             execute_notebook(output=output, time_limit=spec.view_time_limit, **prepared(name, params))
 
         def cell_job(name: str, rid: str, run_spec) -> CellJob:
+            cell = {**dataclasses.asdict(run_spec), "data": where(run_spec.data), "out": where(run_spec.out)}
             return CellJob(output=str(reports_dir / "runs" / f"{rid}.ipynb"), run_dir=str(Path(run_spec.out) / rid),
-                           time_limit=spec.cell_time_limit,
-                           **prepared(name, {**common, "spec": dataclasses.asdict(run_spec)}))
+                           time_limit=spec.cell_time_limit, **prepared(name, {**common, "spec": cell}))
 
         cells = spec.cells(runs_dir)
         study_params = {"noise": spec.main_noise(), "seed": spec.grid.seeds[0], "train_subset": spec.train_subset}
@@ -307,6 +310,13 @@ def run_study(spec: StudySpec | str, *, runs_dir: str | os.PathLike, reports_dir
         log(f"report: {outcome.index}" + (f"  ({len(outcome.failures)} failure(s): {failures.path})"
                                           if outcome.failures else ""))
         return outcome
+
+
+def _notebook_path(path: str | os.PathLike, *, root: Path | None) -> str:
+    """A path as the notebooks get it: relative to the repository root they work from (``root``, where
+    :func:`ferlib.analysis.setup_notebook` moves them; :func:`ferlib.paths.portable_path`), so that what they
+    print and record names no folder of this machine; absolute when the notebooks are not in a checkout."""
+    return portable_path(path, root) if root is not None else str(path)
 
 
 def _run_cells(cells: list, source: Path, cell_job, launcher, failures: _Failures, log) -> list[dict]:
