@@ -165,6 +165,7 @@ def test_widget_pages_filters_marks_and_exports(tmp_path):
     shown = lambda: [i for i, _ in w.cards]  # noqa: E731
     by_aum = review.review_order(sets[0].scores["neg_aum"])
     assert shown() == by_aum[:4].tolist() and w.prev.disabled and not w.next.disabled
+    assert w.label.label == "all classes" and w.ranking.value == "neg_aum"
     w.next.click()
     assert shown() == by_aum[4:8].tolist() and w.position.value == "page 2 of 10 (40 faces)"
     p8 = review.precision_at_k(by_aum, sets[0].flipped, [8])[0]

@@ -16,10 +16,11 @@ from .runs import class_names_for, load_runs
 __all__ = ["hover_embedding", "run_hover_embedding", "bokeh_loader", "bokeh_html"]
 
 _FLIP_COLOURS = ("#c8c8c8", "#dc143c")  # clean label, flipped
+_LEGEND_WIDTH = 95  # pixels beside a panel for its legend
 
 
 def hover_embedding(xy, colourings: Mapping[str, np.ndarray], hover: Mapping[str, Sequence], *,
-                    class_names: Sequence[str] | None = None, title: str = "", size: int = 340):
+                    class_names: Sequence[str] | None = None, size: int = 280):
     """Linked scatter panels of one embedding (pan and zoom together), one per colouring, each with a hover tool.
 
     Parameters
@@ -29,8 +30,7 @@ def hover_embedding(xy, colourings: Mapping[str, np.ndarray], hover: Mapping[str
     hover : field name -> (N,) values shown when hovering a point (face id, score ...), before every colouring's
         value (class name, ``flipped`` / ``clean label``).
     class_names : names of the int labels (None: the numbers).
-    title : the first panel's title prefix.
-    size : pixels of each square panel.
+    size : pixels of each square panel (its legend is drawn beside it, outside the points).
 
     Returns
     -------
@@ -58,13 +58,14 @@ def hover_embedding(xy, colourings: Mapping[str, np.ndarray], hover: Mapping[str
     figures: list = []
     for j, name in enumerate(colourings):
         linked = {"x_range": figures[0].x_range, "y_range": figures[0].y_range} if figures else {}
-        fig = figure(width=size, height=size, title=f"{title}: {name}" if title and not figures else name,
-                     tools="pan,wheel_zoom,box_zoom,reset", **linked)
+        fig = figure(width=size + _LEGEND_WIDTH, height=size, title=name, tools="pan,wheel_zoom,box_zoom,reset",
+                     **linked)
         factors, palette = palettes[j]
         fig.scatter("x", "y", source=source, size=4, alpha=0.8, legend_field=f"l{j}",
                     color=factor_cmap(f"l{j}", palette, factors))
         fig.add_tools(HoverTool(tooltips=tooltips))
-        fig.legend.label_text_font_size = "7pt"
+        fig.add_layout(fig.legend[0], "right")
+        fig.legend.label_text_font_size, fig.legend.glyph_width, fig.legend.spacing = "7pt", 12, 0
         fig.axis.visible = False
         figures.append(fig)
     return gridplot([figures], toolbar_location="right")
@@ -84,7 +85,7 @@ def _legend(labels: np.ndarray, class_names) -> tuple[list[str], list[str], list
     return [names[i] for i in labels.astype(int)], names, [palette[i % len(palette)] for i in range(len(names))]
 
 
-def run_hover_embedding(run, embeddings: dict, split: str, *, size: int = 340):
+def run_hover_embedding(run, embeddings: dict, split: str, *, size: int = 280):
     """:func:`hover_embedding` of one split of :func:`~ferlib.analysis.run_embeddings`' output for ``run``.
 
     Hover shows the face id, on the train split the method's score (read-out ``method_score``, higher = more
@@ -98,8 +99,7 @@ def run_hover_embedding(run, embeddings: dict, split: str, *, size: int = 340):
     hover = {"face": np.asarray(r["test_ids" if split == "test" else "ids"])[rows].astype(str)}
     if split == "train" and "method_score" in r:
         hover["score"] = np.asarray(r["method_score"], dtype=np.float32)[rows]
-    return hover_embedding(xy, colourings, hover, class_names=class_names_for(run),
-                           title=f"{run.label} ({run.run_id}), {split}", size=size)
+    return hover_embedding(xy, colourings, hover, class_names=class_names_for(run), size=size)
 
 
 def bokeh_loader():
@@ -110,10 +110,13 @@ def bokeh_loader():
     return HTML(Resources(mode="inline", components=["bokeh"]).render_js())
 
 
-def bokeh_html(obj):
-    """A bokeh figure or layout as standalone HTML (its div and script; BokehJS from :func:`bokeh_loader`)."""
+def bokeh_html(obj, caption: str = ""):
+    """A bokeh figure or layout as standalone HTML (its div and script; BokehJS from :func:`bokeh_loader`), under
+    a bold ``caption`` line when one is given."""
+    import html
+
     from bokeh.embed import components
     from IPython.display import HTML
 
     script, div = components(obj)
-    return HTML(div + script)
+    return HTML((f"<p><b>{html.escape(caption)}</b></p>" if caption else "") + div + script)

@@ -19,6 +19,8 @@ __all__ = ["ReviewWidget"]
 
 #: What a rendered report shows in place of the widget (nbconvert keeps ``text/plain`` when widget state is dropped).
 STATIC_TEXT = "Label-review widget: run this notebook in JupyterLab (make lab) to page, mark and export faces."
+#: The class chooser's value for "all classes".
+ALL = -1
 
 
 class ReviewWidget:
@@ -57,13 +59,13 @@ class ReviewWidget:
         names = self.sets[run].class_names
         self.run = W.Dropdown(description="run", options=[(s.title, i) for i, s in enumerate(self.sets)], value=run,
                               layout=W.Layout(width="640px"))
-        self.label = W.Dropdown(description="class", options=[("all classes", None)]
-                                + [(f"given {n}", k) for k, n in enumerate(names)], value=label)
+        self.label = W.Dropdown(description="class", value=ALL if label is None else label,  # None reads as unset
+                                options=[("all classes", ALL)] + [(f"given {n}", k) for k, n in enumerate(names)])
         self.ranking = W.Dropdown(description="ranking", options=list(self.sets[run].scores))
         self.ranking.value = ranking if ranking in self.sets[run].scores else self.ranking.options[0]
         self.prev, self.next = W.Button(description="◀ previous"), W.Button(description="next ▶")
         self.position, self.precision, self.status = W.Label(), W.HTML(), W.Label()
-        self.faces = W.GridBox(layout=W.Layout(grid_template_columns=f"repeat({min(self.page_size, 4)}, 1fr)"))
+        self.faces = W.GridBox(layout=W.Layout(grid_template_columns="repeat(auto-fill, minmax(320px, 1fr))"))
         self.path = W.Text(description="export to", value=str(path))
         self.export = W.Button(description="export marks", button_style="primary")
         for chooser in (self.run, self.label, self.ranking):
@@ -82,7 +84,8 @@ class ReviewWidget:
 
     def order(self) -> np.ndarray:
         """:func:`~ferlib.analysis.review_order` of the set, class and ranking chosen."""
-        return review_order(self.set.scores[self.ranking.value], self.set.given, label=self.label.value)
+        label = None if self.label.value == ALL else self.label.value
+        return review_order(self.set.scores[self.ranking.value], self.set.given, label=label)
 
     def table(self):
         """Every mark so far as :func:`~ferlib.analysis.review_rows` (set by set, ranking by ranking)."""
@@ -135,7 +138,7 @@ class ReviewWidget:
         for rank, (i, face) in enumerate(zip(index.tolist(), self.set.faces(index)), start=self.page * self.page_size):
             marked = self.decisions.get((self.run.value, i), (None, None))[0]
             toggle = W.ToggleButtons(options=list(DECISIONS), value=marked,
-                                     style=W.ToggleButtonsStyle(button_width="78px"))
+                                     style=W.ToggleButtonsStyle(button_width="100px"))
             toggle.observe(lambda change, i=i: self._decide(i, change["new"]), "value")
             self.cards.append((i, toggle))
             boxes.append(W.VBox([W.Image(value=_png(face), format="png", width=self.thumb),
