@@ -183,6 +183,14 @@ def test_the_ablation_profiles_grid_cells_are_the_committed_cpu_memorise_cells(c
     assert len([x for x in lines if re.match(r"ablation +ablations/\S+  to run$", x)]) == 66
 
 
+def test_the_full_set_draft_is_cpu_memorise_on_every_train_face():
+    spec, memorise = load_profile("cpu_memorise_full"), load_profile("cpu_memorise")
+    assert spec.train_subset is None and memorise.train_subset == 5000
+    for key in ("dataset", "dataset_options", "recipe", "train", "backbone", "pretrain", "clean_control"):
+        assert getattr(spec, key) == getattr(memorise, key), key  # only the train faces differ
+    assert {"ce", "nla", "scn", "lanet"} <= set(spec.grid.methods) and spec.grid.noise == memorise.grid.noise
+
+
 def test_cpu_full_profile_trains_every_image_with_a_half_width_resnet():
     from ferlib.backbones import create_model
 
