@@ -18,7 +18,7 @@ from .engine import TrainConfig
 from .metrics import NonFiniteLossError
 from .noise import protocol_help
 
-__all__ = ["main", "build_parser", "spec_from_args", "USER_ERRORS"]
+__all__ = ["main", "build_parser", "spec_from_args", "train_argv", "USER_ERRORS"]
 
 #: Exceptions that mean bad input: ValueError and TypeError (settings; also a file's undecodable content),
 #: OSError (missing, unreadable or unwritable paths, a full disk), WeightsError (a weights file that does not fit),
@@ -166,6 +166,52 @@ def spec_from_args(args: argparse.Namespace):
                    recipe=args.recipe, noise_seed=args.noise_seed, backbone=_backbone_config(args, args.weights),
                    train=train, pretrain=parse_options(PretrainConfig, args.pretrain_opt, where="--pretrain-opt"),
                    fold=args.fold, out=args.out)
+
+
+def train_argv(spec) -> list[str]:
+    """The ``python -m ferlib train`` arguments of a :class:`ferlib.experiment.RunSpec` (the inverse of
+    :func:`spec_from_args`), so a cell of a study can be run as a command; no data are read.
+
+    Raises
+    ------
+    ValueError naming the fields the command line cannot set (``variant``, ``valid_fraction``), checked by parsing
+    the arguments back."""
+    from .augment import AugmentConfig
+
+    backbone, train = spec.backbone, spec.train
+    argv = ["--data", str(spec.data), "--dataset", spec.dataset, "--noise", spec.noise, "--method", spec.method,
+            "--recipe", spec.recipe, "--backbone", backbone.name, "--out", str(spec.out),
+            "--small-input" if backbone.small_input else "--no-small-input"]
+    for flag, value in (("--train-subset", spec.train_subset), ("--noise-seed", spec.noise_seed),
+                        ("--weights", backbone.weights), ("--fold", spec.fold and "/".join(map(str, spec.fold)))):
+        argv += [flag, str(value)] if value is not None else []
+    for flag, options in (("--dataset-opt", spec.dataset_options), ("--method-opt", spec.method_options),
+                          ("--pretrain-opt", spec.pretrain), ("--backbone-opt", backbone.model_kwargs),
+                          ("--backbone-opt", {"drop_rate": backbone.drop_rate}),
+                          ("--augment-opt", dataclasses.asdict(train.augment))):
+        argv += [a for k, v in options.items() for a in (flag, f"{k}={_option_text(v)}")]
+    for f in dataclasses.fields(TrainConfig):
+        value, flag = getattr(train, f.name), "--" + f.name.replace("_", "-")
+        if isinstance(value, bool):
+            argv.append(flag if value else f"--no-{flag[2:]}")
+        elif f.name == "milestones":
+            argv += [flag, *map(str, value)]
+        elif not isinstance(value, AugmentConfig):
+            argv += [flag, str(value)]
+    back = spec_from_args(build_parser().parse_args(["train", *argv]))
+    differ = [k for k, v in dataclasses.asdict(spec).items() if dataclasses.asdict(back)[k] != v]
+    if differ:
+        raise ValueError(f"python -m ferlib train cannot set {', '.join(differ)} of this run spec "
+                         f"({', '.join(f'{k}={getattr(spec, k)!r}' for k in differ)})")
+    return argv
+
+
+def _option_text(value) -> str:
+    """A ``KEY=VALUE`` option's value as :func:`ferlib.options.parse_value` reads it back."""
+    if isinstance(value, bool) or value is None:
+        return str(value).lower() if value is not None else "none"
+    return json.dumps(list(value) if isinstance(value, tuple) else value) if isinstance(value, (list, tuple, dict)) \
+        else str(value)
 
 
 def _fold(text: str) -> list[int]:

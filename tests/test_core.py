@@ -128,6 +128,35 @@ def test_cli_backbone_and_augment_options_reach_the_run_spec():
     assert spec.train.augment.erase == 0 and spec.train.augment.flip == 0.5
 
 
+@pytest.mark.parametrize("profile", ["cpu_memorise", "cpu_memorise_full", "full", "smoke"])
+def test_train_argv_gives_back_every_cell_of_a_profile(profile, tmp_path):
+    import dataclasses
+
+    from ferlib.cli import build_parser, spec_from_args, train_argv
+    from ferlib.experiment import run_id
+    from ferlib.study import load_profile
+
+    (tmp_path / "data").mkdir()
+    spec = load_profile(profile, data=tmp_path / "data", ablations=False)
+    for _, cell in spec.cells(tmp_path / "runs"):  # grid, control, cleanlab folds, init contrast
+        back = spec_from_args(build_parser().parse_args(["train", *train_argv(cell)]))
+        assert dataclasses.asdict(back) == dataclasses.asdict(cell) and run_id(back) == run_id(cell)
+
+
+def test_train_argv_refuses_what_the_command_line_cannot_set():
+    import dataclasses
+
+    from ferlib.cli import train_argv
+    from ferlib.experiment import RunSpec
+
+    spec = RunSpec(data="x", method="nla", method_options={"lam_b": 0.0})
+    assert "--method-opt" in train_argv(spec) and "lam_b=0.0" in train_argv(spec)
+    with pytest.raises(ValueError, match=r"cannot set variant of this run spec \(variant='no_naw'\)"):
+        train_argv(dataclasses.replace(spec, variant="no_naw"))
+    with pytest.raises(ValueError, match="cannot set valid_fraction"):
+        train_argv(dataclasses.replace(spec, valid_fraction=0.2))
+
+
 @pytest.mark.parametrize("argv, target", [(["train", "--data", "x"], "ferlib.experiment.run"),
                                           (["pretrain", "--data", "x"], "ferlib.pretrain.pretrain"),
                                           (["study"], "ferlib.study.runner.study_main")])
