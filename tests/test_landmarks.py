@@ -27,6 +27,7 @@ from ferlib.landmarks import (
     create_backend,
     extract_landmarks,
     flip_points,
+    landmarks_cache_file,
     list_backends,
     plausible_shapes,
     plot_landmarks,
@@ -241,6 +242,8 @@ def test_cache_returns_the_same_arrays_without_recomputing(faces, tmp_path, monk
     first = extract_landmarks(data, backend="dlib", cache_dir=tmp_path, progress=False)
     files = list((tmp_path / "landmarks").glob("*.npz"))
     assert len(files) == 1 and files[0].name.startswith("dlib-")
+    assert landmarks_cache_file(data.images, backend="dlib", cache_dir=tmp_path) == files[0]  # found without reading
+    assert landmarks_cache_file(data, backend="dlib", upscale=96, cache_dir=tmp_path) != files[0]
 
     def boom(self, images):
         raise AssertionError("recomputed instead of reading the cache")

@@ -33,6 +33,7 @@ from .core import (
     Landmarks,
     create_backend,
     extract_landmarks,
+    landmarks_cache_file,
     landmarks_cache_path,
     list_backends,
     plausible_shapes,
@@ -51,7 +52,7 @@ from .plot import plot_landmarks
 
 __all__ = [
     "Landmarks", "extract_landmarks", "list_backends", "create_backend", "register_backend", "BACKENDS",
-    "landmarks_cache_path", "plausible_shapes", "plot_landmarks",
+    "landmarks_cache_path", "landmarks_cache_file", "plausible_shapes", "plot_landmarks",
     "DlibBackend", "FanBackend", "MediapipeBackend", "FAN_CHECKPOINTS", "MESH_TO_68", "decode_heatmaps",
     "NUM_POINTS", "PARTS_68", "CLOSED_PARTS_68", "REGIONS_68", "FLIP_PERMUTATION_68", "MEAN_SHAPE_68", "flip_points",
 ]

@@ -24,7 +24,7 @@ from ..results import atomic_savez
 from .layout import MEAN_SHAPE_68, NUM_POINTS, PARTS_68
 
 __all__ = ["Landmarks", "Backend", "BACKENDS", "register_backend", "list_backends", "create_backend",
-           "extract_landmarks", "landmarks_cache_path", "plausible_shapes"]
+           "extract_landmarks", "landmarks_cache_path", "landmarks_cache_file", "plausible_shapes"]
 
 log = logging.getLogger(__name__)
 
@@ -169,21 +169,24 @@ def _blank(images: np.ndarray) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------------- cache
-def _as_images(data) -> tuple[np.ndarray, str]:
-    """``(images (N, H, W, C) uint8, content hash of the images)`` from a FERData or an image array.
-
-    The key hashes the images only (not ``FERData.fingerprint()``, which also covers ids and labels), so
-    relabelled copies of a dataset (noise injection) reuse the landmarks of the clean one.
-    """
+def _as_images(data) -> np.ndarray:
+    """The images (N, H, W, C) uint8 of a FERData or an image array."""
     images = data.images if hasattr(data, "images") else np.asarray(data)
     if images.ndim == 3:
         images = images[..., None]
     if images.ndim != 4 or images.dtype != np.uint8 or images.shape[-1] not in (1, 3):
         raise ValueError(f"data must be a FERData or uint8 images (N, H, W) / (N, H, W, C) with C in (1, 3); "
                          f"got {images.dtype} {images.shape}")
+    return images
+
+
+def _image_hash(images: np.ndarray) -> str:
+    """The content hash of uint8 ``images`` in the cache key. It hashes the images only (not
+    ``FERData.fingerprint()``, which also covers ids and labels), so relabelled copies of a dataset (noise
+    injection) reuse the landmarks of the clean one."""
     h = hashlib.sha1(f"{images.shape}".encode())
     h.update(np.ascontiguousarray(images).tobytes())
-    return images, h.hexdigest()[:16]
+    return h.hexdigest()[:16]
 
 
 def _key_value(value: Any) -> Any:
@@ -212,6 +215,14 @@ def landmarks_cache_path(image_hash: str, backend: str, options: dict, *,
         from ferlib.data.cache import default_cache_dir
         cache_dir = default_cache_dir()
     return Path(cache_dir) / "landmarks" / f"{backend}-{image_hash}-{digest}.npz"
+
+
+def landmarks_cache_file(data, *, backend: str = "dlib", cache_dir: str | os.PathLike | None = None,
+                         **options) -> Path:
+    """The cache file :func:`extract_landmarks` reads and writes for these images (a FERData or uint8 images),
+    ``backend`` and its ``options`` (:func:`landmarks_cache_path`), whether or not it exists yet."""
+    full = _full_options(backend, _BACKENDS.get(backend), options)
+    return landmarks_cache_path(_image_hash(_as_images(data)), backend, full, cache_dir=cache_dir)
 
 
 def _load_cached(path: Path, n: int) -> Landmarks | None:
@@ -303,10 +314,10 @@ def extract_landmarks(data, *, backend: str = "dlib", cache_dir: str | os.PathLi
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    images, image_hash = _as_images(data)
+    images = _as_images(data)
     cls = _BACKENDS.get(backend)
     full = _full_options(backend, cls, options)
-    path = landmarks_cache_path(image_hash, backend, full, cache_dir=cache_dir) if cache else None
+    path = landmarks_cache_file(images, backend=backend, cache_dir=cache_dir, **options) if cache else None
     lm = _load_cached(path, len(images)) if cache else None
     if lm is not None:
         _report(lm, f"cached {path.name}")
