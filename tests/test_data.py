@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from ferlib.classes import class_index, class_names
-from ferlib.data import (DatasetError, affectnet_va, list_datasets, load_dataset, read_affectnet, read_fer2013,
-                         read_ferplus, read_folder, read_rafdb, votes_to_labels)
+from ferlib.data import (DatasetError, affectnet_va, cache_dataset, list_datasets, load_dataset, read_affectnet,
+                         read_fer2013, read_ferplus, read_folder, read_rafdb, votes_to_labels)
 from ferlib.data import common
 
 REPO = Path(__file__).resolve().parents[1]
@@ -361,6 +361,20 @@ def test_cache_follows_file_changes(tiny_ferplus):
     (tiny_ferplus / "FER2013Test" / "fer0000009.png").unlink()
     with pytest.raises(DatasetError, match="missing image"):  # image listing changed: re-read
         load_dataset("ferplus", tiny_ferplus)
+
+
+def test_a_dataset_decoded_elsewhere_is_read_through_the_cache(tiny_ferplus, tmp_path):
+    data = load_dataset("ferplus", tiny_ferplus, mode="majority")
+    stand_in = tmp_path / "stand_in"  # holds none of the reader's files: reading them would fail
+    (stand_in / "FER2013Train").mkdir(parents=True)
+    assert cache_dataset(data, "ferplus", stand_in, mode="majority") is data
+    again = load_dataset("ferplus", stand_in, mode="majority")
+    for attr in ("images", "labels", "split", "ids", "votes"):
+        np.testing.assert_array_equal(getattr(again, attr), getattr(data, attr))
+    with pytest.raises(DatasetError):  # other options: another entry, read from the (empty) files
+        load_dataset("ferplus", stand_in, mode="plurality")
+    with pytest.raises(TypeError, match="modes"):
+        cache_dataset(data, "ferplus", stand_in, modes="majority")
 
 
 # ---------------------------------------------------------------------------------------------- real data

@@ -29,12 +29,12 @@ from .fer2013 import read_fer2013
 from .ferplus import read_ferplus, votes_to_labels
 from .folder import read_folder
 from .rafdb import read_rafdb
-from .registry import dataset_reader, list_datasets, load_dataset, register_dataset
+from .registry import cache_dataset, dataset_reader, list_datasets, load_dataset, register_dataset
 from .storage import MappedImages, batch_images
 
 __all__ = [
-    "FERData", "SPLITS", "DatasetError", "load_dataset", "list_datasets", "register_dataset", "dataset_reader",
-    "default_cache_dir", "data_fingerprint", "MappedImages", "batch_images",
+    "FERData", "SPLITS", "DatasetError", "load_dataset", "cache_dataset", "list_datasets", "register_dataset",
+    "dataset_reader", "default_cache_dir", "data_fingerprint", "MappedImages", "batch_images",
     "read_ferplus", "read_fer2013", "read_rafdb", "read_affectnet", "affectnet_va", "read_folder",
     "votes_to_labels",
 ]

@@ -20,7 +20,7 @@ from .cache import cached
 from .dataset import FERData
 from .storage import CHUNK_SIZE
 
-__all__ = ["READERS", "register_dataset", "list_datasets", "dataset_reader", "load_dataset"]
+__all__ = ["READERS", "register_dataset", "list_datasets", "dataset_reader", "load_dataset", "cache_dataset"]
 
 _DATASETS: Registry[Callable[..., FERData]] = Registry("dataset")
 #: Dataset name -> reader; a live read-only view of the registry.
@@ -80,9 +80,24 @@ def load_dataset(name: str, root: str | os.PathLike, *, cache_dir: str | os.Path
         An option the reader does not take (valid options listed).
     """
     reader = dataset_reader(name)
-    full = full_options(reader, options, what=f"dataset {name!r}")
-    key = {k: v for k, v in full.items() if k not in _NOT_IN_KEY}
+    key = _cache_key(name, options)
     if not cache:
         return reader(root, **options)
     return cached(name, Path(root), key, lambda: reader(root, **options), cache_dir=cache_dir, mmap=mmap,
                   chunk_size=chunk_size)
+
+
+def cache_dataset(data: FERData, name: str, root: str | os.PathLike, *, cache_dir: str | os.PathLike | None = None,
+                  **options) -> FERData:
+    """Store ``data`` as the cache entry that ``load_dataset(name, root, **options)`` reads, without reading the
+    files under ``root`` (a dataset decoded on another machine: ``scripts/pack_ferplus.py``); an entry already
+    there is kept and returned. The entry's key holds ``root``'s file signature (:func:`ferlib.data.cache.cache_path`),
+    so files changed afterwards make ``load_dataset`` read them again."""
+    return cached(name, Path(root), _cache_key(name, options), lambda: data, cache_dir=cache_dir)
+
+
+def _cache_key(name: str, options: dict) -> dict:
+    """The reader options of the cache key: every option, defaults filled in (unknown names raise), but those that
+    do not change the data."""
+    full = full_options(dataset_reader(name), options, what=f"dataset {name!r}")
+    return {k: v for k, v in full.items() if k not in _NOT_IN_KEY}
