@@ -302,8 +302,8 @@ def _train(spec: RunSpec, rid: str, folder: RunDir, *, resume: bool) -> dict:
     distributed.on_main(folder.begin, resume=resume)  # after the data loaded: a data error leaves the folder as it was
     distributed.on_main(folder.write_noise, noise_report)
     meta = {
-        "run_id": rid, "dataset": spec.dataset, "data": portable_path(spec.data), "dataset_options": spec.dataset_options,
-        "classes": data.num_classes, "split_counts": data.split_counts(), "noise": spec.noise,
+        "run_id": rid, "dataset": spec.dataset, "data": portable_path(spec.data),
+        "dataset_options": spec.dataset_options, "classes": data.num_classes, "split_counts": data.split_counts(), "noise": spec.noise,
         "noise_rate": noise_report["train"]["overall_rate"], "train_subset": spec.train_subset,
         "noise_seed": spec.train.seed if spec.noise_seed is None else spec.noise_seed,
         "recipe": spec.recipe, "recipe_source": recipe_source(spec.method, spec.recipe),

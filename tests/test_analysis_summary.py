@@ -100,7 +100,8 @@ def test_method_variants_are_compared_apart_and_the_baseline_needs_one_variant()
     assert list(table["n_pairs"]) == [3, 3]
     text = analysis.findings_text(analysis.summary_table(df, metrics=("acc",)), table, analysis.memorisation_summary(
         analysis.memorisation_table("nowhere")))
-    assert "nla (neighbours=bank) at symmetric:0.3: -2.0 points" in " ".join(text)
+    assert "NLA (neighbours=bank) at 30% symmetric: -2.0 points" in " ".join(text)  # two option sets: both named
+    assert "NLA at 30% symmetric: +1.0 points" in " ".join(text)
     with pytest.raises(ValueError, match=r"baseline 'ce' has runs of several variants \['', 'neighbours=bank'\]"):
         analysis.paired_comparison(df.assign(method="ce"))
 
@@ -159,14 +160,15 @@ def test_init_contrast_pairs_each_grid_run_with_its_init_twin(tmp_path):
     assert (row["grid_mean"], row["init_mean"]) == pytest.approx((0.60, 0.5166667))
     assert row["mean_diff"] == pytest.approx(0.25 / 3) and row["verdict"] == "supported gain"
     shown = analysis.format_paired(table).iloc[0]  # the readable copy the summary notebook shows
-    assert (shown["start"], shown["mean diff ± std"], shown["wins"]) == ("ssl vs random", "+8.3 ± 1.5", "3 of 3")
+    assert (shown["start"], shown["mean diff ± std"], shown["wins"]) == ("self-supervised vs random init",
+                                                                        "+8.3 ± 1.5", "3 of 3")
 
     from ferlib.study import write_report  # the study's index shows the contrast in its answer, and writes it
 
     index = write_report(runs_dir=tmp_path, reports_dir=tmp_path / "report").read_text()
-    body = index.split("<table class='init'>", 1)[1].split("</table>", 1)[0]
-    assert "<td>ce</td><td>symmetric:0.3</td><td>ssl vs random</td><td>last.acc</td><td>3</td><td>+8.3 ± 1.5</td>" \
-        in body
+    body = index.split("<table class='dataframe init'>", 1)[1].split("</table>", 1)[0]
+    assert ("<td>CE</td><td>30% symmetric</td><td>self-supervised vs random init</td><td>accuracy, last epoch</td>"
+            "<td class='num'>3</td><td>+8.3 ± 1.5</td>") in body
     assert pd.read_csv(tmp_path / "report" / "init_contrast.csv")["verdict"].iloc[0] == "supported gain"
 
 
@@ -180,22 +182,23 @@ def test_findings_state_the_drop_the_supported_and_the_unsupported_differences(t
         for s, p, e, last in [(0, 0.62, 10, 0.50), (1, 0.64, 12, 0.58), (2, 0.60, 11, 0.55)]]))
     lines = analysis.findings_text(summary, analysis.paired_comparison(results), memorisation)
     text = "\n".join(lines)
-    assert "Oracle methods (ldl_votes) read the human votes" in lines[0] and "seeds 0, 1, 2, 3" in lines[0]
-    assert ("At symmetric:0.3, ce's test accuracy peaks at 62.0% at epoch 11 and ends at 54.3% at the last epoch "
+    assert "Not compared (upper bounds: they read the human votes): oracle (human votes)." in lines[0]
+    assert "seeds 0, 1, 2, 3" in lines[0]
+    assert ("At 30% symmetric, CE's test accuracy peaks at 62.0% at epoch 11 and ends at 54.3% at the last epoch "
             "(means over 3 runs): a drop of 7.7 ± 3.8 points.") in lines
-    acc_line = next(line for line in lines if line.startswith("Last-epoch accuracy over ce"))
-    assert "supported gains: nla at symmetric:0.3: +5.0 points, higher in 3 of 3 seeds, p < 0.001;" in acc_line
-    assert "supported losses: gce at symmetric:0.3: -3.0 points, higher in 0 of 3 seeds, p < 0.001." in acc_line
+    acc_line = next(line for line in lines if line.startswith("Last-epoch accuracy over CE"))
+    assert "supported gains: NLA at 30% symmetric: +5.0 points, higher in 3 of 3 seeds, p < 0.001;" in acc_line
+    assert "supported losses: GCE at 30% symmetric: -3.0 points, higher in 0 of 3 seeds, p < 0.001." in acc_line
     unsupported = next(line for line in lines if line.startswith("Not supported by the data (last-epoch accuracy)"))
-    assert "lanet at symmetric:0.3: +1.3 points, higher in 2 of 3 seeds" in unsupported
-    assert "rul at symmetric:0.3: +2.1 points, higher in 3 of 3 seeds, p = 0.299" in unsupported
-    assert "nla" not in unsupported
+    assert "LA-Net at 30% symmetric: +1.3 points, higher in 2 of 3 seeds" in unsupported
+    assert "RUL at 30% symmetric: +2.1 points, higher in 3 of 3 seeds, p = 0.299" in unsupported
+    assert "NLA" not in unsupported
     early = next(line for line in lines if line.startswith("Accuracy at the epoch chosen on the validation split"))
-    assert "(early stopping) over ce: supported gains: nla at symmetric:0.3: +5.0 points" in early
+    assert "(early stopping) over CE: supported gains: NLA at 30% symmetric: +5.0 points" in early
     assert "|t| > 4.30" in text
     nothing = analysis.findings_text(summary.iloc[:0], analysis.paired_comparison(results.iloc[:3]),
                                      memorisation.iloc[:0])
-    assert nothing == ["No method has runs paired with ce's on the same seed: nothing is compared."]
+    assert nothing == ["No method has runs paired with CE's on the same seed: nothing is compared."]
 
 
 def test_record_metrics_writes_the_file_and_prints_one_line(tmp_path, capsys):

@@ -273,5 +273,5 @@ def test_cross_eval_table_means_and_stds_over_seeds(tmp_path):
     assert list(table.columns) == ["method", "noise", "ferplus:maj · acc", "ferplus:maj · mean_acc",
                                    "folder:x · acc", "folder:x · mean_acc"]
     ce, nla = table.to_dict("records")
-    assert (ce["method"], ce["ferplus:maj · acc"], ce["folder:x · mean_acc"]) == ("ce", "60.0 ± 14.1", "15.0 ± 7.1")
+    assert (ce["method"], ce["ferplus:maj · acc"], ce["folder:x · mean_acc"]) == ("CE", "60.0 ± 14.1", "15.0 ± 7.1")
     assert nla["ferplus:maj · acc"] == "60.0" and pd.isna(nla["folder:x · acc"])  # one seed; no score

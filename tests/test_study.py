@@ -431,16 +431,20 @@ def test_report_summary_means_and_stds_over_seeds(tmp_path):
     assert ce["last.acc_mean"] == pytest.approx(0.55) and ce["last.acc_std"] == pytest.approx(math.sqrt(0.005))
     assert summary.iloc[1]["last.acc_mean"] == pytest.approx(0.7) and math.isnan(summary.iloc[2]["last.acc_std"])
 
-    # the index's table: one row per configuration, mean ± std over the two seeds in %, the oracle marked and last
-    body = index.split("<table class='results'>", 1)[1].split("<tbody>", 1)[1].split("</tbody>", 1)[0]
+    # every configuration, folded: mean ± std over the two seeds in %, display names, the oracle marked and last
+    body = index.split("<table class='dataframe results'>", 1)[1].split("<tbody>", 1)[1].split("</tbody>", 1)[0]
     rows = re.findall(r"<tr(?: class='(oracle)')?>(.*?)</tr>", body)
     cells = [(oracle, re.findall(r"<td[^>]*>(.*?)</td>", row)) for oracle, row in rows]
-    assert [(oracle, c[0], c[1], c[4], c[5]) for oracle, c in cells] == \
-        [("", "ce", "shared", "0,1", "2"), ("", "ce", "shared", "0", "4"),
-         ("oracle", "ldl_votes (oracle)", "shared", "0", "2")]
+    assert [(oracle, c[0], c[1], c[2], c[4], c[5]) for oracle, c in cells] == \
+        [("", "CE", "shared", "30% symmetric", "0,1", "2"), ("", "CE", "shared", "30% symmetric", "0", "4"),
+         ("oracle", "oracle (human votes)", "shared", "30% symmetric", "0", "2")]
     assert cells[0][1][6:10] == ["55.0 ± 7.1", "40.0 ± 0.0", "65.0 ± 7.1", "50.0 ± 0.0"]  # last acc, mean acc; best
     assert cells[2][1][6] == "80.0"  # a single seed: no std
-    assert "(oracle) rows see information" in index
+    assert "Every configuration" in index.split("<table class='dataframe results'>", 1)[0].rsplit("<details>", 1)[1]
+    assert "Oracle rows read what a noisy-label method may not" in index
+    # the headline: the runs of the setting most share (run d trained 4 epochs: left out and said so)
+    assert rows_of(index, "headline", exact=True)[0][:2] == ["CE", "55.0 ± 7.1"]
+    assert "1 run(s) of other settings (epochs, subset, network ...) in the runs folder are left out" in index
 
 
 def test_report_finds_every_kind_of_cell_in_its_own_folder(tmp_path):
@@ -461,14 +465,13 @@ def test_report_finds_every_kind_of_cell_in_its_own_folder(tmp_path):
         (reports / "runs" / f"{rid}.html").write_text("<html></html>")
     index = write_report(runs_dir=runs, reports_dir=reports).read_text()
     lines = dict(re.findall(r"<a href='runs/([\w-]+)\.html'>[\w-]+</a> &mdash; ([^<]*)</li>", index))
-    assert lines["grid-cell"] == "02_train: ce, noise symmetric:0.3, seed 0: last-epoch test acc 50.00%, " \
-                                 "best-epoch 45.00%"
-    assert lines["ablation-cell"].startswith("02_train: ce, variant full, noise symmetric:0.3, seed 0: last-epoch "
-                                             "test acc 60.00%")
-    assert lines["fold-cell"].startswith("02_train: ce, fold 1 of 2 held out as the test split, noise symmetric:0.3"
-                                         ", seed 0: last-epoch test acc 70.00%")
-    assert "last-epoch test acc 80.00%" in lines["init-cell"]
-    assert lines["control-cell"].startswith("02_train: ce, noise none, seed 0: last-epoch test acc 55.00%")
+    assert lines["grid-cell"] == "CE, 30% symmetric, seed 0: test accuracy 50.0% at the last epoch, 45.0% " \
+                                 "early-stopped"
+    assert lines["ablation-cell"].startswith("CE, variant full, 30% symmetric, seed 0: test accuracy 60.0%")
+    assert lines["fold-cell"].startswith("CE, fold 1 of 2 held out as the test split, 30% symmetric, seed 0: test "
+                                         "accuracy 70.0%")
+    assert "test accuracy 80.0%" in lines["init-cell"]
+    assert lines["control-cell"].startswith("CE, clean labels, seed 0: test accuracy 55.0%")
     assert lines["unfinished-cell"] == "02_train for this cell (no result.json: unfinished or failed)"
 
 
@@ -487,32 +490,39 @@ def test_report_opens_with_the_answer(tmp_path):
             accs = [base - 0.1, base + 0.04, base + gain]
             pd.DataFrame({"epoch": [1, 2, 3], "test_acc": accs, "train_loss": [2.0, 1.0, 0.5]}).to_csv(
                 runs / rid / "epochs.csv", index=False)
-    (reports / "figures" / "99_summary").mkdir(parents=True)
-    (reports / "figures" / "99_summary" / "last.acc_by_noise.png").write_bytes(b"\x89PNG")  # 99_summary's figure
     index = write_report(runs_dir=runs, reports_dir=reports).read_text()
 
-    answer = index.split("<h2>Answer</h2>", 1)[1].split("<h2>Results</h2>", 1)[0]  # before the results table
-    assert "<img src='figures/99_summary/last.acc_by_noise.png'" in answer
-    assert "last.mean_acc_by_noise" not in answer  # a figure the notebook did not write is not linked
+    # the setting, the findings in sentences, the headline figure and table come first; every verdict is folded below
+    order = [index.index(f"<h2 id='{a}'>") for a in ("setting", "findings", "headline-table", "details")]
+    assert order == sorted(order)
+    findings = index.split("<ol class='findings'>", 1)[1].split("</ol>", 1)[0]
     p = stats.ttest_rel([0.54, 0.66, 0.60], [0.50, 0.60, 0.55]).pvalue
-    assert "ce&#x27;s test accuracy peaks at 59.0% at epoch 2 and ends at 55.0% at the last epoch" in answer
-    assert f"supported gains: nla at symmetric:0.3: +5.0 points, higher in 3 of 3 seeds, p = {p:.3f}" in answer
-    assert rows_of(answer, "paired") == [
-        ["nla", "symmetric:0.3", "ssl", "last.acc", "3", "+5.0 ± 1.0", "3 of 3", f"{p:.2g}", "supported gain"],
-        ["nla", "symmetric:0.3", "ssl", "last.mean_acc", "3", "+0.0 ± 0.0", "0 of 3", "", "no consistent difference"]]
+    assert "From its best test epoch to its last, CE loses 4.0 ± 0.0 points at 30% symmetric" in findings
+    assert (f"At the last epoch, NLA at 30% symmetric (+5.0 points, higher in all 3 seeds, p = {p:.3f}) is a "
+            "supported gain over CE.") in findings
+    assert "In mean (class-balanced) accuracy at the last epoch, no method and noise pair is a supported gain over " \
+           "CE (1 compared)." in findings
+    assert "<img src='figures/headline.png'" in index and (reports / "figures" / "headline.png").stat().st_size > 1000
+    assert rows_of(index, "paired") == [
+        ["NLA", "30% symmetric", "accuracy, last epoch", "3", "+5.0 ± 1.0", "3 of 3", f"{p:.2g}", "supported gain"],
+        ["NLA", "30% symmetric", "mean accuracy, last epoch", "3", "+0.0 ± 0.0", "0 of 3", "",
+         "no consistent difference"]]
     assert pd.read_csv(reports / "paired.csv")["verdict"].tolist() == ["supported gain", "no consistent difference"]
     # the memorisation drop of every setting, mean ± std over the seeds: ce peaks at epoch 2 and falls 4 points
-    assert rows_of(answer, "memorisation") == [["ce", "symmetric:0.3", "ssl", "0,1,2", "59.0 ± 5.0", "2.0 ± 0.0",
-                                                "55.0 ± 5.0", "4.0 ± 0.0"],
-                                               ["nla", "symmetric:0.3", "ssl", "0,1,2", "60.0 ± 6.0", "2.7 ± 0.6",
-                                                "60.0 ± 6.0", "0.0 ± 0.0"]]
-    assert "Rare classes" not in answer  # no per-epoch history with per-class accuracy: no gains table
+    assert rows_of(index, "memorisation") == [["CE", "30% symmetric", "0,1,2", "59.0 ± 5.0", "2.0 ± 0.0",
+                                               "55.0 ± 5.0", "4.0 ± 0.0"],
+                                              ["NLA", "30% symmetric", "0,1,2", "60.0 ± 6.0", "2.7 ± 0.6",
+                                               "60.0 ± 6.0", "0.0 ± 0.0"]]
+    assert "Rare classes" not in index  # no per-epoch history with per-class accuracy: no gains table
+    assert "Cross-dataset" not in index  # no run scored on another dataset: no such section
 
 
-def rows_of(page: str, table_class: str) -> list[list[str]]:
-    """The body cells of ``<table class='table_class'>`` in ``page``."""
-    body = page.split(f"<table class='{table_class}'>", 1)[1].split("</table>", 1)[0].split("<tbody>", 1)[1]
-    return [re.findall(r"<td[^>]*>(.*?)</td>", row) for row in re.findall(r"<tr>(.*?)</tr>", body)]
+def rows_of(page: str, table_class: str, *, exact: bool = False) -> list[list[str]]:
+    """The body cells of the (first) table of class ``table_class`` in ``page`` (an :func:`html_table`'s
+    ``dataframe table_class`` unless ``exact``)."""
+    cls = table_class if exact else f"dataframe {table_class}"
+    body = page.split(f"<table class='{cls}'>", 1)[1].split("</table>", 1)[0].split("<tbody>", 1)[1]
+    return [re.findall(r"<td[^>]*>(.*?)</td>", row) for row in re.findall(r"<tr[^>]*>(.*?)</tr>", body)]
 
 
 def test_the_rare_classes_gains_table_lists_each_method_against_ce():
@@ -521,14 +531,14 @@ def test_the_rare_classes_gains_table_lists_each_method_against_ce():
     gains = pd.DataFrame({"method": ["nla"] * 3, "noise": ["annotator"] * 3, "start": ["ssl"] * 3,
                           "class": ["happiness", "disgust", "fear"], "rare": [False, True, True],
                           "gain": [0.01, -0.15, 0.052], "baseline_acc_mean": [0.8, 0.15, 0.24]})
-    assert rows_of(_rare_gains_html(gains), "gains") == [["nla", "annotator", "ssl", "-15.0 (15.0)", "+5.2 (24.0)"]]
+    assert rows_of(_rare_gains_html(gains), "gains") == [["NLA", "real annotator", "-15.0 (15.0)", "+5.2 (24.0)"]]
     assert "<th>disgust</th><th>fear</th>" in _rare_gains_html(gains)
     assert _rare_gains_html(gains[~gains["rare"]]) == ""  # no rare class in the table: no section
     lanet = pd.DataFrame({"method": ["lanet"], "noise": ["annotator"], "start": ["ssl"], "class": ["disgust"],
                           "rare": [True], "gain": [0.01], "baseline_acc_mean": [0.15]})
     both = _rare_gains_html(pd.concat([lanet, gains]))  # the first method lacks fear: the column is there all the same
-    assert rows_of(both, "gains") == [["lanet", "annotator", "ssl", "+1.0 (15.0)", ""],
-                                      ["nla", "annotator", "ssl", "-15.0 (15.0)", "+5.2 (24.0)"]]
+    assert rows_of(both, "gains") == [["LA-Net", "real annotator", "+1.0 (15.0)", ""],
+                                      ["NLA", "real annotator", "-15.0 (15.0)", "+5.2 (24.0)"]]
 
 
 def test_a_folder_the_comparison_refuses_still_gets_its_report(tmp_path):
@@ -540,7 +550,7 @@ def test_a_folder_the_comparison_refuses_still_gets_its_report(tmp_path):
             "last": {"acc": 0.5, "mean_acc": 0.4}}))
     index = write_report(runs_dir=runs, reports_dir=tmp_path / "reports").read_text()
     assert "No seed-paired comparison with ce: baseline &#x27;ce&#x27; has runs of several variants" in index
-    assert "<h2>Results</h2>" in index
+    assert "Every configuration" in index and "<h2 id='setting'>" in index
 
 
 def test_rendered_notebooks_show_outputs_not_code(tmp_path):

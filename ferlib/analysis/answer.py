@@ -13,7 +13,9 @@ import numpy as np
 
 from .. import rundir
 from .runs import run_start, start_name
+from .labels import METRIC_NAMES, method_labels, start_label
 from .seeds import mean_std_text, seed_summary
+from .style import method_label, noise_label
 from .tables import _SETTING_KEYS, _STAGES, _variant  # the run settings, stages and variant label summaries use
 
 __all__ = [
@@ -165,22 +167,28 @@ def format_paired(comparison, *, scale: float = 100.0) -> "object":
 
     Returns
     -------
-    pandas.DataFrame, one row per row of ``comparison``: ``method`` (its variant in brackets), ``noise``,
-    ``start`` (``"<grid start> vs <init start>"`` for the init contrast), ``metric``, ``n pairs``,
+    pandas.DataFrame, one row per row of ``comparison``, in display names (:mod:`.labels`, :mod:`.style`):
+    ``method`` (its variant in brackets where it has several), ``noise``, ``start`` (only when the rows hold
+    several starts, or ``"<grid start> vs <init start>"`` for the init contrast), ``metric``, ``n pairs``,
     ``mean diff ± std`` (in points: times ``scale``, signed), ``wins`` (``"2 of 3"``), ``p`` (two significant
     digits; blank for one pair) and ``verdict``; the run settings that were only pairing keys are left out.
     """
     import pandas as pd
 
-    rows = [{"method": r.get("method", "") + (f" ({r['variant']})" if r.get("variant") else ""),
-             "noise": r.get("noise"), "metric": r["metric"], "n pairs": r["n_pairs"],
-             "start": r.get("start", "") + (f" vs {r['init_start']}" if r.get("init_start") else ""),
+    records = comparison.to_dict("records")
+    labels = method_labels([r.get("method", "") for r in records], [r.get("variant", "") for r in records],
+                           [r.get("oracle", False) for r in records])
+    rows = [{"method": label, "noise": noise_label(r.get("noise")),
+             "metric": METRIC_NAMES.get(r["metric"], r["metric"]), "n pairs": r["n_pairs"],
+             "start": start_label(r.get("start", "")) + (f" vs {start_label(r['init_start'])}"
+                                                         if r.get("init_start") else ""),
              "mean diff ± std": mean_std_text(r["mean_diff"], r["std_diff"], scale=scale, signed=True),
              "wins": f"{r['wins']} of {r['n_pairs']}",
              "p": "" if not np.isfinite(r["p_value"]) else f"{r['p_value']:.2g}", "verdict": r["verdict"]}
-            for r in comparison.to_dict("records")]
-    return pd.DataFrame(rows, columns=["method", "noise", "start", "metric", "n pairs", "mean diff ± std", "wins",
-                                       "p", "verdict"])
+            for label, r in zip(labels, records)]
+    out = pd.DataFrame(rows, columns=["method", "noise", "start", "metric", "n pairs", "mean diff ± std", "wins",
+                                      "p", "verdict"])
+    return out if out["start"].nunique() > 1 or "init_start" in comparison else out.drop(columns="start")
 
 
 def init_contrast_table(runs_dir: str | os.PathLike, *,
@@ -427,32 +435,37 @@ def findings_text(summary, comparison, memorisation, *, baseline: str = "ce") ->
     Accuracies are in %, differences in percentage points.
     """
     lines = []
+    base = method_label(baseline)
     if len(summary):
         oracle = summary["oracle"].astype(bool) if "oracle" in summary else np.zeros(len(summary), bool)
         seeds = sorted({x for text in summary["seeds"] for x in text.split(",") if x}, key=float)
         lines.append(f"{_count(int(summary['n_runs'].sum()), 'finished run')}: "
-                     f"{_listing(summary.loc[~oracle, 'method'])} at noise {_listing(summary['noise'])}, "
+                     f"{_listing(map(method_label, summary.loc[~oracle, 'method']))} at noise "
+                     f"{_listing(map(noise_label, summary['noise']))}, "
                      f"seed{'' if len(seeds) == 1 else 's'} {', '.join(seeds)}."
-                     + (f" Oracle methods ({_listing(summary.loc[oracle, 'method'])}) read the human votes: upper "
-                        "bounds, not compared." if oracle.any() else ""))
+                     + (f" Not compared (upper bounds: they read the human votes): "
+                        f"{_listing(map(method_label, summary.loc[oracle, 'method']))}." if oracle.any() else ""))
     for r in memorisation[(memorisation["method"] == baseline) & ~memorisation["oracle"].astype(bool)].to_dict(
             "records"):
-        lines.append(f"At {r['noise']}{_start_words(r['start'], memorisation)}, {baseline}'s test accuracy peaks at "
+        lines.append(f"At {noise_label(r['noise'])}{_start_words(r['start'], memorisation)}, {base}'s test accuracy "
+                     "peaks at "
                      f"{100 * r['peak_test_acc_mean']:.1f}% at epoch {r['peak_epoch_mean']:.0f} and ends at "
                      f"{100 * r['last_test_acc_mean']:.1f}% at the last epoch (means over "
                      f"{_count(r['n_runs'], 'run')}): a drop of {mean_std_text(r['drop_mean'], r['drop_std'])} points.")
     if comparison.empty:
-        lines.append(f"No method has runs paired with {baseline}'s on the same seed: nothing is compared.")
+        lines.append(f"No method has runs paired with {base}'s on the same seed: nothing is compared.")
         return lines
+    labels = dict(zip(zip(comparison["method"], comparison["variant"]),
+                      method_labels(comparison["method"], comparison["variant"])))
     for metric, rows in comparison.groupby("metric", sort=False):
         words = _METRIC_WORDS.get(metric, metric)
-        found = {v: [_pair_words(r, comparison) for r in rows[rows["verdict"] == v].to_dict("records")]
+        found = {v: [_pair_words(r, comparison, labels) for r in rows[rows["verdict"] == v].to_dict("records")]
                  for v in ("supported gain", "supported loss")}
-        lines.append(f"{words[0].upper()}{words[1:]} over {baseline}: supported gains: "
+        lines.append(f"{words[0].upper()}{words[1:]} over {base}: supported gains: "
                      f"{'; '.join(found['supported gain']) or 'none'}; supported losses: "
                      f"{'; '.join(found['supported loss']) or 'none'}.")
         unsupported = rows[~rows["verdict"].str.startswith("supported")]
-        rest = [_pair_words(r, comparison) for r in unsupported.to_dict("records")]
+        rest = [_pair_words(r, comparison, labels) for r in unsupported.to_dict("records")]
         if rest:
             lines.append(f"Not supported by the data ({words}): {'; '.join(rest)}.")
     lines.append("A difference is called supported when it has the same sign in every seed, there are at least 3 "
@@ -470,16 +483,17 @@ def _listing(values) -> str:
 
 def _start_words(start: str, table) -> str:
     """``" (random start)"`` when ``table`` holds more than one start, else nothing."""
-    return f" ({start} start)" if table["start"].nunique() > 1 else ""
+    return f" ({start_label(start)} start)" if table["start"].nunique() > 1 else ""
 
 
 def _p_text(p: float) -> str:
     return "p < 0.001" if p < 0.001 else f"p = {p:.3f}"
 
 
-def _pair_words(row: dict, comparison) -> str:
-    """``"nla at annotator: +1.2 points, higher in 3 of 3 seeds, p = 0.012"`` of a :func:`paired_comparison` row."""
+def _pair_words(row: dict, comparison, labels: dict) -> str:
+    """``"NLA at real annotator: +1.2 points, higher in 3 of 3 seeds, p = 0.012"`` of a :func:`paired_comparison`
+    row; ``labels`` maps ``(method, variant)`` to its display label."""
     p = "" if not np.isfinite(row["p_value"]) else f", {_p_text(row['p_value'])}"
-    method = row["method"] + (f" ({row['variant']})" if row.get("variant") else "")
-    return (f"{method} at {row['noise']}{_start_words(row['start'], comparison)}: "
+    method = labels[(row["method"], row["variant"])]
+    return (f"{method} at {noise_label(row['noise'])}{_start_words(row['start'], comparison)}: "
             f"{100 * row['mean_diff']:+.1f} points, higher in {row['wins']} of {_count(row['n_pairs'], 'seed')}{p}")

@@ -12,8 +12,10 @@ from typing import Sequence
 import numpy as np
 
 from .. import rundir
+from .labels import method_labels
 from .runs import class_names_for, load_runs, run_start, start_name
 from .seeds import mean_std_column, seed_summary
+from .style import noise_label
 
 __all__ = [
     "parse_noise", "summary_table", "format_summary", "timing_table", "per_class_table", "per_class_summary",
@@ -102,25 +104,25 @@ def summary_table(results, *, metrics: Sequence[str] = ("acc", "mean_acc", "macr
 
 def format_summary(table, *, metrics: Sequence[str] = ("acc", "mean_acc"), stages: Sequence[str] = _STAGES,
                    scale: float = 100.0, digits: int = 1) -> "object":
-    """A readable copy of :func:`summary_table`: ``"mean ± std"`` strings (in %), oracle rows marked.
+    """A readable copy of :func:`summary_table`: display names, ``"mean ± std"`` strings (in %).
 
     Returns
     -------
-    pandas.DataFrame with ``method`` (``" (oracle)"`` appended where ``oracle``), ``variant``, ``noise``,
-    ``start`` (only when the table holds runs of more than one ``backbone.weights``: ``"random"`` for a random
-    start, else the weights' name), ``n_seeds`` and one column per ``<stage>.<metric>`` that ``table`` has.
+    pandas.DataFrame with ``method`` (:func:`~.labels.method_labels`: the display name, its option set in brackets
+    where the method trained with several, an oracle marked), ``noise`` (:func:`~.style.noise_label`), ``start``
+    (only when the table holds runs of more than one ``backbone.weights``: ``"random"`` for a random start, else
+    the weights' name), ``n_seeds`` and one column per ``<stage>.<metric>`` that ``table`` has.
     """
     import pandas as pd
 
     out = pd.DataFrame(index=table.index)
-    for k in ("dataset", "method", "variant", "noise"):
-        if k in table:
-            out[k] = table[k]
+    if "dataset" in table:
+        out["dataset"] = table["dataset"]
+    out["method"] = method_labels(table["method"], table.get("variant"), table.get("oracle"))
+    out["noise"] = [noise_label(n) for n in table["noise"]]
     starts = [start_name(w) for w in table["backbone.weights"]] if "backbone.weights" in table else []
     if len(set(starts)) > 1:
         out["start"] = starts
-    if "oracle" in table:
-        out["method"] = [f"{m} (oracle)" if o else m for m, o in zip(table["method"], table["oracle"])]
     out["n_seeds"] = table["n_seeds"]
     for stage in stages:
         for m in metrics:
@@ -263,12 +265,14 @@ def cross_eval_summary(runs) -> "object":
 def format_cross_eval(summary, *, metrics: Sequence[str] = ("acc", "mean_acc"), scale: float = 100.0,
                       digits: int = 1) -> "object":
     """The cross-dataset table: one row per method and noise, one column per target and metric,
-    ``"mean ± std"`` over seeds (in %), from :func:`cross_eval_summary`; oracle rows marked."""
+    ``"mean ± std"`` over seeds (in %), from :func:`cross_eval_summary`; display names of methods and noise
+    settings (:func:`~.labels.method_labels`, :func:`~.style.noise_label`), oracle rows marked."""
     import pandas as pd
 
     if summary.empty:
         return pd.DataFrame()
-    df = summary.assign(method=[f"{m} (oracle)" if o else m for m, o in zip(summary["method"], summary["oracle"])])
+    df = summary.assign(method=method_labels(summary["method"], oracle=summary["oracle"]),
+                        noise=[noise_label(n) for n in summary["noise"]])
     for m in metrics:
         df[m] = mean_std_column(df, m, scale=scale, digits=digits)
     wide = df.pivot_table(index=["method", "noise"], columns="target", values=list(metrics), aggfunc="first",

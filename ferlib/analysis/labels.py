@@ -1,0 +1,47 @@
+"""The labels of table rows, from :mod:`.style`'s display names: one label per method, its option set (``variant``)
+in brackets only where the same method appears with several (a study-wide option such as LDLVA's
+``neighbours=bank`` is no variant), an oracle marked as one."""
+from __future__ import annotations
+
+from .style import METHOD_NAMES, method_label
+
+__all__ = ["method_labels", "start_label", "METRIC_NAMES"]
+
+#: Display names of the compared metrics (``<stage>.<metric>`` of a result).
+METRIC_NAMES = {"last.acc": "accuracy, last epoch", "best.acc": "accuracy, early-stopped",
+                "last.mean_acc": "mean accuracy, last epoch", "best.mean_acc": "mean accuracy, early-stopped",
+                "last.macro_f1": "macro F1, last epoch", "best.macro_f1": "macro F1, early-stopped"}
+_STARTS = {"ssl": "self-supervised", "random": "random init"}
+
+
+def start_label(start: str) -> str:
+    """``"ssl"`` -> ``"self-supervised"``, ``"random"`` -> ``"random init"``; weights named otherwise as they are."""
+    return _STARTS.get(str(start), str(start))
+
+
+def method_labels(methods, variants=None, oracle=None) -> list[str]:
+    """One display label per row.
+
+    Parameters
+    ----------
+    methods : registry names, one per row.
+    variants : ``"k=v,..."`` option sets, one per row (None: none).
+    oracle : whether each row's method reads what a noisy-label method may not (None: none does); an oracle
+        whose display name does not say so gets `` (oracle)``.
+
+    Returns
+    -------
+    list of str, e.g. ``["CE", "LDLVA", "oracle (human votes)"]``; with two option sets of LA-Net,
+    ``["LA-Net", "LA-Net (no_landmarks)"]``.
+    """
+    methods = [str(m) for m in methods]
+    variants = [""] * len(methods) if variants is None else ["" if v is None or v != v else str(v) for v in variants]
+    oracle = [False] * len(methods) if oracle is None else [bool(o) and o == o for o in oracle]  # NaN: not one
+    several = {m for m in methods if len({v for mm, v in zip(methods, variants) if mm == m}) > 1}
+    labels = []
+    for m, v, o in zip(methods, variants, oracle):
+        label = method_label(m, v if m in several else "")
+        if o and "oracle" not in METHOD_NAMES.get(m, ""):
+            label += " (oracle)"
+        labels.append(label)
+    return labels

@@ -1,0 +1,144 @@
+"""HTML pieces of the study's rendered pages: tables as a reader wants them (no index column, numbers rounded,
+the first rows shown and the rest folded, the CSV linked) and the frame of a rendered notebook (its title, a link
+back to the index, a table of contents). :func:`setup_notebook` makes :func:`html_table` the way every view shows a
+DataFrame; :mod:`ferlib.study.report` builds the index and frames each rendered notebook with these."""
+from __future__ import annotations
+
+import html
+import math
+import re
+from numbers import Integral, Real
+
+__all__ = ["Html", "html_table", "frame_page", "page_sections", "MAX_ROWS"]
+
+#: Rows a table shows before the rest are folded (``<details>``).
+MAX_ROWS = 30
+#: Sections a page needs before it gets a table of contents.
+_TOC_MIN_SECTIONS = 3
+
+
+class Html(str):
+    """A table cell's text that is already HTML (not escaped again by :func:`html_table`)."""
+
+
+def _e(value) -> str:
+    return value if isinstance(value, Html) else html.escape(str(value), quote=True)
+
+
+def _decimals(column) -> int | None:
+    """Decimals of a float column: none when every value is whole, 3 when every |value| <= 1 (fractions, AUROC),
+    else 1 (percentages, points, seconds); None for a column that is not all numbers."""
+    values = [v for v in column if not (isinstance(v, float) and math.isnan(v))]
+    if not values or not all(isinstance(v, Real) and not isinstance(v, bool) for v in values):
+        return None
+    if all(float(v).is_integer() for v in values):
+        return 0
+    return 3 if max(abs(float(v)) for v in values) <= 1 else 1
+
+
+def _flat(frame):
+    """``frame`` with its index as columns when it means something (named, several levels, or labels), dropped
+    when it is unnamed row numbers; multi-level column names joined with `` · ``."""
+    import pandas as pd
+
+    if isinstance(frame.index, pd.MultiIndex) or frame.index.name is not None:
+        out = frame.reset_index()
+    elif pd.api.types.is_integer_dtype(frame.index):
+        out = frame.reset_index(drop=True)
+    else:
+        out = frame.reset_index(names=[""])
+    if isinstance(out.columns, pd.MultiIndex):
+        out = out.copy()
+        out.columns = [" · ".join(str(p) for p in c if str(p)) for c in out.columns]
+    return out
+
+
+def _cell(value, decimals: int | None) -> tuple[str, bool]:
+    """(HTML of one value, whether it is a number)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "", False
+    if isinstance(value, Real) and not isinstance(value, bool) and decimals is not None:
+        return (f"{int(value):,}" if decimals == 0 and isinstance(value, Integral) else
+                f"{float(value):.{decimals}f}"), True
+    return _e(value), False
+
+
+def html_table(frame, *, cls: str = "", max_rows: int = MAX_ROWS, csv: str | None = None,
+               row_classes=None) -> str:
+    """A DataFrame as an HTML table: no index column (a meaningful index becomes columns), floats rounded per
+    column (whole numbers without decimals, fractions to 3 decimals, larger values to 1), numbers right-aligned,
+    missing values blank; cells of type :class:`Html` are inserted as they are, the rest escaped.
+
+    Parameters
+    ----------
+    frame : pandas.DataFrame (an empty one gives ``""``).
+    cls : CSS class(es) of the ``<table>`` besides ``dataframe``.
+    max_rows : rows shown; a longer table shows its first ``max_rows`` and folds the whole table into a
+        ``<details>`` below them.
+    csv : a link to the table's CSV, written under the table.
+    row_classes : one CSS class per row (``""`` for none), e.g. ``oracle``.
+    """
+    if frame is None or not len(frame):
+        return ""
+    frame = _flat(frame)
+    decimals = {c: _decimals(frame[c]) for c in frame.columns}
+    head = "".join(f"<th>{_e(c)}</th>" for c in frame.columns)
+    rows = []
+    classes = list(row_classes) if row_classes is not None else [""] * len(frame)
+    for record, row_cls in zip(frame.itertuples(index=False), classes):
+        cells = [_cell(v, decimals[c]) for c, v in zip(frame.columns, record)]
+        attr = f" class='{row_cls}'" if row_cls else ""
+        rows.append(f"<tr{attr}>" + "".join(f"<td class='num'>{t}</td>" if num else f"<td>{t}</td>"
+                                            for t, num in cells) + "</tr>")
+
+    def table(body: list[str]) -> str:
+        return (f"<table class='{('dataframe ' + cls).strip()}'><thead><tr>{head}</tr></thead><tbody>"
+                + "".join(body) + "</tbody></table>")
+
+    out = table(rows[:max_rows])
+    if len(rows) > max_rows:
+        out += (f"<details><summary>all {len(rows)} rows ({len(rows) - max_rows} more)</summary>"
+                + table(rows) + "</details>")
+    if csv:
+        out += f"<p class='muted'>Rows: <a href='{_e(csv)}'>{_e(csv)}</a>.</p>"
+    return out
+
+
+# ----------------------------------------------------------------------------------- the frame of a page
+_H2 = re.compile(r"<h2 id=\"([^\"]+)\">(.*?)</h2>", re.S)
+_TAG = re.compile(r"<[^>]+>")
+
+_FRAME_CSS = """<style>
+nav.ferlib{font-family:system-ui,-apple-system,Segoe UI,sans-serif;max-width:1100px;margin:1em auto 0;
+padding:.6em 1em;background:#f4f6f8;border:1px solid #dde2e6;border-radius:4px;font-size:14px;line-height:1.5}
+nav.ferlib a{color:#1a5fb4;text-decoration:none}nav.ferlib a:hover{text-decoration:underline}
+nav.ferlib ol{margin:.3em 0 0;padding-left:1.6em;columns:2}
+</style>"""
+
+
+def page_sections(page: str) -> list[tuple[str, str]]:
+    """``[(anchor id, heading text)]`` of the level-2 headings of an nbconvert page, in order."""
+    out = []
+    for anchor, inner in _H2.findall(page):
+        text = html.unescape(_TAG.sub("", inner)).replace("¶", "").strip()
+        out.append((html.unescape(anchor), text))
+    return out
+
+
+def frame_page(page: str, *, title: str, index: str | None = "index.html") -> str:
+    """An nbconvert page with its frame: ``<title>`` set to ``title``, and at the top a bar linking back to the
+    study's ``index`` (a relative link; None: no link) and, on a page with at least three sections, a table of
+    contents of its level-2 headings."""
+    page = re.sub(r"<title>.*?</title>", f"<title>{html.escape(title)}</title>", page, count=1, flags=re.S)
+    parts = []
+    if index:
+        parts.append(f"<a href='{_e(index)}'>&larr; study index</a> &middot; <b>{_e(title)}</b>")
+    sections = page_sections(page)
+    if len(sections) >= _TOC_MIN_SECTIONS:
+        parts.append("Contents:<ol>" + "".join(f"<li><a href='#{_e(a)}'>{_e(t)}</a></li>" for a, t in sections)
+                     + "</ol>")
+    if not parts:
+        return page
+    nav = f"<nav class='ferlib'>{'<br>'.join(parts)}</nav>"
+    page = page.replace("</head>", _FRAME_CSS + "</head>", 1)
+    return re.sub(r"(<body[^>]*>)", lambda m: m.group(1) + nav, page, count=1)
