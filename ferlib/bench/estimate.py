@@ -28,9 +28,9 @@ def _record(report: dict, options_of: dict[str, dict], method: str, options: dic
     """The bench record of ``method`` measured on ``device`` under the precision ``cfg`` computes in there: the
     one measured with the cell's method options (a ``NAME:KEY=VALUE`` label), else the one with its defaults;
     and whether it is the former. ``options_of``: each record label's typed options."""
-    want = resolve_precision(cfg, torch.device(device))
+    want = resolve_precision(cfg, torch.device(device))  # a record also holds the CPU's bf16 probe: not compared
     found = [r for r in report["measurements"] if "metrics" in r and r["device"] == device
-             and r["precision"] == want and r["method"].partition(":")[0] == method]
+             and {k: r["precision"].get(k) for k in want} == want and r["method"].partition(":")[0] == method]
     exact = [r for r in found if options_of[r["method"]] == dict(options)]
     plain = [r for r in found if r["method"] == method]
     return (exact or plain or [None])[0], bool(exact)
