@@ -568,6 +568,38 @@ def test_rendered_notebooks_show_outputs_not_code(tmp_path):
     assert "secret_source_line" not in page
 
 
+def test_every_rendered_view_is_titled_links_back_to_the_index_and_lists_its_sections(tmp_path):
+    from ferlib.study.report import render_all
+
+    def notebook(path: Path, title: str, sections: list[str]) -> None:
+        nb = nbformat.v4.new_notebook()
+        nb.cells = [nbformat.v4.new_markdown_cell(f"# {title}\n\nWhat it shows.")]
+        nb.cells += [nbformat.v4.new_markdown_cell(f"## {s}") for s in sections]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        nbformat.write(nb, path)
+
+    reports = tmp_path / "smoke"
+    notebook(reports / "05_uncertainty.ipynb", "05 · Uncertainty", ["The answer", "Detection", "Galleries"])
+    notebook(reports / "00_prepare_data.ipynb", "00 · Prepare the data", ["Counts"])
+    notebook(reports / "runs" / "ce-symmetric0.3-s0-abc.ipynb", "02 · Train one run", ["Curves"])
+    (reports / "index.html").write_text("<html></html>")
+    assert len(render_all(reports)) == 3
+    pages = {p.relative_to(reports).as_posix(): p.read_text() for p in reports.rglob("*.html")
+             if p.name != "index.html"}
+    titles = {k: re.search(r"<title>(.*?)</title>", v).group(1) for k, v in pages.items()}
+    assert titles == {"05_uncertainty.html": "05 · Uncertainty · smoke",
+                      "00_prepare_data.html": "00 · Prepare the data · smoke",
+                      "runs/ce-symmetric0.3-s0-abc.html": "ce-symmetric0.3-s0-abc · 02_train · smoke"}
+    for name, page in pages.items():  # the link back resolves from where the page lies
+        back = re.search(r"<a href='([^']+)'>&larr; study index</a>", page).group(1)
+        assert (reports / name).parent.joinpath(back).resolve() == (reports / "index.html").resolve()
+    contents = re.findall(r"<li><a href='#([^']+)'>", pages["05_uncertainty.html"])
+    assert contents == ["The-answer", "Detection", "Galleries"]
+    assert all(f'id="{a}"' in pages["05_uncertainty.html"] for a in contents)
+    assert "Contents:<ol>" in pages["05_uncertainty.html"]
+    assert "Contents:<ol>" not in pages["00_prepare_data.html"]  # a short page needs none
+
+
 # ----------------------------------------------------------------------------------- the runner
 @pytest.mark.notebook
 def test_run_study_resumes_records_failures_and_reports(tmp_path, monkeypatch):

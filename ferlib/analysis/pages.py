@@ -109,7 +109,7 @@ _H2 = re.compile(r"<h2 id=\"([^\"]+)\">(.*?)</h2>", re.S)
 _TAG = re.compile(r"<[^>]+>")
 
 _FRAME_CSS = """<style>
-nav.ferlib{font-family:system-ui,-apple-system,Segoe UI,sans-serif;max-width:1100px;margin:1em auto 0;
+nav.ferlib{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:12px 20px 0;
 padding:.6em 1em;background:#f4f6f8;border:1px solid #dde2e6;border-radius:4px;font-size:14px;line-height:1.5}
 nav.ferlib a{color:#1a5fb4;text-decoration:none}nav.ferlib a:hover{text-decoration:underline}
 nav.ferlib ol{margin:.3em 0 0;padding-left:1.6em;columns:2}
