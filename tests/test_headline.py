@@ -71,6 +71,23 @@ def test_the_findings_are_a_few_sentences_whose_words_come_from_the_verdicts():
     assert not any("ldl_votes" in line or "symmetric:0.3" in line for line in lines)  # display names only
 
 
+def test_the_real_noise_against_its_twin_is_one_sentence_from_its_verdicts():
+    contrast = pd.DataFrame([  # noise_contrast's rows: each method at annotator minus itself at annotator_matched
+        {"method": m, "metric": "last.acc", "n_pairs": 3, "mean_diff": d, "wins": w, "p_value": p, "verdict": v}
+        for m, d, w, p, v in [("ce", 0.052, 3, 0.043, "supported: higher"),
+                              ("gce", 0.018, 3, 0.145, "same sign in every seed, not significant"),
+                              ("nla", 0.019, 3, 0.085, "same sign in every seed, not significant"),
+                              ("rul", -0.04, 0, 0.01, "supported: lower")]])
+    results = _results()
+    lines = headline_findings(results, analysis.paired_comparison(results), _memorisation(), noise_order=NOISES,
+                              contrast=contrast)
+    assert len(lines) == 7
+    assert lines[-2] == ("Real annotator noise against its synthetic twin (the real annotator's class transitions, "
+                         "drawn regardless of the face), at the last epoch: 1 of 4 methods are more accurate under "
+                         "the real annotator noise with support: CE (+5.2) points; less accurate with support: RUL "
+                         "(-4.0) points; not supported: GCE, NLA (+1.8 to +1.9 points, p = 0.085 to 0.145).")
+
+
 def test_one_seed_supports_nothing_and_says_so():
     results = _results()
     one = results[results["seed"] == 0]

@@ -120,13 +120,18 @@ def _grouped(rows, labels: dict[str, str], noises: list[str]) -> str:
     return "; ".join(parts)
 
 
-def _pair(row: dict, labels: dict[str, str]) -> str:
-    """``"GCE at real annotator (+2.7 points, higher in all 3 seeds, p = 0.052)"``."""
+def _evidence(row: dict) -> str:
+    """``"(+2.7 points, higher in all 3 seeds, p = 0.052)"`` of a paired comparison's row."""
     n, wins, d = int(row["n_pairs"]), int(row["wins"]), 100 * row["mean_diff"]
     seeds = (f"higher in all {n} seeds" if wins == n else f"lower in all {n} seeds" if wins == 0 and d < 0
              else f"higher in {wins} of {n} seeds")
     p = f", p = {row['p_value']:.3f}" if math.isfinite(row["p_value"]) else ""
-    return f"{labels[row['method']]} at {noise_label(row['noise'])} ({d:+.1f} points, {seeds}{p})"
+    return f"({d:+.1f} points, {seeds}{p})"
+
+
+def _pair(row: dict, labels: dict[str, str]) -> str:
+    """``"GCE at real annotator (+2.7 points, higher in all 3 seeds, p = 0.052)"``."""
+    return f"{labels[row['method']]} at {noise_label(row['noise'])} {_evidence(row)}"
 
 
 def _range(gains) -> str:
@@ -162,8 +167,34 @@ def _metric_sentence(rows, metric: str, labels: dict[str, str], baseline: str, n
     return f"{lead}, {text}."
 
 
-def headline_findings(results, comparison, memorisation, *, baseline: str = "ce",
-                      noise_order: Sequence[str] = ()) -> list[str]:
+def _contrast_sentence(rows, labels: dict[str, str], noise: str, other: str) -> str:
+    """One noise against another for every method at the last epoch: the methods more (less) accurate under
+    ``noise`` with support, by name with their differences, and the others with the range of their differences
+    and p values."""
+    def named(group) -> str:
+        return ", ".join(f"{labels.get(r['method'], r['method'])} ({100 * r['mean_diff']:+.1f})"
+                         for r in group.sort_values("mean_diff", ascending=False).to_dict("records"))
+
+    supported = rows["verdict"].str.startswith("supported")
+    gains, losses, rest = rows[supported & (rows["mean_diff"] > 0)], rows[supported & (rows["mean_diff"] < 0)], \
+        rows[~supported]
+    parts = [f"{len(gains)} of {len(rows)} methods are more accurate under the {noise_label(noise)} noise with support"
+             + (f": {named(gains)} points" if len(gains) else "")]
+    if len(losses):
+        parts.append(f"less accurate with support: {named(losses)} points")
+    if len(rest):
+        d, p = 100 * rest["mean_diff"], rest["p_value"]
+        parts.append(f"not supported: {', '.join(labels.get(m, m) for m in rest['method'])} ("
+                     + (f"{d.min():+.1f} to {d.max():+.1f} points" if len(rest) > 1 else f"{d.iloc[0]:+.1f} points")
+                     + (f", p = {p.min():.3f} to {p.max():.3f}" if len(rest) > 1 and p.notna().all() else
+                        f", p = {p.iloc[0]:.3f}" if p.notna().all() else "") + ")")
+    lead = f"{noise_label(noise)[0].upper()}{noise_label(noise)[1:]} noise against its {noise_label(other)}"
+    return f"{lead}{_NOISE_WORDS.get(other, '')}, at the last epoch: {'; '.join(parts)}."
+
+
+def headline_findings(results, comparison, memorisation, *, baseline: str = "ce", noise_order: Sequence[str] = (),
+                      contrast=None, contrast_noises: tuple[str, str] = ("annotator", "annotator_matched")
+                      ) -> list[str]:
     """The findings in 4-7 plain sentences, every word about a difference taken from a verdict of
     :func:`~ferlib.analysis.answer.paired_comparison` (its rule: the same sign in every seed, at least 3 seeds,
     paired t-test p < 0.05).
@@ -175,12 +206,16 @@ def headline_findings(results, comparison, memorisation, *, baseline: str = "ce"
     memorisation : :func:`~ferlib.analysis.answer.memorisation_summary` (the baseline's drop from its peak test
         epoch to its last).
     noise_order : the noise settings in the order to name them (a study's grid); others follow.
+    contrast : :func:`~ferlib.analysis.flips.noise_contrast` (each method under one noise minus itself under
+        another, seed by seed, with the same verdict rule), or None; ``contrast_noises`` names the two (default
+        the real annotator and its synthetic twin).
 
     Returns
     -------
     list of str: what was compared; the baseline's drop per noise setting; per metric of
     :data:`HEADLINE_METRICS` the supported gains and losses (or, with fewer than 3 seeds, that none can be
-    supported); the oracle's and the clean control's accuracy. Accuracies in %, differences in points.
+    supported); with ``contrast``, which methods do better under one noise than the other; the oracle's and the
+    clean control's accuracy. Accuracies in %, differences in points.
     """
     if not len(results):
         return []
@@ -216,6 +251,10 @@ def headline_findings(results, comparison, memorisation, *, baseline: str = "ce"
             rows = comparison[comparison["metric"] == metric]
             if len(rows):
                 lines.append(_metric_sentence(rows, metric, labels, base, noises))
+    if contrast is not None and pairs >= 3:
+        rows = contrast[contrast["metric"] == "last.acc"]
+        if len(rows):
+            lines.append(_contrast_sentence(rows, labels, *contrast_noises))
     references = [f"{label} {mean_std_text(runs['last.acc'].mean(), runs['last.acc'].std(ddof=1))}%"
                   for label, runs in ((("the oracle trained on the human votes" if k == "oracle" else
                                         f"{base} on the clean labels"), g)
