@@ -240,7 +240,7 @@ def test_plots_return_figures():
     fig = analysis.face_grid(faces, list("abcde"), ncols=3)
     assert isinstance(fig, Figure) and len(fig.axes) == 6
     table = analysis.summary_table(_results_frame(), metrics=("acc",))
-    assert isinstance(analysis.plot_noise_curve(table), Figure)
+    assert isinstance(analysis.plot_by_noise(table), Figure)  # one level: plot_noise_curve has nothing to draw
     fig = analysis.plot_distributions(faces[:2], {"votes": np.full((2, 3), 1 / 3), "ce": np.eye(3)[:2]}, names)
     for ax in fig.axes[1::2]:  # every face's bar panel names the classes, not only the last one
         assert [t.get_text() for t in ax.get_xticklabels()] == names

@@ -93,7 +93,13 @@ def test_01_inject_noise(tmp_path):
     assert 0.25 < m["overall_rate"] < 0.35
     assert m["n_flipped"] == round(m["overall_rate"] * m["n_train"])
     assert len(m["per_class_rate"]) == 8
-    assert (tmp_path / "study" / "figures" / "01_inject_noise" / "transition.png").is_file()
+    assert set(m["compare"]) == {"annotator", "annotator_matched"}  # drawn beside it: the sample has votes
+    verdict = m["ambiguity"]
+    assert verdict["n_seeds"] == 1 and verdict["verdict"] in ("too few seeds", "not supported")  # 3 seeds needed
+    assert verdict["real_given_voted"] == 1.0  # the real annotator's label is always a class it voted for
+    assert verdict["real_entropy"] > verdict["all_entropy"]  # it can flip only faces whose votes disagree
+    figures = tmp_path / "study" / "figures" / "01_inject_noise"
+    assert {"transition.png", "transitions_compared.png", "votes.png"} <= {p.name for p in figures.glob("*.png")}
 
 
 def test_02_train(trained):
@@ -158,6 +164,11 @@ def test_05_uncertainty(trained):
     assert 0 <= cl["n_flagged"] <= cl["n"]
     assert math.isnan(cl["precision"]) or 0.0 <= cl["precision"] <= 1.0
     assert (folder / "runs" / "cleanlab").is_dir()
+    # the answer: each kind of ranking's best method, one best per noise, AUM among them
+    assert {r["ranking"] for r in m["best"]} == {*rankings, "1 - self_confidence"}
+    assert [r["ranking"] for r in m["best"] if r["best"]] == [max(m["best"], key=lambda r: r["auroc_mean"])["ranking"]]
+    figures = folder / "study" / "figures" / "05_uncertainty"
+    assert {"auroc.png", "ap.png"} <= {p.name for p in figures.glob("*.png")}
 
 
 def test_06_embeddings(trained):
@@ -168,10 +179,11 @@ def test_06_embeddings(trained):
     folder, trained_metrics = trained
     m = execute("06_embeddings", folder, umap_max_points=200)
     (row,) = m["runs"]
-    assert row["run_id"] == trained_metrics["run_id"]
+    assert row["run_id"] == trained_metrics["run_id"] and row["source"] == "penultimate features (model.pt)"
     assert -1.0 <= row["silhouette_test"] <= 1.0 and -1.0 <= row["silhouette_train_given"] <= 1.0
     figures = folder / "study" / "figures" / "06_embeddings"
-    assert {p.name for p in figures.glob("*.png")} == {f"{row['run_id']}_test.png", f"{row['run_id']}_train.png"}
+    assert {p.name for p in figures.glob("*.png")} == {f"{row['run_id']}_test.png", f"{row['run_id']}_train.png",
+                                                       "flips.png"}
     (hover,) = [c for c in nbformat.read(folder / "06_embeddings.ipynb", as_version=4).cells if c.get("id") == "hover"]
     loader, *plots = [o.data["text/html"] for o in hover.outputs]
     assert "root.Bokeh = bokeh" in loader and len(plots) == 2  # BokehJS once, then the train and test panels
@@ -180,7 +192,7 @@ def test_06_embeddings(trained):
     assert page.count("root.Bokeh = bokeh") == 1 and "cdn.bokeh.org" not in page  # self-contained, offline
 
 
-def test_06_embeddings_skips_runs_without_weights_or_features(trained, tmp_path):
+def test_06_embeddings_embeds_the_logits_of_runs_without_weights_or_features(trained, tmp_path):
     import shutil
 
     from ferlib import rundir
@@ -188,7 +200,9 @@ def test_06_embeddings_skips_runs_without_weights_or_features(trained, tmp_path)
     folder, trained_metrics = trained
     shutil.copytree(folder / "runs" / trained_metrics["run_id"], tmp_path / "runs" / trained_metrics["run_id"])
     (tmp_path / "runs" / trained_metrics["run_id"] / rundir.MODEL).unlink()  # as a study's committed cell
-    assert execute("06_embeddings", tmp_path, umap_max_points=200)["runs"] == []
+    m = execute("06_embeddings", tmp_path, umap_max_points=200)
+    assert m["sources"] == ["logits (read-out)"]
+    assert [(r["run_id"], r["source"]) for r in m["runs"]] == [(trained_metrics["run_id"], "logits (read-out)")]
 
 
 def test_07_review_labels(trained, tmp_path):
@@ -240,3 +254,13 @@ def test_99_summary(trained):
     (cross,) = m["cross_eval"]
     assert (cross["method"], cross["target"], cross["n_seeds"]) == ("ce", "ferplus:ferplus_sample:mode=majority", 1)
     assert 0.0 <= cross["acc_mean"] <= 1.0 and cross["n"] > 200
+    (fit,) = m["fit"]  # the final model's fit of its training labels, from the read-out
+    assert fit["method"] == "ce" and 0.0 <= fit["train_acc_given_mean"] <= 1.0
+    assert [(r["noise"], r["method"]) for r in m["best_methods"]] == [("symmetric:0.3", "ce")]
+    result = json.loads((run_dir / "result.json").read_text())
+    assert sum(r["n"] for r in m["per_class"]) == result["split_counts"]["test"]  # every test face in one class
+    assert all(r["low"] <= r["acc_mean"] <= r["high"] for r in m["per_class"] if r["n"])
+    assert m["noise_contrast"] == [] and m["ambiguity"] == {}  # no annotator pair in this study
+    figures = {p.name for p in (folder / "study" / "figures" / "99_summary").glob("*.png")}
+    assert {"last.acc_by_noise.png", "memorisation.png", "curves.png", "confusion_symmetric0.3.png",
+            "per_class_symmetric0.3.png"} <= figures

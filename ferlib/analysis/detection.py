@@ -12,11 +12,12 @@ from .distributions import softmax
 from .plots import face_grid
 from .runs import RunRecord, class_names_for, images_by_id, load_runs, run_dataset, run_start
 from .seeds import seed_summary
+from .style import FLIP_COLOURS, NOT_DETECTORS, method_of
 
 __all__ = [
     "RANKINGS", "detection_metrics", "flag_metrics", "ranking_score", "uncertainty_table", "extreme_samples",
     "plot_extremes", "fold_groups", "out_of_sample_probs", "cleanlab_issues", "cleanlab_scores", "cleanlab_table",
-    "detection_summary",
+    "detection_summary", "best_rankings", "best_ranking_words",
     "relabel_summary", "relabel_table",
 ]
 
@@ -179,7 +180,7 @@ def plot_extremes(run, k: int = 8, *, key: str = "method_score"):
     images = data.images[images_by_id(data, table["id"])] if len(table) else np.zeros((0, 1, 1, 1), np.uint8)
     titles = [f"{t.end[0].upper()}{t.rank} {names[t.given][:4]}/{names[t.clean][:4]} {t.score:.2f}"
               for t in table.itertuples()]
-    colours = ["crimson" if f else "black" for f in table["flipped"]] if len(table) else None
+    colours = [FLIP_COLOURS["flipped"] if f else "black" for f in table["flipped"]] if len(table) else None
     return face_grid(images, titles, ncols=k, title_colors=colours,
                      title=f"{run.label} ({run.run_id}): top row most, bottom row least uncertain; "
                            "red = flipped (given/clean)")
@@ -336,9 +337,58 @@ def detection_summary(table) -> "object":
     Returns
     -------
     pandas.DataFrame: those keys (``start`` where the table has it), ``n_seeds, seeds, n_runs``, and
-    ``<metric>_mean``, ``<metric>_std`` (ddof = 1; NaN for one seed) for ``auroc, ap, fnr_at_n``.
+    ``<metric>_mean``, ``<metric>_std`` (ddof = 1; NaN for one seed) for ``auroc, ap, fnr_at_n`` and ``rate``
+    (the flip rate: the chance level of AP).
     """
-    return seed_summary(table, ("method", "noise", "start", "ranking"), ("auroc", "ap", "fnr_at_n"))
+    return seed_summary(table, ("method", "noise", "start", "ranking"), ("auroc", "ap", "fnr_at_n", "rate"))
+
+
+def best_rankings(summary, *, metric: str = "auroc") -> "object":
+    """The answer of the detection view: per noise setting, each kind of ranking's best method, best first.
+
+    Parameters
+    ----------
+    summary : :func:`detection_summary` (cleanlab's rows included or not). Oracle methods (labels ending in
+        ``(oracle)``: they read the human votes) and :data:`~ferlib.analysis.style.NOT_DETECTORS` are left out.
+    metric : what "best" means (``auroc`` or ``ap``).
+
+    Returns
+    -------
+    pandas.DataFrame, one row per noise (and start) and ranking: ``noise, start, ranking, method``, ``n_seeds``,
+    ``auroc_mean, auroc_std, ap_mean, ap_std, rate_mean, rate_std`` (those present) and ``best`` (True on the
+    noise's best row); rows of a noise in decreasing ``<metric>_mean``.
+    """
+    import pandas as pd
+
+    if summary.empty:
+        return summary
+    keep = ~summary["method"].astype(str).str.endswith("(oracle)")
+    keep &= ~pd.Series([(method_of(m), r) in NOT_DETECTORS for m, r in zip(summary["method"], summary["ranking"])],
+                       index=summary.index)
+    df = summary[keep & summary[f"{metric}_mean"].notna()]
+    keys = [k for k in ("noise", "start") if k in df]
+    best = df.loc[df.groupby([*keys, "ranking"], sort=False)[f"{metric}_mean"].idxmax()]
+    best = best.sort_values([*keys, f"{metric}_mean"], ascending=[True] * len(keys) + [False], kind="stable")
+    best["best"] = ~best.duplicated(keys)
+    columns = [*keys, "ranking", "method", "n_seeds",
+               *(c for c in ("auroc_mean", "auroc_std", "ap_mean", "ap_std", "rate_mean", "rate_std") if c in best),
+               "best"]
+    return best[columns].reset_index(drop=True)
+
+
+def best_ranking_words(best) -> list[str]:
+    """One sentence per noise setting (and start) of :func:`best_rankings`: which ranking of which method finds
+    the flipped labels best, with its AUROC and AP beside the chance level of AP (the flip rate)."""
+    from .style import RANKING_NAMES, method_label, noise_label
+
+    lines = []
+    for r in best[best["best"]].to_dict("records"):
+        who = ("cleanlab on the cross-fitted CE folds" if r["method"] == "cleanlab"
+               else f"{RANKING_NAMES.get(r['ranking'], r['ranking'])} of {method_label(r['method'])}")
+        lines.append(f"{noise_label(r['noise'])}: {who} finds the flipped labels best, AUROC "
+                     f"{r['auroc_mean']:.3f}, average precision {r['ap_mean']:.3f} (chance {r['rate_mean']:.3f}; "
+                     f"means over {r['n_seeds']} seed{'' if r['n_seeds'] == 1 else 's'}).")
+    return lines
 
 
 def relabel_summary(label, given, clean) -> dict[str, float]:
