@@ -41,10 +41,10 @@ def _figure(nrows: int = 1, ncols: int = 1, *, size: tuple[float, float] = (4.0,
 
 
 def _percent(ax, axis: str = "y") -> None:
-    """Tick labels of an axis whose values are fractions, written in %."""
-    from matplotlib.ticker import FuncFormatter
+    """Tick labels of an axis whose values are fractions, written in % (as many decimals as the ticks need)."""
+    from matplotlib.ticker import PercentFormatter
 
-    getattr(ax, f"{axis}axis").set_major_formatter(FuncFormatter(lambda v, _: f"{100 * v:.0f}%"))
+    getattr(ax, f"{axis}axis").set_major_formatter(PercentFormatter(xmax=1.0))
 
 
 def _legend_outside(fig, ax=None, **kw) -> None:
@@ -334,7 +334,7 @@ def plot_by_noise(summary, *, metric: str = "last.acc", baseline: str = "ce", st
     variants = {m: set(g["variant"]) for m, g in noisy.groupby("method")} if "variant" in noisy else {}
     pairs = dict.fromkeys(zip(noisy["method"], noisy["variant"] if "variant" in noisy else [""] * len(noisy)))
     series = sorted(pairs, key=lambda mv: st.method_order(noisy["method"]).index(mv[0]))
-    fig, axes = _figure(size=(max(5.0, 1.5 * len(noises) + 2.5), 4.0))
+    fig, axes = _figure(size=(max(4.0, 2.0 * len(noises)), 4.0), legend=3.2)
     ax = axes[0, 0]
     step = 0.8 / max(len(series), 1)
     for k, (method, variant) in enumerate(series):
