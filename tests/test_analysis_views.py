@@ -277,3 +277,24 @@ def test_best_methods_per_noise_leave_out_the_oracle_and_the_clean_control():
     assert best["noise"].tolist() == ["annotator", "symmetric:0.2", "symmetric:0.4"]
     assert set(best["method"]) == {"gce"}  # the highest of GRID in _results(); the oracle's 70% left out
     assert (best["last.acc_mean"] > best["baseline_mean"]).all()
+
+
+# ----------------------------------------------------------------------------------- the committed study's figures
+EVIDENCE = Path(__file__).resolve().parents[1] / "reports" / "evidence" / "cpu_memorise" / "runs"
+
+
+@pytest.mark.skipif(not EVIDENCE.is_dir(), reason="the committed cpu_memorise cells are missing")
+def test_every_method_of_the_cpu_memorise_grid_is_in_each_figure_of_it():
+    """On the committed cells: every method of the profile's grid is drawn in accuracy by noise (LDLVA, whose
+    runs carry neighbours=bank, once was not), the learning curves and the detection figure."""
+    from ferlib.rundir import collect_results
+    from ferlib.study import load_profile
+
+    grid = load_profile("cpu_memorise").grid.methods
+    names = {style.method_label(m) for m in grid}
+    by_noise = _legend(plots.plot_by_noise(analysis.summary_table(collect_results(EVIDENCE))))
+    assert {k.split(",")[0] for k in by_noise} >= names  # the oracle's line: "oracle (human votes), reads ..."
+    assert names <= set(_legend(plots.plot_seed_curves(analysis.curve_summary(analysis.epoch_table(EVIDENCE)))))
+    detection = plots.plot_detection(analysis.detection_summary(analysis.uncertainty_table(EVIDENCE)))
+    for ax in detection.axes:
+        assert names <= {t.get_text() for t in ax.get_xticklabels()}
