@@ -185,6 +185,11 @@ def test_embedding_grid_has_a_panel_per_noise_and_method_titled_in_its_colour():
     assert fig.axes[0].get_xlabel() == "memorised 33%, recovered 33%"  # of the flipped faces
 
 
+def test_dmue_s_score_is_named_no_detector_wherever_it_is_listed():
+    assert style.ranking_label("score", "dmue") == "own score (not a detector)"
+    assert style.ranking_label("score", "nla") == "own score" and style.ranking_label("neg_aum", "dmue") == "AUM"
+
+
 def test_method_order_puts_the_baseline_first_and_the_oracle_last():
     assert style.method_order(["scn", "ldl_votes (oracle)", "ce", "newmethod", "nla", "ce"]) == \
         ["ce", "nla", "scn", "newmethod", "ldl_votes (oracle)"]

@@ -4,9 +4,9 @@ from one figure to the next; the oracle (trained on the human votes) is grey and
 from __future__ import annotations
 
 __all__ = ["METHOD_NAMES", "NOISE_NAMES", "RANKING_NAMES", "method_label", "noise_label", "method_style",
-           "method_of", "method_order", "noise_style", "ranking_style", "NOT_DETECTORS", "ORACLE_STYLE",
-           "REFERENCE_STYLE", "FLIP_COLOURS", "VOTES_COLOUR", "CLASS_CMAP", "HEATMAP_CMAP", "DIFFERENCE_CMAP",
-           "LINE_COLOURS"]
+           "method_of", "method_order", "noise_style", "ranking_label", "ranking_style", "NOT_DETECTORS",
+           "ORACLE_STYLE", "REFERENCE_STYLE", "FLIP_COLOURS", "VOTES_COLOUR", "CLASS_CMAP", "HEATMAP_CMAP",
+           "DIFFERENCE_CMAP", "LINE_COLOURS"]
 
 #: Display names of the registered methods (a method missing here shows under its registry name).
 METHOD_NAMES = {
@@ -116,3 +116,10 @@ def ranking_style(name: str) -> dict:
     """Matplotlib keywords ``{"color"}`` of a per-sample ranking (``score``, ``neg_aum``, ``loss``,
     ``neg_margin``, cleanlab's ``1 - self_confidence``)."""
     return {"color": _RANKING_COLOURS.get(name, "#7f7f7f")}
+
+
+def ranking_label(ranking: str, method: str = "") -> str:
+    """A ranking's display name (:data:`RANKING_NAMES`), ``"own score (not a detector)"`` for a (method, ranking)
+    of :data:`NOT_DETECTORS`."""
+    name = RANKING_NAMES.get(ranking, ranking)
+    return f"{name} (not a detector)" if (method_of(method), ranking) in NOT_DETECTORS else name
