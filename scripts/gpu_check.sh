@@ -14,15 +14,16 @@
 #   5. the small files of the runs (no weights, no checkpoints: result.json, config.json, epochs.*, noise.json,
 #      readout.npz, logs, gpu_cells.json) as $OUT/gpu_runs.tar.gz.NN, pieces of at most 15 MiB.
 #
-# The data travel in parts (pack_ferplus.py pack writes .gpu/ferplus/pack.tar.xz.NN of 16 MiB and parts.json):
-# the working tree is ~45 MiB and a call carries 64 MiB, so each part goes in its own call to one warm machine,
-# and the last call runs this script. Here, once:
+# The data travel in parts: the working tree is ~45 MiB of the 64 MiB a device call carries, and FERPlus packed
+# with the checkpoint and the landmarks is 72 MiB, 5 parts of 16 MiB. Each call carries one part, which this
+# script gathers in $WORK/parts on the (warm) machine; `bash scripts/gpu_check.sh stage` only gathers. Here, once:
 #   python scripts/pack_ferplus.py pack --data ../shared/data/ferplus --profile cpu_memorise_full \
 #       --landmarks dlib --out .gpu/ferplus
-# then, with the device tool: run(command="ls .gpu/ferplus", carry=[".gpu/ferplus/pack.tar.xz.00",
-# ".gpu/ferplus/parts.json"]), one such call per further part, and last
-#   run(command="bash scripts/gpu_check.sh", carry=[".gpu/ferplus/pack.tar.xz.NN"], timeout_s=600)
-# Back here: cat gpu_runs.tar.gz.* | tar -xzf - -C <runs folder>.
+# then, with the device tool, one call per part and the script with the last:
+#   run(command="bash scripts/gpu_check.sh stage", carry=[".gpu/ferplus/parts.json", ".gpu/ferplus/pack.tar.xz.00"])
+#   run(command="bash scripts/gpu_check.sh stage", carry=[".gpu/ferplus/pack.tar.xz.01"])        (and .02, .03)
+#   run(command="bash scripts/gpu_check.sh", carry=[".gpu/ferplus/pack.tar.xz.04"], timeout_s=600)
+# Back here: cat <files_at>/gpu_runs.tar.gz.* | tar -xzf - -C <runs folder>.
 #
 # GPU_CHECK_TINY=1: the same steps on this CPU at toy size (the shipped sample unless GPU_CHECK_PARTS names
 # packed parts, --devices cpu, ce only in the bench, 1 epoch of a test backbone, 120 s): tests/test_scripts.py.
@@ -46,19 +47,22 @@ step() { echo "== $(( SECONDS - start ))s: $*"; }
 failed() { echo "!! $1 failed (exit $2)"; status=1; }
 
 step "data"
-if [ "$TINY" = 1 ] && [ ! -f "$PARTS/parts.json" ]; then
+mkdir -p "$WORK/parts"
+cp "$PARTS"/* "$WORK/parts/" 2>/dev/null  # this call's parts join those earlier calls carried
+if [ "${1:-}" = stage ]; then ls -l "$WORK/parts"; exit 0; fi
+if [ "$TINY" = 1 ] && [ ! -f "$WORK/parts/parts.json" ]; then
   data=data/ferplus_sample
 else
   data=$WORK/ferplus
-  $PY scripts/pack_ferplus.py unpack --parts "$PARTS" --root "$data" || { echo "!! no data: stopping"; exit 2; }
+  $PY scripts/pack_ferplus.py unpack --parts "$WORK/parts" --root "$data" || { echo "!! no data: stopping"; exit 2; }
 fi
 
 step "bench"
 if [ "$TINY" = 1 ]; then bench=(--devices cpu --methods ce --warmup 1 --steps 2); else
   bench=(--devices cuda --warmup 3 --steps 20); fi
 rm -rf "$WORK/bench"
-$PY -m ferlib bench "${bench[@]}" --options default --backbone resnet18 --batch-size 64 --image-size 48 --out "$WORK/bench" \
-  --note "scripts/gpu_check.sh" || failed bench $?
+$PY -m ferlib bench "${bench[@]}" --options default --backbone resnet18 --batch-size 64 --image-size 48 \
+  --out "$WORK/bench" --note "scripts/gpu_check.sh" || failed bench $?
 report=$(ls "$WORK"/bench/*.json 2>/dev/null | head -1)
 if [ -n "$report" ]; then
   cp "$report" "$BENCH_DIR/" && cp "$report" "$OUT/"

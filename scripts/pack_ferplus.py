@@ -22,9 +22,10 @@ the empty files) and puts the carried entries into the cache (``$FERLIB_CACHE``)
         --landmarks dlib --out .gpu/ferplus
     python scripts/pack_ferplus.py unpack --parts .gpu/ferplus --root /tmp/ferlib-gpu/ferplus
 
-Sizes (FERPlus, plurality 8 classes: 35,198 faces at 48 px): ``data.npz`` 78 MiB, packed about 57 MiB; the
-half-width ResNet-18 checkpoint and the dlib landmarks add about 13 MiB. A device call carries at most 64 MiB
-with the working tree, so the parts travel over several calls to one warm machine (scripts/gpu_check.sh).
+Sizes, measured (FERPlus, plurality 8 classes: 35,198 faces at 48 px, 78 MiB as ``data.npz``): packed with the
+train split's dlib landmarks 62.3 MiB, with cpu_memorise_full's self-supervised checkpoint too 72.2 MiB (5 parts
+of 16 MiB; xz, about 2 min here; unpacking about 11 s). A device call carries at most 64 MiB with the working tree
+(~45 MiB), so the parts travel one per call to one warm machine (scripts/gpu_check.sh).
 """
 from __future__ import annotations
 

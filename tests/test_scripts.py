@@ -109,11 +109,21 @@ def test_the_gpu_script_runs_at_toy_size_without_what_the_gpu_lacks(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "FERLIB_CACHE": str(tmp_path / "cache")}
     subprocess.run([sys.executable, "scripts/pack_ferplus.py", "pack", "--data", str(SAMPLE), "--profile", "smoke",
                     "--out", str(parts), "--part-mib", "2"], cwd=ROOT, env=env, check=True, capture_output=True)
+    first, last = tmp_path / "first_call", tmp_path / "last_call"  # what two device calls carry
+    first.mkdir()
+    last.mkdir()
+    *earlier, final = sorted(parts.glob("pack.tar.xz.*"))
+    for path in [parts / "parts.json", *earlier]:
+        path.rename(first / path.name)
+    final.rename(last / final.name)
     block.mkdir()
     (block / "sitecustomize.py").write_text(BLOCKER % (NOT_ON_THE_GPU,))
-    env.update(GPU_CHECK_TINY="1", GPU_CHECK_PARTS=str(parts), GPU_CHECK_WORK=str(work), OUT=str(out),
+    env.update(GPU_CHECK_TINY="1", GPU_CHECK_PARTS=str(first), GPU_CHECK_WORK=str(work), OUT=str(out),
                GPU_CHECK_BENCH_DIR=str(bench), PYTHON=sys.executable, PYTHONPATH=str(block),
                FERLIB_CACHE=str(work / "cache"))
+    subprocess.run(["bash", "scripts/gpu_check.sh", "stage"], cwd=ROOT, env=env, check=True, capture_output=True)
+    assert not (work / "ferplus").exists() and (work / "parts" / "parts.json").is_file()  # gathered only
+    env["GPU_CHECK_PARTS"] = str(last)
     t0 = time.monotonic()
     proc = subprocess.run(["bash", "scripts/gpu_check.sh"], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=600)
@@ -121,6 +131,7 @@ def test_the_gpu_script_runs_at_toy_size_without_what_the_gpu_lacks(tmp_path):
     assert proc.returncode == 0, log[-4000:]
     assert time.monotonic() - t0 < 120 + 45, log[-2000:]  # its budget, and the interpreters' start-ups
     assert "not installed on the lent GPU" not in log and "\ntotal: " in log  # the estimate's last line
+    assert f"stand-in root {work / 'ferplus'}" in log  # the parts of both calls, unpacked
     (report,) = bench.glob("*.json")
     assert (out / report.name).is_file() and (out / "gpu_check.log").is_file()
 
