@@ -47,6 +47,15 @@ def _percent(ax, axis: str = "y") -> None:
     getattr(ax, f"{axis}axis").set_major_formatter(PercentFormatter(xmax=1.0))
 
 
+def _log_loss(ax) -> None:
+    """A log-scaled loss axis with plain numbers (0.1, 0.5, 2), not powers of ten."""
+    from matplotlib.ticker import FormatStrFormatter, LogFormatter
+
+    ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
+    ax.yaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(1, 0.5)))
+
+
 def _legend_outside(fig, ax=None, **kw) -> None:
     """One legend beside the axes (constrained layout makes room), from ``ax``'s handles (default: all axes)."""
     handles, labels = [], []
@@ -211,7 +220,8 @@ def plot_seed_curves(curves, *, baseline: str = "ce", style: Style = st.method_s
         axes[0, j].set_title(st.noise_label(noise), fontsize=10)
         axes[0, j].set_ylabel("test accuracy")
         _percent(axes[0, j])
-        axes[1, j].set(xlabel="epoch", ylabel="training loss (given labels)", yscale="log")
+        axes[1, j].set(xlabel="epoch", ylabel="training loss (given labels)")
+        _log_loss(axes[1, j])
     _legend_outside(fig)
     if title:
         fig.suptitle(title)
@@ -235,8 +245,8 @@ def plot_memorisation(curves, *, method: str = "ce", title: str = ""):
             _band(loss_ax, rows, "train_loss", kw, st.noise_label(noise))
     acc_ax.set(xlabel="epoch", ylabel="test accuracy", title=f"{st.method_label(method)}: test accuracy (dot = peak)")
     _percent(acc_ax)
-    loss_ax.set(xlabel="epoch", ylabel="training loss (given labels)", yscale="log",
-                title=f"{st.method_label(method)}: training loss")
+    loss_ax.set(xlabel="epoch", ylabel="training loss (given labels)", title=f"{st.method_label(method)}: training loss")
+    _log_loss(loss_ax)
     _legend_outside(fig, acc_ax)
     if title:
         fig.suptitle(title)
