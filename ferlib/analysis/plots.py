@@ -245,7 +245,8 @@ def plot_memorisation(curves, *, method: str = "ce", title: str = ""):
             _band(loss_ax, rows, "train_loss", kw, st.noise_label(noise))
     acc_ax.set(xlabel="epoch", ylabel="test accuracy", title=f"{st.method_label(method)}: test accuracy (dot = peak)")
     _percent(acc_ax)
-    loss_ax.set(xlabel="epoch", ylabel="training loss (given labels)", title=f"{st.method_label(method)}: training loss")
+    loss_ax.set(xlabel="epoch", ylabel="training loss (given labels)",
+                title=f"{st.method_label(method)}: training loss")
     _log_loss(loss_ax)
     _legend_outside(fig, acc_ax)
     if title:
