@@ -490,7 +490,7 @@ def plot_detection(summary, *, metric: str = "auroc", style: Style = st.ranking_
         chance = 0.5 if metric == "auroc" else float(sub["rate_mean"].mean()) if "rate_mean" in sub else None
         if chance is not None:
             ax.axhline(chance, **st.REFERENCE_STYLE, label="chance")
-        ax.set_xticks(range(len(methods)), [st.method_label(m) for m in methods], fontsize=8)
+        ax.set_xticks(range(len(methods)), [st.method_label(m).replace(" (", "\n(") for m in methods], fontsize=8)
         for tick, method in zip(ax.get_xticklabels(), methods):
             tick.set_color(st.method_style(method)["color"] if method != "cleanlab" else "black")
         ax.set(ylim=(0, 1), ylabel=metric.upper() if metric in ("auroc", "ap") else metric,
