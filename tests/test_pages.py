@@ -20,6 +20,8 @@ def test_tables_drop_row_numbers_and_round_each_column_as_its_values_need():
     assert _cells(page)[1:] == [["ce", "0.912", "62.2", "30", "5,000", ""],
                                 ["&lt;nla&gt;", "0.500", "48.0", "30", "12", "0.250"]]
     assert "<td class='num'>0.912</td>" in page and "<td>ce</td>" in page  # numbers right-aligned, text not
+    assert page.startswith("<div style='overflow-x:auto'><table")  # a wide table scrolls by itself
+    assert _cells(html_table(pd.DataFrame({"lr": [0.001, 0.000125]})))[1:] == [["0.001"], ["0.000125"]]
 
 
 def test_a_meaningful_index_becomes_columns_and_header_levels_are_joined():

@@ -652,14 +652,18 @@ def test_run_study_resumes_records_failures_and_reports(tmp_path, monkeypatch):
     results = pd.read_csv(reports / "results.csv")
     assert sorted(results["run_id"]) == sorted(i for i in ids if i != bad)
     index = (reports / "index.html").read_text()
-    assert "<table class='results'>" in index and "<td>ldl_votes (oracle)</td>" in index
-    assert "50.00" in index and "60.00" in index  # ce last acc of seed 0 and seed 1 (0.5, 0.6) -> mean 55 ± 7.1
+    assert "<table class='dataframe results'>" in index and "<td>oracle (human votes)</td>" in index
+    assert "test accuracy 50.0%" in index and "test accuracy 60.0%" in index  # ce, seeds 0 and 1: 55 ± 7.1
     assert "55.0 ± 7.1" in index
-    assert "Failures (2)" in index and "deliberate failure" in index
-    hrefs = re.findall(r"href='([^']+\.html)'", index)
+    assert "<h2 id='failures'>Failures</h2>\n<p class='fail'>2 step(s) failed.</p>" in index
+    assert "deliberate failure" in index
+    hrefs = re.findall(r"(?:href|src)='([^'#]+)'", index)
     assert set(hrefs) >= {"99_summary.html", "05_uncertainty.html"} | {f"runs/{i}.html" for i in ids}
-    for href in hrefs:
+    for href in hrefs:  # every page, table and figure the index links is there
         assert (reports / href).is_file(), href
+    for page in [*reports.glob("[0-9]*.html"), *(reports / "runs").glob("*.html")]:  # every view links back to it
+        back = re.findall(r"<a href='([^']+)'>&larr; study index</a>", page.read_text())
+        assert back and (page.parent / back[0]).resolve() == (reports / "index.html").resolve(), page
     assert "Fake summary" in index  # one-line description from the notebook's title
     assert "study.json" in {p.name for p in reports.iterdir()}
 

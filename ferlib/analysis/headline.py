@@ -269,13 +269,18 @@ def _augment_words(augment: dict) -> str:
     parts = []
     if augment.get("flip"):
         parts.append(f"horizontal flip (p = {augment['flip']:g})")
-    if augment.get("crop", "none") != "none":
-        parts.append(f"{augment['crop']} crop")
-    for key, words in (("erase", "random erasing"), ("brightness", "brightness"), ("contrast", "contrast"),
-                       ("noise_std", "pixel noise")):
+    crop = augment.get("crop", "none")
+    if crop == "pad":
+        parts.append(f"random shift by up to {augment.get('pad', 4)} px (pad and crop)")
+    elif crop != "none":
+        parts.append(f"random {crop} crop")
+    for key, words in (("erase", "random erasing (p = {:g})"), ("brightness", "brightness jitter ({:g})"),
+                       ("contrast", "contrast jitter ({:g})"), ("noise_std", "pixel noise (std {:g})")):
         if augment.get(key):
-            parts.append(f"{words} ({augment[key]:g})")
-    return (" and ".join(parts) + (" only" if len(parts) == 1 else "")) if parts else "none"
+            parts.append(words.format(augment[key]))
+    if not parts:
+        return "none"
+    return f"{parts[0]} only" if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
 
 
 def _start_words(weights, pretrain: dict | None) -> str:
@@ -391,6 +396,8 @@ def _why_low(dataset: str, first, counts: dict, widths, train: dict, full_train:
     parts.append(f"{int(first['image_size'])} px")
     if widths:
         parts.append("a reduced-width network")
+    if first.get("backbone.weights") in (None, "", "none"):
+        parts.append("a random start")
     parts.append(f"{int(first['epochs'])} epochs")
     if (train.get("augment") or {}).get("crop", "none") == "none":
         parts.append("no crop augmentation")

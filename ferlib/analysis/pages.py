@@ -27,13 +27,15 @@ def _e(value) -> str:
 
 def _decimals(column) -> int | None:
     """Decimals of a float column: none when every value is whole, 3 when every |value| <= 1 (fractions, AUROC),
-    else 1 (percentages, points, seconds); None for a column that is not all numbers."""
+    else 1 (percentages, points, seconds); -1 (3 significant digits) when every value is below 0.01 (learning
+    rates); None for a column that is not all numbers."""
     values = [v for v in column if not (isinstance(v, float) and math.isnan(v))]
     if not values or not all(isinstance(v, Real) and not isinstance(v, bool) for v in values):
         return None
     if all(float(v).is_integer() for v in values):
         return 0
-    return 3 if max(abs(float(v)) for v in values) <= 1 else 1
+    largest = max(abs(float(v)) for v in values)
+    return -1 if largest < 0.01 else 3 if largest <= 1 else 1
 
 
 def _flat(frame):
@@ -59,7 +61,7 @@ def _cell(value, decimals: int | None) -> tuple[str, bool]:
         return "", False
     if isinstance(value, Real) and not isinstance(value, bool) and decimals is not None:
         return (f"{int(value):,}" if decimals == 0 and isinstance(value, Integral) else
-                f"{float(value):.{decimals}f}"), True
+                f"{float(value):.3g}" if decimals < 0 else f"{float(value):.{decimals}f}"), True
     return _e(value), False
 
 
@@ -91,9 +93,9 @@ def html_table(frame, *, cls: str = "", max_rows: int = MAX_ROWS, csv: str | Non
         rows.append(f"<tr{attr}>" + "".join(f"<td class='num'>{t}</td>" if num else f"<td>{t}</td>"
                                             for t, num in cells) + "</tr>")
 
-    def table(body: list[str]) -> str:
-        return (f"<table class='{('dataframe ' + cls).strip()}'><thead><tr>{head}</tr></thead><tbody>"
-                + "".join(body) + "</tbody></table>")
+    def table(body: list[str]) -> str:  # a wide table scrolls by itself, not the page
+        return (f"<div style='overflow-x:auto'><table class='{('dataframe ' + cls).strip()}'><thead><tr>{head}"
+                f"</tr></thead><tbody>{''.join(body)}</tbody></table></div>")
 
     out = table(rows[:max_rows])
     if len(rows) > max_rows:
@@ -113,6 +115,7 @@ nav.ferlib{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:12px 2
 padding:.6em 1em;background:#f4f6f8;border:1px solid #dde2e6;border-radius:4px;font-size:14px;line-height:1.5}
 nav.ferlib a{color:#1a5fb4;text-decoration:none}nav.ferlib a:hover{text-decoration:underline}
 nav.ferlib ol{margin:.3em 0 0;padding-left:1.6em;columns:2}
+table.dataframe th,table.dataframe td{text-align:left}table.dataframe td.num{text-align:right}
 </style>"""
 
 

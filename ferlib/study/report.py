@@ -381,8 +381,9 @@ def _headline_html(table, left_out: int = 0) -> str:
         if r["kind"] in notes:
             cells = "".join(f"<td class='num grp' colspan='{len(noises)}' style='text-align:center'>"
                             f"{_e(r[f'{m} | {noises[0]}'])}</td>" for m in metrics)
+            runs = f"{r['runs']} run{'s' * (r['runs'] != 1)}"
             body.append(f"<tr class='{r['kind']}'><td>{_e(r['method'])} <span class='muted'>({notes[r['kind']]}, "
-                        f"{r['runs']} runs)</span></td>{cells}</tr>")
+                        f"{runs})</span></td>{cells}</tr>")
         else:
             body.append(f"<tr><td>{_e(r['method'])}</td>"
                         + "".join(f"<td class='num{' grp' * (i == 0)}'>{_e(r[f'{m} | {n}'])}</td>"
