@@ -244,4 +244,11 @@ def test_format_seed_summary_writes_mean_and_std_per_metric_and_keeps_the_keys()
     shown = analysis.format_seed_summary(seed_summary(table, ["method"], ["acc", "epoch"]), ["epoch", "acc", "f1"],
                                          scale={"acc": 100}, digits=1)
     assert shown.columns.tolist() == ["method", "n_seeds", "epoch", "acc"]  # metrics in the asked order, f1 absent
-    assert shown.values.tolist() == [["ce", 2, "6.0 ± 1.4", "55.0 ± 7.1"], ["nla", 1, "20.0", "70.0"]]
+    assert shown.values.tolist() == [["CE", 2, "6.0 ± 1.4", "55.0 ± 7.1"], ["NLA", 1, "20.0", "70.0"]]
+    runs = pd.DataFrame({"method": ["ldl_votes (oracle)", "lanet", "lanet"], "variant": ["", "", "no_landmarks"],
+                         "oracle": [True, False, False], "noise": ["annotator"] * 3, "start": ["ssl"] * 3,
+                         "n_seeds": 1, "acc_mean": 0.5, "acc_std": float("nan")})
+    assert analysis.format_seed_summary(runs, ["acc"]).values.tolist() == [  # display names, whatever the input
+        ["oracle (human votes)", "real annotator", "self-supervised", 1, "0.500"],
+        ["LA-Net", "real annotator", "self-supervised", 1, "0.500"],
+        ["LA-Net (no_landmarks)", "real annotator", "self-supervised", 1, "0.500"]]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from .style import METHOD_NAMES, method_label
 
-__all__ = ["method_labels", "start_label", "METRIC_NAMES"]
+__all__ = ["method_labels", "method_display", "start_label", "METRIC_NAMES"]
 
 #: Display names of the compared metrics (``<stage>.<metric>`` of a result).
 METRIC_NAMES = {"last.acc": "accuracy, last epoch", "best.acc": "accuracy, early-stopped",
@@ -17,6 +17,19 @@ _STARTS = {"ssl": "self-supervised", "random": "random init"}
 def start_label(start: str) -> str:
     """``"ssl"`` -> ``"self-supervised"``, ``"random"`` -> ``"random init"``; weights named otherwise as they are."""
     return _STARTS.get(str(start), str(start))
+
+
+def method_display(label: str) -> str:
+    """A table's method label in display names: ``"ce"`` -> ``"CE"``, ``"ldl_votes (oracle)"`` (a run's label) ->
+    ``"oracle (human votes)"``, ``"lanet (no_landmarks)"`` -> ``"LA-Net (no_landmarks)"``; a label already in
+    display names stays as it is."""
+    name, _, rest = str(label).partition(" ")
+    if name not in METHOD_NAMES:
+        return str(label)
+    shown = method_label(name)
+    if rest.strip() == "(oracle)":
+        return shown if "oracle" in shown else f"{shown} (oracle)"
+    return f"{shown} {rest.strip()}".strip()
 
 
 def method_labels(methods, variants=None, oracle=None) -> list[str]:
@@ -40,8 +53,6 @@ def method_labels(methods, variants=None, oracle=None) -> list[str]:
     several = {m for m in methods if len({v for mm, v in zip(methods, variants) if mm == m}) > 1}
     labels = []
     for m, v, o in zip(methods, variants, oracle):
-        label = method_label(m, v if m in several else "")
-        if o and "oracle" not in METHOD_NAMES.get(m, ""):
-            label += " (oracle)"
-        labels.append(label)
+        label = method_label(m, v if m in several else "") if m in METHOD_NAMES else method_display(m)
+        labels.append(f"{label} (oracle)" if o and "oracle" not in label else label)
     return labels

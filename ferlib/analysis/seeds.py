@@ -74,11 +74,22 @@ def format_seed_summary(table, metrics: Sequence[str], *, scale: float | Mapping
 
     Returns
     -------
-    pandas.DataFrame: the key columns (every column that is neither a statistic nor ``seeds`` / ``n_runs``),
-    ``n_seeds``, then one ``"mean ± std"`` string column per metric.
+    pandas.DataFrame: the key columns (every column that is neither a statistic nor ``seeds`` / ``n_runs``) in
+    display names (``method``, with its ``variant`` where it has several and marked as an oracle, which replaces
+    those two columns; ``noise``; ``start``: :mod:`.labels`, :mod:`.style`), ``n_seeds``, then one
+    ``"mean ± std"`` string column per metric.
     """
+    from .labels import method_labels, start_label
+    from .style import noise_label
+
     keys = [c for c in table.columns if c not in ("seeds", "n_runs") and not c.endswith(("_mean", "_std"))]
     out = table[keys].copy()
+    if "method" in out:
+        out["method"] = method_labels(out["method"], out.get("variant"), out.get("oracle"))
+        out = out.drop(columns=[c for c in ("variant", "oracle") if c in out])
+    for column, label in (("noise", noise_label), ("start", start_label)):
+        if column in out:
+            out[column] = [label(v) for v in out[column]]
     for m in metrics:
         if f"{m}_mean" in table:
             factor = scale.get(m, 1.0) if isinstance(scale, Mapping) else scale
