@@ -519,6 +519,18 @@ def test_report_opens_with_the_answer(tmp_path):
     assert "Cross-dataset" not in index  # no run scored on another dataset: no such section
 
 
+def test_the_index_contrasts_the_real_annotator_with_its_twin_when_the_runs_hold_both():
+    from ferlib.study.report import _contrast
+
+    rows = [{"method": m, "noise": n, "seed": s, "last.acc": 0.6 + 0.05 * (n == "annotator") + 0.01 * s,
+             "last.mean_acc": 0.4, "best.acc": 0.6} for m in ("ce", "nla") for n in ("annotator", "annotator_matched")
+            for s in range(3)]
+    contrast = _contrast(pd.DataFrame(rows))
+    assert set(contrast["method"]) == {"ce", "nla"}
+    assert contrast.loc[contrast["metric"] == "last.acc", "mean_diff"].tolist() == pytest.approx([0.05, 0.05])
+    assert _contrast(pd.DataFrame([r for r in rows if r["noise"] == "annotator"])) is None
+
+
 def rows_of(page: str, table_class: str, *, exact: bool = False) -> list[list[str]]:
     """The body cells of the (first) table of class ``table_class`` in ``page`` (an :func:`html_table`'s
     ``dataframe table_class`` unless ``exact``)."""

@@ -98,6 +98,16 @@ def _comparison(results):
         return pd.DataFrame(), f"No seed-paired comparison with {_BASELINE}: {exc}."
 
 
+def _contrast(results):
+    """:func:`ferlib.analysis.noise_contrast` of the real annotator against its synthetic twin when the runs hold
+    both (None otherwise)."""
+    from ferlib.analysis import noise_contrast
+
+    if not {"annotator", "annotator_matched"} <= set(results.get("noise", ())):
+        return None
+    return noise_contrast(results, noise="annotator", other="annotator_matched")
+
+
 # ----------------------------------------------------------------------------------- HTML of notebooks
 def render_html(notebook: str | os.PathLike, html_path: str | os.PathLike | None = None, *, exporter=None,
                 title: str | None = None, index: str | None = None) -> Path:
@@ -223,8 +233,8 @@ def write_report(*, runs_dir: str | os.PathLike, reports_dir: str | os.PathLike,
     for name, table in tables.items():
         if table is not None and (len(table) or name not in ("cross_eval.csv", "init_contrast.csv")):
             write_table(reports_dir / name, table)
-    findings = (headline_findings(main, comparison, memorisation, baseline=_BASELINE, noise_order=noise_order)
-                if len(main) else [])
+    findings = (headline_findings(main, comparison, memorisation, baseline=_BASELINE, noise_order=noise_order,
+                                  contrast=_contrast(main)) if len(main) else [])
     verdicts = findings_text(summary, comparison, memorisation, baseline=_BASELINE) if len(results) else []
     failures_path = reports_dir / "failures.json"
     index = _Index(reports_dir=reports_dir, runs_dir=runs_dir, study=study or {}, order=list(order))
