@@ -364,9 +364,9 @@ def _data_words(dataset: str, first: dict) -> str:
 
 def _noise_words(df, noise_order: Sequence[str]) -> str:
     rates = df[df["kind"] == "method"].groupby("noise")["noise_rate"].mean() if "noise_rate" in df else {}
-    parts = [noise_label(n) + _NOISE_WORDS.get(n, "")
-             + (f": {100 * rates[n]:.1f}% of the train labels flipped" if n in rates else "")
-             for n in _noises(df, noise_order)]
+    parts = [noise_label(n) + _NOISE_WORDS.get(n, "") + (f": {100 * rates[n]:.1f}%" if n in rates else "")
+             + (" of the train labels flipped" if n in rates and i == 0 else "")
+             for i, n in enumerate(_noises(df, noise_order))]
     seeds = ", ".join(str(int(s)) for s in sorted(set(df["seed"])))
     return "; ".join(parts) + f"; seed{'s' * (df['seed'].nunique() != 1)} {seeds}, each drawing its own noise"
 
