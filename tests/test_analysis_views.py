@@ -239,6 +239,17 @@ def test_ambiguity_verdict_follows_the_seeds():
     assert analysis.ambiguity_verdict(_vote_faces([0]).query("noise == 'annotator'"))["verdict"] == "no data"
 
 
+def test_vote_summary_compares_the_flipped_faces_with_all_faces():
+    summary = analysis.flip_vote_summary(_vote_faces([0, 1]))
+    assert summary[["noise", "faces"]].values.tolist() == [
+        ["annotator", "flipped"], ["annotator", "all"], ["annotator_matched", "flipped"], ["annotator_matched", "all"]]
+    assert summary["n"].tolist() == [20, 100, 20, 100] and summary["entropy"].tolist() == [1.0, 0.5, 0.0, 0.5]
+    shown = analysis.format_vote_summary(summary)
+    assert shown["noise"].tolist()[::2] == ["real annotator", "synthetic twin"]
+    assert shown["vote entropy (bits)"].tolist() == ["1.00", "0.50", "0.00", "0.50"]
+    assert shown["given label had a vote, %"].tolist() == ["100.0", "100.0", "0.0", "80.0"]
+
+
 def test_noise_contrast_pairs_each_method_with_itself_seed_by_seed():
     rows = [{"method": m, "noise": n, "seed": s, "oracle": m == "ldl_votes", "last.acc": acc + 0.01 * s,
              "last.mean_acc": 0.4, "best.acc": 0.6}

@@ -35,7 +35,8 @@ The functions live in one sub-module per concept and are all re-exported here (`
                          :func:`embedding_features`, :func:`flip_panels`, :func:`fit_groups`
 ``curves``               :func:`epoch_table`, :func:`curve_summary`, :func:`fit_table`, :func:`fit_summary`
 ``flips``                :func:`realised_transitions`, :func:`vote_statistics`, :func:`vote_frame`, :func:`flip_votes`,
-                         :func:`flip_vote_summary`, :func:`ambiguity_verdict`, :func:`noise_contrast`
+                         :func:`flip_vote_summary`, :func:`format_vote_summary`, :func:`ambiguity_verdict`,
+                         :func:`noise_contrast`
 ``perclass``             :func:`wilson_interval`, :func:`test_confusions`, :func:`best_methods`,
                          :func:`class_accuracy`
 ``interactive``          :func:`hover_embedding`, :func:`run_hover_embedding`, :func:`bokeh_loader`,
@@ -78,8 +79,8 @@ from .distributions import (LDL_MEASURES, canberra_distance, chebyshev_distance,
                             label_distribution_table, recovered_distribution, softmax)
 from .embeddings import (embed_umap, embedding_features, fit_groups, flip_panels, logit_features, run_embeddings,
                          silhouette)
-from .flips import (ambiguity_verdict, flip_vote_summary, flip_votes, noise_contrast, realised_transitions,
-                    vote_frame, vote_statistics)
+from .flips import (ambiguity_verdict, flip_vote_summary, flip_votes, format_vote_summary, noise_contrast,
+                    realised_transitions, vote_frame, vote_statistics)
 from .interactive import bokeh_html, bokeh_loader, hover_embedding, run_hover_embedding
 from .notebook import chdir_repo_root, record_metrics, save_figure, setup_notebook
 from .perclass import best_methods, class_accuracy, test_confusions, wilson_interval
@@ -108,8 +109,8 @@ __all__ = [
     "cleanlab_issues", "cleanlab_scores", "cleanlab_table", "detection_summary", "relabel_summary", "relabel_table",
     "ranking_score", "fold_groups", "best_rankings", "best_ranking_words",
     "epoch_table", "curve_summary", "fit_table", "fit_summary",
-    "realised_transitions", "vote_statistics", "vote_frame", "flip_votes", "flip_vote_summary", "ambiguity_verdict",
-    "noise_contrast",
+    "realised_transitions", "vote_statistics", "vote_frame", "flip_votes", "flip_vote_summary", "format_vote_summary",
+    "ambiguity_verdict", "noise_contrast",
     "wilson_interval", "test_confusions", "best_methods", "class_accuracy",
     "parse_noise", "summary_table", "format_summary", "timing_table", "per_class_table", "per_class_summary",
     "cross_eval_table", "cross_eval_summary", "format_cross_eval",

@@ -13,7 +13,7 @@ from ..results import read_json
 from .answer import PAIRED_METRICS, _comparable, _paired, _pairing_keys
 
 __all__ = ["realised_transitions", "vote_statistics", "vote_frame", "flip_votes", "flip_vote_summary",
-           "ambiguity_verdict", "noise_contrast"]
+           "format_vote_summary", "ambiguity_verdict", "noise_contrast"]
 
 
 def _noise_runs(runs_dir: str | os.PathLike) -> dict[tuple[str, int], "os.PathLike"]:
@@ -147,6 +147,24 @@ def flip_vote_summary(frame) -> "object":
                          "n": float(sub.groupby("seed").size().mean()) if len(sub) else 0.0,
                          **per_seed.mean().to_dict()})
     return pd.DataFrame(rows, columns=["noise", "faces", "n_seeds", "n", *_VOTE_MEANS])
+
+
+def format_vote_summary(summary) -> "object":
+    """A readable copy of :func:`flip_vote_summary`: noise settings by display name, faces per seed, the vote
+    entropy in bits (2 decimals) and the shares in % (1 decimal), under words for column names."""
+    import pandas as pd
+
+    from .style import noise_label
+
+    out = pd.DataFrame({"noise": [noise_label(n) for n in summary["noise"]], "faces": summary["faces"],
+                        "faces per seed": [f"{n:,.0f}" for n in summary["n"]],
+                        "vote entropy (bits)": [f"{v:.2f}" for v in summary["entropy"]]})
+    for column, words in (("plurality_share", "most voted class's share of the votes, %"),
+                          ("given_share", "given label's share of the votes, %"),
+                          ("given_voted", "given label had a vote, %"),
+                          ("given_runner_up", "given label is the runner-up vote, %")):
+        out[words] = [f"{100 * v:.1f}" for v in summary[column]]
+    return out
 
 
 def ambiguity_verdict(frame, *, real: str = "annotator", synthetic: str = "annotator_matched") -> dict:
