@@ -21,6 +21,8 @@ def test_tables_drop_row_numbers_and_round_each_column_as_its_values_need():
                                 ["&lt;nla&gt;", "0.500", "48.0", "30", "12", "0.250"]]
     assert "<td class='num'>0.912</td>" in page and "<td>ce</td>" in page  # numbers right-aligned, text not
     assert page.startswith("<div style='overflow-x:auto'><table")  # a wide table scrolls by itself
+    texts = html_table(pd.DataFrame({"acc": ["62.2 ± 0.4", "+5.0"], "method": ["CE", "30% symmetric"]}))
+    assert "<td class='num'>62.2 ± 0.4</td><td>CE</td>" in texts and "<td class='num'>+5.0</td>" in texts
     assert _cells(html_table(pd.DataFrame({"lr": [0.001, 0.000125]})))[1:] == [["0.001"], ["0.000125"]]
 
 

@@ -580,6 +580,32 @@ def test_rendered_notebooks_show_outputs_not_code(tmp_path):
     assert "secret_source_line" not in page
 
 
+def test_rendered_figures_are_palette_pngs_a_fraction_of_the_size_and_the_same_by_eye():
+    import base64
+    import io
+
+    import numpy as np
+    from matplotlib.figure import Figure
+    from PIL import Image
+
+    from ferlib.study.report import _compact_png
+
+    fig = Figure(figsize=(6, 4))
+    ax = fig.add_subplot()
+    for i in range(6):
+        ax.plot(np.sin(np.linspace(0, 6, 200) + i), label=f"method {i}")
+    ax.legend()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    original = base64.b64encode(buffer.getvalue()).decode()
+    compact = _compact_png(original)
+    assert len(compact) < 0.6 * len(original)
+    a, b = (np.asarray(Image.open(io.BytesIO(base64.b64decode(x))).convert("RGB"), dtype=float)
+            for x in (original, compact))
+    assert a.shape == b.shape and np.abs(a - b).mean() < 2  # of 255
+    assert _compact_png(compact) == compact  # nothing smaller to gain: kept as it is
+
+
 def test_every_rendered_view_is_titled_links_back_to_the_index_and_lists_its_sections(tmp_path):
     from ferlib.study.report import render_all
 

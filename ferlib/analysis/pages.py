@@ -55,10 +55,15 @@ def _flat(frame):
     return out
 
 
+_NUMBER_TEXT = re.compile(r"[+\-]?\d[\d.,]*( ± \d[\d.,]*)?%?")  # "62.2 ± 0.4", "+5.0", "0.850"
+
+
 def _cell(value, decimals: int | None) -> tuple[str, bool]:
-    """(HTML of one value, whether it is a number)."""
+    """(HTML of one value, whether it is a number or a number's text, right-aligned)."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "", False
+    if isinstance(value, str) and not isinstance(value, Html) and _NUMBER_TEXT.fullmatch(value):
+        return _e(value), True
     if isinstance(value, Real) and not isinstance(value, bool) and decimals is not None:
         return (f"{int(value):,}" if decimals == 0 and isinstance(value, Integral) else
                 f"{float(value):.3g}" if decimals < 0 else f"{float(value):.{decimals}f}"), True
@@ -115,7 +120,8 @@ nav.ferlib{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:12px 2
 padding:.6em 1em;background:#f4f6f8;border:1px solid #dde2e6;border-radius:4px;font-size:14px;line-height:1.5}
 nav.ferlib a{color:#1a5fb4;text-decoration:none}nav.ferlib a:hover{text-decoration:underline}
 nav.ferlib ol{margin:.3em 0 0;padding-left:1.6em;columns:2}
-table.dataframe th,table.dataframe td{text-align:left}table.dataframe td.num{text-align:right}
+.jp-RenderedHTMLCommon table.dataframe th,.jp-RenderedHTMLCommon table.dataframe td{text-align:left}
+.jp-RenderedHTMLCommon table.dataframe td.num{text-align:right}
 </style>"""
 
 
