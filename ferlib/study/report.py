@@ -293,6 +293,7 @@ table.headline tr.control td:first-child,table.headline tr.oracle td:first-child
 ol.findings li{margin:.45em 0}figure{margin:1em 0}figure img{max-width:100%}figcaption{color:#666;font-size:.9em}
 details{margin:.6em 0;padding:.3em .7em;border:1px solid #e5e5e5;border-radius:4px}
 details>summary{cursor:pointer;font-weight:600;color:#1a5fb4}details[open]>summary{margin-bottom:.5em}
+details table{font-size:.85em}details table td{white-space:nowrap}details table td:last-child{white-space:normal}
 nav.toc{background:#f4f6f8;border:1px solid #dde2e6;border-radius:4px;padding:.4em .8em;font-size:.95em}
 a{color:#1a5fb4}pre{background:#f6f6f6;padding:.6em;overflow-x:auto;font-size:.85em}.fail{color:#a00}
 .muted{color:#666;font-size:.9em}li{margin:.2em 0}
@@ -500,7 +501,7 @@ def _rare_gains_html(gains) -> str:
         row.update({c: f"{100 * g:+.1f} ({100 * b:.1f})" for c, g, b in
                     zip(group["class"], group["gain"], group["baseline_acc_mean"])})
         rows.append(row)
-    table = pd.DataFrame(rows)
+    table = pd.DataFrame(sorted(rows, key=lambda r: ("oracle" in r["method"], r["method"].lower())))
     if table["start"].nunique() == 1:
         table = table.drop(columns="start")
     return (f"<details><summary>Rare classes: each method's gain over {_BASELINE.upper()}</summary><p class='muted'>"
