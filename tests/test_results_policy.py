@@ -68,3 +68,16 @@ def test_the_checkout_of_reports_stays_within_its_budget(tracked):
     assert sum(sizes.values()) < REPORTS_BUDGET, (
         f"reports/ holds {sum(sizes.values()) / 2 ** 20:.1f} MiB, over the {REPORTS_BUDGET / 2 ** 20:.0f} MiB of "
         f"docs/results-policy.md; largest: {[str(f.relative_to(ROOT)) for f in largest]}")
+
+
+#: Folders of a machine that a committed record must not name (ferlib.paths.portable_path records paths relative
+#: to the repository root).
+MACHINE_FOLDERS = ("/work/", "/home/", "/tmp/", "/root/", "/Users/", "/scratch/", "/mnt/")
+
+
+def test_no_committed_report_names_a_folder_of_the_machine_that_wrote_it(tracked):
+    records = [f for f in _under(tracked, ROOT / "reports") if f.suffix in (".html", ".json", ".csv")]
+    assert records
+    found = {str(f.relative_to(ROOT)): sorted({m for m in MACHINE_FOLDERS if m in f.read_text(errors="replace")})
+             for f in records}
+    assert not {f: m for f, m in found.items() if m}
