@@ -370,15 +370,19 @@ def _setting_html(results, runs_dir: Path, reports_dir: Path, study, noise_order
 def _headline_figure(results, reports_dir: Path, noise_order) -> str:
     """:func:`ferlib.analysis.headline.plot_headline` saved as :data:`HEADLINE_FIGURE`; its ``<figure>``."""
     from ferlib.analysis import save_figure
-    from ferlib.analysis.headline import plot_headline
+    from ferlib.analysis.headline import labelled_runs, plot_headline
 
     if not len(results) or "last.acc" not in results:
         return ""
     save_figure(plot_headline(results, baseline=_BASELINE, noise_order=noise_order), reports_dir / HEADLINE_FIGURE)
+    kinds = set(labelled_runs(results, baseline=_BASELINE)["kind"])
+    references = [words for kind, words in (("oracle", "the oracle, trained on the human votes"),
+                                            ("control", "CE on the clean labels")) if kind in kinds]
     return (f"<figure><img src='{HEADLINE_FIGURE}' alt='test accuracy per method and noise setting'><figcaption>"
             "Each method's test accuracy at the last epoch (filled; mean &plusmn; std over seeds) and at the epoch "
-            "its validation accuracy chose (hollow): the line between them is what training on costs. Reference "
-            "lines: the oracle, trained on the human votes, and CE on the clean labels.</figcaption></figure>")
+            "its validation accuracy chose (hollow): the line between them is what training on costs."
+            + (f" Reference line{'s' * (len(references) > 1)}: {' and '.join(references)}." if references else "")
+            + "</figcaption></figure>")
 
 
 def _findings_html(findings: list[str], refused: str | None, figure: str) -> str:
