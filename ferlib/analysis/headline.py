@@ -10,7 +10,7 @@ import numpy as np
 
 from .labels import method_labels
 from .seeds import mean_std_text
-from .style import method_label, method_style, noise_label
+from .style import REFERENCE_STYLE, method_label, method_style, noise_label
 from .tables import _SETTING_KEYS, _variant
 
 __all__ = ["HEADLINE_METRICS", "main_setting", "labelled_runs", "headline_table", "headline_findings",
@@ -441,17 +441,18 @@ def plot_headline(results, *, baseline: str = "ce", style=method_style, noise_or
                     marker=look["marker"], markersize=7, color=look["color"], capsize=2, elinewidth=0.8)
         handles.append(Line2D([], [], linestyle="none", marker=look["marker"], markersize=7, color=look["color"],
                               label=method_label(m)))
-    for kind, words, line in (("control", f"{method_label(baseline)} on the clean labels",
-                               {"color": "black", "linestyle": ":", "linewidth": 1.3}),
-                              ("oracle", "oracle (human votes)", {"color": style("ldl_votes")["color"],
-                                                                  "linestyle": "--", "linewidth": 1.3})):
+    oracle = style("ldl_votes")
+    for kind, words, line in (("control", f"{method_label(baseline)} on the clean labels", REFERENCE_STYLE),
+                              ("oracle", method_label("ldl_votes"), {"color": oracle["color"],
+                                                                     "linestyle": oracle["linestyle"]})):
         ref = df.loc[df["kind"] == kind, "last.acc"]
         if len(ref):
             ax.axhline(100 * ref.mean(), **line)
             handles.append(Line2D([], [], label=f"{words}: {100 * ref.mean():.1f}%", **line))
-    handles.append(Line2D([], [], linestyle="none", marker="o", markerfacecolor="#444", markeredgecolor="#444",
+    key = REFERENCE_STYLE["color"]  # the marker key, in the reference's neutral colour
+    handles.append(Line2D([], [], linestyle="none", marker="o", markerfacecolor=key, markeredgecolor=key,
                           label="last epoch (mean ± std)"))
-    handles.append(Line2D([], [], linestyle="none", marker="o", markerfacecolor="white", markeredgecolor="#444",
+    handles.append(Line2D([], [], linestyle="none", marker="o", markerfacecolor="white", markeredgecolor=key,
                           label="early-stopped (validation-chosen epoch)"))
     for i in range(1, len(noises)):
         ax.axvline(i - 0.5, color="#ddd", linewidth=0.8)
