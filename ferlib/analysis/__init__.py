@@ -54,6 +54,13 @@ The functions live in one sub-module per concept and are all re-exported here (`
                          :func:`plot_detection`, :func:`plot_vote_entropy`, :func:`face_grid`,
                          :func:`plot_distributions`, :func:`plot_embedding`, :func:`plot_embedding_grid`,
                          :func:`plot_va`, :func:`plot_review_page` (colours and names: :mod:`.style`)
+``headline``             :data:`HEADLINE_METRICS`, :func:`main_setting`, :func:`labelled_runs`,
+                         :func:`headline_table`, :func:`headline_findings`, :func:`study_setting`,
+                         :func:`plot_headline` (what a study's index opens with)
+``labels``               :func:`method_labels`, :func:`method_display`, :func:`start_label`,
+                         :data:`METRIC_NAMES` (table rows in :mod:`.style`'s display names)
+``pages``                :class:`Html`, :func:`html_table`, :func:`frame_page`, :func:`page_sections`
+                         (tables and the frame of the rendered pages)
 ``notebook``             :func:`setup_notebook`, :func:`chdir_repo_root`, :func:`save_figure`,
                          :func:`record_metrics`
 =======================  ===============================================================================
@@ -81,8 +88,12 @@ from .embeddings import (embed_umap, embedding_features, fit_groups, flip_panels
                          silhouette)
 from .flips import (ambiguity_verdict, flip_vote_summary, flip_votes, format_vote_summary, noise_contrast,
                     realised_transitions, vote_frame, vote_statistics)
+from .headline import (HEADLINE_METRICS, headline_findings, headline_table, labelled_runs, main_setting,
+                       plot_headline, study_setting)
 from .interactive import bokeh_html, bokeh_loader, hover_embedding, run_hover_embedding
+from .labels import METRIC_NAMES, method_display, method_labels, start_label
 from .notebook import chdir_repo_root, record_metrics, save_figure, setup_notebook
+from .pages import Html, frame_page, html_table, page_sections
 from .perclass import best_methods, class_accuracy, test_confusions, wilson_interval
 from .plots import (face_grid, plot_bars, plot_by_noise, plot_class_accuracy, plot_confusion, plot_confusions,
                     plot_detection, plot_differences, plot_distributions, plot_embedding, plot_embedding_grid,
@@ -129,4 +140,7 @@ __all__ = [
     "plot_differences", "plot_detection", "plot_vote_entropy", "face_grid", "plot_distributions", "plot_embedding",
     "plot_embedding_grid", "plot_va", "plot_review_page",
     "setup_notebook", "chdir_repo_root", "save_figure", "record_metrics",
+    "HEADLINE_METRICS", "main_setting", "labelled_runs", "headline_table", "headline_findings", "study_setting",
+    "plot_headline", "method_labels", "method_display", "start_label", "METRIC_NAMES", "Html", "html_table",
+    "frame_page", "page_sections",
 ]
