@@ -108,6 +108,17 @@ def test_the_headline_table_shows_the_oracle_and_the_clean_control_once():
     assert oracle["runs"] == 6 and oracle["last.acc | symmetric:0.3"] == oracle["last.acc | annotator"] == "70.5 ± 0.4"
 
 
+def test_the_setting_says_when_the_folder_holds_another_grid_than_the_study_s():
+    results = pd.concat([_results(), pd.DataFrame([_row("ce", "annotator", 3, 0.6)])], ignore_index=True)
+    study = {"resolved_methods": ["ce", "gce", "nla", "rul", "ldl_votes"],
+             "grid": {"noise": NOISES, "seeds": [0, 1, 2]}}
+    rows = dict(study_setting(results, {}, study=study))
+    assert rows["runs"].startswith("31 grid runs (5 methods × 2 noise settings × 4 seeds, not every seed of every "
+                                   "method; the study's grid has 30), 3 control runs")
+    assert dict(study_setting(_results(), {}, study=study))["runs"].startswith("30 grid runs (5 methods × 2 noise "
+                                                                               "settings × 3 seeds), 3 control")
+
+
 def test_runs_of_another_setting_stay_out_of_the_headline():
     results = pd.concat([_results(), pd.DataFrame([_row("ce", "annotator", 0, 0.1, epochs=2)])], ignore_index=True)
     main, left_out = main_setting(results)

@@ -372,13 +372,16 @@ def _noise_words(df, noise_order: Sequence[str]) -> str:
 
 
 def _runs_words(df, study: dict | None, extra: dict[str, int]) -> str:
+    """The finished runs: the grid's (its shape; said when not every method has every seed, and when the folder
+    holds fewer or more than the study's grid), the control's, and ``extra``."""
     grid = df[df["kind"] != "control"]
     n_methods, n_noise, n_seeds = grid["label"].nunique(), grid["noise"].nunique(), grid["seed"].nunique()
     text = f"{len(grid)} grid runs ({n_methods} methods × {n_noise} noise settings × {n_seeds} seeds"
+    text += "" if n_methods * n_noise * n_seeds == len(grid) else ", not every seed of every method"
     if study and study.get("resolved_methods"):
         g = study["grid"]
         expected = len(study["resolved_methods"]) * len([n for n in g["noise"] if n != "none"]) * len(g["seeds"])
-        text += f"; {len(grid)} of {expected} finished" if expected != len(grid) else ""
+        text += f"; the study's grid has {expected}" if expected != len(grid) else ""
     text += ")"
     control = df[df["kind"] == "control"]
     if len(control):
