@@ -168,7 +168,7 @@ def test_init_contrast_pairs_each_grid_run_with_its_init_twin(tmp_path):
     index = write_report(runs_dir=tmp_path, reports_dir=tmp_path / "report").read_text()
     body = index.split("<table class='dataframe init'>", 1)[1].split("</table>", 1)[0]
     assert ("<td>CE</td><td>30% symmetric</td><td>self-supervised vs random init</td><td>accuracy, last epoch</td>"
-            "<td class='num'>3</td><td>+8.3 ± 1.5</td>") in body
+            "<td class='num'>3</td><td class='num'>+8.3 ± 1.5</td>") in body
     assert pd.read_csv(tmp_path / "report" / "init_contrast.csv")["verdict"].iloc[0] == "supported gain"
 
 

@@ -247,7 +247,7 @@ def test_the_study_scores_its_runs_after_training_and_reports_the_table(study, f
     assert any(f"cross eval {run_dir.name}: folder:no_neutral [test]: 8 run classes -> 7 shared" in line
                for line in lines)
     index = (tmp_path / "rep" / "index.html").read_text()
-    assert "<h2>Cross-dataset evaluation</h2>" in index and "folder:no_neutral · acc" in index
+    assert "<summary>Cross-dataset evaluation</summary>" in index and "folder:no_neutral · acc" in index
     assert "neutral masked out of the argmax" in index
     (row,) = analysis.cross_eval_summary(runs).to_dict("records")
     assert (row["method"], row["target"], row["n_seeds"], row["masked"]) == ("ce", "folder:no_neutral", 1, "neutral")
