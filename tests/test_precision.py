@@ -17,7 +17,7 @@ from torch import nn
 from ferlib import engine
 from ferlib.backbones import BackboneConfig, create_model
 from ferlib.bench.synthetic import synthetic_data
-from ferlib.engine import TrainConfig, fit, probe_bf16, settle_precision
+from ferlib.engine import TrainConfig, fit, known_bf16_defect, probe_bf16, settle_precision
 from ferlib.methods import create_method
 from ferlib.rundir import RunDir
 
@@ -119,3 +119,32 @@ def test_float32_runs_and_other_devices_skip_the_probe(bf16_cpu):
     images = synthetic_data(8, image_size=16).images
     cfg = TrainConfig(amp=False, batch_size=8, image_size=16)
     assert settle_precision(model, images, cfg, CPU) == (cfg, engine.resolve_precision(cfg, CPU))
+
+
+def _flagged(size: int) -> list[str]:
+    """The layers of TINY that :func:`known_bf16_defect` flags at ``size`` px."""
+    model, flagged = create_model(TINY, 8), []
+    hooks = [m.register_forward_pre_hook(lambda m, args, n=n: flagged.extend([n] * known_bf16_defect(m, args[0].shape)))
+             for n, m in model.named_modules()]
+    with torch.no_grad():
+        model(torch.zeros(2, 1, size, size))
+    for h in hooks:
+        h.remove()
+    return flagged
+
+
+def test_the_known_defective_shape_is_a_strided_convolution_over_a_one_pixel_wide_map():
+    assert _flagged(16) == ["backbone.layer4.0.conv1"]  # its 1x1 downsample and the stride-1 convs are exempt
+    assert _flagged(32) == [] and _flagged(48) == []
+    conv = nn.Conv2d(4, 4, 3, stride=2, padding=1)
+    assert known_bf16_defect(conv, (8, 4, 2, 1)) and not known_bf16_defect(conv, (8, 4, 1, 2))
+    assert not known_bf16_defect(nn.Conv2d(4, 4, 3, stride=(2, 1), padding=1), (8, 4, 1, 1))
+    assert not known_bf16_defect(nn.Linear(4, 4), (8, 4, 1, 1))
+
+
+def test_a_known_defective_shape_fails_the_probe_whatever_the_allocator_holds(bf16_cpu):
+    model = engine.prepare_model(create_model(TINY, 8), TrainConfig(image_size=16), CPU)
+    report = probe_bf16(model, torch.randn(8, 1, 16, 16).contiguous(memory_format=torch.channels_last))
+    assert report["passed"] is False and report["max_rel_err"] == math.inf
+    decided = {key[1]: err for key, err in engine._PROBED.items() if key[0].startswith("Conv2d(32, 64, kernel_size=(3")}
+    assert decided == {(8, 32, 1, 1): math.inf}  # layer4.0.conv1, decided by the rule, not by a lottery
