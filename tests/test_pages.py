@@ -5,7 +5,7 @@ import re
 
 import pandas as pd
 
-from ferlib.analysis.pages import Html, frame_page, html_table, page_sections
+from ferlib.analysis.pages import Html, compact_styles, frame_page, html_table, page_sections
 
 
 def _cells(table: str) -> list[list[str]]:
@@ -90,3 +90,30 @@ def test_a_view_shows_every_dataframe_as_such_a_table(tmp_path, monkeypatch):
         assert shown["text/html"] == html_table(pd.DataFrame({"auroc": [0.81234]}))
     finally:
         InteractiveShell.clear_instance()
+
+
+_PAGE = """<html><head><style type="text/css">
+/* a comment {with braces} */
+:root{--used:1px;--chained:var(--base);--base:red;--unused:url("data:image/svg+xml;utf8,<svg a='b;c'/>");
+--inline:blue}
+.jp-Cell .jp-Output{margin:var(--used)}
+.jp-Unused{color:var(--unused)}
+.jp-Cell ol:not(.list-inline){padding:var(--chained)}
+.jp-Cell, .jp-Other{display:block}
+pre{line-height:1}
+@media print{.jp-Cell{display:none}.jp-Gone{color:red}}
+@media screen{.jp-Gone{color:red}}
+</style></head><body><div class="jp-Cell"><div class='jp-Output' style="color:var(--inline)">x</div>
+<ol><li>y</li></ol></div></body></html>"""
+
+
+def test_compact_styles_keeps_the_rules_and_custom_properties_a_page_uses_and_drops_the_rest():
+    out = compact_styles(_PAGE)
+    assert ".jp-Cell .jp-Output{margin:var(--used)}" in out
+    assert ".jp-Cell ol:not(.list-inline){" in out  # a class under :not() need not occur
+    assert ".jp-Cell, .jp-Other{display:block}" in out and "pre{line-height:1}" in out
+    assert "@media print{.jp-Cell{display:none}}" in out and "@media screen" not in out and "jp-Gone" not in out
+    assert "jp-Unused" not in out and "--unused" not in out and "comment" not in out
+    root = re.search(r":root\{(.*?)\}", out).group(1).split(";")
+    assert sorted(decl.split(":")[0] for decl in root) == ["--base", "--chained", "--inline", "--used"]
+    assert out.endswith("<ol><li>y</li></ol></div></body></html>")  # the body is untouched
