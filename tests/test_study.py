@@ -130,7 +130,8 @@ def test_shipped_profiles_load_and_validate(name):
     assert oracles or name in WITHOUT_ORACLE, "every shipped study has an oracle (ldl_votes) as its ceiling"
     for m in oracles:
         assert f"{m} [oracle]" in spec.describe()
-    assert len(spec.run_specs("runs")) == len(methods) * len(spec.grid.noise) * len(spec.grid.seeds)
+    grids = [spec.grid, *spec.extra_grids]
+    assert len(spec.run_specs("runs")) == sum(len(g.resolved_methods()) * len(g.noise) * len(g.seeds) for g in grids)
 
 
 def test_profile_sizes_follow_the_brief():
@@ -378,6 +379,33 @@ def test_clean_control_cells_are_the_grid_cells_at_noise_none(tmp_path):
         tiny_spec(tmp_path, clean_control=["cee"])
     with pytest.raises(ValueError, match=r"clean_control \['ce'\]: the grid already trains them at noise 'none'"):
         tiny_spec(tmp_path, noise=["none", "symmetric:0.3"], clean_control=["ce"])
+
+
+def test_extra_grids_add_seeds_where_claims_are_close_as_grid_cells_of_the_same_settings(tmp_path):
+    extra = [{"methods": ["ce"], "noise": ["symmetric:0.3", "none"], "seeds": [2]}]
+    spec = tiny_spec(tmp_path, clean_control=["ce"], extra_grids=extra)
+    runs = tmp_path / "runs"
+    cells = spec.cells(runs)
+    assert [(k, s.method, s.noise, s.train.seed) for k, s in cells] == [
+        ("grid", "ce", "symmetric:0.3", 0), ("grid", "ldl_votes", "symmetric:0.3", 0),
+        ("grid", "ce", "symmetric:0.3", 1), ("grid", "ldl_votes", "symmetric:0.3", 1),
+        ("grid", "ce", "symmetric:0.3", 2), ("grid", "ce", "none", 2),
+        ("control", "ce", "none", 0), ("control", "ce", "none", 1)]
+    # an extra cell is the cell a grid with that seed would train: the run id a later, wider grid gives it
+    wider = tiny_spec(tmp_path, seeds=[0, 1, 2], clean_control=["ce"])
+    assert run_id(cells[4][1]) == run_id(wider.run_specs(runs)[4])
+    assert run_id(cells[5][1]) == run_id(wider.control_specs(runs)[2])
+    assert "extra grid: ce at symmetric:0.3, none, seeds 2" in spec.describe()
+    for twice, match in [([{"methods": ["ce"], "seeds": [1]}], "ce at noise symmetric:0.3, seed 1 again"),
+                         ([{"methods": ["ce"], "noise": ["none"], "seeds": [0]}], "ce at noise none, seed 0 again"),
+                         (extra * 2, r"extra_grids\[1\] lists ce"), ([{"seed": [3]}], r"unknown key.*extra_grids\[0\]")]:
+        with pytest.raises(ValueError, match=match):
+            tiny_spec(tmp_path, clean_control=["ce"], extra_grids=twice)
+    # a grid override names the cells to train: the profile's extra grids go
+    profile = tmp_path / "p.yaml"
+    profile.write_text("grid: {methods: [ce], seeds: [0]}\nextra_grids: [{methods: [ce], seeds: [1]}]\n")
+    assert len(load_profile(profile, data=tmp_path / "data").run_specs(runs)) == 2
+    assert len(load_profile(profile, data=tmp_path / "data", seeds=[1]).run_specs(runs)) == 1
 
 
 def test_kernel_runs_this_interpreter():

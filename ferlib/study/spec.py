@@ -94,6 +94,11 @@ class Grid:
         return list_methods() if self.methods == "all" else list(self.methods)
 
 
+def _triples(grid: Grid) -> list[tuple[str, str, int]]:
+    """``(method, noise, seed)`` of every cell of ``grid``, seed-major."""
+    return [(m, n, s) for s in grid.seeds for n in grid.noise for m in grid.resolved_methods()]
+
+
 @dataclass
 class StudySpec:
     """Everything that defines a study.
@@ -102,6 +107,11 @@ class StudySpec:
     dataset, data, dataset_options : reader name, dataset root and reader options
         (:func:`ferlib.data.load_dataset`); a relative ``data`` is taken from the current directory.
     grid : :class:`Grid` (methods x noise x seeds); a dict is converted.
+    extra_grids : further :class:`Grid` s of cells with the same settings, in the grid's folder: more seeds where
+        the claims are close, without crossing every method, noise and seed (e.g. ``[{methods: [ce, nla], noise:
+        [annotator], seeds: [3, 4]}]``). They are grid cells (the views read them as any other); the cleanlab
+        folds, init contrast and clean control stay at ``grid.seeds``. A cell of the grid or the clean control
+        listed again is refused.
     method_options : ``{method: {option: value}}`` config overrides for single methods.
     recipe : ``shared`` (default: every cell trains with ``train``, one budget for all methods) or ``paper``
         (each method with its official recipe, :mod:`ferlib.recipes`; ``train`` then sets only what the recipe
@@ -160,6 +170,7 @@ class StudySpec:
     data: str | None = None
     dataset_options: dict = field(default_factory=dict)
     grid: Grid = field(default_factory=Grid)
+    extra_grids: list[Grid] = field(default_factory=list)
     method_options: dict = field(default_factory=dict)
     recipe: str = "shared"
     train: dict = field(default_factory=dict)
@@ -200,6 +211,11 @@ class StudySpec:
             self.grid = Grid(**_checked_keys(self.grid, _field_names(Grid), "grid"))
         elif not isinstance(self.grid, Grid):
             raise ValueError(f"grid must be a mapping with keys {_field_names(Grid)}, got {self.grid!r}")
+        if not isinstance(self.extra_grids, list):
+            raise ValueError(f"extra_grids must be a list of grids, got {self.extra_grids!r}")
+        self.extra_grids = [g if isinstance(g, Grid) else Grid(**_checked_keys(g, _field_names(Grid),
+                                                                                f"extra_grids[{i}]"))
+                            for i, g in enumerate(self.extra_grids)]
         for key in ("dataset_options", "method_options", "train", "backbone", "ablation_train", "cleanlab_train",
                     "notebook_parameters", "slurm", "pretrain", "init_contrast"):
             if not isinstance(getattr(self, key), dict):
@@ -213,6 +229,7 @@ class StudySpec:
         BackboneConfig(**_checked_keys(self.backbone, _field_names(BackboneConfig), "backbone"))
         self._check_init_contrast()
         self._check_clean_control()
+        self._check_extra_grids()
         SlurmOptions(**_checked_keys(self.slurm, _field_names(SlurmOptions), "slurm"))
         PretrainConfig(**_checked_keys(self.pretrain, _field_names(PretrainConfig), "pretrain"))
         for method, options in self.method_options.items():
@@ -299,6 +316,17 @@ class StudySpec:
         if twice:
             raise ValueError(f"clean_control {twice}: the grid already trains them at noise 'none' (grid.noise)")
 
+    def _check_extra_grids(self) -> None:
+        seen = {(m, n, s) for m, n, s in _triples(self.grid)}
+        seen |= {(m, "none", s) for s in self.grid.seeds for m in self.clean_control}
+        for i, grid in enumerate(self.extra_grids):
+            twice = [t for t in _triples(grid) if t in seen]
+            if twice:
+                m, n, s = twice[0]
+                raise ValueError(f"extra_grids[{i}] lists {m} at noise {n}, seed {s} again (and {len(twice) - 1} "
+                                 "more): the grid, the clean control or an earlier extra grid trains it")
+            seen |= set(_triples(grid))
+
     def _check_train_subset(self) -> None:
         """Refuse a train subset smaller than a cell's batch size: the engine trains on full batches, so every
         such cell would fail once its data loaded. The cleanlab fold cells train on (K - 1) / K of the subset."""
@@ -307,7 +335,8 @@ class StudySpec:
         if self.train_subset is None:
             return
         n, k = self.train_subset, self.cleanlab_folds
-        methods = list(dict.fromkeys([*self.grid.resolved_methods(), *self.clean_control]))
+        methods = list(dict.fromkeys([*self.grid.resolved_methods(), *self.clean_control,
+                                      *(m for g in self.extra_grids for m in g.resolved_methods())]))
         cells = [(f"{m} cells", m, {}, n) for m in methods]
         cells += [(f"{m} ablation cells", m, self.ablation_train, n) for m in methods if self.ablations]
         cells += [(f"cleanlab fold cells ({k} folds)", "ce", self.cleanlab_train, n * (k - 1) // k)] if k else []
@@ -342,10 +371,10 @@ class StudySpec:
                        out=str(Path(runs_dir).absolute()), **fields)
 
     def run_specs(self, runs_dir: str | os.PathLike) -> list:
-        """Every cell of the grid as a RunSpec, seed-major (all methods and noises of seed 0 first, so a
-        partly finished study already compares every method)."""
+        """Every cell of the grid, then of each extra grid, as a RunSpec, seed-major (all methods and noises of
+        seed 0 first, so a partly finished study already compares every method)."""
         return [self.run_spec(m, n, s, cell_dir(runs_dir, "grid"))
-                for s in self.grid.seeds for n in self.grid.noise for m in self.grid.resolved_methods()]
+                for grid in (self.grid, *self.extra_grids) for m, n, s in _triples(grid)]
 
     def control_specs(self, runs_dir: str | os.PathLike) -> list:
         """The clean-control cells (none unless ``clean_control`` is set): each of its methods at noise ``none``
@@ -445,6 +474,8 @@ class StudySpec:
             f"{len(self.grid.seeds)} seeds",
             f"  methods: {', '.join(methods)}",
             f"  noise: {', '.join(self.grid.noise)}; seeds: {', '.join(map(str, self.grid.seeds))}",
+            *(f"extra grid: {', '.join(g.resolved_methods())} at {', '.join(g.noise)}, seeds "
+              f"{', '.join(map(str, g.seeds))}" for g in self.extra_grids),
             f"recipe: {self.recipe}; train: {self.train or 'defaults'}; backbone: {self.backbone or 'defaults'}",
             f"ablations: {self._describe_ablations()}; cleanlab folds: {self.cleanlab_folds or 'none'}; "
             f"notebooks: {', '.join(self.notebooks)}",
@@ -510,7 +541,8 @@ def load_profile(name: str | os.PathLike, *, data: str | os.PathLike | None = No
         ``train``, ``backbone``, ``ablation_train``, ``cleanlab_train``, ``slurm`` and ``grid`` are merged into
         the profile's mapping (``train={"epochs": 3}`` keeps the profile's other train settings),
         ``notebook_parameters`` per notebook (``{"05_uncertainty": {"n_faces": 4}}`` keeps the profile's other
-        05 parameters); other fields are replaced.
+        05 parameters); other fields are replaced. An override of the grid (``methods``, ``noise``, ``seeds``,
+        ``grid``) names the cells to train: the profile's ``extra_grids`` are dropped unless given too.
 
     Raises
     ------
@@ -550,6 +582,8 @@ def load_profile(name: str | os.PathLike, *, data: str | os.PathLike | None = No
         else:
             values[key] = value
     values["grid"] = grid
+    if {"grid", *grid_keys} & set(overrides) and "extra_grids" not in overrides:
+        values["extra_grids"] = []  # the override names the cells to train: the profile's extra ones are not
     if overrides and "description" not in overrides:  # the profile's line no longer describes the study alone
         changed = ", ".join(f"{k}={v}" for k, v in overrides.items())
         values["description"] = f"{values.get('description', '')} [overridden: {changed}]".strip()
