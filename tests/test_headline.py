@@ -113,9 +113,16 @@ def test_the_setting_says_when_the_folder_holds_another_grid_than_the_study_s():
     study = {"resolved_methods": ["ce", "gce", "nla", "rul", "ldl_votes"],
              "grid": {"noise": NOISES, "seeds": [0, 1, 2]}}
     rows = dict(study_setting(results, {}, study=study))
-    assert rows["runs"].startswith("31 grid runs (5 methods × 2 noise settings × 4 seeds, not every seed of every "
-                                   "method; the study's grid has 30), 3 control runs")
-    assert dict(study_setting(_results(), {}, study=study))["runs"].startswith("30 grid runs (5 methods × 2 noise "
+    assert rows["runs"].startswith("31 grid runs (5 methods × 2 noise settings; seeds 0-2 at 30% symmetric, 0-2 "
+                                   "(CE 0-3) at real annotator; the study's grid has 30), 3 control runs")
+    study["extra_grids"] = [{"methods": ["ce"], "noise": ["annotator", "none"], "seeds": [3]}]
+    rows = dict(study_setting(results, {}, study=study))
+    assert rows["runs"].startswith("31 grid runs (5 methods × 2 noise settings; seeds 0-2 at 30% symmetric, 0-2 "
+                                   "(CE 0-3) at real annotator), 3 control runs")
+    lines = headline_findings(results, analysis.paired_comparison(results), _memorisation(), noise_order=NOISES)
+    assert "at 2 noise settings (30% symmetric, real annotator), seeds 0-2 at 30% symmetric, 0-2 (CE 0-3) " \
+        "at real annotator; a seed draws the noise" in lines[0]
+    assert dict(study_setting(_results(), {}, study={**study, "extra_grids": []}))["runs"].startswith("30 grid runs (5 methods × 2 noise "
                                                                                "settings × 3 seeds), 3 control")
 
 

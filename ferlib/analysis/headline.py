@@ -223,11 +223,11 @@ def headline_findings(results, comparison, memorisation, *, baseline: str = "ce"
     base = method_label(baseline)
     labels = dict(zip(df["method"], df["label"]))  # registry name -> display name (one per method here)
     others = sorted({m for m in df.loc[df["kind"] == "method", "label"] if m != base}, key=str.lower)
-    noises, seeds = _noises(df, noise_order), sorted(set(df["seed"]))
+    noises = _noises(df, noise_order)
     lines = [f"{base} and {len(others)} methods for noisy labels ({', '.join(others)}) trained on the same faces "
              f"at {len(noises)} noise setting{'s' * (len(noises) != 1)} ({', '.join(map(noise_label, noises))}), "
-             f"{len(seeds)} seed{'s' * (len(seeds) != 1)} each; a seed draws the noise, so the methods of one seed "
-             f"saw the same flipped labels and are compared with {base} seed by seed."]
+             f"{_seed_words(df[df['kind'] != 'control'], noises, each=True)}; a seed draws the noise, so the "
+             f"methods of one seed saw the same flipped labels and are compared with {base} seed by seed."]
     drops = memorisation[(memorisation["method"] == baseline) & ~memorisation["oracle"].astype(bool)]
     rank = {n: i for i, n in enumerate([*noises, "none"])}
     drops = drops.sort_values("noise", key=lambda col: col.map(rank), kind="stable")
@@ -371,16 +371,41 @@ def _noise_words(df, noise_order: Sequence[str]) -> str:
     return "; ".join(parts) + f"; seed{'s' * (df['seed'].nunique() != 1)} {seeds}, each drawing its own noise"
 
 
+def _span(seeds) -> str:
+    """``0-4`` for consecutive seeds, else ``0, 2, 5``."""
+    seeds = sorted(int(s) for s in seeds)
+    consecutive = len(seeds) > 2 and seeds == list(range(seeds[0], seeds[-1] + 1))
+    return f"{seeds[0]}-{seeds[-1]}" if consecutive else ", ".join(map(str, seeds))
+
+
+def _seed_words(runs, noises: Sequence[str], *, each: bool = False) -> str:
+    """The seeds of ``runs`` (a labelled results frame): ``3 seeds`` (``3 seeds each``) when every method has
+    the same ones at every noise; else, per noise setting, the seeds every method has and the methods with more,
+    e.g. ``seeds 0-2 (CE 0-4) at 30% symmetric, 0-4 at real annotator and synthetic twin``."""
+    per_noise = {}
+    for noise in noises:
+        have = runs[runs["noise"] == noise].groupby("label")["seed"].agg(frozenset)
+        common = frozenset.intersection(*have) if len(have) else frozenset()
+        more = "; ".join(f"{m} {_span(s)}" for m, s in have.items() if s != common)
+        per_noise.setdefault(_span(common) + (f" ({more})" if more else ""), []).append(noise_label(noise))
+    if len(per_noise) == 1 and "(" not in next(iter(per_noise)):
+        n = runs["seed"].nunique()
+        return f"{n} seed{'s' * (n != 1)}" + (" each" if each else "")
+    return "seeds " + ", ".join(f"{seeds} at {' and '.join(where)}" for seeds, where in per_noise.items())
+
+
 def _runs_words(df, study: dict | None, extra: dict[str, int]) -> str:
-    """The finished runs: the grid's (its shape; said when not every method has every seed, and when the folder
-    holds fewer or more than the study's grid), the control's, and ``extra``."""
+    """The finished runs: the grid's (its shape, its seeds per noise setting when not every method has every
+    seed, and whether the folder holds fewer or more than the study's grid and extra grids), the control's, and
+    ``extra``."""
     grid = df[df["kind"] != "control"]
-    n_methods, n_noise, n_seeds = grid["label"].nunique(), grid["noise"].nunique(), grid["seed"].nunique()
-    text = f"{len(grid)} grid runs ({n_methods} methods × {n_noise} noise settings × {n_seeds} seeds"
-    text += "" if n_methods * n_noise * n_seeds == len(grid) else ", not every seed of every method"
+    noises = _noises(grid)
+    text = (f"{len(grid)} grid runs ({grid['label'].nunique()} methods × {len(noises)} noise settings"
+            + (f"; {seeds}" if (seeds := _seed_words(grid, noises)).startswith("seeds ") else f" × {seeds}"))
     if study and study.get("resolved_methods"):
-        g = study["grid"]
-        expected = len(study["resolved_methods"]) * len([n for n in g["noise"] if n != "none"]) * len(g["seeds"])
+        grids = [{**study["grid"], "methods": study["resolved_methods"]}, *study.get("extra_grids", ())]
+        expected = sum(len(g["methods"] if isinstance(g["methods"], list) else study["resolved_methods"])
+                       * len([n for n in g["noise"] if n != "none"]) * len(g["seeds"]) for g in grids)
         text += f"; the study's grid has {expected}" if expected != len(grid) else ""
     text += ")"
     control = df[df["kind"] == "control"]

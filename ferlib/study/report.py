@@ -428,7 +428,8 @@ def _headline_html(table, left_out: int = 0) -> str:
                         + "".join(f"<td class='num{' grp' * (i == 0)}'>{_e(r[f'{m} | {n}'])}</td>"
                                   for m in metrics for i, n in enumerate(noises))
                         + "</tr>")
-    return ("<p class='muted'>Test accuracy in %, mean &plusmn; std over seeds: at the last epoch (the primary "
+    return ("<p class='muted'>Test accuracy in %, mean &plusmn; std over the seeds of each noise setting (Setting, "
+            "runs): at the last epoch (the primary "
             "number), at the epoch each run's validation accuracy chose (early-stopped), and the mean of the "
             "per-class accuracies at the last epoch. Rows: <a href='headline.csv'>headline.csv</a>.</p>"
             f"<table class='headline'><thead>{head}</thead><tbody>{''.join(body)}</tbody></table>"
