@@ -15,7 +15,7 @@ from ferlib import rundir
 ROOT = Path(__file__).resolve().parents[1]
 HEADLINE_REPORT = ROOT / "reports" / "cpu_memorise"
 HEADLINE_RUNS = ROOT / "reports" / "evidence" / "cpu_memorise" / "runs"
-REPORTS_BUDGET = 48 * 2 ** 20  # bytes: the committed files under reports/ (docs/results-policy.md, Sizes)
+REPORTS_BUDGET = 52 * 2 ** 20  # bytes: the committed files under reports/ (docs/results-policy.md, Sizes)
 WEIGHTS = (".pt", ".pth", ".ckpt", ".safetensors", ".onnx")
 
 
