@@ -259,17 +259,25 @@ def probe_bf16(net: nn.Module, x: torch.Tensor, *, repeats: int = 3) -> dict:
 
 
 def known_bf16_defect(module: nn.Module, shape: tuple) -> bool:
-    """Whether ``module`` at input ``shape`` (B, C, H, W) is a convolution torch 2.14.1's CPU bf16 kernel gets wrong.
+    """Whether ``module`` at input ``shape`` (B, C, H, W) is a strided convolution with a kernel tap that meets
+    only padding: the shapes where torch 2.14.1's CPU bf16 weight gradient may leave entries unwritten.
 
-    Its weight gradient leaves the taps that meet only padding unwritten when the input is one pixel wide and
-    the width stride exceeds 1 (measured on an EPYC with AVX-512 BF16, every trial of 20 with freed memory
-    filled with 1e30: 3x3 and 5x5 kernels at strides 2 and 3, inputs 1x1 and 2x1; never at stride 1, a width of
-    2 or more, or a 1x1 kernel). What the unwritten entries hold depends on the allocator, so a numerical check
-    alone is a lottery there; this rule decides those shapes without one.
+    Measured on an EPYC with AVX-512 BF16 (20 trials each, freed memory filled with 1e30): the taps that meet
+    only padding are left unwritten in every trial when the input is one pixel wide and the width stride exceeds
+    1 (3x3 and 5x5 kernels, strides 2 and 3, inputs 1x1 and 2x1); never at stride 1, a width of 2 or more, a 1x1
+    kernel or a stride of (2, 1). The other strided shapes with such a tap (a 3x3 stride-2 convolution over a
+    2x2 map) were right there, but another kernel (AMX) may take another path, so the rule covers them all:
+    they occur only on tiny inputs (a ResNet at 16 or 32 px, none at 48). What unwritten entries hold depends on
+    the allocator, so a numerical check alone is a lottery at these shapes; this rule decides them without one.
     """
-    if not isinstance(module, nn.Conv2d) or len(shape) != 4:
+    if not isinstance(module, nn.Conv2d) or len(shape) != 4 or isinstance(module.padding, str):
         return False
-    return shape[3] == 1 and module.stride[1] > 1 and module.kernel_size[1] > 1
+    for size, k, stride, pad, dil in zip(shape[2:], module.kernel_size, module.stride, module.padding,
+                                         module.dilation):
+        outputs = range((size + 2 * pad - dil * (k - 1) - 1) // stride + 1)
+        if stride > 1 and any(all(not 0 <= o * stride - pad + j * dil < size for o in outputs) for j in range(k)):
+            return True
+    return False
 
 
 def _layer_error(module: nn.Module, shape: tuple, fmt, dtype: torch.dtype, *, seed: int) -> float:

@@ -133,12 +133,16 @@ def _flagged(size: int) -> list[str]:
     return flagged
 
 
-def test_the_known_defective_shape_is_a_strided_convolution_over_a_one_pixel_wide_map():
-    assert _flagged(16) == ["backbone.layer4.0.conv1"]  # its 1x1 downsample and the stride-1 convs are exempt
-    assert _flagged(32) == [] and _flagged(48) == []
+def test_the_known_defective_shapes_are_strided_convolutions_with_a_tap_that_meets_only_padding():
+    # 16 px: layer3 meets a 2x2 map, layer4 a 1x1 one; the 1x1 downsamples and the stride-1 convs are exempt
+    assert _flagged(16) == ["backbone.layer3.0.conv1", "backbone.layer4.0.conv1"]
+    assert _flagged(32) == ["backbone.layer4.0.conv1"] and _flagged(48) == []  # every study runs at 48 px or more
     conv = nn.Conv2d(4, 4, 3, stride=2, padding=1)
-    assert known_bf16_defect(conv, (8, 4, 2, 1)) and not known_bf16_defect(conv, (8, 4, 1, 2))
-    assert not known_bf16_defect(nn.Conv2d(4, 4, 3, stride=(2, 1), padding=1), (8, 4, 1, 1))
+    assert known_bf16_defect(conv, (8, 4, 2, 1)) and known_bf16_defect(conv, (8, 4, 1, 2))
+    assert not known_bf16_defect(conv, (8, 4, 3, 3))  # a 2x2 output: every tap meets a pixel
+    assert known_bf16_defect(nn.Conv2d(4, 4, 3, stride=(2, 1), padding=1), (8, 4, 1, 1))  # rows: stride 2
+    assert not known_bf16_defect(nn.Conv2d(4, 4, 3, stride=1, padding=1), (8, 4, 1, 1))
+    assert not known_bf16_defect(nn.Conv2d(4, 4, 1, stride=2), (8, 4, 1, 1))
     assert not known_bf16_defect(nn.Linear(4, 4), (8, 4, 1, 1))
 
 
