@@ -323,7 +323,7 @@ def settle_precision(net: nn.Module, images, cfg: TrainConfig, device: torch.dev
     probe = probe_bf16(net, layout(prepare_batch(raw, cfg.image_size, cfg.augment), cfg))
     if probe["passed"]:
         return cfg, {**precision, "bf16_probe": probe}
-    warnings.warn(f"bf16 autocast on this CPU gives wrong gradients for {probe['worst']}: computing in float32 "
+    warnings.warn(f"bf16 autocast fails the layer check (ferlib.engine.probe_bf16) at {probe['worst']}: computing in float32 "
                   "(config.json: precision.bf16_probe)", RuntimeWarning, stacklevel=2)
     cfg = dataclasses.replace(cfg, amp=False)
     return cfg, {**resolve_precision(cfg, device), "bf16_probe": probe}
