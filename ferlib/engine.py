@@ -209,12 +209,12 @@ def probe_bf16(net: nn.Module, x: torch.Tensor, *, repeats: int = 3) -> dict:
     gradient, for a 3x3 stride-2 convolution over a 1x1 map (a ResNet's ``layer4.0.conv1`` on 16-px images),
     leaves gradient entries unwritten; they hold whatever memory held before, so a training step turns into NaN
     or not depending on what ran earlier in the process. The cpuinfo flags cannot tell; this probe does. A layer
-    of a shape known to be wrong (:func:`known_bf16_defect`) fails without being run, since what its unwritten
-    entries hold depends on the allocator; every other distinct layer (:data:`PROBED_LAYERS`) at the input shape, memory layout and dtype it meets in one bf16
-    forward of ``net`` is run alone on seeded random input, forward and backward, under bf16 autocast and in
-    float32, ``repeats`` times, after freeing NaN-filled tensors of its gradients' sizes (so that memory a kernel
-    leaves unwritten shows as NaN), and its output, input gradient and parameter gradients are compared. A layer
-    at a shape is probed once per process.
+    of a shape known to be at risk (:func:`known_bf16_defect`) fails without being run, since what its unwritten
+    entries hold depends on the allocator; every other distinct layer (:data:`PROBED_LAYERS`) at the input
+    shape, memory layout and dtype it meets in one bf16 forward of ``net`` is run alone on seeded random input,
+    forward and backward, under bf16 autocast and in float32, ``repeats`` times, after freeing NaN-filled
+    tensors of its gradients' sizes (so that memory a kernel leaves unwritten shows as NaN), and its output,
+    input gradient and parameter gradients are compared. A layer at a shape is probed once per process.
 
     Parameters
     ----------
@@ -323,8 +323,8 @@ def settle_precision(net: nn.Module, images, cfg: TrainConfig, device: torch.dev
     probe = probe_bf16(net, layout(prepare_batch(raw, cfg.image_size, cfg.augment), cfg))
     if probe["passed"]:
         return cfg, {**precision, "bf16_probe": probe}
-    warnings.warn(f"bf16 autocast fails the layer check (ferlib.engine.probe_bf16) at {probe['worst']}: computing in float32 "
-                  "(config.json: precision.bf16_probe)", RuntimeWarning, stacklevel=2)
+    warnings.warn(f"bf16 autocast fails the layer check (ferlib.engine.probe_bf16) at {probe['worst']}: computing "
+                  "in float32 (config.json: precision.bf16_probe)", RuntimeWarning, stacklevel=2)
     cfg = dataclasses.replace(cfg, amp=False)
     return cfg, {**resolve_precision(cfg, device), "bf16_probe": probe}
 

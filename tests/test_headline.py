@@ -122,8 +122,8 @@ def test_the_setting_says_when_the_folder_holds_another_grid_than_the_study_s():
     lines = headline_findings(results, analysis.paired_comparison(results), _memorisation(), noise_order=NOISES)
     assert "at 2 noise settings (30% symmetric, real annotator), seeds 0-2 at 30% symmetric, 0-2 (CE 0-3) " \
         "at real annotator; a seed draws the noise" in lines[0]
-    assert dict(study_setting(_results(), {}, study={**study, "extra_grids": []}))["runs"].startswith("30 grid runs (5 methods × 2 noise "
-                                                                               "settings × 3 seeds), 3 control")
+    runs = dict(study_setting(_results(), {}, study={**study, "extra_grids": []}))["runs"]
+    assert runs.startswith("30 grid runs (5 methods × 2 noise settings × 3 seeds), 3 control")
 
 
 def test_runs_of_another_setting_stay_out_of_the_headline():

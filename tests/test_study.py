@@ -398,7 +398,8 @@ def test_extra_grids_add_seeds_where_claims_are_close_as_grid_cells_of_the_same_
     assert "extra grid: ce at symmetric:0.3, none, seeds 2" in spec.describe()
     for twice, match in [([{"methods": ["ce"], "seeds": [1]}], "ce at noise symmetric:0.3, seed 1 again"),
                          ([{"methods": ["ce"], "noise": ["none"], "seeds": [0]}], "ce at noise none, seed 0 again"),
-                         (extra * 2, r"extra_grids\[1\] lists ce"), ([{"seed": [3]}], r"unknown key.*extra_grids\[0\]")]:
+                         (extra * 2, r"extra_grids\[1\] lists ce"),
+                         ([{"seed": [3]}], r"unknown key.*extra_grids\[0\]")]:
         with pytest.raises(ValueError, match=match):
             tiny_spec(tmp_path, clean_control=["ce"], extra_grids=twice)
     # a grid override names the cells to train: the profile's extra grids go
