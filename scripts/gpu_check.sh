@@ -14,17 +14,17 @@
 #   5. the small files of the runs (no weights, no checkpoints: result.json, config.json, epochs.*, noise.json,
 #      readout.npz, logs, gpu_cells.json) as $OUT/gpu_runs.tar.gz.NN, pieces of at most 15 MiB.
 #
-# The data travel in parts: the working tree is ~56 MiB of the 64 MiB a device call carries (reports/ with the
-# 141 committed cpu_memorise cells, 49 MiB), and FERPlus packed with the checkpoint and the landmarks is 72 MiB:
-# 11 parts of 7 MiB. Each call carries one part, which this script gathers in $WORK/parts on the (warm) machine;
-# `bash scripts/gpu_check.sh stage` only gathers (each staging call costs device time: a few seconds plus the
-# transfer). Here, once:
+# The data travel in parts: the working tree is ~57 MiB of the 64 MiB a device call carries (reports/ with the
+# 141 committed cpu_memorise cells and their 66 ablation cells, 50 MiB), and FERPlus packed with the checkpoint and
+# the landmarks is 72 MiB: 12 parts of 6 MiB. Each call carries one part, which this script gathers in $WORK/parts
+# on the (warm) machine; `bash scripts/gpu_check.sh stage` only gathers (each staging call costs device time: a
+# few seconds plus the transfer). Here, once:
 #   python scripts/pack_ferplus.py pack --data ../shared/data/ferplus --profile cpu_memorise_full \
-#       --landmarks dlib --out .gpu/ferplus --part-mib 7
+#       --landmarks dlib --out .gpu/ferplus --part-mib 6
 # then, with the device tool, one call per part and the script with the last:
 #   run(command="bash scripts/gpu_check.sh stage", carry=[".gpu/ferplus/parts.json", ".gpu/ferplus/pack.tar.xz.00"])
-#   run(command="bash scripts/gpu_check.sh stage", carry=[".gpu/ferplus/pack.tar.xz.01"])        (to .09)
-#   run(command="bash scripts/gpu_check.sh", carry=[".gpu/ferplus/pack.tar.xz.10"], timeout_s=600)
+#   run(command="bash scripts/gpu_check.sh stage", carry=[".gpu/ferplus/pack.tar.xz.01"])        (to .10)
+#   run(command="bash scripts/gpu_check.sh", carry=[".gpu/ferplus/pack.tar.xz.11"], timeout_s=600)
 # Back here: cat <files_at>/gpu_runs.tar.gz.* | tar -xzf - -C <runs folder>.
 #
 # GPU_CHECK_TINY=1: the same steps on this CPU at toy size (the shipped sample unless GPU_CHECK_PARTS names

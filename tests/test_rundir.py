@@ -245,6 +245,20 @@ def test_check_names_what_is_wrong(tmp_path, finished):
                                                                     "gone")}
 
 
+def test_an_ablation_variant_counts_as_finished_without_its_read_out_but_a_present_one_is_checked(tmp_path, finished):
+    runs = tmp_path / "runs"
+    variant = copy_run(finished, runs / "v", "v")
+    write_json(variant / "result.json", {**json.loads((variant / "result.json").read_text()), "variant": "no_x"})
+    (variant / "readout.npz").unlink()  # the results policy commits an ablation cell's small files only
+    grid = copy_run(finished, runs / "g", "g")
+    (grid / "readout.npz").unlink()
+    assert rundir.is_finished(variant) and not rundir.is_finished(grid)
+    with pytest.warns(RunWarning, match=rf"skipped run {grid}: readout.npz is missing"):
+        assert collect_results(runs)["run_id"].tolist() == ["v"]
+    (variant / "readout.npz").write_bytes(b"PK")
+    assert rundir.find_problem(variant).startswith("readout.npz has 2 bytes, result.json records")
+
+
 def test_a_corrupted_run_is_skipped_by_every_reader_never_fatal(tmp_path, finished, capsys):
     runs = tmp_path / "runs"
     copy_run(finished, runs / "a", "a")
