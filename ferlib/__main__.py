@@ -1,3 +1,4 @@
+from . import distributed
 from .cli import main
 
-raise SystemExit(main())
+distributed.leave(main())

@@ -29,14 +29,16 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
+import sys
 import warnings
 from collections.abc import Callable, Iterable
+from typing import NoReturn
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
-__all__ = ["world", "rank", "is_main", "local_device", "shard", "gather", "average_gradients", "average",
+__all__ = ["world", "leave", "rank", "is_main", "local_device", "shard", "gather", "average_gradients", "average",
            "on_main", "main_only", "prepare_modules"]
 
 
@@ -69,6 +71,20 @@ def _shutdown() -> None:
     if dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
+
+
+def leave(code: int) -> NoReturn:
+    """End this process with exit status ``code``. In a ``torchrun`` worker: run the at-exit handlers (among them
+    :func:`_shutdown`, the barrier and the group's teardown), flush, and leave through ``os._exit``, skipping the
+    interpreter's own teardown: there, after a finished run, torch 2.14.1 could abort a worker ("terminate called
+    without an active exception", no Python frame; measured 2 of 12 gloo runs on a busy 2-core machine). One
+    process: ``SystemExit(code)``."""
+    if not (dist.is_available() and dist.is_initialized()):
+        raise SystemExit(code)
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    os._exit(code)
 
 
 def rank() -> int:

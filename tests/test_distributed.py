@@ -159,6 +159,30 @@ def test_torchrun_trains_through_the_cli_as_one_process_does(small_ferplus, tmp_
     assert (tmp_path / "two" / "results.csv").is_file() and not (two / ".lock").exists()
 
 
+LEAVE = """
+import atexit, sys
+from ferlib import distributed
+assert distributed.world() == 2
+atexit.register(lambda: print("exit handlers ran, rank", distributed.rank()))
+print("unflushed", end="")
+distributed.leave(3)
+"""
+
+
+def test_a_worker_leaves_with_its_code_after_the_exit_handlers_and_one_process_raises_system_exit():
+    port = str(_free_port())
+    procs = [subprocess.Popen([sys.executable, "-c", LEAVE], stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "RANK": str(r),
+                                   "WORLD_SIZE": "2", "LOCAL_RANK": str(r), "OMP_NUM_THREADS": "1"})
+             for r in range(2)]
+    outs = [p.communicate(timeout=120)[0] for p in procs]
+    assert [p.returncode for p in procs] == [3, 3]
+    assert outs == [f"unflushedexit handlers ran, rank {r}\n" for r in range(2)]
+    with pytest.raises(SystemExit) as leaving:
+        distributed.leave(4)
+    assert leaving.value.code == 4
+
+
 def test_a_batch_that_does_not_split_or_a_method_not_declared_multi_process_is_refused(monkeypatch):
     monkeypatch.setattr(distributed, "world", lambda: 4)
     check_processes(TrainConfig(batch_size=64), method_class("lanet"))
