@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 
 from ferlib import analysis
-from ferlib.analysis.headline import (headline_findings, headline_table, main_setting, plot_headline,
-                                      study_setting)
+from ferlib.analysis.headline import (ablation_findings, headline_findings, headline_table, main_setting,
+                                      plot_headline, study_setting)
 from ferlib.analysis.style import method_style
 
 NOISES = ["symmetric:0.3", "annotator"]
@@ -86,6 +86,24 @@ def test_the_real_noise_against_its_twin_is_one_sentence_from_its_verdicts():
                          "drawn regardless of the face), at the last epoch: 1 of 4 methods are more accurate under "
                          "the real annotator noise with support: CE (+5.2) points; less accurate with support: RUL "
                          "(-4.0) points; not supported: GCE, NLA (+1.8 to +1.9 points, p = 0.085 to 0.145).")
+
+
+def test_each_ablated_method_is_one_sentence_with_its_gain_and_its_supported_components_marked():
+    ablations = pd.DataFrame([  # ablation_comparison's rows: variant minus full, seed by seed
+        {"method": "nla", "variant": v, "noise": n, "metric": m, "n_pairs": 3, "mean_diff": d, "verdict": verdict}
+        for v, n, d, verdict in [("no_naw", "annotator", -0.031, "supported loss"),
+                                 ("no_consistency", "annotator", 0.004, "no consistent difference"),
+                                 ("no_naw", "symmetric:0.3", -0.12, "supported loss"),
+                                 ("no_consistency", "symmetric:0.3", -0.01, "same sign in every seed, not significant")]
+        for m in ("last.acc", "best.acc")])
+    results = _results()
+    comparison = analysis.paired_comparison(results)
+    five = comparison.assign(n_pairs=np.where(comparison["noise"] == "annotator", 5, comparison["n_pairs"]))
+    assert ablation_findings(ablations, five, noise_order=NOISES) == [
+        "NLA with one component switched off, minus the full method at the last epoch (3 seeds), at 30% symmetric "
+        "(full method +17.0 over CE): no_naw -12.0 (supported loss), no_consistency -1.0; at real annotator (full "
+        "method +5.7 over CE in 5 seeds): no_naw -3.1 (supported loss), no_consistency +0.4."]
+    assert ablation_findings(ablations.iloc[:0], comparison) == []
 
 
 def test_one_seed_supports_nothing_and_says_so():

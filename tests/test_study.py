@@ -183,7 +183,10 @@ def test_the_ablation_profiles_grid_cells_are_the_committed_cpu_memorise_cells(c
     lines = capsys.readouterr().out.splitlines()
     assert code == 0
     assert len([x for x in lines if re.match(r"grid +\S+  finished$", x)]) == 18
-    assert len([x for x in lines if re.match(r"ablation +ablations/\S+  to run$", x)]) == 66
+    ablation = dict(re.match(r"ablation +ablations/(\S+)  (finished|to run)$", x).groups()
+                    for x in lines if x.startswith("ablation "))
+    committed = {p.parent.name for p in (MEMORISE_RUNS / "ablations").glob("*/result.json")}
+    assert len(ablation) == 66 and {rid for rid, state in ablation.items() if state == "finished"} == committed
 
 
 def test_the_full_set_draft_is_cpu_memorise_on_every_train_face():
@@ -521,6 +524,12 @@ def test_report_opens_with_the_answer(tmp_path):
             accs = [base - 0.1, base + 0.04, base + gain]
             pd.DataFrame({"epoch": [1, 2, 3], "test_acc": accs, "train_loss": [2.0, 1.0, 0.5]}).to_csv(
                 runs / rid / "epochs.csv", index=False)
+    for seed, loss in enumerate([0.03, 0.04, 0.035]):  # NLA without NAW, an ablation cell (no read-out kept)
+        (runs / "ablations" / f"nonaw{seed}").mkdir(parents=True)
+        (runs / "ablations" / f"nonaw{seed}" / "result.json").write_text(json.dumps({
+            "run_id": f"nonaw{seed}", "method": "nla", "variant": "no_naw", "noise": "symmetric:0.3", "seed": seed,
+            "epochs": 3, "backbone": {"name": "resnet18", "weights": "ssl"},
+            "last": {"acc": [0.54, 0.66, 0.60][seed] - loss, "mean_acc": 0.5}, "files": {"readout.npz": 9}}))
     index = write_report(runs_dir=runs, reports_dir=reports).read_text()
 
     # the setting, the findings in sentences, the headline figure and table come first; every verdict is folded below
@@ -531,6 +540,8 @@ def test_report_opens_with_the_answer(tmp_path):
     assert "From its best test epoch to its last, CE loses 4.0 ± 0.0 points at 30% symmetric" in findings
     assert (f"At the last epoch, NLA at 30% symmetric (+5.0 points, higher in all 3 seeds, p = {p:.3f}) is a "
             "supported gain over CE.") in findings
+    assert ("NLA with one component switched off, minus the full method at the last epoch (3 seeds), at 30% "
+            "symmetric (full method +5.0 over CE): no_naw -3.5 (supported loss).") in findings
     assert "In mean (class-balanced) accuracy at the last epoch, no method and noise pair is a supported gain over " \
            "CE (1 compared)." in findings
     assert "<img src='figures/headline.png'" in index and (reports / "figures" / "headline.png").stat().st_size > 1000

@@ -247,8 +247,8 @@ def _ablation_runs(runs_dir: str | os.PathLike):
     need = ["method", "variant", "noise", "seed", "run_id", *_ABLATION_COLUMNS[7:]]
     cells, grid = (f.reindex(columns=list(dict.fromkeys([*need, *f.columns])))
                    for f in (collect_results(Path(runs_dir) / "ablations"), collect_results(runs_dir)))
-    cells = cells[cells["variant"].fillna("") != ""].assign(cell="ablation")
-    grid = grid[grid["method"].isin(set(cells["method"])) & (grid["variant"].fillna("") == "")]
+    cells = cells[cells["variant"].notna() & (cells["variant"] != "")].assign(cell="ablation")
+    grid = grid[grid["method"].isin(set(cells["method"])) & (grid["variant"].isna() | (grid["variant"] == ""))]
     both = pd.concat([cells, grid.assign(variant="full", cell="grid")], ignore_index=True)
     frame = _comparable(both).assign(options=lambda f: f["variant"], variant=both["variant"].to_numpy())
     full = frame["variant"] == "full"

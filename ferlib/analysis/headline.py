@@ -14,7 +14,7 @@ from .style import REFERENCE_STYLE, method_label, method_style, noise_label
 from .tables import _SETTING_KEYS, _variant
 
 __all__ = ["HEADLINE_METRICS", "main_setting", "labelled_runs", "headline_table", "headline_findings",
-           "study_setting", "plot_headline"]
+           "ablation_findings", "study_setting", "plot_headline"]
 
 #: The headline's metrics, in its column order.
 HEADLINE_METRICS = ("last.acc", "best.acc", "last.mean_acc")
@@ -261,6 +261,44 @@ def headline_findings(results, comparison, memorisation, *, baseline: str = "ce"
                                       for k, g in df[df["kind"] != "method"].groupby("kind", sort=True))]
     if references:
         lines.append(f"References, not competitors, at the last epoch: {' and '.join(references)}.")
+    return lines
+
+
+def ablation_findings(ablations, comparison, *, baseline: str = "ce", noise_order: Sequence[str] = ()) -> list[str]:
+    """One sentence per ablated method: at each noise setting, its gain over ``baseline`` and what each variant
+    (one component switched off) changes against the full method, at the last epoch, the supported ones marked.
+
+    Parameters
+    ----------
+    ablations : :func:`~ferlib.analysis.answer.ablation_comparison` (variant minus full, seed by seed).
+    comparison : :func:`~ferlib.analysis.answer.paired_comparison` against ``baseline`` (the full method's gain).
+    noise_order : the noise settings in the order to name them; others follow.
+
+    Returns
+    -------
+    list of str, [] without ablation runs. A variant below the full method with support is a component that
+    carries part of the gain; the gain puts its size in proportion. Differences in points.
+    """
+    rows = ablations[ablations["metric"] == "last.acc"] if len(ablations) else ablations
+    if not len(rows):
+        return []
+    last = comparison[comparison["metric"] == "last.acc"] if len(comparison) else comparison
+    gains = {(r["method"], r["noise"]): r for r in last.to_dict("records")}
+    base, lines = method_label(baseline), []
+    for method, group in rows.groupby("method", sort=True):
+        parts = []
+        for noise in _noises(group, noise_order):
+            gain = gains.get((method, noise))
+            items = ", ".join(f"{r['variant']} {100 * r['mean_diff']:+.1f}"
+                              + (f" ({r['verdict']})" if r["verdict"].startswith("supported") else "")
+                              for r in group[group["noise"] == noise].sort_values("mean_diff").to_dict("records"))
+            pairs = int(group["n_pairs"].max())
+            seeds = f" in {int(gain['n_pairs'])} seeds" if gain and int(gain["n_pairs"]) != pairs else ""
+            parts.append(f"at {noise_label(noise)}"
+                         + (f" (full method {100 * gain['mean_diff']:+.1f} over {base}{seeds})" if gain else "")
+                         + f": {items}")
+        lines.append(f"{method_label(method)} with one component switched off, minus the full method at the last "
+                     f"epoch ({pairs} seed{'s' * (pairs != 1)}), {'; '.join(parts)}.")
     return lines
 
 

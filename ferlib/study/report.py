@@ -234,9 +234,9 @@ def write_report(*, runs_dir: str | os.PathLike, reports_dir: str | os.PathLike,
     """
     import warnings
 
-    from ferlib.analysis import (class_gains, cross_eval_summary, findings_text, init_contrast_table,
-                                 memorisation_summary, memorisation_table, per_class_summary)
-    from ferlib.analysis.headline import headline_findings, headline_table, main_setting
+    from ferlib.analysis import (ablation_comparison, class_gains, cross_eval_summary, findings_text,
+                                 init_contrast_table, memorisation_summary, memorisation_table, per_class_summary)
+    from ferlib.analysis.headline import ablation_findings, headline_findings, headline_table, main_setting
 
     reports_dir, runs_dir = Path(reports_dir), Path(runs_dir)
     with warnings.catch_warnings():  # the skipped runs are listed in the page instead
@@ -245,6 +245,7 @@ def write_report(*, runs_dir: str | os.PathLike, reports_dir: str | os.PathLike,
         memorisation = memorisation_summary(memorisation_table(runs_dir))
         gains = class_gains(per_class_summary(runs_dir), baseline=_BASELINE)
         init = init_contrast_table(runs_dir)
+        ablations = ablation_comparison(runs_dir) if (runs_dir / "ablations").is_dir() else None
     skipped = rundir.problems(runs_dir, recursive=True)
     summary, (comparison, refused) = _summary(results), _comparison(results)
     noise_order = ((study or {}).get("grid") or {}).get("noise") or ()
@@ -259,6 +260,8 @@ def write_report(*, runs_dir: str | os.PathLike, reports_dir: str | os.PathLike,
             write_table(reports_dir / name, table)
     findings = (headline_findings(main, comparison, memorisation, baseline=_BASELINE, noise_order=noise_order,
                                   contrast=_contrast(main)) if len(main) else [])
+    if ablations is not None:
+        findings += ablation_findings(ablations, comparison, baseline=_BASELINE, noise_order=noise_order)
     verdicts = findings_text(summary, comparison, memorisation, baseline=_BASELINE) if len(results) else []
     failures_path = reports_dir / "failures.json"
     index = _Index(reports_dir=reports_dir, runs_dir=runs_dir, study=study or {}, order=list(order))
