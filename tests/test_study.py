@@ -399,6 +399,8 @@ def test_extra_grids_add_seeds_where_claims_are_close_as_grid_cells_of_the_same_
     assert run_id(cells[4][1]) == run_id(wider.run_specs(runs)[4])
     assert run_id(cells[5][1]) == run_id(wider.control_specs(runs)[2])
     assert "extra grid: ce at symmetric:0.3, none, seeds 2" in spec.describe()
+    every = tiny_spec(tmp_path, extra_grids=[{"methods": "all", "noise": ["symmetric:0.3"], "seeds": [2]}])
+    assert every.to_dict()["extra_grids"][0]["methods"] == list_methods()  # study.json counts its cells by name
     for twice, match in [([{"methods": ["ce"], "seeds": [1]}], "ce at noise symmetric:0.3, seed 1 again"),
                          ([{"methods": ["ce"], "noise": ["none"], "seeds": [0]}], "ce at noise none, seed 0 again"),
                          (extra * 2, r"extra_grids\[1\] lists ce"),

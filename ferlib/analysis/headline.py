@@ -442,8 +442,8 @@ def _runs_words(df, study: dict | None, extra: dict[str, int]) -> str:
             + (f"; {seeds}" if (seeds := _seed_words(grid, noises)).startswith("seeds ") else f" × {seeds}"))
     if study and study.get("resolved_methods"):
         grids = [{**study["grid"], "methods": study["resolved_methods"]}, *study.get("extra_grids", ())]
-        expected = sum(len(g["methods"] if isinstance(g["methods"], list) else study["resolved_methods"])
-                       * len([n for n in g["noise"] if n != "none"]) * len(g["seeds"]) for g in grids)
+        expected = sum(len(g["methods"]) * len([n for n in g["noise"] if n != "none"]) * len(g["seeds"])
+                       for g in grids)
         text += f"; the study's grid has {expected}" if expected != len(grid) else ""
     text += ")"
     control = df[df["kind"] == "control"]

@@ -496,9 +496,12 @@ class StudySpec:
                 + (f", train {self.ablation_train}" if self.ablation_train else ""))
 
     def to_dict(self) -> dict:
-        """JSON/YAML-able form (``grid.methods`` resolved in ``resolved_methods``)."""
+        """JSON/YAML-able form (``grid.methods`` resolved in ``resolved_methods``; each extra grid's methods
+        resolved in place)."""
         out = asdict(self)
         out["resolved_methods"] = self.grid.resolved_methods()
+        out["extra_grids"] = [{**g, "methods": grid.resolved_methods()}
+                              for g, grid in zip(out["extra_grids"], self.extra_grids)]
         return out
 
     @classmethod
