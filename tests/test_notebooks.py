@@ -137,6 +137,8 @@ def test_03_ablations(tmp_path):
     assert runs[1]["delta_acc"] == pytest.approx(m["comparison"][0]["mean_diff"])
     assert {r["verdict"] for r in m["comparison"]} <= {"same sign in every seed, too few seeds (1 < 3)",
                                                          "no consistent difference"}
+    assert m["findings"] == [f"NLA with one component switched off, minus the full method at the last epoch (1 seed),"
+                             f" at 30% symmetric: {variant} {100 * runs[1]['delta_acc']:+.1f}."]
 
 
 def test_04_label_distributions(trained):
