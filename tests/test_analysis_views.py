@@ -19,7 +19,8 @@ from ferlib.analysis.runs import RunRecord
 pytest.importorskip("matplotlib")
 
 #: The plotting functions that draw methods: they take ``style`` (a method -> matplotlib keywords map).
-METHOD_PLOTS = ("plot_by_noise", "plot_noise_curve", "plot_seed_curves", "plot_class_accuracy", "plot_differences")
+METHOD_PLOTS = ("plot_by_noise", "plot_noise_curve", "plot_seed_curves", "plot_class_accuracy", "plot_differences",
+                "plot_ablations")
 GRID = ("ce", "nla", "ldlva", "scn", "gce")  # ldlva with the study-wide option neighbours=bank, as in cpu_memorise
 
 
@@ -84,6 +85,12 @@ def _comparison() -> pd.DataFrame:
                           "n_pairs": 3, "p_value": 0.04, "verdict": "supported gain"} for m in GRID])
 
 
+def _ablations() -> pd.DataFrame:
+    """ablation_comparison's rows: variant no_x of every method at symmetric noise, all but CE's at annotator."""
+    return pd.DataFrame([{**r, "variant": "no_x", "noise": n} for n in ("symmetric:0.3", "annotator")
+                         for r in _comparison().to_dict("records") if n != "annotator" or r["method"] != "ce"])
+
+
 def _figures(style_map) -> dict:
     """Each plotting function of methods on data holding every method of GRID, drawn with ``style_map``."""
     table = analysis.summary_table(_results(), metrics=("acc", "mean_acc"))
@@ -91,7 +98,18 @@ def _figures(style_map) -> dict:
             "plot_noise_curve": plots.plot_noise_curve(table, style=style_map),
             "plot_seed_curves": plots.plot_seed_curves(_curves(), style=style_map),
             "plot_class_accuracy": plots.plot_class_accuracy(_class_frame(), style=style_map),
-            "plot_differences": plots.plot_differences(_comparison(), style=style_map)}
+            "plot_differences": plots.plot_differences(_comparison(), style=style_map),
+            "plot_ablations": plots.plot_ablations(_ablations(), style=style_map)}
+
+
+def test_the_ablation_plot_has_a_panel_per_noise_with_the_same_rows_and_leaves_a_missing_pair_empty():
+    fig = plots.plot_ablations(_ablations())
+    sym, ann = fig.axes[:2]
+    assert [ax.get_title() for ax in (sym, ann)] == ["30% symmetric", "real annotator"]
+    rows = [t.get_text() for t in sym.get_yticklabels()]
+    assert rows == [t.get_text() for t in ann.get_yticklabels()] and len(rows) == len(GRID)
+    assert (len(sym.patches), len(ann.patches)) == (len(GRID), len(GRID) - 1)  # CE has no pair at annotator
+    assert sym.get_shared_x_axes().joined(sym, ann)
 
 
 # ----------------------------------------------------------------------------------- colours
@@ -120,9 +138,9 @@ def test_every_plot_of_methods_takes_the_shared_colour_map_by_default():
 def test_every_method_of_the_grid_is_drawn_in_the_colour_it_is_given(name):
     """LDLVA too, whose runs carry the study-wide option neighbours=bank (once left out as a 'variant')."""
     fig = _figures(_fake_style)[name]
-    if name == "plot_differences":  # one bar per method, named by the tick at its height
+    if name in ("plot_differences", "plot_ablations"):  # one bar per method (variant), named by its tick
         ax = fig.axes[0]
-        ticks = {round(t.get_position()[1]): t.get_text() for t in ax.get_yticklabels()}
+        ticks = {round(t.get_position()[1]): t.get_text().removesuffix(" no_x") for t in ax.get_yticklabels()}
         drawn = {ticks[round(p.get_y() + p.get_height() / 2)]: _hex(p.get_facecolor()) for p in ax.patches}
     else:
         drawn = _legend(fig)

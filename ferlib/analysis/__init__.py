@@ -51,7 +51,7 @@ The functions live in one sub-module per concept and are all re-exported here (`
                          :func:`plot_seed_curves`, :func:`plot_memorisation`, :func:`plot_transition`,
                          :func:`plot_transitions`, :func:`plot_bars`, :func:`plot_by_noise`,
                          :func:`plot_noise_curve`, :func:`plot_class_accuracy`, :func:`plot_differences`,
-                         :func:`plot_detection`, :func:`plot_vote_entropy`, :func:`face_grid`,
+                         :func:`plot_ablations`, :func:`plot_detection`, :func:`plot_vote_entropy`, :func:`face_grid`,
                          :func:`plot_distributions`, :func:`plot_embedding`, :func:`plot_embedding_grid`,
                          :func:`plot_va`, :func:`plot_review_page` (colours and names: :mod:`.style`)
 ``headline``             :data:`HEADLINE_METRICS`, :func:`main_setting`, :func:`labelled_runs`,
@@ -95,10 +95,10 @@ from .labels import METRIC_NAMES, method_display, method_labels, start_label
 from .notebook import chdir_repo_root, record_metrics, save_figure, setup_notebook
 from .pages import Html, frame_page, html_table, page_sections
 from .perclass import best_methods, class_accuracy, test_confusions, wilson_interval
-from .plots import (face_grid, plot_bars, plot_by_noise, plot_class_accuracy, plot_confusion, plot_confusions,
-                    plot_detection, plot_differences, plot_distributions, plot_embedding, plot_embedding_grid,
-                    plot_learning_curves, plot_memorisation, plot_noise_curve, plot_review_page, plot_seed_curves,
-                    plot_transition, plot_transitions, plot_va, plot_vote_entropy)
+from .plots import (face_grid, plot_ablations, plot_bars, plot_by_noise, plot_class_accuracy, plot_confusion,
+                    plot_confusions, plot_detection, plot_differences, plot_distributions, plot_embedding,
+                    plot_embedding_grid, plot_learning_curves, plot_memorisation, plot_noise_curve, plot_review_page,
+                    plot_seed_curves, plot_transition, plot_transitions, plot_va, plot_vote_entropy)
 from .review import (DECISIONS, EXPORT_COLUMNS, REVIEW_RANKINGS, ReviewSet, best_precision, best_set, cleanlab_ranking,
                      export_review, fold_settings, n_pages, page_of, precision_at_k, precision_table, review_order,
                      review_page_figure, review_rows, review_set, review_sets)
@@ -137,8 +137,8 @@ __all__ = [
     "best_set", "review_rows", "export_review", "review_page_figure", "ReviewWidget",
     "plot_confusion", "plot_confusions", "plot_learning_curves", "plot_seed_curves", "plot_memorisation",
     "plot_transition", "plot_transitions", "plot_bars", "plot_by_noise", "plot_noise_curve", "plot_class_accuracy",
-    "plot_differences", "plot_detection", "plot_vote_entropy", "face_grid", "plot_distributions", "plot_embedding",
-    "plot_embedding_grid", "plot_va", "plot_review_page",
+    "plot_differences", "plot_ablations", "plot_detection", "plot_vote_entropy", "face_grid", "plot_distributions",
+    "plot_embedding", "plot_embedding_grid", "plot_va", "plot_review_page",
     "setup_notebook", "chdir_repo_root", "save_figure", "record_metrics",
     "HEADLINE_METRICS", "main_setting", "labelled_runs", "headline_table", "headline_findings", "study_setting",
     "plot_headline", "method_labels", "method_display", "start_label", "METRIC_NAMES", "Html", "html_table",

@@ -19,8 +19,8 @@ from . import style as st
 __all__ = [
     "plot_confusion", "plot_confusions", "plot_learning_curves", "plot_seed_curves", "plot_memorisation",
     "plot_transition", "plot_transitions", "plot_bars", "plot_by_noise", "plot_noise_curve", "plot_class_accuracy",
-    "plot_differences", "plot_detection", "plot_vote_entropy", "face_grid", "plot_distributions", "plot_embedding",
-    "plot_embedding_grid", "plot_va", "plot_review_page",
+    "plot_differences", "plot_ablations", "plot_detection", "plot_vote_entropy", "face_grid", "plot_distributions",
+    "plot_embedding", "plot_embedding_grid", "plot_va", "plot_review_page",
 ]
 
 Style = Callable[[str], dict]
@@ -440,18 +440,44 @@ def plot_differences(comparison, *, metric: str = "last.acc", style: Style = st.
     rows = comparison[comparison["metric"] == metric]
     rows = rows.iloc[np.argsort([_method_names(rows).index(m) for m in rows["method"]], kind="stable")]
     fig, axes = _figure(size=(8.5, 0.45 * len(rows) + 1.2))
-    ax = axes[0, 0]
+    _difference_bars(axes[0, 0], rows, [st.method_label(m) for m in rows["method"]], style)
+    axes[0, 0].set(xlabel=xlabel or f"difference in {_METRIC_AXIS.get(metric, metric)} (points)", title=title)
+    return fig
+
+
+def plot_ablations(comparison, *, metric: str = "last.acc", style: Style = st.method_style, title: str = ""):
+    """Each ablation variant minus its full method, seed-paired, one panel per noise setting: one horizontal bar
+    per variant in its method's colour, grouped by method, with ± 1 std of the differences and the seeds where
+    it is higher, the paired t-test's p and the verdict beside it. ``comparison``:
+    :func:`~ferlib.analysis.ablation_comparison`."""
+    rows = comparison[comparison["metric"] == metric]
+    noises = list(dict.fromkeys(rows["noise"]))
+    rows = rows.iloc[np.lexsort((rows["variant"].to_numpy(), [_method_names(rows).index(m) for m in rows["method"]]))]
+    variants = list(dict.fromkeys(zip(rows["method"], rows["variant"])))
+    fig, axes = _figure(len(noises), 1, size=(8.5, 0.32 * len(variants) + 1.0), sharex=True)
+    for ax, noise in zip(axes[:, 0], noises):
+        sub = rows[rows["noise"] == noise].set_index(["method", "variant"]).reindex(variants).reset_index()
+        _difference_bars(ax, sub, [f"{st.method_label(m)} {v}" for m, v in variants], style)
+        ax.set(title=f"{st.noise_label(noise)}{': ' + title if title else ''}")
+    axes[-1, 0].set(xlabel=f"variant minus full method, {_METRIC_AXIS.get(metric, metric)} (points)")
+    return fig
+
+
+def _difference_bars(ax, rows, labels: Sequence[str], style: Style) -> None:
+    """One horizontal bar per row of a paired comparison, top to bottom: ``mean_diff`` in points with ± 1
+    ``std_diff``, coloured by its ``method``, the seeds higher, p and the verdict beside it (a row without pairs
+    is left empty)."""
     y = np.arange(len(rows))[::-1]
     for yi, r in zip(y, rows.to_dict("records")):
+        if not np.isfinite(r["mean_diff"]):
+            continue
         ax.barh(yi, 100 * r["mean_diff"], xerr=100 * np.nan_to_num(r["std_diff"]), color=style(r["method"])["color"],
                 error_kw={"elinewidth": 0.8, "capsize": 2}, height=0.6)
         p = "" if not np.isfinite(r["p_value"]) else f", p = {r['p_value']:.2g}"
-        ax.text(1.02, yi, f"{r['wins']} of {r['n_pairs']} seeds higher{p}: {r['verdict']}", va="center", fontsize=7,
-                transform=ax.get_yaxis_transform())
+        ax.text(1.02, yi, f"{int(r['wins'])} of {int(r['n_pairs'])} seeds higher{p}: {r['verdict']}", va="center",
+                fontsize=7, transform=ax.get_yaxis_transform())
     ax.axvline(0, color="black", linewidth=0.8)
-    ax.set_yticks(y, [st.method_label(m) for m in rows["method"]])
-    ax.set(xlabel=xlabel or f"difference in {_METRIC_AXIS.get(metric, metric)} (points)", title=title)
-    return fig
+    ax.set_yticks(y, labels)
 
 
 def plot_detection(summary, *, metric: str = "auroc", style: Style = st.ranking_style,
