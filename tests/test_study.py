@@ -322,7 +322,7 @@ def test_ablation_cells_cover_their_noises_and_seeds_and_the_full_method_is_the_
     grid = {(s.method, s.noise, s.train.seed): run_id(s) for s in spec.run_specs(runs)}
     variants = {run_id(s) for s in cells}
     assert len(variants) == 4 and not variants & set(grid.values())
-    assert "ablations: on at symmetric:0.3, annotator, seeds 0, 2" in spec.describe()
+    assert "ablations: ldl_votes at symmetric:0.3, annotator, seeds 0, 2" in spec.describe()
     # a noise or a train setting the grid lacks: the full method is an ablation cell of its own
     for extra in ({"ablation_noise": "class_dependent:0.3"}, {"ablation_train": {"epochs": 1}}):
         other = tiny_spec(tmp_path, noise=noise, ablations=True, **extra)
@@ -338,6 +338,15 @@ def test_ablation_cells_cover_their_noises_and_seeds_and_the_full_method_is_the_
                        ({"ablation_noise": ["annotator", "symmetric:2"]}, "bad noise spec 'symmetric:2'")]:
         with pytest.raises(ValueError, match=match):
             tiny_spec(tmp_path, ablations=True, **bad)
+    # ablation_methods narrows the methods to grid methods with variants; anything else is refused by name
+    monkeypatch.setattr(method_class("ce"), "ablations", {"smooth": {"label_smoothing": 0.1}})
+    both = tiny_spec(tmp_path, noise=noise, ablations=True)
+    assert {s.method for s in both.ablation_specs(runs)} == {"ce", "ldl_votes"}
+    only = tiny_spec(tmp_path, noise=noise, ablations=True, ablation_methods=["ce"])
+    assert {s.method for s in only.ablation_specs(runs)} == {"ce"}
+    with pytest.raises(ValueError, match=r"ablation_methods lists 'nla', not a grid method with ablation variants; "
+                                         r"valid: ce, ldl_votes"):
+        tiny_spec(tmp_path, noise=noise, ablations=True, ablation_methods=["nla"])
 
 
 def test_init_contrast_cells_start_the_listed_methods_from_the_other_weights(tmp_path):

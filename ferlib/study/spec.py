@@ -132,6 +132,8 @@ class StudySpec:
     ablation_noise : the noise setting(s) of the ablation runs, one spec or a list (default: the grid's first
         noise other than ``none``).
     ablation_seeds : the seeds of the ablation runs (default: the grid's first seed).
+    ablation_methods : the grid methods whose variants are trained (default: every grid method that declares
+        variants).
     ablation_train : TrainConfig overrides for the ablation runs only (e.g. fewer epochs). Without them, the
         full method at a grid noise and seed is the grid's own cell (:meth:`ablation_specs`).
     cleanlab_folds : K of the cross-fitted CE runs behind cleanlab (>= 2; 0 = none): for every noise setting
@@ -180,6 +182,7 @@ class StudySpec:
     ablations: bool = False
     ablation_noise: str | list[str] | None = None
     ablation_seeds: list[int] | None = None
+    ablation_methods: list[str] | None = None
     ablation_train: dict = field(default_factory=dict)
     cleanlab_folds: int = 0
     cleanlab_train: dict = field(default_factory=dict)
@@ -274,6 +277,25 @@ class StudySpec:
             self.ablation_noise = noise[0] if isinstance(self.ablation_noise, str) else noise
         if self.ablation_seeds is not None:
             self.ablation_seeds = _seed_list(self.ablation_seeds, "ablation_seeds")
+        if self.ablation_methods is not None:
+            self.ablation_methods = _str_list(self.ablation_methods, "ablation_methods")
+            offered = self._ablated(self.grid.resolved_methods())
+            for method in self.ablation_methods:
+                if method not in offered:
+                    raise ValueError(f"ablation_methods lists {method!r}, not a grid method with ablation variants; "
+                                     f"valid: {', '.join(offered) or 'none'}")
+
+    def ablation_method_names(self) -> list[str]:
+        """The methods whose variants are ablation cells: ``ablation_methods``, else every grid method that
+        declares variants."""
+        return self.ablation_methods if self.ablation_methods is not None else \
+            self._ablated(self.grid.resolved_methods())
+
+    @staticmethod
+    def _ablated(methods: list[str]) -> list[str]:
+        from ferlib.methods import method_class
+
+        return [m for m in methods if method_class(m).ablations]
 
     def _check_init_contrast(self) -> None:
         from ferlib.methods import method_class
@@ -394,7 +416,7 @@ class StudySpec:
     def ablation_specs(self, runs_dir: str | os.PathLike) -> list:
         """The ablation cells (none unless ``ablations`` is on), under ``<runs_dir>/ablations``.
 
-        For every grid method declaring ablation variants (``method_class(name).ablations``), at every noise of
+        For every method of :meth:`ablation_method_names` (``method_class(name).ablations``), at every noise of
         :meth:`ablation_noises` and every seed of ``ablation_seeds`` (default: the grid's first), seed-major: its
         full configuration (``variant="full"``: the profile's ``method_options`` of that method) and each variant
         (the same options with the variant's overrides merged in), with the train settings and ``ablation_train``.
@@ -402,11 +424,9 @@ class StudySpec:
         and so is the full configuration where it is a grid cell (the same RunSpec but for ``out`` and
         ``variant``: no ``ablation_train``, a grid noise and seed): ``03_ablations`` reads that one from the grid.
         """
-        from ferlib.methods import method_class
-
         if not self.ablations:
             return []
-        methods = [m for m in self.grid.resolved_methods() if method_class(m).ablations]
+        methods = self.ablation_method_names()
         cells = [self.run_spec(m, noise, seed, cell_dir(runs_dir, "ablation"), train_extra=self.ablation_train,
                                method_options=options, variant=variant)
                  for seed in self.ablation_seeds or self.grid.seeds[:1] for noise in self.ablation_noises()
@@ -492,7 +512,8 @@ class StudySpec:
         if not self.ablations:
             return "off"
         seeds = self.ablation_seeds or self.grid.seeds[:1]
-        return (f"on at {', '.join(self.ablation_noises())}, seeds {', '.join(map(str, seeds))}"
+        return (f"{', '.join(self.ablation_method_names())} at {', '.join(self.ablation_noises())}, seeds "
+                f"{', '.join(map(str, seeds))}"
                 + (f", train {self.ablation_train}" if self.ablation_train else ""))
 
     def to_dict(self) -> dict:
