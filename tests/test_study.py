@@ -173,6 +173,10 @@ def test_the_ablation_profile_adds_only_variants_to_cpu_memorises_cells(tmp_path
                 for n in ("symmetric:0.3", "annotator") for seed in (0, 1, 2)}
     assert sorted((s.method, s.variant, s.noise, s.train.seed) for s in cells) == sorted(expected)
     assert len(cells) == 66 and not {run_id(s) for s in cells} & set(grid)
+    # the same variants, as cpu_memorise's own ablation cells once it lists these methods, noises and seeds
+    folded = dataclasses.replace(memorise, ablations=True, ablation_methods=["lanet", "ldlva", "nla"],
+                                 ablation_noise=spec.ablation_noise, ablation_seeds=spec.ablation_seeds)
+    assert {run_id(s) for s in folded.ablation_specs(runs)} == {run_id(s) for s in cells}
 
 
 @pytest.mark.slow
