@@ -286,13 +286,12 @@ def ablation_findings(ablations, comparison, *, baseline: str = "ce", noise_orde
     gains = {(r["method"], r["noise"]): r for r in last.to_dict("records")}
     base, lines = method_label(baseline), []
     for method, group in rows.groupby("method", sort=True):
-        parts = []
+        parts, pairs = [], int(group["n_pairs"].max())
         for noise in _noises(group, noise_order):
             gain = gains.get((method, noise))
             items = ", ".join(f"{r['variant']} {100 * r['mean_diff']:+.1f}"
                               + (f" ({r['verdict']})" if r["verdict"].startswith("supported") else "")
                               for r in group[group["noise"] == noise].sort_values("mean_diff").to_dict("records"))
-            pairs = int(group["n_pairs"].max())
             seeds = f" in {int(gain['n_pairs'])} seeds" if gain and int(gain["n_pairs"]) != pairs else ""
             parts.append(f"at {noise_label(noise)}"
                          + (f" (full method {100 * gain['mean_diff']:+.1f} over {base}{seeds})" if gain else "")

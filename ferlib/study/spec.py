@@ -279,7 +279,7 @@ class StudySpec:
             self.ablation_seeds = _seed_list(self.ablation_seeds, "ablation_seeds")
         if self.ablation_methods is not None:
             self.ablation_methods = _str_list(self.ablation_methods, "ablation_methods")
-            offered = self._ablated(self.grid.resolved_methods())
+            offered = self._ablatable()
             for method in self.ablation_methods:
                 if method not in offered:
                     raise ValueError(f"ablation_methods lists {method!r}, not a grid method with ablation variants; "
@@ -288,14 +288,13 @@ class StudySpec:
     def ablation_method_names(self) -> list[str]:
         """The methods whose variants are ablation cells: ``ablation_methods``, else every grid method that
         declares variants."""
-        return self.ablation_methods if self.ablation_methods is not None else \
-            self._ablated(self.grid.resolved_methods())
+        return self.ablation_methods if self.ablation_methods is not None else self._ablatable()
 
-    @staticmethod
-    def _ablated(methods: list[str]) -> list[str]:
+    def _ablatable(self) -> list[str]:
+        """The grid methods that declare ablation variants."""
         from ferlib.methods import method_class
 
-        return [m for m in methods if method_class(m).ablations]
+        return [m for m in self.grid.resolved_methods() if method_class(m).ablations]
 
     def _check_init_contrast(self) -> None:
         from ferlib.methods import method_class
